@@ -1,0 +1,94 @@
+"""The reference model: what a policy decides for one packet, straight from the contract.
+
+This is the oracle the compiled datapath is tested against (the map-plan interpreter in
+unit tests, the real programs through BPF_PROG_TEST_RUN and traffic in namespaces).  It is
+written from the semantics in DESIGN.md, never from the compiler, and it favours being
+obviously right over being fast:
+
+1. ICMPv6 neighbour discovery (types 133-137) is accepted first unless ``allow_ndp: false``.
+2. Rules of the packet's direction are tried in order; the first whose every given field
+   matches decides.  List items are ORed, fields ANDed, an omitted field matches anything.
+3. Otherwise the direction's default action decides.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .model import (
+    ICMP_PROTOS,
+    NDP_TYPES,
+    PORT_PROTOS,
+    PROTO_ICMPV6,
+    Action,
+    Address,
+    Direction,
+    Network,
+    Packet,
+    Policy,
+    PortRange,
+    Rule,
+)
+
+
+class Decision(NamedTuple):
+    verdict: Action
+    rule: Rule | None
+    why: str  # "rule", "default" or "ndp"
+
+
+def evaluate(policy: Policy, packet: Packet, direction: Direction) -> Decision:
+    if (
+        policy.allow_ndp
+        and packet.family == 6
+        and packet.proto == PROTO_ICMPV6
+        and not packet.fragment
+        and packet.icmp_type in NDP_TYPES
+    ):
+        return Decision(Action.ACCEPT, None, "ndp")
+    for rule in policy.rules:
+        if rule.direction is direction and rule_matches(rule, packet):
+            return Decision(rule.action, rule, "rule")
+    return Decision(policy.default(direction), None, "default")
+
+
+def rule_matches(rule: Rule, packet: Packet) -> bool:
+    return (
+        _addresses_match(rule.src, packet.src)
+        and _addresses_match(rule.dst, packet.dst)
+        and _proto_matches(rule, packet)
+        and _ports_match(rule.sport, packet, packet.sport)
+        and _ports_match(rule.dport, packet, packet.dport)
+        and _icmp_type_matches(rule, packet)
+    )
+
+
+def _addresses_match(networks: tuple[Network, ...] | None, address: Address) -> bool:
+    if networks is None:
+        return True
+    # Items of the other family never match (an IPv4Address is never "in" an IPv6Network).
+    return any(net.version == address.version and address in net for net in networks)
+
+
+def _proto_matches(rule: Rule, packet: Packet) -> bool:
+    # icmp exists only in IPv4 and icmpv6 only in IPv6, whatever the number says.
+    family_of_icmp = ICMP_PROTOS.get(packet.proto)
+    if family_of_icmp is not None and family_of_icmp != packet.family and rule.proto is not None:
+        return False
+    return rule.proto is None or packet.proto in rule.proto
+
+
+def _ports_match(ranges: tuple[PortRange, ...] | None, packet: Packet, port: int | None) -> bool:
+    if ranges is None:
+        return True
+    if packet.fragment or packet.proto not in PORT_PROTOS or port is None:
+        return False  # ports never match other protocols, nor non-first fragments
+    return any(port in r for r in ranges)
+
+
+def _icmp_type_matches(rule: Rule, packet: Packet) -> bool:
+    if rule.icmp_type is None:
+        return True
+    if packet.fragment or ICMP_PROTOS.get(packet.proto) != packet.family or packet.icmp_type is None:
+        return False
+    return (packet.family, packet.icmp_type) in rule.icmp_type

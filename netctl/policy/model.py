@@ -1,0 +1,184 @@
+"""The frozen policy model: what a validated policy file means.
+
+Everything here is plain data.  The loader (`netctl.policy.load`) builds it from YAML
+and is the only place that knows about files and line numbers; the compiler and the
+reference evaluator read it and never see YAML.
+
+Normal forms the loader guarantees, so that readers need no special cases:
+
+* An omitted field is ``None`` ("matches anything"); a given field is a non-empty tuple.
+* Addresses are ``ipaddress`` networks in network form (host bits are an error).
+* Protocols are numbers.  A rule with ports and no ``proto`` gets ``(6, 17)``.
+* ``icmp_type`` holds ``(family, type)`` pairs, resolved per family from names, so
+  ``echo-request`` under ``proto: [icmp, icmpv6]`` becomes ``((4, 8), (6, 128))``.
+* ``families`` is the set of IP versions (4, 6) a packet must have for the rule to match
+  at all; it is never empty (an empty set is a validation error).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_ICMPV6 = 58
+PORT_PROTOS = frozenset({PROTO_TCP, PROTO_UDP})
+ICMP_PROTOS = {PROTO_ICMP: 4, PROTO_ICMPV6: 6}  # protocol -> the only family it exists in
+
+# ICMPv6 neighbour discovery (RFC 4861): router solicitation/advertisement, neighbour
+# solicitation/advertisement, redirect.  Accepted before any rule unless allow_ndp: false.
+NDP_TYPES = frozenset(range(133, 138))
+
+
+class Action(str, enum.Enum):
+    ACCEPT = "accept"
+    DROP = "drop"
+
+
+class Direction(str, enum.Enum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+class XdpMode(str, enum.Enum):
+    AUTO = "auto"
+    NATIVE = "native"
+    GENERIC = "generic"
+    OFF = "off"
+
+
+class TcHook(str, enum.Enum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+@dataclass(frozen=True)
+class PortRange:
+    lo: int
+    hi: int
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.lo <= port <= self.hi
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ordered rule.  ``index`` is its position among all rules (0-based)."""
+
+    name: str
+    index: int
+    line: int
+    direction: Direction
+    action: Action
+    src: tuple[Network, ...] | None = None
+    dst: tuple[Network, ...] | None = None
+    proto: tuple[int, ...] | None = None
+    sport: tuple[PortRange, ...] | None = None
+    dport: tuple[PortRange, ...] | None = None
+    icmp_type: tuple[tuple[int, int], ...] | None = None
+    log: bool = False
+    families: frozenset[int] = frozenset({4, 6})
+
+    @property
+    def has_l4(self) -> bool:
+        """Whether the rule needs the transport header (ports or ICMP type)."""
+        return self.sport is not None or self.dport is not None or self.icmp_type is not None
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    xdp: XdpMode = XdpMode.AUTO
+    tc: tuple[TcHook, ...] = (TcHook.INGRESS, TcHook.EGRESS)
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: Network
+    via: Address
+    dev: str
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Packet:
+    """The header fields the datapath classifies on, after VLAN and extension headers.
+
+    ``proto`` is the upper-layer protocol (the last IPv6 next header).  ``fragment`` is
+    True for a non-first fragment, which carries no transport header: its ports and ICMP
+    type are unknown and ignored.
+    """
+
+    src: Address
+    dst: Address
+    proto: int
+    sport: int | None = None
+    dport: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    fragment: bool = False
+
+    @property
+    def family(self) -> int:
+        return self.src.version
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a policy test expects: a verdict, or that a named rule decides."""
+
+    verdict: Action | None = None
+    rule: str | None = None
+
+    def __str__(self) -> str:
+        return f"rule {self.rule}" if self.rule is not None else str(self.verdict.value)
+
+
+@dataclass(frozen=True)
+class PolicyTest:
+    packet: Packet
+    expect: Expectation
+    direction: Direction = Direction.INGRESS
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Warning_:
+    """A non-fatal finding, with the place it refers to."""
+
+    line: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...] = ()
+    interfaces: tuple[Interface, ...] = ()
+    default_ingress: Action = Action.ACCEPT
+    default_egress: Action = Action.ACCEPT
+    stateful: bool = False
+    allow_ndp: bool = True
+    routes: tuple[Route, ...] = ()
+    tests: tuple[PolicyTest, ...] = ()
+    version: int = 1
+    source: str = "<policy>"
+    warnings: tuple[Warning_, ...] = field(default=(), compare=False)
+
+    def default(self, direction: Direction) -> Action:
+        return self.default_ingress if direction is Direction.INGRESS else self.default_egress
+
+    def rule(self, name: str) -> Rule | None:
+        for rule in self.rules:
+            if rule.name == name:
+                return rule
+        return None
