@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -153,14 +153,6 @@ class PolicyTest:
 
 
 @dataclass(frozen=True)
-class Warning_:
-    """A non-fatal finding, with the place it refers to."""
-
-    line: int
-    message: str
-
-
-@dataclass(frozen=True)
 class Policy:
     rules: tuple[Rule, ...] = ()
     interfaces: tuple[Interface, ...] = ()
@@ -172,7 +164,6 @@ class Policy:
     tests: tuple[PolicyTest, ...] = ()
     version: int = 1
     source: str = "<policy>"
-    warnings: tuple[Warning_, ...] = field(default=(), compare=False)
 
     def default(self, direction: Direction) -> Action:
         return self.default_ingress if direction is Direction.INGRESS else self.default_egress

@@ -1,0 +1,48 @@
+# netctl — every routine task.  `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTEST  := $(PY) -m pytest
+NETCTL  := $(VENV)/bin/netctl
+EXAMPLE ?= policies/web-server.yaml
+
+.PHONY: help setup test test-unit test-bpf test-netns demo lint fuzz clean require-root
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup:  ## install everything on a fresh Debian 12 machine (root; quick when done before)
+	@bash scripts/setup.sh
+
+# Each tier is its own pytest run: pytest exits 5 when it collects nothing, and make
+# stops on any non-zero status, so an empty tier can never pass as green.
+test: require-root test-unit test-bpf test-netns  ## run every tier: unit, bpf, netns (root)
+
+test-unit:  ## pure logic: loader, compiler, reference model, property tests (no root)
+	$(PYTEST) tests/unit -q -p no:cacheprovider
+
+test-bpf: require-root  ## real BPF loads and BPF_PROG_TEST_RUN (root)
+	$(PYTEST) tests/bpf -q -p no:cacheprovider
+
+test-netns: require-root  ## veth pairs in network namespaces with real traffic (root)
+	$(PYTEST) tests/netns -q -p no:cacheprovider
+
+require-root:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+	  echo "the bpf and netns tiers need root (real BPF loads, namespaces); run as root," \
+	       "or 'make test-unit' for the pure-logic tier" >&2; exit 1; fi
+
+demo:  ## validate, explain and test an example policy
+	$(NETCTL) validate $(EXAMPLE)
+	$(NETCTL) explain $(EXAMPLE) --src 198.51.100.7 --dst 192.0.2.10 --dport 22
+	$(NETCTL) test $(EXAMPLE)
+
+lint:  ## ruff over the package and tests
+	$(PY) -m ruff check netctl tests
+
+fuzz:  ## long loader fuzzing run (100,000 inputs)
+	NETCTL_FUZZ_EXAMPLES=100000 $(PYTEST) tests/unit/test_load_fuzz.py -q -p no:cacheprovider
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,304 @@
+"""The `netctl` command line.
+
+Each verb is a short process.  Expected failures print one clear line per problem and
+exit with the code of their error class (see netctl.errors); only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import NetctlError, PolicyError, Problem
+
+EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+
+EXAMPLES = {
+    "validate": """
+        netctl validate policies/web-server.yaml
+        netctl validate -o json policy.yaml | jq .errors
+        netctl validate --no-warnings big-blocklist.yaml""",
+    "explain": """
+        netctl explain policies/web-server.yaml --src 198.51.100.7 --dst 192.0.2.10 --dport 22
+        netctl explain policy.yaml --src 2001:db8::1 --dst 2001:db8::2 --proto icmpv6 \\
+            --icmp-type echo-request
+        netctl explain policy.yaml --src 10.0.0.1 --dst 10.0.0.2 --proto udp --dport 53 \\
+            --direction egress -o json""",
+    "test": """
+        netctl test policies/web-server.yaml
+        netctl test -o json policy.yaml""",
+    "schema": """
+        netctl schema > netctl-policy.schema.json
+        # VS Code (YAML extension): "yaml.schemas": {"netctl-policy.schema.json": "policies/*.yaml"}""",
+    "doctor": """
+        netctl doctor
+        netctl doctor -o json | jq '.checks[] | select(.ok == false)'""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netctl",
+        description="Compile YAML firewall and forwarding policies into BPF maps for XDP and "
+                    "tc, and test them before they go live.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'netctl VERB --help' for a verb's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"netctl {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = verbs.add_parser(
+            name, help=help_text, description=help_text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="examples:" + textwrap.indent(textwrap.dedent(EXAMPLES[name]), "  "),
+        )
+        p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                       help="output format (default: text)")
+        return p
+
+    p = verb("validate", "check a policy file; print every problem as FILE:LINE: message")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--no-warnings", action="store_true",
+                   help="skip the analysis for rules that can never match")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
+
+    p = verb("explain", "show the verdict a policy gives one packet, the deciding rule and why")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--src", required=True, help="source address")
+    p.add_argument("--dst", required=True, help="destination address")
+    p.add_argument("--proto", help="tcp, udp, icmp, icmpv6 or a number (default: tcp with "
+                   "ports, icmp/icmpv6 with --icmp-type)")
+    p.add_argument("--sport", help="source port (default 12345 for tcp/udp)")
+    p.add_argument("--dport", help="destination port (default 0 for tcp/udp)")
+    p.add_argument("--icmp-type", help="ICMP type name or number")
+    p.add_argument("--fragment", action="store_true", help="a non-first fragment (no ports)")
+    p.add_argument("--direction", choices=("ingress", "egress"), default="ingress")
+
+    p = verb("test", "run the policy's tests: section on the reference model and the "
+             "compiled maps")
+    p.add_argument("file", metavar="FILE")
+
+    p = verb("schema", "print the JSON Schema of policy v1 (for editors)")
+    p.set_defaults(output="json")
+
+    verb("doctor", "check what this machine offers netctl: kernel, BTF, headers, mounts, "
+         "and which BPF program types really load")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(HANDLERS[args.verb](args) or 0)
+    except NetctlError as exc:
+        print(_error_text(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `netctl ... | head`
+        sys.stderr.close()
+        return EXIT_OK
+
+
+def _error_text(exc: NetctlError) -> str:
+    if isinstance(exc, PolicyError):
+        return "\n".join(f"error: {p}" if not p.line else str(p) for p in exc.problems)
+    return f"netctl: {exc}"
+
+
+def _emit_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+# -- validate -----------------------------------------------------------------------------
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .policy.analyze import analyze
+    from .policy.load import load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        if args.output == "json":
+            _emit_json({"file": args.file, "valid": False,
+                        "errors": [_problem_dict(p) for p in exc.problems], "warnings": []})
+        else:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            print(f"{args.file}: invalid ({len(exc.problems)} error"
+                  f"{'s' if len(exc.problems) != 1 else ''})", file=sys.stderr)
+        return EXIT_INVALID
+    findings = [] if args.no_warnings else analyze(policy)
+    if args.output == "json":
+        _emit_json({
+            "file": args.file, "valid": not (args.strict and findings), "errors": [],
+            "warnings": [{"line": f.line, "message": f.message, "rule": f.rule,
+                          "covered_by": list(f.covered_by)} for f in findings],
+            "rules": len(policy.rules), "tests": len(policy.tests),
+        })
+    else:
+        for f in findings:
+            where = f"{args.file}:{f.line}" if f.line else args.file
+            print(f"{where}: warning: {f.message}", file=sys.stderr)
+        print(f"{args.file}: valid ({len(policy.rules)} rules, {len(policy.tests)} tests, "
+              f"{len(findings)} warning{'s' if len(findings) != 1 else ''})")
+    return EXIT_INVALID if args.strict and findings else EXIT_OK
+
+
+def _problem_dict(p: Problem) -> dict:
+    return {"file": p.source, "line": p.line, "column": p.column, "message": p.message}
+
+
+# -- explain ------------------------------------------------------------------------------
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .policy.explain import describe_packet, explain
+    from .policy.load import load_policy
+    from .policy.model import Direction
+
+    policy = load_policy(args.file)
+    packet = packet_from_args(args)
+    result = explain(policy, packet, Direction(args.direction))
+    if args.output == "json":
+        _emit_json(result.as_dict())
+        return EXIT_OK
+    d = result.decision
+    print(f"packet:    {describe_packet(packet)} ({args.direction})")
+    print(f"verdict:   {d.verdict.value.upper()}")
+    if d.why == "rule":
+        print(f"decided by rule '{d.rule.name}' ({args.file}:{d.rule.line}), "
+              f"the first {args.direction} rule that matches:")
+        for check in result.matched:
+            print(f"  {check.field:<9} {check.detail}")
+        if not result.matched:
+            print("  (the rule has no match fields: it matches every packet)")
+    elif d.why == "ndp":
+        print("decided by the built-in IPv6 neighbour-discovery accept (ICMPv6 133-137); "
+              "set allow_ndp: false to let rules decide")
+    else:
+        print(f"decided by the {args.direction} default: no {args.direction} rule matches")
+    if result.near_misses:
+        print("near misses (earlier rules that failed on one field):")
+        for rule, checks in result.near_misses:
+            failed = next(c for c in checks if not c.ok)
+            print(f"  '{rule.name}' (line {rule.line}): {failed.field}: {failed.detail}")
+    return EXIT_OK
+
+
+def packet_from_args(args: argparse.Namespace):
+    """Build a Packet from explain's options, reporting bad values like a policy would."""
+    from .policy.load import _Loader
+    from .policy.model import ICMP_PROTOS, PORT_PROTOS, Packet
+
+    reader = _Loader("command line")
+    src = reader.address(args.src, None, "--src")
+    dst = reader.address(args.dst, None, "--dst")
+    if reader.problems:
+        raise PolicyError(reader.problems)
+    if src.version != dst.version:
+        raise PolicyError([Problem("command line", 0, None,
+                                   "--src and --dst must be the same IP version")])
+    family = src.version
+    if args.proto is not None:
+        text = args.proto
+        proto = reader.protocol(int(text) if text.isdigit() else text, None, "--proto")
+    elif args.icmp_type is not None:
+        proto = 1 if family == 4 else 58
+    else:
+        proto = 6
+    if reader.problems:
+        raise PolicyError(reader.problems)
+    fields: dict[str, object] = {"fragment": args.fragment}
+    if proto in PORT_PROTOS:
+        for name, default in (("sport", 12345), ("dport", 0)):
+            value = getattr(args, name)
+            if value is None:
+                fields[name] = default
+                continue
+            port = reader.port_range(int(value) if value.isdigit() else value, None, f"--{name}")
+            if port is not None and port.lo != port.hi:
+                reader.error(None, f"--{name}: give one port, not a range")
+            elif port is not None:
+                fields[name] = port.lo
+    elif args.sport is not None or args.dport is not None:
+        reader.error(None, "--sport/--dport need --proto tcp or udp")
+    if ICMP_PROTOS.get(proto) == family:
+        icmp_type = 0
+        if args.icmp_type is not None:
+            text = args.icmp_type
+            types = reader.icmp_types(int(text) if text.isdigit() else text, None, [family],
+                                      "--icmp-type")
+            icmp_type = types[0][1] if types else 0
+        fields["icmp_type"], fields["icmp_code"] = icmp_type, 0
+    elif args.icmp_type is not None:
+        reader.error(None, f"--icmp-type needs --proto {'icmp' if family == 4 else 'icmpv6'} "
+                     f"for IPv{family} addresses")
+    if reader.problems:
+        raise PolicyError(reader.problems)
+    return Packet(src=src, dst=dst, proto=proto, **fields)  # type: ignore[arg-type]
+
+
+# -- test ---------------------------------------------------------------------------------
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from .policy.explain import describe_packet
+    from .policy.testing import run_policy_tests
+    from .policy.load import load_policy
+
+    policy = load_policy(args.file)
+    results = run_policy_tests(policy)
+    failed = [r for r in results if not r.passed]
+    if args.output == "json":
+        _emit_json({
+            "file": args.file, "passed": len(results) - len(failed), "failed": len(failed),
+            "engines": results[0].engines if results else [],
+            "results": [r.as_dict() for r in results],
+        })
+        return EXIT_FAIL if failed else EXIT_OK
+    if not results:
+        print(f"{args.file}: no tests: section (add tests: to check the policy's intent)")
+        return EXIT_OK
+    for r in results:
+        status = "ok  " if r.passed else "FAIL"
+        line = (f"{status} {args.file}:{r.test.line}: {describe_packet(r.test.packet)} "
+                f"{r.test.direction.value}: expected {r.test.expect}, got {r.got}")
+        print(line)
+        for problem in r.problems:
+            print(f"       {problem}")
+    engines = " and ".join(results[0].engines)
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed ({engines})")
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+# -- schema, doctor -----------------------------------------------------------------------
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    from .policy.schema import policy_schema
+
+    _emit_json(policy_schema())
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    return doctor.main(args.output)
+
+
+HANDLERS = {
+    "validate": cmd_validate,
+    "explain": cmd_explain,
+    "test": cmd_test,
+    "schema": cmd_schema,
+    "doctor": cmd_doctor,
+}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Warnings about a valid policy: rules that can never match, and settings that bite.
+
+Shadowed rules.  A rule can never match when every packet it matches is matched first by
+earlier rules of the same direction (one covering rule, or several together).  Each rule is
+seen as a union of boxes in the packet space (family, src, dst, proto, sport, dport, ICMP
+type), where a packet without ports (another protocol, or a non-first fragment) has port
+-1 and a packet without an ICMP type has type -1: so "tcp with no port field" also covers
+tcp fragments and "tcp dport 22" does not.  Earlier rules' boxes are subtracted; an empty
+remainder means the rule is dead, and the rules whose boxes were subtracted are named.
+
+Box subtraction can fragment; the work per rule is capped and a rule whose check exceeds
+the cap gets no warning (a missed warning, never a wrong one).  Earlier rules are found
+through an index on source prefixes, so a 100,000-rule blocklist is checked in linear time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .evaluate import evaluate
+from .model import (
+    ICMP_PROTOS,
+    NDP_TYPES,
+    PORT_PROTOS,
+    PROTO_ICMPV6,
+    Action,
+    Direction,
+    Packet,
+    Policy,
+    Rule,
+    TcHook,
+)
+
+MAX_BOXES = 2048          # fragments a single rule's check may create before giving up
+MAX_CANDIDATES = 4096     # earlier rules one rule is compared with
+
+_ALL_PROTOS = frozenset(range(256))
+_BITS = {4: 32, 6: 128}
+
+
+@dataclass(frozen=True)
+class Finding:
+    line: int
+    message: str
+    rule: str | None = None
+    covered_by: tuple[str, ...] = ()
+
+
+# A box: (src_lo, src_hi, dst_lo, dst_hi, protos, sp_lo, sp_hi, dp_lo, dp_hi, it_lo, it_hi)
+Box = tuple
+
+
+def analyze(policy: Policy) -> list[Finding]:
+    findings = shadowed_rules(policy)
+    findings += _ndp_findings(policy)
+    findings += _hook_findings(policy)
+    return sorted(findings, key=lambda f: f.line)
+
+
+def _ranges(networks, family: int) -> list[tuple[int, int]]:
+    if networks is None:
+        return [(0, (1 << _BITS[family]) - 1)]
+    return [
+        (int(n.network_address), int(n.broadcast_address))
+        for n in networks
+        if n.version == family
+    ]
+
+
+def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tuple, tuple]]:
+    """Split the rule's protocols into groups with the same L4 shape, as
+    (protocols, sport range(s), dport range(s), icmp type range(s))."""
+    protos = _ALL_PROTOS if rule.proto is None else frozenset(rule.proto)
+    # icmp (1) exists only in IPv4 and icmpv6 (58) only in IPv6 under a named protocol.
+    if rule.proto is not None:
+        protos = frozenset(p for p in protos if ICMP_PROTOS.get(p, family) == family)
+    any_port = ((-1, 65535),)
+    no_port = ((-1, -1),)
+    parts = []
+    if rule.sport is not None or rule.dport is not None:
+        ports = protos & PORT_PROTOS
+        sp = tuple((r.lo, r.hi) for r in rule.sport) if rule.sport else ((0, 65535),)
+        dp = tuple((r.lo, r.hi) for r in rule.dport) if rule.dport else ((0, 65535),)
+        if ports:
+            parts.append((ports, sp, dp, no_port))
+    elif rule.icmp_type is not None:
+        types = sorted(t for f, t in rule.icmp_type if f == family)
+        icmp = frozenset(p for p in protos if ICMP_PROTOS.get(p) == family)
+        if icmp and types:
+            parts.append((icmp, no_port, no_port, tuple((t, t) for t in types)))
+    else:
+        ports = protos & PORT_PROTOS
+        icmp = frozenset(p for p in protos if ICMP_PROTOS.get(p) == family)
+        other = protos - ports - icmp
+        if ports:
+            parts.append((ports, any_port, any_port, no_port))
+        if icmp:
+            parts.append((icmp, no_port, no_port, ((-1, 255),)))
+        if other:
+            parts.append((other, no_port, no_port, no_port))
+    return parts
+
+
+def _boxes(rule: Rule, family: int) -> list[Box]:
+    boxes = []
+    for s_lo, s_hi in _ranges(rule.src, family):
+        for d_lo, d_hi in _ranges(rule.dst, family):
+            for protos, sps, dps, its in _l4_parts(rule, family):
+                for sp in sps:
+                    for dp in dps:
+                        for it in its:
+                            boxes.append((s_lo, s_hi, d_lo, d_hi, protos, *sp, *dp, *it))
+    return boxes
+
+
+def _intersects(a: Box, b: Box) -> bool:
+    return (
+        a[0] <= b[1] and b[0] <= a[1]
+        and a[2] <= b[3] and b[2] <= a[3]
+        and not a[4].isdisjoint(b[4])
+        and a[5] <= b[6] and b[5] <= a[6]
+        and a[7] <= b[8] and b[7] <= a[8]
+        and a[9] <= b[10] and b[9] <= a[10]
+    )
+
+
+def _subtract(a: Box, b: Box) -> list[Box]:
+    """a minus b, as disjoint boxes (a and b intersect)."""
+    out: list[Box] = []
+    cur = list(a)
+    for lo, hi in ((0, 1), (2, 3), (5, 6), (7, 8), (9, 10)):
+        if cur[lo] < b[lo]:
+            piece = list(cur)
+            piece[hi] = b[lo] - 1
+            out.append(tuple(piece))
+            cur[lo] = b[lo]
+        if cur[hi] > b[hi]:
+            piece = list(cur)
+            piece[lo] = b[hi] + 1
+            out.append(tuple(piece))
+            cur[hi] = b[hi]
+        if lo == 2:  # protocols sit between dst and the ports in the tuple
+            rest = cur[4] - b[4]
+            if rest:
+                piece = list(cur)
+                piece[4] = rest
+                out.append(tuple(piece))
+                cur[4] = cur[4] & b[4]
+    return out
+
+
+class _SourceIndex:
+    """All rules of one (direction, family) by source prefix, built once; queries return
+    only rules before the asking one."""
+
+    def __init__(self, rules: list[Rule], family: int) -> None:
+        self.family = family
+        self.by_prefix: dict[tuple[int, int], list[int]] = defaultdict(list)  # (plen, net)
+        self.lengths: list[int] = []
+        self.any_src: list[int] = []
+        self.order: list[int] = [r.index for r in rules]
+        spans: list[tuple[int, int, int]] = []
+        for rule in rules:
+            if rule.src is None:
+                self.any_src.append(rule.index)
+                continue
+            for net in rule.src:
+                if net.version == family:
+                    self.by_prefix[(net.prefixlen, int(net.network_address))].append(rule.index)
+                    spans.append((int(net.network_address), int(net.broadcast_address),
+                                  rule.index))
+        self.lengths = sorted({plen for plen, _ in self.by_prefix})
+        spans.sort()
+        self.spans = spans
+
+    def candidates(self, rule: Rule) -> set[int] | None:
+        """Earlier rules whose source can overlap `rule`'s, or None when too many."""
+        before = rule.index
+        if rule.src is None:
+            earlier = self.order[: bisect.bisect_left(self.order, before)]
+            return None if len(earlier) > MAX_CANDIDATES else set(earlier)
+        found = {i for i in self.any_src if i < before}
+        bits = _BITS[self.family]
+        for net in rule.src:
+            if net.version != self.family:
+                continue
+            value = int(net.network_address)
+            for plen in self.lengths:  # covering prefixes (and the same one)
+                if plen > net.prefixlen:
+                    break
+                mask = ((1 << plen) - 1) << (bits - plen) if plen else 0
+                found.update(i for i in self.by_prefix.get((plen, value & mask), ()) if i < before)
+            hi = int(net.broadcast_address)
+            k = bisect.bisect_left(self.spans, (value, -1, -1))
+            scanned = 0
+            while k < len(self.spans) and self.spans[k][0] <= hi:  # prefixes inside
+                if self.spans[k][2] < before:
+                    found.add(self.spans[k][2])
+                k += 1
+                scanned += 1
+                if scanned > MAX_CANDIDATES or len(found) > MAX_CANDIDATES:
+                    return None
+        return found
+
+
+def shadowed_rules(policy: Policy) -> list[Finding]:
+    findings: list[Finding] = []
+    rules = policy.rules
+    indexes = {
+        (direction, family): _SourceIndex(
+            [r for r in rules if r.direction is direction and family in r.families], family)
+        for direction in Direction
+        for family in (4, 6)
+    }
+    for rule in rules:
+        covering: set[int] = set()
+        dead = True
+        for family in sorted(rule.families):
+            boxes = _boxes(rule, family)
+            if not boxes:
+                continue
+            candidates = indexes[(rule.direction, family)].candidates(rule)
+            if not candidates:
+                dead = False
+                break
+            remaining, used = _cover(boxes, [rules[i] for i in sorted(candidates)], family)
+            if remaining:
+                dead = False
+                break
+            covering |= used
+        if dead and covering:
+            covering = _minimal_cover(rule, covering, rules)
+            names = [rules[i].name for i in sorted(covering)]
+            lines = ", ".join(f"'{rules[i].name}' (line {rules[i].line})" for i in sorted(covering))
+            findings.append(Finding(
+                rule.line,
+                f"rule '{rule.name}' can never match: earlier rule"
+                f"{'s' if len(names) > 1 else ''} {lines} "
+                f"{'cover' if len(names) > 1 else 'covers'} every packet it matches",
+                rule=rule.name, covered_by=tuple(names)))
+    return findings
+
+
+def _minimal_cover(rule: Rule, covering: set[int], rules) -> set[int]:
+    """Drop covering rules that the others make unnecessary (greedy, bounded)."""
+    needed = set(covering)
+    for candidate in sorted(covering)[:16]:
+        trial = needed - {candidate}
+        if trial and all(
+            not _cover(_boxes(rule, f), [rules[i] for i in sorted(trial)], f)[0]
+            for f in rule.families
+        ):
+            needed = trial
+    return needed
+
+
+def _cover(boxes: list[Box], earlier: list[Rule], family: int) -> tuple[list[Box], set[int]]:
+    remaining = boxes
+    used: set[int] = set()
+    for other in earlier:
+        if not remaining:
+            break
+        other_boxes = _boxes(other, family)
+        for ob in other_boxes:
+            next_remaining: list[Box] = []
+            for box in remaining:
+                if _intersects(box, ob):
+                    used.add(other.index)
+                    next_remaining.extend(_subtract(box, ob))
+                else:
+                    next_remaining.append(box)
+            remaining = next_remaining
+            if len(remaining) > MAX_BOXES:
+                return remaining, used  # too fragmented: give up on this rule
+    return remaining, used
+
+
+def _ndp_findings(policy: Policy) -> list[Finding]:
+    """With allow_ndp: false, say so when neighbour discovery would be dropped."""
+    if policy.allow_ndp:
+        return []
+    dropped = []
+    for direction in Direction:
+        for icmp_type in sorted(NDP_TYPES):
+            packet = Packet(src=ipaddress.ip_address("fe80::1"),
+                            dst=ipaddress.ip_address("ff02::1"),
+                            proto=PROTO_ICMPV6, icmp_type=icmp_type, icmp_code=0)
+            decision = evaluate(policy, packet, direction)
+            if decision.verdict is Action.DROP:
+                by = f"rule '{decision.rule.name}'" if decision.rule else "the default"
+                dropped.append(f"{direction.value} type {icmp_type} ({by})")
+    if not dropped:
+        return []
+    return [Finding(0, "allow_ndp is false and IPv6 neighbour discovery would be dropped: "
+                    + ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else "")
+                    + "; hosts on the link may become unreachable")]
+
+
+def _hook_findings(policy: Policy) -> list[Finding]:
+    """Egress rules need a tc egress hook on the interfaces the policy names."""
+    egress_rules = [r for r in policy.rules if r.direction is Direction.EGRESS]
+    findings = []
+    for iface in policy.interfaces:
+        if egress_rules and TcHook.EGRESS not in iface.tc:
+            findings.append(Finding(iface.line, f"interface {iface.name} has no tc egress "
+                                    f"hook, so its {len(egress_rules)} egress rule(s) never run"))
+        if policy.stateful and TcHook.EGRESS not in iface.tc:
+            findings.append(Finding(iface.line, f"stateful: true needs tc egress on "
+                                    f"{iface.name} to see the flows this host starts"))
+    return findings

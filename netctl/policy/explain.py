@@ -1,0 +1,129 @@
+"""Why a rule does or does not match a packet, field by field, for `netctl explain`.
+
+The verdict itself always comes from the reference evaluator; this module only puts words
+on it, so an explanation can never disagree with the decision it explains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .evaluate import Decision, evaluate, rule_matches
+from .load import ICMP_TYPES, _proto_name
+from .model import ICMP_PROTOS, PORT_PROTOS, Direction, Packet, Policy, Rule
+
+
+@dataclass(frozen=True)
+class FieldCheck:
+    field: str
+    ok: bool
+    detail: str
+
+
+def describe_packet(packet: Packet) -> str:
+    text = f"{packet.src} -> {packet.dst} {_proto_name(packet.proto)}"
+    if packet.fragment:
+        return text + " (non-first fragment)"
+    if packet.proto in PORT_PROTOS:
+        text += f" {packet.sport} -> {packet.dport}"
+    elif ICMP_PROTOS.get(packet.proto) == packet.family and packet.icmp_type is not None:
+        names = [n for n, t in ICMP_TYPES[packet.family].items() if t == packet.icmp_type]
+        text += f" type {packet.icmp_type}" + (f" ({names[0]})" if names else "")
+    return text
+
+
+def _list(items) -> str:
+    return ", ".join(str(i) for i in items)
+
+
+def check_fields(rule: Rule, packet: Packet) -> list[FieldCheck]:
+    """Each field the rule sets, with whether the packet satisfies it and how."""
+    checks = []
+    for name in ("src", "dst"):
+        networks = getattr(rule, name)
+        if networks is None:
+            continue
+        address = getattr(packet, name)
+        hits = [n for n in networks if n.version == address.version and address in n]
+        if hits:
+            checks.append(FieldCheck(name, True, f"{address} is in {hits[0]}"))
+        elif not any(n.version == address.version for n in networks):
+            checks.append(FieldCheck(name, False, f"{name} has no IPv{address.version} item"))
+        else:
+            shown = _list(networks[:4]) + (" ..." if len(networks) > 4 else "")
+            checks.append(FieldCheck(name, False, f"{address} is not in {shown}"))
+    if rule.proto is not None:
+        allowed = _list(_proto_name(p) for p in rule.proto)
+        family_ok = ICMP_PROTOS.get(packet.proto, packet.family) == packet.family
+        ok = packet.proto in rule.proto and family_ok
+        detail = f"{_proto_name(packet.proto)} is {'' if ok else 'not '}in {allowed}"
+        if packet.proto in rule.proto and not family_ok:
+            detail = f"protocol {packet.proto} in an IPv{packet.family} packet is not {allowed}"
+        checks.append(FieldCheck("proto", ok, detail))
+    for name in ("sport", "dport"):
+        ranges = getattr(rule, name)
+        if ranges is None:
+            continue
+        port = getattr(packet, name)
+        if packet.fragment:
+            checks.append(FieldCheck(name, False, "a non-first fragment has no ports"))
+        elif packet.proto not in PORT_PROTOS or port is None:
+            checks.append(FieldCheck(name, False, "the packet has no ports"))
+        else:
+            ok = any(port in r for r in ranges)
+            checks.append(FieldCheck(name, ok, f"{port} is {'' if ok else 'not '}in "
+                                     f"{_list(ranges)}"))
+    if rule.icmp_type is not None:
+        types = [t for f, t in rule.icmp_type if f == packet.family]
+        if packet.fragment:
+            checks.append(FieldCheck("icmp_type", False, "a non-first fragment has no ICMP type"))
+        elif ICMP_PROTOS.get(packet.proto) != packet.family or packet.icmp_type is None:
+            checks.append(FieldCheck("icmp_type", False, "the packet is not ICMP of its family"))
+        else:
+            ok = packet.icmp_type in types
+            checks.append(FieldCheck("icmp_type", ok, f"type {packet.icmp_type} is "
+                                     f"{'' if ok else 'not '}in {_list(types) or 'none'}"))
+    return checks
+
+
+@dataclass(frozen=True)
+class Explanation:
+    decision: Decision
+    packet: Packet
+    direction: Direction
+    matched: list[FieldCheck]  # the deciding rule's fields (empty for default/ndp)
+    near_misses: list[tuple[Rule, list[FieldCheck]]]  # earlier rules failing on one field
+
+    def as_dict(self) -> dict:
+        rule = self.decision.rule
+        return {
+            "verdict": self.decision.verdict.value,
+            "why": self.decision.why,
+            "rule": None if rule is None else {"name": rule.name, "line": rule.line,
+                                               "action": rule.action.value},
+            "direction": self.direction.value,
+            "packet": describe_packet(self.packet),
+            "matched": [c.__dict__ for c in self.matched],
+            "near_misses": [
+                {"rule": r.name, "line": r.line,
+                 "failed": [c.__dict__ for c in checks if not c.ok]}
+                for r, checks in self.near_misses
+            ],
+        }
+
+
+def explain(policy: Policy, packet: Packet, direction: Direction, max_misses: int = 5
+            ) -> Explanation:
+    decision = evaluate(policy, packet, direction)
+    matched = check_fields(decision.rule, packet) if decision.rule is not None else []
+    stop = decision.rule.index if decision.rule is not None else len(policy.rules)
+    misses = []
+    for rule in policy.rules[:stop]:
+        if rule.direction is not direction or len(misses) >= max_misses:
+            continue
+        checks = check_fields(rule, packet)
+        failed = [c for c in checks if not c.ok]
+        if len(failed) == 1 and len(checks) > 1:
+            misses.append((rule, checks))
+    assert decision.rule is None or rule_matches(decision.rule, packet)
+    return Explanation(decision, packet, direction, matched, misses)

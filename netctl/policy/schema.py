@@ -1,0 +1,138 @@
+"""JSON Schema (draft 2020-12) of policy v1, for editors (`netctl schema`).
+
+The schema describes shapes and spellings; cross-field rules (ports need tcp/udp, address
+families must agree, host bits, duplicate names) are the loader's job and are listed in the
+descriptions so an editor's hover text tells the whole contract.
+"""
+
+from __future__ import annotations
+
+from .load import (
+    ICMP_TYPES,
+    INTERFACE_KEYS,
+    PACKET_KEYS,
+    PROTOCOLS,
+    ROUTE_KEYS,
+    RULE_KEYS,
+    RULE_NAME_MAX,
+    TEST_KEYS,
+    TOP_KEYS,
+)
+
+
+def _one_or_many(item: dict, description: str) -> dict:
+    return {"description": description,
+            "oneOf": [item, {"type": "array", "items": item, "minItems": 1}]}
+
+
+def policy_schema() -> dict:
+    address = {"type": "string", "description": "IPv4/IPv6 address or prefix in network form"}
+    port = {"oneOf": [
+        {"type": "integer", "minimum": 0, "maximum": 65535},
+        {"type": "string", "pattern": r"^\s*\d{1,5}\s*(-\s*\d{1,5}\s*)?$"},
+    ]}
+    proto = {"oneOf": [
+        {"type": "string", "enum": sorted(PROTOCOLS)},
+        {"type": "integer", "minimum": 0, "maximum": 255},
+    ]}
+    icmp_names = sorted({name for names in ICMP_TYPES.values() for name in names})
+    icmp_type = {"oneOf": [
+        {"type": "string", "enum": icmp_names},
+        {"type": "integer", "minimum": 0, "maximum": 255},
+    ]}
+    ifname = {"type": "string", "minLength": 1, "maxLength": 15, "pattern": r"^[^/:\s]+$"}
+    action = {"type": "string", "enum": ["accept", "drop"]}
+    direction = {"type": "string", "enum": ["ingress", "egress"], "default": "ingress"}
+    boolean = {"oneOf": [{"type": "boolean"},
+                         {"type": "string", "enum": ["yes", "no", "on", "off"]}]}
+
+    rule = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "action"],
+        "description": "Rules are ordered: the first matching rule of the packet's direction "
+                       "decides. Fields are ANDed, list items ORed, an omitted field matches "
+                       "anything. Ports need proto tcp/udp (default both); icmp_type needs "
+                       "proto icmp/icmpv6; src, dst and proto must allow a common IP version.",
+        "properties": {
+            "name": {"type": ["string", "integer"], "description":
+                     f"unique, 1-{RULE_NAME_MAX} characters without spaces"},
+            "direction": direction,
+            "action": action,
+            "src": _one_or_many(address, "source address(es); omitted = any"),
+            "dst": _one_or_many(address, "destination address(es); omitted = any"),
+            "proto": _one_or_many(proto, "protocol name or number; icmp is IPv4-only, "
+                                  "icmpv6 IPv6-only"),
+            "sport": _one_or_many(port, "source port, 'lo-hi' or a list (tcp/udp only)"),
+            "dport": _one_or_many(port, "destination port, 'lo-hi' or a list (tcp/udp only)"),
+            "icmp_type": _one_or_many(icmp_type, "ICMP/ICMPv6 type name or number"),
+            "log": {**boolean, "description": "matches also go to `netctl monitor` (sampled)"},
+        },
+    }
+    interface = {"oneOf": [ifname, {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": ifname,
+            "xdp": {"type": "string", "enum": ["auto", "native", "generic", "off"],
+                    "default": "auto"},
+            "tc": {"oneOf": [
+                {"type": "array", "items": {"type": "string", "enum": ["ingress", "egress"]}},
+                {"type": "string", "enum": ["ingress", "egress", "off"]},
+            ], "default": ["ingress", "egress"]},
+        },
+    }]}
+    route = {
+        "type": "object", "additionalProperties": False, "required": list(ROUTE_KEYS),
+        "properties": {"dst": address, "via": {"type": "string"}, "dev": ifname},
+    }
+    packet = {
+        "type": "object", "additionalProperties": False, "required": ["src", "dst", "proto"],
+        "properties": {
+            "src": {"type": "string"}, "dst": {"type": "string"}, "proto": proto,
+            "sport": {"type": "integer", "minimum": 0, "maximum": 65535},
+            "dport": {"type": "integer", "minimum": 0, "maximum": 65535},
+            "icmp_type": icmp_type,
+            "icmp_code": {"type": "integer", "minimum": 0, "maximum": 255},
+            "fragment": boolean,
+        },
+    }
+    test = {
+        "type": "object", "additionalProperties": False, "required": ["packet", "expect"],
+        "properties": {
+            "packet": packet,
+            "direction": direction,
+            "expect": {"oneOf": [action, {
+                "type": "object", "additionalProperties": False, "required": ["rule"],
+                "properties": {"rule": {"type": ["string", "integer"]}},
+            }]},
+        },
+    }
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "netctl-policy-v1",
+        "title": "netctl policy v1",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["version"],
+        "properties": {
+            "version": {"const": 1},
+            "interfaces": {"type": ["array", "null"], "items": interface},
+            "defaults": {"type": "object", "additionalProperties": False,
+                         "properties": {"ingress": action, "egress": action}},
+            "stateful": boolean,
+            "allow_ndp": {**boolean, "description": "accept ICMPv6 neighbour discovery "
+                          "(types 133-137) before any rule; default true"},
+            "rules": {"type": ["array", "null"], "items": rule},
+            "routes": {"type": ["array", "null"], "items": route},
+            "tests": {"type": ["array", "null"], "items": test},
+        },
+    }
+    # Keep the schema and the loader's key lists from drifting apart.
+    assert set(schema["properties"]) == set(TOP_KEYS)
+    assert set(rule["properties"]) == set(RULE_KEYS)
+    assert set(interface["oneOf"][1]["properties"]) == set(INTERFACE_KEYS)
+    assert set(test["properties"]) == set(TEST_KEYS)
+    assert set(packet["properties"]) == set(PACKET_KEYS)
+    return schema
