@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         p = verbs.add_parser(
             name, help=help_text, description=help_text,
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog="examples:" + textwrap.indent(textwrap.dedent(EXAMPLES[name]), "  "),
+            epilog="examples:" + textwrap.indent(textwrap.dedent(EXAMPLES[name]), "  ") + "\n",
         )
         p.add_argument("-o", "--output", choices=("text", "json"), default="text",
                        help="output format (default: text)")
