@@ -40,7 +40,7 @@ from .model import (
     TcHook,
     XdpMode,
 )
-from .yamlsrc import Mark, YMap, YSeq, compose, to_pos
+from .yamlsrc import YMap, YSeq, compose, to_pos
 
 Pos = object  # where a value was: a libyaml mark (see yamlsrc)
 
@@ -510,7 +510,7 @@ class _Loader:
         proto, icmp_type, families = self.rule_constraints(node, src, dst, proto)
         if len(self.problems) > before:
             return None
-        return Rule(name=name, index=index, line=pos.line + 1, direction=direction,
+        return Rule(name=name, index=index, line=to_pos(pos)[0], direction=direction,
                     action=action, src=src, dst=dst, proto=proto, sport=sport, dport=dport,
                     icmp_type=icmp_type, log=log, families=families)
 
@@ -566,30 +566,23 @@ class _Loader:
                     self.error(later("icmp_type", "proto"),
                                f"icmp_type needs proto icmp or icmpv6; proto also has {names}")
         # Families: each of src, dst and proto may restrict the IP versions a packet can have.
-        families = {4, 6}
-        if dst is None and proto is None and src is not None and "icmp_type" not in node:
-            return proto, None, frozenset({n.version for n in src})  # fast path: src only
-        limits: list[tuple[str, set[int]]] = []
-        if src is not None:
-            limits.append(("src", {n.version for n in src}))
-        if dst is not None:
-            limits.append(("dst", {n.version for n in dst}))
-        if proto is not None:
-            proto_families: set[int] = set()
-            for p in proto:
-                proto_families |= {ICMP_PROTOS[p]} if p in ICMP_PROTOS else {4, 6}
-            limits.append(("proto", proto_families))
-        limits.sort(key=lambda kv: to_pos(keypos[kv[0]]))
-        seen: list[str] = []
-        for key, fams in limits:
-            if not families & fams:
-                self.error(keypos[key], f"the rule can never match: {key} is "
-                           f"{_family_words(fams)} only, but {' and '.join(seen)} "
-                           f"{'allows' if len(seen) == 1 else 'allow'} "
-                           f"{_family_words(families)} only")
-                return proto, None, frozenset(families)
-            families &= fams
-            seen.append(key)
+        limits = {"src": _net_families(src), "dst": _net_families(dst)}
+        if "proto" in node and proto is not None:
+            limits["proto"] = _proto_families(proto)
+        families = _BOTH.intersection(*limits.values())
+        if not families:  # find the key that made it impossible, in file order
+            allowed: frozenset[int] = _BOTH
+            seen: list[str] = []
+            for key in sorted((k for k in limits if k in node), key=lambda k: to_pos(keypos[k])):
+                if not allowed & limits[key]:
+                    self.error(keypos[key], f"the rule can never match: {key} is "
+                               f"{_family_words(limits[key])} only, but {' and '.join(seen)} "
+                               f"{'allows' if len(seen) == 1 else 'allow'} "
+                               f"{_family_words(allowed)} only")
+                    break
+                allowed &= limits[key]
+                seen.append(key)
+            return proto, None, families
         icmp_type = None
         if "icmp_type" in node and proto is not None and len(self.problems) == before:
             icmp_families = sorted(ICMP_PROTOS[p] for p in proto if p in ICMP_PROTOS
@@ -732,6 +725,28 @@ class _Loader:
             return Expectation(rule=str(name))
         verdict = self.as_choice(value, pos, "expect", Action)
         return Expectation(verdict=verdict) if verdict is not None else None
+
+
+_BOTH = frozenset({4, 6})
+
+
+def _net_families(networks) -> frozenset[int]:
+    if networks is None:
+        return _BOTH
+    if len(networks) == 1:
+        return _V4 if networks[0].version == 4 else _V6
+    return frozenset(n.version for n in networks)
+
+
+_V4, _V6 = frozenset({4}), frozenset({6})
+
+
+@lru_cache(maxsize=1024)
+def _proto_families(protos: tuple[int, ...]) -> frozenset[int]:
+    families: set[int] = set()
+    for p in protos:
+        families |= {ICMP_PROTOS[p]} if p in ICMP_PROTOS else _BOTH
+    return frozenset(families)
 
 
 def later_pos(node: YMap, a: str, b: str) -> Pos:

@@ -73,15 +73,6 @@ class YSeq(list):
         return zip(self, self.itemmarks, strict=True)
 
 
-class Mark:
-    """A position made up by hand (for shorthand expansions), shaped like libyaml's."""
-
-    __slots__ = ("line", "column")
-
-    def __init__(self, pos: Pos):
-        self.line, self.column = pos[0] - 1, (pos[1] or 1) - 1
-
-
 @dataclass(frozen=True)
 class YamlProblem:
     line: int
@@ -89,8 +80,99 @@ class YamlProblem:
     message: str
 
 
+# -- fast path for one-line flow mappings --------------------------------------------------
+# Big generated policies are mostly lines like
+#     - {name: bl-17, action: drop, src: 10.0.17.0/24, dport: [22, "8000-8100"]}
+# libyaml makes about 15 Python objects per such line.  A line whose content is that simple
+# (plain scalars of address/port/name characters, quoted strings without escapes, flat
+# lists) is read here directly, and libyaml sees a one-token placeholder on that line, so
+# the document's structure and every line number stay as they were.  Anything else on the
+# line (anchors, tags, nesting, escapes, comments inside) leaves it to libyaml.  A
+# differential test checks this path against libyaml's reading of the same lines.
+_PLAIN = r"[A-Za-z0-9_][A-Za-z0-9_./:+-]*(?<!:)"
+_SCALAR = rf"""(?:{_PLAIN}|"[ !#-\[\]-~]*"|'[ -&(-~]*')"""  # quoted: printable ASCII
+_FAST_LINE = re.compile(r"( *)- \{ *(.*?) *\} *(?:#.*)?\Z")
+_FAST_LINES = re.compile(r"^( +)- \{ *([^\n{}#]*?) *\} *(?:#[^\n]*)?$", re.MULTILINE)
+_FAST_ITEM = re.compile(
+    rf"([A-Za-z_][A-Za-z0-9_]*): +(?:({_SCALAR})|\[ *((?:{_SCALAR})(?: *, *{_SCALAR})*)? *\])"
+    r" *(?:,|\Z) *"
+)
+_FAST_SCALAR = re.compile(_SCALAR)
+_BLOCK_SCALAR = re.compile(r"[:-] +[|>]")
+_PLACEHOLDER = "_netctl_fast_line_"
+
+
+def _fast_scalar(token: str) -> object:
+    first = token[0]
+    if first == '"' or first == "'":
+        return token[1:-1]
+    if _INT.match(token):
+        return int(token, 10)
+    return None if token in _NULLS else token
+
+
+def _fast_line(line: str, lineno: int) -> YMap | None:
+    """The mapping on one simple flow item line (0-based `lineno`), or None."""
+    m = _FAST_LINE.match(line)
+    return None if m is None else _fast_map(m.group(2), lineno, m.start(2), m.end(1))
+
+
+def _fast_map(body: str, lineno: int, body_col: int, indent: int) -> YMap | None:
+    """Read a flow mapping's body; None to leave it to libyaml.  Positions are packed ints
+    (see to_pos): this runs once per rule of a big file."""
+    if body_col + len(body) > 60000:
+        return None
+    base = ((lineno + 1) << 16) + body_col + 1  # 1-based column of body[0]
+    node = YMap(base - body_col + indent + 2)
+    keymarks, valmarks = node.keymarks, node.valmarks
+    pos = 0
+    for item in _FAST_ITEM.finditer(body):
+        if item.start() != pos:
+            return None
+        pos = item.end()
+        key, scalar, items = item.group(1, 2, 3)
+        if key in node:
+            return None  # let libyaml's reading report the duplicate
+        keymarks[key] = base + item.start(1)
+        if scalar is not None:
+            node[key] = _fast_scalar(scalar)
+            valmarks[key] = base + item.start(2)
+        else:
+            seq = YSeq(base + body.index("[", item.end(1)))
+            if items is not None:
+                at = base + item.start(3)
+                for tok in _FAST_SCALAR.finditer(items):
+                    seq.append(_fast_scalar(tok.group()))
+                    seq.itemmarks.append(at + tok.start())
+            node[key] = seq
+            valmarks[key] = seq.mark
+    if pos != len(body):
+        return None
+    return node
+
+
 def compose(text: str) -> tuple[object, list[YamlProblem]]:
-    """Parse one YAML document.  Returns (root or None, problems).
+    """Parse one YAML document.  Returns (root or None, problems)."""
+    fast: dict[int, YMap] = {}
+    if text.count("\n") > 1000 and not _BLOCK_SCALAR.search(text):
+        where = [0, 0]  # (offset, line) of the last match, to count lines incrementally
+
+        def replace(m: re.Match) -> str:
+            start = m.start()
+            lineno = where[1] + text.count("\n", where[0], start)
+            where[0], where[1] = start, lineno
+            node = _fast_map(m.group(2), lineno, m.start(2) - start, m.end(1) - start)
+            if node is None:
+                return m.group(0)
+            fast[lineno] = node
+            return f"{m.group(1)}- {_PLACEHOLDER}"
+
+        text = _FAST_LINES.sub(replace, text)
+    return _compose(text, fast)
+
+
+def _compose(text: str, fast: dict[int, YMap]) -> tuple[object, list[YamlProblem]]:
+    """Parse one YAML document with libyaml; placeholders stand for `fast` lines.
 
     This loop runs once per YAML event (about 15 per rule), so it is written for speed:
     positions are libyaml's own Mark objects, converted to (line, column) only when read.
@@ -119,6 +201,10 @@ def compose(text: str) -> tuple[object, list[YamlProblem]]:
                         node = int(node, 10)
                     elif node in nulls:
                         node = None
+                    elif fast and node.startswith(_PLACEHOLDER):
+                        node = fast.get(mark.line, node)
+                        if type(node) is YMap:
+                            mark = node.mark
                 anchor = event.anchor
             elif kind is map_start:
                 stack.append([YMap(mark), _NOKEY, None, event.anchor])
@@ -187,7 +273,10 @@ def compose(text: str) -> tuple[object, list[YamlProblem]]:
 
 
 def to_pos(mark) -> Pos:
-    """A libyaml mark (0-based) as a 1-based (line, column)."""
+    """A position as a 1-based (line, column).  Marks are libyaml's (0-based attributes)
+    or, from the fast path, ints packing (line << 16) + column, already 1-based."""
+    if type(mark) is int:
+        return (mark >> 16, mark & 0xFFFF)
     return (mark.line + 1, mark.column + 1)
 
 
