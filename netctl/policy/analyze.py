@@ -39,6 +39,8 @@ MAX_CANDIDATES = 4096     # earlier rules one rule is compared with
 
 _ALL_PROTOS = frozenset(range(256))
 _BITS = {4: 32, 6: 128}
+_OTHER_FAMILY = {4: 6, 6: 4}
+_ICMP_OF = {f: frozenset(p for p, fam in ICMP_PROTOS.items() if fam == f) for f in (4, 6)}
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,11 @@ def _ranges(networks, family: int) -> list[tuple[int, int]]:
 def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tuple, tuple]]:
     """Split the rule's protocols into groups with the same L4 shape, as
     (protocols, sport range(s), dport range(s), icmp type range(s))."""
+    own_icmp = _ICMP_OF[family]
     protos = _ALL_PROTOS if rule.proto is None else frozenset(rule.proto)
     # icmp (1) exists only in IPv4 and icmpv6 (58) only in IPv6 under a named protocol.
     if rule.proto is not None:
-        protos = frozenset(p for p in protos if ICMP_PROTOS.get(p, family) == family)
+        protos = protos - _ICMP_OF[_OTHER_FAMILY[family]]
     any_port = ((-1, 65535),)
     no_port = ((-1, -1),)
     parts = []
@@ -88,12 +91,12 @@ def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tupl
             parts.append((ports, sp, dp, no_port))
     elif rule.icmp_type is not None:
         types = sorted(t for f, t in rule.icmp_type if f == family)
-        icmp = frozenset(p for p in protos if ICMP_PROTOS.get(p) == family)
+        icmp = protos & own_icmp
         if icmp and types:
             parts.append((icmp, no_port, no_port, tuple((t, t) for t in types)))
     else:
         ports = protos & PORT_PROTOS
-        icmp = frozenset(p for p in protos if ICMP_PROTOS.get(p) == family)
+        icmp = protos & own_icmp
         other = protos - ports - icmp
         if ports:
             parts.append((ports, any_port, any_port, no_port))
@@ -219,10 +222,10 @@ def shadowed_rules(policy: Policy) -> list[Finding]:
         covering: set[int] = set()
         dead = True
         for family in sorted(rule.families):
-            boxes = _boxes(rule, family)
-            if not boxes:
-                continue
             candidates = indexes[(rule.direction, family)].candidates(rule)
+            boxes = _boxes(rule, family) if candidates else None
+            if boxes == []:
+                continue  # nothing of this family to cover
             if not candidates:
                 dead = False
                 break
