@@ -1,0 +1,136 @@
+"""The CLI verbs, run in-process: exit codes, FILE:LINE errors, JSON shapes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from netctl.cli import main
+
+POLICY = """\
+version: 1
+defaults: {ingress: drop}
+rules:
+  - name: ssh
+    action: accept
+    src: 198.51.100.0/24
+    proto: tcp
+    dport: 22
+  - name: web
+    action: accept
+    proto: tcp
+    dport: [80, 443]
+  - name: web-again
+    action: drop
+    proto: tcp
+    dport: 443
+tests:
+  - packet: {src: 198.51.100.7, dst: 192.0.2.1, proto: tcp, dport: 22}
+    expect: {rule: ssh}
+  - packet: {src: 203.0.113.7, dst: 192.0.2.1, proto: tcp, dport: 22}
+    expect: drop
+"""
+
+
+@pytest.fixture
+def policy_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_validate_ok_with_shadow_warning(capsys, policy_file):
+    code, out, err = run(capsys, "validate", str(policy_file))
+    assert code == 0 and "valid (3 rules, 2 tests, 1 warning)" in out
+    assert f"{policy_file}:13: warning: rule 'web-again'" in err
+    assert run(capsys, "validate", "--strict", str(policy_file))[0] == 2
+
+
+def test_validate_errors_are_file_line_and_exit_2(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n  - name: a\n    action: block\n  - name: a\n"
+                   "    action: drop\n")
+    code, out, err = run(capsys, "validate", str(bad))
+    assert code == 2
+    assert f"{bad}:4:13: action must be one of accept, drop" in err
+    assert f"{bad}:5:5: duplicate rule name 'a' (first used at line 3)" in err
+    code, out, _ = run(capsys, "validate", "-o", "json", str(bad))
+    data = json.loads(out)
+    assert code == 2 and data["valid"] is False
+    assert [(e["line"], e["column"]) for e in data["errors"]] == [(4, 13), (5, 5)]
+
+
+def test_validate_missing_file(capsys, tmp_path):
+    code, _, err = run(capsys, "validate", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "cannot read: No such file or directory" in err
+
+
+def test_explain_text_and_json(capsys, policy_file):
+    code, out, _ = run(capsys, "explain", str(policy_file), "--src", "198.51.100.9",
+                       "--dst", "192.0.2.1", "--dport", "22")
+    assert code == 0 and "ACCEPT" in out and "rule 'ssh'" in out and "22 is in 22" in out
+    code, out, _ = run(capsys, "explain", str(policy_file), "--src", "203.0.113.1",
+                       "--dst", "192.0.2.1", "--dport", "22", "-o", "json")
+    data = json.loads(out)
+    assert data["verdict"] == "drop" and data["why"] == "default"
+    assert data["near_misses"][0]["rule"] == "ssh"
+
+
+def test_explain_icmp_type_infers_protocol_and_ndp(capsys, policy_file):
+    code, out, _ = run(capsys, "explain", str(policy_file), "--src", "fe80::1",
+                       "--dst", "ff02::1", "--icmp-type", "neighbor-solicitation", "-o", "json")
+    data = json.loads(out)
+    assert data["verdict"] == "accept" and data["why"] == "ndp"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--src", "300.0.0.1", "--dst", "10.0.0.1"], "--src: '300.0.0.1' is not an IP address"),
+    (["--src", "10.0.0.1", "--dst", "::1"], "same IP version"),
+    (["--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "icmp", "--dport", "5"],
+     "--sport/--dport need --proto tcp or udp"),
+    (["--src", "10.0.0.1", "--dst", "10.0.0.2", "--dport", "70000"], "outside 0-65535"),
+    (["--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "bogus"], "unknown protocol"),
+])
+def test_explain_bad_packet_is_a_clear_error(capsys, policy_file, args, message):
+    code, _, err = run(capsys, "explain", str(policy_file), *args)
+    assert code == 2 and message in err
+
+
+def test_test_verb_passes_and_fails(capsys, policy_file, tmp_path):
+    code, out, _ = run(capsys, "test", str(policy_file))
+    assert code == 0 and "2 passed, 0 failed" in out
+    flipped = tmp_path / "flipped.yaml"
+    flipped.write_text(POLICY.replace("expect: drop", "expect: accept"))
+    code, out, _ = run(capsys, "test", str(flipped))
+    assert code == 1 and "1 passed, 1 failed" in out and "FAIL" in out
+    code, out, _ = run(capsys, "test", "-o", "json", str(flipped))
+    data = json.loads(out)
+    assert code == 1 and data["failed"] == 1 and data["results"][1]["passed"] is False
+
+
+def test_schema_is_json_and_accepts_the_example(capsys, policy_file):
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    code, out, _ = run(capsys, "schema")
+    schema = json.loads(out)
+    assert code == 0
+    jsonschema.validate(yaml.safe_load(POLICY), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"version": 1, "rulez": []}, schema)
+
+
+def test_help_of_each_verb_shows_examples(capsys):
+    for verb in ("validate", "explain", "test", "schema", "doctor"):
+        with pytest.raises(SystemExit) as exc:
+            main([verb, "--help"])
+        assert exc.value.code == 0
+        assert "examples:" in capsys.readouterr().out
