@@ -33,7 +33,8 @@ EXAMPLES = {
         netctl test -o json policy.yaml""",
     "schema": """
         netctl schema > netctl-policy.schema.json
-        # VS Code (YAML extension): "yaml.schemas": {"netctl-policy.schema.json": "policies/*.yaml"}""",
+        # VS Code YAML extension, settings.json:
+        #   "yaml.schemas": {"netctl-policy.schema.json": "policies/*.yaml"}""",
     "doctor": """
         netctl doctor
         netctl doctor -o json | jq '.checks[] | select(.ok == false)'""",
@@ -249,8 +250,8 @@ def packet_from_args(args: argparse.Namespace):
 
 def cmd_test(args: argparse.Namespace) -> int:
     from .policy.explain import describe_packet
-    from .policy.testing import run_policy_tests
     from .policy.load import load_policy
+    from .policy.testing import run_policy_tests
 
     policy = load_policy(args.file)
     results = run_policy_tests(policy)

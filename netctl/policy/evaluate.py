@@ -89,6 +89,7 @@ def _ports_match(ranges: tuple[PortRange, ...] | None, packet: Packet, port: int
 def _icmp_type_matches(rule: Rule, packet: Packet) -> bool:
     if rule.icmp_type is None:
         return True
-    if packet.fragment or ICMP_PROTOS.get(packet.proto) != packet.family or packet.icmp_type is None:
+    is_own_icmp = ICMP_PROTOS.get(packet.proto) == packet.family
+    if packet.fragment or not is_own_icmp or packet.icmp_type is None:
         return False
     return (packet.family, packet.icmp_type) in rule.icmp_type

@@ -89,7 +89,8 @@ ICMP_TYPES = {
     },
 }
 
-TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "allow_ndp", "rules", "routes", "tests")
+TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "allow_ndp", "rules", "routes",
+            "tests")
 RULE_KEYS = ("name", "direction", "action", "src", "dst", "proto", "sport", "dport",
              "icmp_type", "log")
 INTERFACE_KEYS = ("name", "xdp", "tc")
@@ -98,7 +99,7 @@ TEST_KEYS = ("packet", "direction", "expect")
 PACKET_KEYS = ("src", "dst", "proto", "sport", "dport", "icmp_type", "icmp_code", "fragment")
 RULE_NAME_MAX = 64
 
-_RULE_NAME = re.compile(r"\S{1,%d}\Z" % RULE_NAME_MAX)
+_RULE_NAME = re.compile(rf"\S{{1,{RULE_NAME_MAX}}}\Z")
 _KEYSETS: dict[tuple[str, ...], frozenset[str]] = {}
 _TRUE = frozenset({"true", "yes", "on"})
 _FALSE = frozenset({"false", "no", "off"})
@@ -153,9 +154,9 @@ def _parse_network(text: str) -> Network | str:
             plen = -1
         octets = address.split(".")
         canonical = all(o.isdigit() and (o[0] != "0" or o == "0") for o in octets)
-        if canonical and 0 <= plen <= 32 and (not slash or length.isdigit()):
-            if value & ((1 << (32 - plen)) - 1) == 0:
-                return ipaddress.IPv4Network((value, plen))
+        if (canonical and 0 <= plen <= 32 and (not slash or length.isdigit())
+                and value & ((1 << (32 - plen)) - 1) == 0):
+            return ipaddress.IPv4Network((value, plen))
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
@@ -686,13 +687,12 @@ class _Loader:
             self.error(later_pos(node, "proto", "dport" if "dport" in node else "sport"),
                        "ports need proto tcp or udp")
             return None
-        if "icmp_type" in node or "icmp_code" in node:
-            if ICMP_PROTOS.get(proto) != family:
-                key = "icmp_type" if "icmp_type" in node else "icmp_code"
-                self.error(later_pos(node, "proto", key),
-                           f"{key} needs proto {'icmp' if family == 4 else 'icmpv6'} "
-                           f"for an IPv{family} packet")
-                return None
+        if ("icmp_type" in node or "icmp_code" in node) and ICMP_PROTOS.get(proto) != family:
+            key = "icmp_type" if "icmp_type" in node else "icmp_code"
+            self.error(later_pos(node, "proto", key),
+                       f"{key} needs proto {'icmp' if family == 4 else 'icmpv6'} "
+                       f"for an IPv{family} packet")
+            return None
         if ICMP_PROTOS.get(proto) == family:
             icmp_type = 0
             if "icmp_type" in node:

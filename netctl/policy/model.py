@@ -36,24 +36,24 @@ ICMP_PROTOS = {PROTO_ICMP: 4, PROTO_ICMPV6: 6}  # protocol -> the only family it
 NDP_TYPES = frozenset(range(133, 138))
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     ACCEPT = "accept"
     DROP = "drop"
 
 
-class Direction(str, enum.Enum):
+class Direction(enum.StrEnum):
     INGRESS = "ingress"
     EGRESS = "egress"
 
 
-class XdpMode(str, enum.Enum):
+class XdpMode(enum.StrEnum):
     AUTO = "auto"
     NATIVE = "native"
     GENERIC = "generic"
     OFF = "off"
 
 
-class TcHook(str, enum.Enum):
+class TcHook(enum.StrEnum):
     INGRESS = "ingress"
     EGRESS = "egress"
 

@@ -58,12 +58,16 @@ def test_doctor_inside_a_namespace_reports_what_it_sees():
 def test_namespace_and_veth_are_removed_even_when_the_body_fails():
     before = namespaces()
     made: list[str] = []
-    with pytest.raises(RuntimeError), netns("f") as a, netns("g") as b:
-        with veth_pair(a, b, "10.99.0.1/30", "10.99.0.2/30") as pair:
-            made.extend(pair)
-            ping = run("ping", "-c", "1", "-W", "2", "10.99.0.2", ns=a, check=False)
-            assert ping.returncode == 0, ping.stdout + ping.stderr
-            raise RuntimeError("test body failed")
+    with (
+        pytest.raises(RuntimeError),
+        netns("f") as a,
+        netns("g") as b,
+        veth_pair(a, b, "10.99.0.1/30", "10.99.0.2/30") as pair,
+    ):
+        made.extend(pair)
+        ping = run("ping", "-c", "1", "-W", "2", "10.99.0.2", ns=a, check=False)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        raise RuntimeError("test body failed")
     assert namespaces() == before
     host_links = run("ip", "-o", "link").stdout
     for name in made:
