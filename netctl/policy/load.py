@@ -99,6 +99,7 @@ TEST_KEYS = ("packet", "direction", "expect")
 PACKET_KEYS = ("src", "dst", "proto", "sport", "dport", "icmp_type", "icmp_code", "fragment")
 RULE_NAME_MAX = 64
 
+_DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() also takes '٨'
 _RULE_NAME = re.compile(rf"\S{{1,{RULE_NAME_MAX}}}\Z")
 _KEYSETS: dict[tuple[str, ...], frozenset[str]] = {}
 _TRUE = frozenset({"true", "yes", "on"})
@@ -153,8 +154,8 @@ def _parse_network(text: str) -> Network | str:
         except (OSError, ValueError):
             plen = -1
         octets = address.split(".")
-        canonical = all(o.isdigit() and (o[0] != "0" or o == "0") for o in octets)
-        if (canonical and 0 <= plen <= 32 and (not slash or length.isdigit())
+        canonical = all(_DIGITS.match(o) and (o[0] != "0" or o == "0") for o in octets)
+        if (canonical and 0 <= plen <= 32 and (not slash or _DIGITS.match(length))
                 and value & ((1 << (32 - plen)) - 1) == 0):
             return ipaddress.IPv4Network((value, plen))
     try:
@@ -281,7 +282,7 @@ class _Loader:
             lo_text, dash, hi_text = text.partition("-")
             if not dash:
                 hi_text = lo_text
-            if not (lo_text.strip().isdigit() and hi_text.strip().isdigit()):
+            if not (_DIGITS.match(lo_text.strip()) and _DIGITS.match(hi_text.strip())):
                 self.error(pos, f"{what}: {item!r} is not a port or a range 'lo-hi'")
                 return None
             lo, hi = int(lo_text), int(hi_text)
@@ -309,6 +310,8 @@ class _Loader:
         return tuple(dict.fromkeys(result)) if len(result) == len(items) else None
 
     def protocol(self, item: object, pos: Pos, what: str) -> int | None:
+        if isinstance(item, str) and _DIGITS.match(item.strip()):
+            item = int(item)  # a quoted number, as ports allow
         if isinstance(item, int) and not isinstance(item, bool):
             if 0 <= item <= 255:
                 return item
@@ -328,6 +331,8 @@ class _Loader:
         result: list[tuple[int, int]] = []
         ok = True
         for item, ipos in items:
+            if isinstance(item, str) and _DIGITS.match(item.strip()):
+                item = int(item)  # a quoted number, as ports allow
             if isinstance(item, int) and not isinstance(item, bool):
                 if not 0 <= item <= 255:
                     self.error(ipos, f"{what}: ICMP type {item} is outside 0-255")
@@ -359,8 +364,10 @@ class _Loader:
             self.error((1, None), "the policy is empty (it needs at least 'version: 1')")
         elif root is not None and not isinstance(root, YMap):
             self.error(getattr(root, "mark", (1, None)), "a policy must be a YAML mapping")
-        if self.problems or not isinstance(root, YMap):
+        if not isinstance(root, YMap):
             raise PolicyError(self.problems)
+        # A YAML-level problem (duplicate key, unknown alias) still leaves a readable
+        # document: check the policy too, so every problem is reported at once.
         policy = self.policy(root)
         if self.problems:
             raise PolicyError(self.problems)
@@ -377,6 +384,12 @@ class _Loader:
                        "(this netctl reads version 1)")
         if "interfaces" in root:
             fields["interfaces"] = self.section(root, "interfaces", self.interface)
+            seen_ifaces: dict[str, int] = {}
+            for iface in fields["interfaces"]:
+                if iface.name in seen_ifaces:
+                    self.error((iface.line, None), f"interface {iface.name} is listed twice "
+                               f"(first at line {seen_ifaces[iface.name]})")
+                seen_ifaces.setdefault(iface.name, iface.line)
         if "defaults" in root:
             self.defaults(root["defaults"], root.valmarks["defaults"], fields)
         for key in ("stateful", "allow_ndp"):
@@ -384,17 +397,15 @@ class _Loader:
                 value = self.as_bool(root[key], root.valmarks[key], key)
                 if value is not None:
                     fields[key] = value
-        rules: tuple[Rule, ...] = ()
+        self._names: dict[str, Pos] = {}
+        self._directions: dict[str, Direction] = {}
         if "rules" in root:
-            self._names: dict[str, Pos] = {}
-            rules = self.section(root, "rules", self.rule)
-            fields["rules"] = rules
+            fields["rules"] = self.section(root, "rules", self.rule)
         if "routes" in root:
             fields["routes"] = self.section(root, "routes", self.route)
             self.check_duplicate_routes(fields["routes"])
         if "tests" in root:
-            names = {r.name for r in rules}
-            fields["tests"] = self.section(root, "tests", lambda n, p, i: self.test(n, p, names))
+            fields["tests"] = self.section(root, "tests", lambda n, p, i: self.test(n, p))
         return Policy(**fields)  # type: ignore[arg-type]
 
     def section(self, root: YMap, key: str, build: Callable) -> tuple:
@@ -482,6 +493,9 @@ class _Loader:
                            f"duplicate rule name '{name}' (first used at line {to_pos(first)[0]})")
             else:
                 self._names[name] = node.keymarks["name"]
+                direction_text = node.get("direction", "ingress")
+                if direction_text in Direction._value2member_map_:
+                    self._directions[name] = Direction(direction_text)
         action = None
         if "action" not in node:
             self.error(pos, "a rule needs an 'action' (accept or drop)")
@@ -542,30 +556,48 @@ class _Loader:
         def later(a: str, b: str):
             return max(keypos[a], keypos[b], key=to_pos)
 
-        # Ports need TCP or UDP: with no proto they mean both, with another protocol never.
-        port_keys = [k for k in ("sport", "dport") if k in node]
-        if port_keys:
-            if proto is None:
-                proto = (PROTO_TCP, PROTO_UDP)
+        # Ports need tcp/udp and icmp_type needs icmp/icmpv6.  Walk the keys in file order
+        # and report the first one that makes the combination impossible.
+        l4_keys = sorted((k for k in ("proto", "sport", "dport", "icmp_type") if k in node),
+                         key=lambda k: to_pos(keypos[k]))
+        port_key = icmp_seen = None
+        for key in l4_keys:
+            message = None
+            if key == "proto":
+                if port_key:
+                    names = _names_not_in(proto, PORT_PROTOS)
+                    if names:
+                        message = (f"{port_key} needs proto tcp or udp; proto also has "
+                                   f"{names}, which has no ports")
+                elif icmp_seen:
+                    names = _names_not_in(proto, ICMP_PROTOS)
+                    if names:
+                        message = f"icmp_type needs proto icmp or icmpv6; proto also has {names}"
+            elif key == "icmp_type":
+                icmp_seen = key
+                if port_key:
+                    message = f"icmp_type and {port_key} cannot match the same packet"
+                elif "proto" in l4_keys[: l4_keys.index(key)]:
+                    names = _names_not_in(proto, ICMP_PROTOS)
+                    if names:
+                        message = f"icmp_type needs proto icmp or icmpv6; proto also has {names}"
             else:
-                others = [p for p in proto if p not in PORT_PROTOS]
-                if others:
-                    names = ", ".join(_proto_name(p) for p in others)
-                    self.error(later(port_keys[-1], "proto"),
-                               f"{port_keys[-1]} needs proto tcp or udp; proto also has {names}, "
-                               "which has no ports")
-        if "icmp_type" in node:
-            if proto is None or "proto" not in node:
+                if icmp_seen:
+                    message = f"icmp_type and {key} cannot match the same packet"
+                elif port_key is None and "proto" in l4_keys[: l4_keys.index(key)]:
+                    names = _names_not_in(proto, PORT_PROTOS)
+                    if names:
+                        message = (f"{key} needs proto tcp or udp; proto also has {names}, "
+                                   "which has no ports")
+                port_key = port_key or key
+            if message:
+                self.error(keypos[key], message)
+                break
+        else:
+            if icmp_seen and "proto" not in node:
                 self.error(keypos["icmp_type"], "icmp_type needs proto icmp or icmpv6")
-            elif port_keys:
-                self.error(max(keypos["icmp_type"], keypos[port_keys[-1]], key=to_pos),
-                           f"icmp_type and {port_keys[-1]} cannot match the same packet")
-            else:
-                others = [p for p in proto if p not in ICMP_PROTOS]
-                if others:
-                    names = ", ".join(_proto_name(p) for p in others)
-                    self.error(later("icmp_type", "proto"),
-                               f"icmp_type needs proto icmp or icmpv6; proto also has {names}")
+        if port_key and proto is None:
+            proto = (PROTO_TCP, PROTO_UDP)  # ports without proto mean tcp and udp
         # Families: each of src, dst and proto may restrict the IP versions a packet can have.
         limits = {"src": _net_families(src), "dst": _net_families(dst)}
         if "proto" in node and proto is not None:
@@ -602,15 +634,17 @@ class _Loader:
         for key in ROUTE_KEYS:
             if key not in node:
                 self.error(pos, f"a route needs '{key}'")
-        if len(self.problems) > before:
-            return None
-        dst = self.networks(node["dst"], node.valmarks["dst"], "dst")
-        if dst is not None and len(dst) != 1:
-            self.error(node.valmarks["dst"], "a route has exactly one destination prefix")
-        via = self.address(node["via"], node.valmarks["via"], "via")
-        problem = interface_name_problem(node["dev"])
-        if problem:
-            self.error(node.valmarks["dev"], problem)
+        dst = via = None
+        if "dst" in node:
+            dst = self.networks(node["dst"], node.valmarks["dst"], "dst")
+            if dst is not None and len(dst) != 1:
+                self.error(node.valmarks["dst"], "a route has exactly one destination prefix")
+        if "via" in node:
+            via = self.address(node["via"], node.valmarks["via"], "via")
+        if "dev" in node:
+            problem = interface_name_problem(node["dev"])
+            if problem:
+                self.error(node.valmarks["dev"], problem)
         if len(self.problems) > before:
             return None
         if via.version != dst[0].version:
@@ -627,11 +661,10 @@ class _Loader:
                            f"(first at line {seen[route.dst]})")
             seen.setdefault(route.dst, route.line)
 
-    def test(self, node: object, pos: Pos, rule_names: set[str]) -> PolicyTest | None:
+    def test(self, node: object, pos: Pos) -> PolicyTest | None:
         if not isinstance(node, YMap):
             self.error(pos, "a test must be a mapping {packet, expect}")
             return None
-        before = len(self.problems)
         self.check_keys(node, TEST_KEYS, "a test")
         for key in ("packet", "expect"):
             if key not in node:
@@ -640,10 +673,11 @@ class _Loader:
         if "direction" in node:
             direction = self.as_choice(node["direction"], node.valmarks["direction"],
                                        "direction", Direction)
-        if len(self.problems) > before:
-            return None
-        packet = self.packet(node["packet"], node.valmarks["packet"])
-        expect = self.expectation(node["expect"], node.valmarks["expect"], rule_names)
+        # Each part is checked on its own, so independent problems are all reported.
+        packet = self.packet(node["packet"], node.valmarks["packet"]) if "packet" in node else None
+        expect = None
+        if "expect" in node:
+            expect = self.expectation(node["expect"], node.valmarks["expect"], direction)
         if packet is None or expect is None or direction is None:
             return None
         return PolicyTest(packet=packet, expect=expect, direction=direction, line=to_pos(pos)[0])
@@ -657,11 +691,11 @@ class _Loader:
         for key in ("src", "dst", "proto"):
             if key not in node:
                 self.error(pos, f"a test packet needs '{key}'")
-        if len(self.problems) > before:
-            return None
-        src = self.address(node["src"], node.valmarks["src"], "src")
-        dst = self.address(node["dst"], node.valmarks["dst"], "dst")
-        proto = self.protocol(node["proto"], node.valmarks["proto"], "proto")
+        src = self.address(node["src"], node.valmarks["src"], "src") if "src" in node else None
+        dst = self.address(node["dst"], node.valmarks["dst"], "dst") if "dst" in node else None
+        proto = None
+        if "proto" in node:
+            proto = self.protocol(node["proto"], node.valmarks["proto"], "proto")
         fields: dict[str, object] = {}
         for key in ("sport", "dport"):
             if key in node:
@@ -711,16 +745,23 @@ class _Loader:
             fields["icmp_code"] = code
         return Packet(src=src, dst=dst, proto=proto, **fields)  # type: ignore[arg-type]
 
-    def expectation(self, value: object, pos: Pos, rule_names: set[str]) -> Expectation | None:
+    def expectation(self, value: object, pos: Pos, direction: Direction | None
+                    ) -> Expectation | None:
         if isinstance(value, YMap):
             self.check_keys(value, ("rule",), "expect")
             name = value.get("rule")
             if "rule" not in value:
                 self.error(pos, "expect must be accept, drop or {rule: NAME}")
                 return None
-            if str(name) not in rule_names:
+            if str(name) not in self._names:
                 self.error(value.valmarks["rule"], f"expect names rule '{name}', which the "
                            "policy does not have")
+                return None
+            rule_direction = self._directions.get(str(name))
+            if direction is not None and rule_direction not in (None, direction):
+                self.error(value.valmarks["rule"], f"expect names rule '{name}', an "
+                           f"{rule_direction.value} rule, but the test packet is "
+                           f"{direction.value}: it can never decide")
                 return None
             return Expectation(rule=str(name))
         verdict = self.as_choice(value, pos, "expect", Action)
@@ -750,7 +791,12 @@ def _proto_families(protos: tuple[int, ...]) -> frozenset[int]:
 
 
 def later_pos(node: YMap, a: str, b: str) -> Pos:
-    return max(node.keymarks[a], node.keymarks[b])
+    """The position of whichever of two keys comes later in the file."""
+    return max(node.keymarks[a], node.keymarks[b], key=to_pos)
+
+
+def _names_not_in(protos: tuple[int, ...], allowed) -> str:
+    return ", ".join(_proto_name(p) for p in protos if p not in allowed)
 
 
 def _proto_name(number: int) -> str:

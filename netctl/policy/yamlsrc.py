@@ -153,6 +153,11 @@ def _fast_map(body: str, lineno: int, body_col: int, indent: int) -> YMap | None
 
 def compose(text: str) -> tuple[object, list[YamlProblem]]:
     """Parse one YAML document.  Returns (root or None, problems)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: only reachable from a str
+        line = text.count("\n", 0, exc.start) + 1
+        return None, [YamlProblem(line, None, "the text is not valid Unicode")]
     fast: dict[int, YMap] = {}
     if text.count("\n") > 1000 and not _BLOCK_SCALAR.search(text):
         where = [0, 0]  # (offset, line) of the last match, to count lines incrementally
@@ -262,7 +267,14 @@ def _compose(text: str, fast: dict[int, YMap]) -> tuple[object, list[YamlProblem
         what = exc.problem or exc.context or "invalid YAML"
         problems.append(YamlProblem(line, column, f"YAML syntax error: {what}"))
         return None, problems
-    except yaml.YAMLError as exc:  # reader errors (bad encoding, control characters)
+    except yaml.reader.ReaderError as exc:  # control characters, bad encoding
+        at = exc.position if isinstance(exc.position, int) else 0
+        line = text.count("\n", 0, at) + 1
+        column = at - (text.rfind("\n", 0, at) + 1) + 1
+        what = f"character {exc.character!r} is not allowed in YAML ({exc.reason})"
+        problems.append(YamlProblem(line, column, what))
+        return None, problems
+    except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "mark", None)
         line = mark.line + 1 if mark is not None else 1
         problems.append(YamlProblem(line, None, f"YAML error: {exc}"))

@@ -1,0 +1,627 @@
+"""Compile a Policy into a MapPlan: per-shape cross-producted equivalence classes.
+
+Pure: no bcc, no pyroute2, no root, no I/O.  Deterministic: the same policy and limits give
+an equal plan.  docs/classification.md explains the layout; in short:
+
+* A rule's *shape* is the set of fields it gives (``FIELD_*`` bits; ports and ICMP types
+  imply PROTO).  Rules of one shape share a slot; at most ``limits.shapes`` slots are used,
+  more distinct shapes are merged by widening SRC/DST/PROTO (never the L4 fields).
+* Per field and slot, values (addresses, ports, ICMP types) fall into equivalence classes:
+  two values are in one class when exactly the same rules of that slot match them there.
+  Class 0 is "no rule of this slot matches", which lets the datapath skip the slot.
+* ``rule_table`` maps, per slot and direction, every combination of classes that some
+  rule matches (with the family and, when the shape has PROTO, the protocol) to the first
+  such rule.  A packet costs a fixed number of lookups whatever the number of rules.
+
+Rules are judged from their fields exactly as `netctl.policy.evaluate` does; the IP
+versions a rule can match are derived from those fields (they equal ``Rule.families`` for
+any policy the loader builds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from array import array
+from collections import defaultdict
+from itertools import combinations, product
+
+from ..errors import CompileError, MapFullError
+from .model import ICMP_PROTOS, PORT_PROTOS, Action, Direction, Policy, Rule
+from .plan import (
+    ACTION_ACCEPT,
+    ACTION_DROP,
+    CFG_ALLOW_NDP,
+    CFG_DEFAULT_EGRESS,
+    CFG_DEFAULT_INGRESS,
+    CFG_SHAPES,
+    CFG_SIZE,
+    CFG_SLOTS_EGRESS,
+    CFG_SLOTS_INGRESS,
+    DIR_EGRESS,
+    DIR_INGRESS,
+    FIELD_DPORT,
+    FIELD_DST,
+    FIELD_ICMP,
+    FIELD_PROTO,
+    FIELD_SPORT,
+    FIELD_SRC,
+    FLAG_LOG,
+    ICMP_INTERVALS,
+    ICMP_SLOTS,
+    L4_FIELDS,
+    MAX_SHAPES,
+    PORT_SLOTS,
+    Limits,
+    MapPlan,
+)
+
+_BITS = {4: 32, 6: 128}
+_ALL_PROTOS = tuple(range(256))
+_ICMP_PROTO_OF = {family: proto for proto, family in ICMP_PROTOS.items()}  # 4 -> 1, 6 -> 58
+_U32 = 0xFFFFFFFF
+_DIRECTIONS = {Direction.INGRESS: DIR_INGRESS, Direction.EGRESS: DIR_EGRESS}
+_ACTIONS = {Action.ACCEPT: ACTION_ACCEPT, Action.DROP: ACTION_DROP}
+
+
+class _Info:
+    """What the compiler needs of one live rule, in integers (shared parts interned)."""
+
+    __slots__ = ("index", "name", "direction", "mask", "protos", "src", "dst", "sport",
+                 "dport", "icmp")
+
+    def __init__(self, index, name, direction, mask, protos, src, dst, sport, dport, icmp):
+        self.index = index
+        self.name = name
+        self.direction = direction
+        self.mask = mask          # the rule's own shape mask
+        self.protos = protos      # ((family, protocols or None = any), ...) it can match
+        self.src = src            # None or ((family, prefixlen, network int), ...)
+        self.dst = dst
+        self.sport = sport        # None or ((lo, hi), ...), sorted, unique
+        self.dport = dport
+        self.icmp = icmp          # None or ((family, ((type, type), ...)), ...)
+
+    def families(self) -> tuple[int, ...]:
+        return tuple(f for f, _ in self.protos)
+
+
+def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noqa: B008
+    rules = policy.rules
+    if len(rules) > limits.rules:
+        raise MapFullError(f"rules: needs {len(rules)} entries, capacity {limits.rules}")
+    intern: dict = {}
+    infos = []
+    for position, rule in enumerate(rules):
+        if rule.index != position:
+            raise CompileError(f"rule {rule.name!r} has index {rule.index} at position "
+                               f"{position}")
+        info = _rule_info(rule, intern)
+        if info is not None:
+            infos.append(info)
+
+    shape_of, groups = _assign_shapes(infos, limits.shapes)
+    shapes = sorted(groups)
+    slot_of = {mask: slot for slot, mask in enumerate(shapes)}
+    slot_rules: list[list[_Info]] = [[] for _ in shapes]
+    for info in infos:
+        slot_rules[slot_of[shape_of[info.mask]]].append(info)
+
+    tables: dict[str, dict] = {}
+    # inverted indexes: (slot, field, sub) -> {rule index: [class ids]}
+    inverted: dict[tuple[int, int, int], dict[int, list[int]]] = defaultdict(dict)
+    for field, prefix in ((FIELD_SRC, "src"), (FIELD_DST, "dst")):
+        for family in (4, 6):
+            name = f"{prefix}_v{family}"
+            tables[name] = _address_classes(name, field, family, shapes, slot_rules, limits,
+                                            inverted)
+    for field, name in ((FIELD_SPORT, "sport"), (FIELD_DPORT, "dport"), (FIELD_ICMP, "icmp")):
+        capacity = ICMP_INTERVALS if field == FIELD_ICMP else limits.port_intervals
+        index, classes = _value_classes(name, field, shapes, slot_rules, capacity, inverted)
+        tables[f"{name}_interval"] = index
+        tables[f"{name}_classes"] = classes
+    tables["rule_table"] = _rule_table(shapes, slot_rules, inverted, limits)
+
+    slots_by_dir = [0, 0]
+    for slot, members in enumerate(slot_rules):
+        for info in members:
+            slots_by_dir[info.direction] |= 1 << slot
+    config = [0] * CFG_SIZE
+    config[CFG_DEFAULT_INGRESS] = _ACTIONS[policy.default_ingress]
+    config[CFG_DEFAULT_EGRESS] = _ACTIONS[policy.default_egress]
+    config[CFG_ALLOW_NDP] = int(policy.allow_ndp)
+    config[CFG_SLOTS_INGRESS] = slots_by_dir[DIR_INGRESS]
+    config[CFG_SLOTS_EGRESS] = slots_by_dir[DIR_EGRESS]
+    for slot, mask in enumerate(shapes):
+        config[CFG_SHAPES + slot] = mask
+    pad = MAX_SHAPES - len(shapes)
+    return MapPlan(
+        limits=limits,
+        shapes=tuple(shapes) + (0,) * pad,
+        shape_members=tuple(tuple(sorted(groups[m])) for m in shapes) + ((),) * pad,
+        rule_names=tuple(r.name for r in rules),
+        config=tuple(config),
+        rules=tuple((_ACTIONS[r.action], FLAG_LOG if r.log else 0) for r in rules),
+        tables=tables,
+    )
+
+
+# ---- rules -------------------------------------------------------------------------------
+
+
+def _rule_info(rule: Rule, intern: dict) -> _Info | None:
+    """The rule in integers, or None when it can match no packet at all."""
+    ports = rule.sport is not None or rule.dport is not None
+    icmp = rule.icmp_type is not None
+    if ports and icmp:
+        return None  # ports never match ICMP
+    src = _prefixes(rule.src)
+    dst = _prefixes(rule.dst)
+    protos = []
+    icmp_types = []
+    for family in (4, 6):
+        if (src is not None and all(p[0] != family for p in src)) or (
+                dst is not None and all(p[0] != family for p in dst)):
+            continue
+        if icmp:
+            types = sorted({t for f, t in rule.icmp_type if f == family})
+            proto = _ICMP_PROTO_OF[family]
+            if not types or (rule.proto is not None and proto not in rule.proto):
+                continue
+            icmp_types.append((family, tuple((t, t) for t in types)))
+            protos.append((family, (proto,)))
+        elif ports:
+            given = PORT_PROTOS if rule.proto is None else PORT_PROTOS.intersection(rule.proto)
+            if not given:
+                continue
+            protos.append((family, tuple(sorted(given))))
+        elif rule.proto is None:
+            protos.append((family, None))
+        else:
+            # icmp exists only in IPv4, icmpv6 only in IPv6, whatever the number says
+            ok = sorted({p for p in rule.proto if ICMP_PROTOS.get(p, family) == family})
+            if not ok:
+                continue
+            protos.append((family, tuple(ok)))
+    sport = _ranges(rule.sport)
+    dport = _ranges(rule.dport)
+    if not protos or sport == () or dport == ():
+        return None
+    if len(protos) == 1:  # drop items of a family the rule cannot match
+        family = protos[0][0]
+        if src is not None:
+            src = tuple(p for p in src if p[0] == family)
+        if dst is not None:
+            dst = tuple(p for p in dst if p[0] == family)
+    mask = ((FIELD_SRC if src is not None else 0) | (FIELD_DST if dst is not None else 0)
+            | (FIELD_PROTO if rule.proto is not None or ports or icmp else 0)
+            | (FIELD_SPORT if sport is not None else 0)
+            | (FIELD_DPORT if dport is not None else 0) | (FIELD_ICMP if icmp else 0))
+
+    def shared(value):
+        return value if value is None else intern.setdefault(value, value)
+
+    return _Info(rule.index, rule.name, _DIRECTIONS[Direction(rule.direction)], mask,
+                 shared(tuple(protos)), src, dst, shared(sport), shared(dport),
+                 shared(tuple(icmp_types)) if icmp else None)
+
+
+def _prefixes(networks) -> tuple[tuple[int, int, int], ...] | None:
+    if networks is None:
+        return None
+    if len(networks) == 1:
+        net = networks[0]
+        return ((net.version, net.prefixlen, int(net.network_address)),)
+    return tuple(sorted({(n.version, n.prefixlen, int(n.network_address)) for n in networks}))
+
+
+def _ranges(ranges) -> tuple[tuple[int, int], ...] | None:
+    if ranges is None:
+        return None
+    out = sorted({(r.lo, r.hi) for r in ranges})
+    for lo, hi in out:
+        if not 0 <= lo <= hi <= 65535:
+            raise CompileError(f"bad port range {lo}-{hi}")
+    return tuple(out)
+
+
+# ---- shapes ------------------------------------------------------------------------------
+
+
+def _assign_shapes(infos: list[_Info], slots: int) -> tuple[dict[int, int], dict[int, set]]:
+    """Map every rule mask to the shape mask of its slot, merging when there are too many.
+
+    Merging only joins masks with the same L4 bits and widens SRC/DST/PROTO: a non-first
+    fragment must still match rules without L4 fields, and ports never match other
+    protocols.  Greedy: repeatedly merge the pair whose estimated rule-table growth is least.
+    """
+    by_mask: dict[int, list[_Info]] = defaultdict(list)
+    for info in infos:
+        by_mask[info.mask].append(info)
+    groups: dict[int, set[int]] = {mask: {mask} for mask in by_mask}
+    if len(groups) <= slots:
+        return {m: m for m in groups}, groups
+    variants = {m & L4_FIELDS for m in groups}
+    if len(variants) > slots:
+        raise CompileError(f"the policy needs at least {len(variants)} shape slots (kinds of "
+                           f"port/ICMP fields), the datapath has {slots}")
+    weight: dict[int, int] = {}
+    values: dict[tuple[int, int], set] = {}
+    for mask, members in by_mask.items():
+        total = 0
+        srcs: set = set()
+        dsts: set = set()
+        for info in members:
+            n = 1
+            for part, seen in ((info.src, srcs), (info.dst, dsts)):
+                if part is not None:
+                    n *= len(part)
+                    seen.update(part)
+            n *= sum(len(p) if p is not None else 256 for _, p in info.protos)
+            for ranges in (info.sport, info.dport):
+                if ranges is not None:
+                    n *= len(ranges)
+            total += n
+        weight[mask] = total
+        values[(mask, FIELD_SRC)] = srcs
+        values[(mask, FIELD_DST)] = dsts
+
+    def estimate(shape: int, members: set[int]) -> int:
+        widen = {}
+        for field in (FIELD_SRC, FIELD_DST):
+            seen: set = set()
+            for m in members:
+                if m & field:
+                    seen |= values[(m, field)]
+            widen[field] = len(seen) + 1
+        widen[FIELD_PROTO] = 512
+        total = 0
+        for m in members:
+            n = weight[m]
+            for field in (FIELD_SRC, FIELD_DST, FIELD_PROTO):
+                if shape & field and not m & field:
+                    n *= widen[field]
+            total += n
+        return total
+
+    while len(groups) > slots:
+        best = None
+        for a, b in combinations(sorted(groups), 2):
+            if a & L4_FIELDS != b & L4_FIELDS:
+                continue
+            merged = a | b
+            members = groups[a] | groups[b] | groups.get(merged, set())
+            cost = (estimate(merged, members) - estimate(a, groups[a]) - estimate(b, groups[b])
+                    - (estimate(merged, groups[merged])
+                       if merged in groups and merged not in (a, b) else 0))
+            candidate = (cost, merged, a, b)
+            if best is None or candidate < best:
+                best = candidate
+        assert best is not None  # variants <= slots guarantees a mergeable pair
+        _, merged, a, b = best
+        members = groups.pop(a) | groups.pop(b) | groups.pop(merged, set())
+        groups[merged] = members
+    shape_of = {m: shape for shape, members in groups.items() for m in members}
+    return shape_of, groups
+
+
+# ---- class ids ---------------------------------------------------------------------------
+#
+# A class is a set of *groups*: the rules of one slot that give identical items (prefixes of
+# one family, port ranges of one protocol, ICMP types of one family) in one field.  Groups
+# partition the slot's rules, so equal group sets are equal rule sets and the classes are
+# the coarsest possible.  A class id is a hash of its groups' items, so it stays the same
+# when rules come and go as long as its groups remain: an edit to one rule renumbers only
+# the classes whose groups it creates or empties, and a diff stays small.
+
+
+def _digest_bytes(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def _digest_ints(values) -> int:
+    data = array("Q", values)
+    if sys.byteorder != "little":
+        data.byteswap()
+    return _digest_bytes(data.tobytes())
+
+
+class _Groups:
+    """The groups of one namespace (slot, field, family or protocol slot)."""
+
+    __slots__ = ("ids", "items", "rules", "_digests")
+
+    def __init__(self):
+        self.ids: dict[tuple, int] = {}
+        self.items: list[tuple] = []
+        self.rules: list[list[int]] = []
+        self._digests: dict[int, int] = {}
+
+    def add(self, items: tuple, rule: int) -> int:
+        gid = self.ids.get(items)
+        if gid is None:
+            gid = self.ids[items] = len(self.items)
+            self.items.append(items)
+            self.rules.append([])
+        self.rules[gid].append(rule)
+        return gid
+
+    def digest(self, gid: int) -> int:
+        d = self._digests.get(gid)
+        if d is None:
+            d = self._digests[gid] = _digest_bytes(repr(self.items[gid]).encode())
+        return d
+
+    def class_ids(self, sets, index: dict) -> dict[tuple[int, ...], int]:
+        """Stable u32 ids (never 0) for group sets (sorted gid tuples), collisions resolved
+        by probing in (hash, content) order; records in ``index`` each rule's class ids
+        (an int for one, else a list)."""
+        keyed = []
+        for gids in sets:
+            if len(gids) == 1:
+                h = self.digest(gids[0])
+            else:
+                h = _digest_ints(sorted(self.digest(g) for g in gids))
+            keyed.append((h % _U32 + 1, h, gids))
+        keyed.sort()  # gids only break ties of equal 64-bit hashes
+        taken: set[int] = set()
+        out: dict[tuple[int, ...], int] = {}
+        for cid, _, gids in keyed:
+            while cid in taken:
+                cid = cid % _U32 + 1
+            taken.add(cid)
+            out[gids] = cid
+            for g in gids:
+                for r in self.rules[g]:
+                    have = index.get(r)
+                    if have is None:
+                        index[r] = cid
+                    elif type(have) is int:
+                        index[r] = [have, cid]
+                    else:
+                        have.append(cid)
+        return out
+
+
+def _classes_of(index: dict, rule: int) -> tuple[int, ...] | list[int]:
+    have = index.get(rule, ())
+    return (have,) if type(have) is int else have
+
+
+def _index_ids(vectors, capacity: int, name: str) -> dict[tuple[int, ...], int]:
+    """Ids 1..capacity-1 for distinct non-zero class vectors, hashed then probed in order."""
+    if len(vectors) > capacity - 1:
+        raise MapFullError(f"{name}: needs {len(vectors) + 1} entries, capacity {capacity}")
+    room = capacity - 1
+    keyed = sorted((_digest_ints(v) % room + 1, v) for v in vectors)
+    taken: set[int] = set()
+    out: dict[tuple[int, ...], int] = {}
+    for iid, v in keyed:
+        while iid in taken:
+            iid = iid % room + 1
+        taken.add(iid)
+        out[v] = iid
+    return out
+
+
+# ---- addresses ---------------------------------------------------------------------------
+
+_ANY = ((0, 0),)  # the /0 a widened field stands for
+
+
+def _address_classes(name, field, family, shapes, slot_rules, limits, inverted) -> dict:
+    """One LPM trie: every prefix any slot uses, valued with each slot's class there.
+
+    A prefix's set for a slot is the slot's groups with an item covering it (the prefix
+    itself or a shorter one), so the longest match decides for every slot at once.
+    """
+    own: dict[tuple[int, int], int | list[int]] = {}  # prefix -> gid * 8 + slot (or a list)
+    groups = [_Groups() for _ in shapes]
+    for slot, mask in enumerate(shapes):
+        if not mask & field:
+            continue
+        for info in slot_rules[slot]:
+            if family not in info.families():
+                continue
+            part = info.src if field == FIELD_SRC else info.dst
+            if part is None:
+                items = _ANY
+            elif len(part) == 1:
+                items = (part[0][1:],)
+            else:
+                items = tuple(p[1:] for p in part if p[0] == family)
+            gid = groups[slot].add(items, info.index)
+            if len(groups[slot].rules[gid]) == 1:
+                code = gid * MAX_SHAPES + slot
+                for item in items:
+                    have = own.get(item)
+                    if have is None:
+                        own[item] = code
+                    elif type(have) is int:
+                        own[item] = [have, code]
+                    else:
+                        have.append(code)
+    if len(own) > limits.lpm_entries:
+        raise MapFullError(f"{name}: needs {len(own)} entries, capacity {limits.lpm_entries}")
+    bits = _BITS[family]
+    intern: list[dict[tuple, tuple]] = [{} for _ in shapes]
+    empty: list = [None] * len(shapes)
+    stack: list[tuple[int, int, list]] = []
+    rows: list[tuple[tuple[int, int], list]] = []
+    for plen, net in sorted(own, key=lambda k: (k[1], k[0])):
+        while stack:
+            top_len, top_net, _ = stack[-1]
+            shift = bits - top_len
+            if top_len <= plen and (net >> shift) == (top_net >> shift):
+                break
+            stack.pop()
+        sets = list(stack[-1][2]) if stack else list(empty)
+        codes = own[(plen, net)]
+        by_slot: dict[int, list[int]] = {}
+        for code in (codes,) if type(codes) is int else codes:
+            by_slot.setdefault(code % MAX_SHAPES, []).append(code // MAX_SHAPES)
+        for slot, gids in by_slot.items():
+            cur = sets[slot]
+            if cur is None:
+                new = tuple(sorted(gids))
+            elif all(g in cur for g in gids):
+                continue
+            else:
+                new = tuple(sorted(set(cur).union(gids)))
+            sets[slot] = intern[slot].setdefault(new, new)
+        stack.append((plen, net, sets))
+        rows.append(((plen, net), sets))
+    del own
+    ids = [groups[slot].class_ids(intern[slot], inverted[(slot, field, family)])
+           for slot in range(len(shapes))]
+    pad = (0,) * (MAX_SHAPES - len(shapes))
+    return {key: tuple(ids[slot][s] if s is not None else 0 for slot, s in enumerate(sets)) + pad
+            for key, sets in rows}
+
+
+# ---- ports and ICMP types ----------------------------------------------------------------
+
+
+def _value_classes(name, field, shapes, slot_rules, capacity, inverted):
+    """Interval index and class-vector arrays for sport, dport or ICMP type.
+
+    Per sub-slot (tcp/udp, or ICMP/ICMPv6) the value axis is cut at every range boundary;
+    each elementary interval gets, per slot, the set of that slot's groups covering it, so
+    the sweep costs intervals x distinct range lists, not intervals x rules.
+    """
+    domain = 256 if field == FIELD_ICMP else 65536
+    subs = ((4, 0), (6, 1)) if field == FIELD_ICMP else ((6, 0), (17, 1))
+    intervals = []   # (sub, lo, hi_exclusive, per slot its class id or 0)
+    for key, sub in subs:
+        groups = [_Groups() for _ in shapes]
+        for slot, mask in enumerate(shapes):
+            if not mask & field:
+                continue
+            for info in slot_rules[slot]:
+                ranges = _field_ranges(info, field, key)
+                if ranges:
+                    groups[slot].add(ranges, info.index)
+        events: dict[int, list[tuple[tuple[int, int], int]]] = defaultdict(list)
+        for slot, g in enumerate(groups):
+            for gid, ranges in enumerate(g.items):
+                for lo, hi in ranges:
+                    events[lo].append(((slot, gid), 1))
+                    if hi + 1 < domain:
+                        events[hi + 1].append(((slot, gid), -1))
+        if not events:
+            continue
+        bounds = sorted(set(events) | {0})
+        active: dict[tuple[int, int], int] = defaultdict(int)
+        memo: dict[frozenset, list] = {}
+        cuts = []
+        for i, lo in enumerate(bounds):
+            for g, delta in events.get(lo, ()):
+                active[g] += delta
+                if not active[g]:
+                    del active[g]
+            hi = bounds[i + 1] if i + 1 < len(bounds) else domain
+            state = frozenset(active)
+            sets = memo.get(state)
+            if sets is None:
+                by_slot: dict[int, list[int]] = defaultdict(list)
+                for slot, gid in state:
+                    by_slot[slot].append(gid)
+                sets = memo[state] = [None] * len(shapes)
+                for slot, gids in by_slot.items():
+                    sets[slot] = tuple(sorted(gids))
+            cuts.append((lo, hi, sets))
+        ids = [groups[slot].class_ids({sets[slot] for sets in memo.values()
+                                       if sets[slot] is not None},
+                                      inverted[(slot, field, sub)])
+               for slot in range(len(shapes))]
+        pad = (0,) * (MAX_SHAPES - len(shapes))
+        for lo, hi, sets in cuts:
+            vector = tuple(ids[slot][s] if s is not None else 0
+                           for slot, s in enumerate(sets)) + pad
+            intervals.append((sub, lo, hi, vector))
+    interval_ids = _index_ids({v for *_, v in intervals if any(v)}, capacity,
+                              f"{name}_classes")
+    index: dict[int, int] = {}
+    for sub, lo, hi, vector in intervals:
+        iid = interval_ids.get(vector, 0)
+        if iid:
+            index.update(dict.fromkeys(range(sub * domain + lo, sub * domain + hi), iid))
+    classes = {iid: v for v, iid in interval_ids.items()}
+    return index, classes
+
+
+def _field_ranges(info: _Info, field: int, key: int):
+    if field == FIELD_ICMP:
+        return dict(info.icmp).get(key) if info.icmp else None
+    ranges = info.sport if field == FIELD_SPORT else info.dport
+    if ranges is None:
+        return None
+    if any(p is not None and key in p for _, p in info.protos):
+        return ranges
+    return None
+
+
+# ---- rule table --------------------------------------------------------------------------
+
+
+def _rule_table(shapes, slot_rules, inverted, limits: Limits) -> dict:
+    """Every (slot, direction, family, proto, classes...) key some rule matches -> the
+    first such rule.  Rules are visited in order, so the first writer of a key wins."""
+    capacity = limits.rule_table
+    table: dict[tuple, int] = {}
+    added: dict[int, int] = {}
+    todo = [(slot, info) for slot in range(len(shapes)) for info in slot_rules[slot]]
+    for position, (slot, info) in enumerate(todo):
+        combos = _combos(shapes[slot], slot, info, inverted)
+        need = sum(len(s) * len(d) * len(sp) * len(l4) for _, _, s, d, sp, l4 in combos)
+        if need > capacity:
+            raise MapFullError(f"rule_table: needs at least {need} entries, capacity "
+                               f"{capacity}; rule {info.name!r} alone needs {need}")
+        before = len(table)
+        direction = info.direction
+        for family, proto, srcs, dsts, sports, l4s in combos:
+            for s, d, sp, l4 in product(srcs, dsts, sports, l4s):
+                table.setdefault((slot, direction, family, proto, s, d, sp, l4), info.index)
+        added[info.index] = len(table) - before
+        if len(table) > capacity:
+            upper = len(table) + sum(
+                len(s) * len(d) * len(sp) * len(l4)
+                for later_slot, later in todo[position + 1:]
+                for _, _, s, d, sp, l4 in _combos(shapes[later_slot], later_slot, later, inverted))
+            worst = max(added, key=lambda i: (added[i], -i))
+            name = next(x.name for _, x in todo if x.index == worst)
+            raise MapFullError(
+                f"rule_table: needs at least {len(table)} entries (at most {upper}), capacity "
+                f"{capacity}; rule {name!r} contributes the most ({added[worst]})")
+    return table
+
+
+_ZERO = (0,)
+
+
+def _combos(mask: int, slot: int, info: _Info, inverted):
+    """Per family and protocol, the class lists of one rule in its slot (0 = field absent)."""
+    out = []
+    l4_field = FIELD_DPORT if mask & FIELD_DPORT else FIELD_ICMP if mask & FIELD_ICMP else 0
+    for family, protos in info.protos:
+        srcs = _classes_of(inverted[(slot, FIELD_SRC, family)], info.index) \
+            if mask & FIELD_SRC else _ZERO
+        dsts = _classes_of(inverted[(slot, FIELD_DST, family)], info.index) \
+            if mask & FIELD_DST else _ZERO
+        if not srcs or not dsts:
+            continue
+        if not mask & FIELD_PROTO:
+            proto_list: tuple[int, ...] = _ZERO
+        else:
+            proto_list = _ALL_PROTOS if protos is None else protos
+        if not mask & L4_FIELDS:
+            out.extend((family, proto, srcs, dsts, _ZERO, _ZERO) for proto in proto_list)
+            continue
+        for proto in proto_list:
+            sub = ICMP_SLOTS[family] if l4_field == FIELD_ICMP else PORT_SLOTS[proto]
+            sports = (_classes_of(inverted[(slot, FIELD_SPORT, sub)], info.index)
+                      if mask & FIELD_SPORT else _ZERO)
+            l4s = _classes_of(inverted[(slot, l4_field, sub)], info.index) if l4_field else _ZERO
+            if sports and l4s:
+                out.append((family, proto, srcs, dsts, sports, l4s))
+    return out

@@ -1,0 +1,127 @@
+"""Run the datapath's classification on a MapPlan, in Python.
+
+`interpret` performs exactly the lookups the BPF programs perform, in the same order, and
+reads nothing but the plan's map contents (``plan.maps()``); rule names come from the plan
+for humans.  Unit tests check it against the reference evaluator; BPF tests check the
+programs against both.
+
+Per packet (after VLAN tags and IPv6 extension headers):
+
+1. ``config[0]``.  IPv6, next header 58, not a non-first fragment, ICMPv6 type 133-137 and
+   allow_ndp: accept ("ndp").
+2. The family's ``src_*`` and ``dst_*`` tries (longest prefix; a miss is all class 0).
+3. TCP/UDP and not a fragment: ``sport_interval``/``dport_interval`` at
+   ``port_slot * 65536 + port``, then ``sport_classes``/``dport_classes`` at that id.
+   ICMP in IPv4 or ICMPv6 in IPv6, not a fragment: ``icmp_interval`` at
+   ``icmp_slot * 256 + type``, then ``icmp_classes``.  Otherwise those classes are all 0.
+4. For each slot in the direction's bitmap: skip it when its shape has a field whose class
+   for the slot is 0; else look up ``rule_table`` with
+   ``(slot, direction, family, proto if PROTO else 0, src, dst, sport, dport-or-icmp)``
+   and keep the lowest rule index found.
+5. A rule found: its action ("rule").  Else the direction's default ("default").
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .model import Action, Direction, Packet
+from .plan import (
+    ACTION_DROP,
+    CFG_ALLOW_NDP,
+    CFG_DEFAULT_EGRESS,
+    CFG_DEFAULT_INGRESS,
+    CFG_SHAPES,
+    CFG_SLOTS_EGRESS,
+    CFG_SLOTS_INGRESS,
+    DIR_EGRESS,
+    DIR_INGRESS,
+    FIELD_DPORT,
+    FIELD_DST,
+    FIELD_ICMP,
+    FIELD_PROTO,
+    FIELD_SPORT,
+    FIELD_SRC,
+    ICMP_SLOTS,
+    MAX_SHAPES,
+    PORT_SLOTS,
+    ZERO_CLASSES,
+    MapPlan,
+)
+
+_ICMP_OF_FAMILY = {4: 1, 6: 58}
+_NDP = range(133, 138)
+_BITS = {4: 32, 6: 128}
+
+
+class PlanDecision(NamedTuple):
+    verdict: Action
+    rule: int | None      # rule index
+    why: str              # "rule", "default" or "ndp"
+    name: str | None = None
+
+
+def _action(code: int) -> Action:
+    return Action.DROP if code == ACTION_DROP else Action.ACCEPT
+
+
+def _lpm(trie, bits: int, address: int) -> tuple[int, ...]:
+    # A software LPM trie lookup: the longest prefix length first.
+    for plen in range(bits, -1, -1):
+        value = trie.get((plen, (address >> (bits - plen)) << (bits - plen)))
+        if value is not None:
+            return value
+    return ZERO_CLASSES
+
+
+def interpret(plan: MapPlan, packet: Packet, direction: Direction) -> PlanDecision:
+    maps = plan.maps()
+    cfg = maps["config"].get(0)
+    family = packet.family
+    fragment = packet.fragment
+    proto = packet.proto
+    if (cfg[CFG_ALLOW_NDP] and family == 6 and proto == 58 and not fragment
+            and packet.icmp_type in _NDP):
+        return PlanDecision(Action.ACCEPT, None, "ndp")
+
+    bits = _BITS[family]
+    src = _lpm(maps[f"src_v{family}"], bits, int(packet.src))
+    dst = _lpm(maps[f"dst_v{family}"], bits, int(packet.dst))
+    sport = dport = icmp = ZERO_CLASSES
+    if not fragment and proto in PORT_SLOTS:
+        base = PORT_SLOTS[proto] * 65536
+        if packet.sport is not None:
+            iid = maps["sport_interval"].get(base + packet.sport, 0)
+            sport = maps["sport_classes"].get(iid, ZERO_CLASSES)
+        if packet.dport is not None:
+            iid = maps["dport_interval"].get(base + packet.dport, 0)
+            dport = maps["dport_classes"].get(iid, ZERO_CLASSES)
+    elif not fragment and proto == _ICMP_OF_FAMILY[family] and packet.icmp_type is not None:
+        iid = maps["icmp_interval"].get(ICMP_SLOTS[family] * 256 + packet.icmp_type, 0)
+        icmp = maps["icmp_classes"].get(iid, ZERO_CLASSES)
+
+    dir_code = DIR_INGRESS if direction is Direction.INGRESS else DIR_EGRESS
+    bitmap = cfg[CFG_SLOTS_INGRESS if dir_code == DIR_INGRESS else CFG_SLOTS_EGRESS]
+    table = maps["rule_table"]
+    best: int | None = None
+    for slot in range(MAX_SHAPES):
+        if not bitmap & (1 << slot):
+            continue
+        mask = cfg[CFG_SHAPES + slot]
+        s = src[slot] if mask & FIELD_SRC else 0
+        d = dst[slot] if mask & FIELD_DST else 0
+        sp = sport[slot] if mask & FIELD_SPORT else 0
+        l4 = dport[slot] if mask & FIELD_DPORT else icmp[slot] if mask & FIELD_ICMP else 0
+        if ((mask & FIELD_SRC and not s) or (mask & FIELD_DST and not d)
+                or (mask & FIELD_SPORT and not sp)
+                or (mask & (FIELD_DPORT | FIELD_ICMP) and not l4)):
+            continue
+        key = (slot, dir_code, family, proto if mask & FIELD_PROTO else 0, s, d, sp, l4)
+        index = table.get(key)
+        if index is not None and (best is None or index < best):
+            best = index
+    if best is not None:
+        action, _flags = maps["rules"].get(best, (0, 0))
+        return PlanDecision(_action(action), best, "rule", plan.rule_name(best))
+    default = cfg[CFG_DEFAULT_INGRESS if dir_code == DIR_INGRESS else CFG_DEFAULT_EGRESS]
+    return PlanDecision(_action(default), None, "default")

@@ -1,0 +1,304 @@
+"""The map plan: every BPF map entry a compiled policy needs, as plain ints and tuples.
+
+`netctl.policy.compile.compile_policy` builds a `MapPlan` from a `Policy`; the loader
+writes it into the datapath's maps (adding the generation tag to every key, see
+docs/classification.md); `netctl.policy.interp.interpret` runs the datapath's lookups on
+it in pure Python.  The layout, per map (``maps()`` gives exactly these names):
+
+``src_v4``, ``src_v6``, ``dst_v4``, ``dst_v6`` (LPM tries)
+    key ``(prefixlen, network as int)``, value a tuple of ``MAX_SHAPES`` class ids, one per
+    shape slot (0: no rule of that slot matches on this field).
+``sport_interval``, ``dport_interval`` (arrays of ``PORT_INDEX_SIZE``)
+    index ``port_slot * 65536 + port`` (port slots: tcp 0, udp 1), value an interval id.
+``icmp_interval`` (array of ``ICMP_INDEX_SIZE``)
+    index ``icmp_slot * 256 + type`` (icmp slots: ICMP in IPv4 0, ICMPv6 1), value an
+    interval id.
+``sport_classes``, ``dport_classes``, ``icmp_classes`` (arrays)
+    index an interval id, value a tuple of ``MAX_SHAPES`` class ids.  Interval id 0 is
+    "no range of any rule covers the value" and its classes are all 0.
+``rule_table`` (hash)
+    key ``(slot, direction, family, proto, src_cls, dst_cls, sport_cls, l4_cls)``, value
+    the index of the first rule of that slot and direction matching those classes.  Fields
+    the slot's shape does not have are 0; ``l4_cls`` is the dport class or the ICMP-type
+    class (no rule has both).
+``rules`` (array)
+    index a rule index, value ``(action, flags)``.
+``config`` (array of one entry)
+    index 0, value the tuple described by the ``CFG_*`` positions.
+
+Array maps list only non-zero entries (an absent index holds zeros, as in the kernel);
+`diff` compares them that way.  Class ids of addresses and ports are derived from the set
+of rules a class stands for (a hash, collisions resolved in a canonical order), so an edit
+to one rule renumbers only the classes containing that rule and a diff stays small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+# ---- compile-time constants shared with the datapath (passed as -D NAME=VALUE) ----------
+
+MAX_SHAPES = 8          # shape slots; every class vector has this many u32 entries
+
+# Field bits of a shape mask.
+FIELD_SRC = 1
+FIELD_DST = 2
+FIELD_PROTO = 4
+FIELD_SPORT = 8
+FIELD_DPORT = 16
+FIELD_ICMP = 32
+L4_FIELDS = FIELD_SPORT | FIELD_DPORT | FIELD_ICMP
+FIELD_NAMES = {FIELD_SRC: "src", FIELD_DST: "dst", FIELD_PROTO: "proto",
+               FIELD_SPORT: "sport", FIELD_DPORT: "dport", FIELD_ICMP: "icmp_type"}
+
+ACTION_ACCEPT = 0
+ACTION_DROP = 1
+FLAG_LOG = 1
+
+DIR_INGRESS = 0
+DIR_EGRESS = 1
+
+PORT_SLOTS = {6: 0, 17: 1}          # protocol -> port slot (tcp, udp)
+ICMP_SLOTS = {4: 0, 6: 1}           # family -> icmp slot (ICMP proto 1, ICMPv6 proto 58)
+PORT_INDEX_SIZE = 2 * 65536
+ICMP_INDEX_SIZE = 2 * 256
+ICMP_INTERVALS = ICMP_INDEX_SIZE + 1  # capacity of icmp_classes: can never be exceeded
+
+# Positions in the config entry.
+CFG_DEFAULT_INGRESS = 0   # ACTION_*
+CFG_DEFAULT_EGRESS = 1
+CFG_ALLOW_NDP = 2         # 0/1
+CFG_SLOTS_INGRESS = 3     # bitmap of slots that hold ingress rules
+CFG_SLOTS_EGRESS = 4
+CFG_SHAPES = 5            # CFG_SHAPES + slot: that slot's shape mask
+# A slot is in use when a direction's bitmap has it.  Its mask may be 0: the shape of rules
+# that give no field at all (they match every IP packet of their direction).
+CFG_SIZE = CFG_SHAPES + MAX_SHAPES
+
+ZERO_CLASSES: tuple[int, ...] = (0,) * MAX_SHAPES
+
+LPM_MAPS = ("src_v4", "src_v6", "dst_v4", "dst_v6")
+INTERVAL_MAPS = ("sport_interval", "dport_interval", "icmp_interval")
+CLASS_MAPS = ("sport_classes", "dport_classes", "icmp_classes")
+MAP_NAMES = (*LPM_MAPS, *INTERVAL_MAPS, *CLASS_MAPS, "rule_table", "rules", "config")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Map capacities (``max_entries``).  The compiler refuses a plan that does not fit."""
+
+    lpm_entries: int = 262144       # per address trie
+    rule_table: int = 1048576
+    rules: int = 131072
+    port_intervals: int = 16384     # entries of sport_classes / dport_classes (ids 0..n-1)
+    shapes: int = MAX_SHAPES        # slots the compiler may use (<= MAX_SHAPES)
+
+    def __post_init__(self):
+        if not 1 <= self.shapes <= MAX_SHAPES:
+            raise ValueError(f"shapes must be 1..{MAX_SHAPES}")
+        if self.port_intervals < 2:
+            raise ValueError("port_intervals must be at least 2")
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    name: str
+    kind: str        # "lpm_trie" | "array" | "hash"
+    key: str         # layout, for humans and the ctypes mirror
+    value: str
+    max_entries: int
+
+
+def map_specs(limits: Limits) -> dict[str, MapSpec]:
+    vec = f"u32[{MAX_SHAPES}] class ids"
+    specs = [MapSpec(n, "lpm_trie", f"prefixlen u32, addr u8[{4 if n.endswith('4') else 16}]",
+                     vec, limits.lpm_entries) for n in LPM_MAPS]
+    specs += [MapSpec("sport_interval", "array", "u32 port_slot*65536+port", "u32 interval id",
+                      PORT_INDEX_SIZE),
+              MapSpec("dport_interval", "array", "u32 port_slot*65536+port", "u32 interval id",
+                      PORT_INDEX_SIZE),
+              MapSpec("icmp_interval", "array", "u32 icmp_slot*256+type", "u32 interval id",
+                      ICMP_INDEX_SIZE),
+              MapSpec("sport_classes", "array", "u32 interval id", vec, limits.port_intervals),
+              MapSpec("dport_classes", "array", "u32 interval id", vec, limits.port_intervals),
+              MapSpec("icmp_classes", "array", "u32 interval id", vec, ICMP_INTERVALS),
+              MapSpec("rule_table", "hash",
+                      "u8 slot, u8 direction, u8 family, u8 proto, u32 src_cls, u32 dst_cls, "
+                      "u32 sport_cls, u32 l4_cls", "u32 rule index", limits.rule_table),
+              MapSpec("rules", "array", "u32 rule index", "u8 action, u8 flags", limits.rules),
+              MapSpec("config", "array", "u32 0", f"u32[{CFG_SIZE}]", 1)]
+    return {s.name: s for s in specs}
+
+
+def _zero(name: str) -> Any:
+    if name in LPM_MAPS or name in CLASS_MAPS:
+        return ZERO_CLASSES
+    if name == "rules":
+        return (0, 0)
+    if name == "config":
+        return (0,) * CFG_SIZE
+    return 0
+
+
+ARRAY_MAPS = frozenset(n for n in MAP_NAMES if n in INTERVAL_MAPS or n in CLASS_MAPS
+                       or n in ("rules", "config"))
+
+
+@dataclass(frozen=True, eq=False)
+class MapPlan:
+    """A compiled policy: map contents plus what humans need to read them.
+
+    Generation-free: the loader adds the generation tag to keys when it writes.  Treat
+    the dicts as read-only (``maps()`` hands out read-only views).
+    """
+
+    limits: Limits
+    shapes: tuple[int, ...]                       # slot -> shape mask (0 if unused)
+    shape_members: tuple[tuple[int, ...], ...]    # slot -> rule masks merged into it, () unused
+    rule_names: tuple[str, ...]
+    config: tuple[int, ...]
+    rules: tuple[tuple[int, int], ...]
+    tables: Mapping[str, Mapping[Any, Any]] = field(repr=False)  # every map but rules/config
+
+    def maps(self) -> dict[str, Mapping[Any, Any]]:
+        """Every map's canonical contents: ``{map_name: {key: value}}``."""
+        return dict(self._maps)
+
+    @cached_property
+    def _maps(self) -> dict[str, Mapping[Any, Any]]:
+        out: dict[str, Mapping[Any, Any]] = {}
+        for name in MAP_NAMES:
+            if name == "rules":
+                out[name] = MappingProxyType(dict(enumerate(self.rules)))
+            elif name == "config":
+                out[name] = MappingProxyType({0: self.config})
+            else:
+                out[name] = MappingProxyType(self.tables[name])
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MapPlan):
+            return NotImplemented
+        return (self.limits == other.limits and self.shapes == other.shapes
+                and self.shape_members == other.shape_members
+                and self.rule_names == other.rule_names
+                and all(dict(a) == dict(b) for a, b in zip(self._maps.values(),
+                                                           other._maps.values(), strict=True)))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def digest(self) -> str:
+        """A stable fingerprint of the whole plan (names included), e.g. to record what is live."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.limits.__dict__, self.shapes, self.shape_members,
+                             self.rule_names]).encode())
+        for name, contents in self._maps.items():
+            h.update(name.encode())
+            for key, value in sorted(contents.items()):
+                h.update(repr((key, value)).encode())
+        return h.hexdigest()
+
+    def constants(self) -> dict[str, int]:
+        """The -D constants the datapath is compiled with (a change needs a reload)."""
+        specs = map_specs(self.limits)
+        out = {"NETCTL_MAX_SHAPES": MAX_SHAPES, "NETCTL_CFG_SIZE": CFG_SIZE}
+        for name, spec in specs.items():
+            out[f"NETCTL_{name.upper()}_ENTRIES"] = spec.max_entries
+        return out
+
+    def rule_name(self, index: int | None) -> str | None:
+        return None if index is None else self.rule_names[index]
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(contents) for name, contents in self._maps.items()}
+
+    def summary(self) -> str:
+        used = [f"{s}:{_mask_words(m)}" for s, (m, members)
+                in enumerate(zip(self.shapes, self.shape_members, strict=True)) if members]
+        sizes = ", ".join(f"{n} {c}" for n, c in self.counts().items() if c)
+        return f"{len(self.rules)} rules in {len(used)} shapes ({'; '.join(used)}); {sizes}"
+
+
+def _mask_words(mask: int) -> str:
+    return "+".join(name for bit, name in FIELD_NAMES.items() if mask & bit) or "all"
+
+
+@dataclass(frozen=True)
+class MapDiff:
+    added: dict[Any, Any]
+    changed: dict[Any, tuple[Any, Any]]   # key -> (old, new)
+    removed: dict[Any, Any]               # key -> old (arrays: write zeros)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+    def __len__(self) -> int:
+        return len(self.added) + len(self.changed) + len(self.removed)
+
+
+@dataclass(frozen=True)
+class PlanDiff:
+    maps: dict[str, MapDiff]
+    reload: bool   # no old plan, or compile-time constants (map capacities) differ
+
+    def __bool__(self) -> bool:
+        return self.reload or any(self.maps.values())
+
+    def entries(self) -> int:
+        return sum(len(d) for d in self.maps.values())
+
+    def summary(self) -> str:
+        parts = [f"{name} +{len(d.added)} ~{len(d.changed)} -{len(d.removed)}"
+                 for name, d in self.maps.items() if d]
+        head = "programs and maps must be (re)created; " if self.reload else ""
+        if not parts:
+            return head + "no entry changes"
+        return head + f"{self.entries()} entries: " + ", ".join(parts)
+
+
+def diff(old: MapPlan | None, new: MapPlan) -> PlanDiff:
+    """Per map, the keys to add, change and remove to turn ``old`` into ``new``.
+
+    ``old`` None means empty maps.  In array maps an absent index holds zeros: an index that
+    leaves the plan is "removed" (write zeros) unless it already held zeros, and an index
+    whose value does not change is left out whether or not the plan lists it.
+    """
+    old_maps = old._maps if old is not None else {}
+    out: dict[str, MapDiff] = {}
+    for name, new_c in new._maps.items():
+        old_c = old_maps.get(name, {})
+        added: dict[Any, Any] = {}
+        changed: dict[Any, tuple[Any, Any]] = {}
+        removed: dict[Any, Any] = {}
+        if name in ARRAY_MAPS:
+            zero = _zero(name)
+            for key, value in new_c.items():
+                before = old_c.get(key, zero)
+                if before == value:
+                    continue
+                if key not in old_c:
+                    added[key] = value
+                else:
+                    changed[key] = (before, value)
+            for key, value in old_c.items():
+                if key not in new_c and value != zero:
+                    removed[key] = value
+        else:
+            for key, value in new_c.items():
+                before = old_c.get(key)
+                if before is None:
+                    added[key] = value
+                elif before != value:
+                    changed[key] = (before, value)
+            for key, value in old_c.items():
+                if key not in new_c:
+                    removed[key] = value
+        out[name] = MapDiff(added, changed, removed)
+    reload = old is None or old.constants() != new.constants()
+    return PlanDiff(out, reload)
