@@ -558,8 +558,15 @@ class _Loader:
 
         # Ports need tcp/udp and icmp_type needs icmp/icmpv6.  Walk the keys in file order
         # and report the first one that makes the combination impossible.
-        l4_keys = sorted((k for k in ("proto", "sport", "dport", "icmp_type") if k in node),
-                         key=lambda k: to_pos(keypos[k]))
+        has_ports = "sport" in node or "dport" in node
+        if "icmp_type" not in node and (not has_ports or proto is None
+                                        or PORT_PROTOS.issuperset(proto)):
+            if has_ports and proto is None:
+                proto = (PROTO_TCP, PROTO_UDP)  # ports without proto mean tcp and udp
+            l4_keys = []  # nothing can conflict: skip the walk (the common case)
+        else:
+            l4_keys = sorted((k for k in ("proto", "sport", "dport", "icmp_type") if k in node),
+                             key=lambda k: to_pos(keypos[k]))
         port_key = icmp_seen = None
         for key in l4_keys:
             message = None
