@@ -38,6 +38,19 @@ EXAMPLES = {
     "doctor": """
         netctl doctor
         netctl doctor -o json | jq '.checks[] | select(.ok == false)'""",
+    "apply": """
+        netctl apply policies/web-server.yaml
+        netctl apply policy.yaml --dev eth0 --dev eth1
+        netctl apply policy.yaml --dry-run          # the map changes, nothing written
+        netctl apply policy.yaml --xdp-mode generic -o json
+        ip netns exec lab netctl apply policy.yaml --dev veth0""",
+    "status": """
+        netctl status
+        netctl status -o json | jq '.rules[] | select(.packets > 0)'
+        ip netns exec lab netctl status""",
+    "detach": """
+        netctl detach --all
+        netctl detach --dev eth1""",
 }
 
 
@@ -90,6 +103,25 @@ def _parser() -> argparse.ArgumentParser:
 
     verb("doctor", "check what this machine offers netctl: kernel, BTF, headers, mounts, "
          "and which BPF program types really load")
+
+    p = verb("apply", "compile a policy into the datapath of this network namespace and "
+             "attach it to its interfaces (atomically replacing the live policy)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--dev", action="append", metavar="IF",
+                   help="interface to enforce on (repeatable); replaces the policy's list")
+    p.add_argument("--xdp-mode", choices=("auto", "native", "generic", "off"),
+                   help="override the policy's xdp setting for every interface")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would change (map entries, hooks) and change nothing")
+
+    verb("status", "show the live datapath of this network namespace: hooks, programs, "
+         "per-rule and default counters, drop reasons")
+
+    p = verb("detach", "remove netctl's programs from interfaces (and, with --all or when the "
+             "last interface goes, its pins and state)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--dev", action="append", metavar="IF", help="interface (repeatable)")
+    group.add_argument("--all", action="store_true", help="every interface (the default)")
     return parser
 
 
@@ -293,7 +325,120 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.main(args.output)
 
 
+# -- apply, status, detach --------------------------------------------------------------
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .datapath.control import apply
+    from .policy.load import load_policy
+
+    policy = load_policy(args.file)
+    result = apply(policy, devs=args.dev, xdp_mode=args.xdp_mode, dry_run=args.dry_run)
+    if args.output == "json":
+        _emit_json(result.as_dict())
+        return EXIT_OK
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    change = result.change
+    if result.dry_run:
+        head = "would build and attach the programs, then write" if result.reload \
+            else "would write"
+        print(f"{args.file}: {head} {change.entries()} map entries")
+        for name, d in change.maps.items():
+            if d:
+                print(f"  {name:<15} +{len(d.added)} ~{len(d.changed)} -{len(d.removed)}")
+    elif result.unchanged:
+        print(f"{args.file}: already live (generation {result.generation}); nothing to do")
+    else:
+        built = "programs built and attached; " if result.reload else ""
+        print(f"{args.file}: live as generation {result.generation} ({built}"
+              f"{change.entries()} map entries written in {result.seconds:.2f} s)")
+    for name, rec in result.interfaces.items():
+        print(f"  {name}: ingress {rec['ingress'] or 'not enforced'}, egress "
+              f"{rec['egress'] or 'not enforced'} ({rec['why']})")
+    for name in result.detached:
+        print(f"  {name}: {'would be ' if result.dry_run else ''}detached (no longer listed)")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .datapath.control import status
+
+    report = status()
+    if args.output == "json":
+        _emit_json(report)
+        return EXIT_FAIL if report["problems"] else EXIT_OK
+    print(format_status(report))
+    return EXIT_FAIL if report["problems"] else EXIT_OK
+
+
+def format_status(report: dict) -> str:
+    import time as _time
+
+    lines = []
+    where = f"netns {report['netns'] or 'unnamed'} (cookie {report['cookie']})"
+    if not report["applied"] and not report["interfaces"]:
+        return f"{where}: no netctl datapath (netctl apply FILE creates one)"
+    if report["applied"]:
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(report["applied_at"]))
+        lines.append(f"policy  {report['policy']}")
+        lines.append(f"        generation {report['generation']}, applied {when}, "
+                     f"digest {report['digest'][:12]}, {where}")
+    lines.append("")
+    lines.append(f"{'INTERFACE':<16} {'INGRESS':<12} {'EGRESS':<7} {'PROGRAM IDS':<20} STATE")
+    for rec in report["interfaces"]:
+        ids = " ".join(f"{role.replace('tc_', '')}={pid}"
+                       for role, pid in rec.get("prog_ids", {}).items())
+        state = "ok" if rec.get("live") else "; ".join(rec.get("problems") or ["gone"])
+        lines.append(f"{rec['name']:<16} {rec['ingress'] or '-':<12} {rec['egress'] or '-':<7} "
+                     f"{ids or '-':<20} {state}")
+    if report["rules"]:
+        lines.append("")
+        lines.append(f"{'RULE':<32} {'ACTION':<7} {'PACKETS':>12} {'BYTES':>14}")
+        for r in report["rules"]:
+            lines.append(f"{r['name'][:32]:<32} {r['action']:<7} {r['packets']:>12} "
+                         f"{r['bytes']:>14}")
+    if report["defaults"]:
+        lines.append("")
+        for direction, d in report["defaults"].items():
+            lines.append(f"default {direction:<8} {d['action']:<7} accepted "
+                         f"{d['accept']['packets']:>10} pkts   dropped "
+                         f"{d['drop']['packets']:>10} pkts")
+    drops = [d for d in report["drops"] if d["packets"]]
+    if report["applied"]:
+        lines.append("")
+        if drops:
+            lines.append(f"{'DROP REASON':<16} {'PACKETS':>12} {'BYTES':>14}")
+            for d in drops:
+                lines.append(f"{d['reason']:<16} {d['packets']:>12} {d['bytes']:>14}")
+        else:
+            lines.append("no drops")
+    for problem in report["problems"]:
+        lines.append(f"problem: {problem}")
+    return "\n".join(lines)
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    from .datapath.control import detach
+
+    result = detach(devs=args.dev, everything=args.all)
+    if args.output == "json":
+        _emit_json(result)
+        return EXIT_OK
+    if not result["detached"] and not result["gone"]:
+        print("nothing of netctl's was attached")
+    for name in result["detached"]:
+        print(f"detached from {name}")
+    for name in result["gone"]:
+        print(f"{name}: interface gone; forgotten")
+    if result["removed_pins"]:
+        print("pins and state removed")
+    return EXIT_OK
+
+
 HANDLERS = {
+    "apply": cmd_apply,
+    "status": cmd_status,
+    "detach": cmd_detach,
     "validate": cmd_validate,
     "explain": cmd_explain,
     "test": cmd_test,

@@ -82,6 +82,10 @@ mount_if_missing() {  # fstype mountpoint
     fi
 }
 mount_if_missing bpf /sys/fs/bpf
+# netctl's own pins live under /run: `ip netns exec` remounts /sys (hiding /sys/fs/bpf), but
+# a bpffs mounted here once, on the host, is seen by every `ip netns exec`.
+mount_if_missing bpf /run/netctl/bpf
+chmod 700 /run/netctl /run/netctl/bpf
 mount_if_missing debugfs /sys/kernel/debug
 mount_if_missing tracefs /sys/kernel/tracing
 

@@ -1,0 +1,120 @@
+/* netctl ABI: the one header shared by the BPF programs and user space.
+ *
+ * Mirrored field by field in netctl/abi.py; tests/bpf/test_abi.py compiles this header with
+ * bcc and checks every size and offset against the mirror.  Numbers here are a stable
+ * interface: never renumber a drop reason or a stat slot, only append.
+ *
+ * Capacities come from the compiler's Limits as -D flags (NETCTL_*_ENTRIES, per
+ * generation); every map that holds policy data has room for NETCTL_GENS generations, and
+ * the packet's generation (read once from `active`) is part of every key or index, so a
+ * packet is judged wholly by one policy while the other is rewritten.
+ */
+#ifndef NETCTL_ABI_H
+#define NETCTL_ABI_H
+
+#ifndef NETCTL_MAX_SHAPES
+#error "compile with -DNETCTL_MAX_SHAPES=... (netctl passes the compiler's constants)"
+#endif
+
+#define NETCTL_GENS 2
+
+/* Field bits of a shape mask (netctl/policy/plan.py FIELD_*). */
+#define NETCTL_FIELD_SRC 1
+#define NETCTL_FIELD_DST 2
+#define NETCTL_FIELD_PROTO 4
+#define NETCTL_FIELD_SPORT 8
+#define NETCTL_FIELD_DPORT 16
+#define NETCTL_FIELD_ICMP 32
+
+#define NETCTL_ACTION_ACCEPT 0
+#define NETCTL_ACTION_DROP 1
+#define NETCTL_FLAG_LOG 1
+
+#define NETCTL_DIR_INGRESS 0
+#define NETCTL_DIR_EGRESS 1
+
+/* Positions in a generation's config words. */
+#define NETCTL_CFG_DEFAULT_INGRESS 0
+#define NETCTL_CFG_DEFAULT_EGRESS 1
+#define NETCTL_CFG_ALLOW_NDP 2
+#define NETCTL_CFG_SLOTS_INGRESS 3
+#define NETCTL_CFG_SLOTS_EGRESS 4
+#define NETCTL_CFG_SHAPES 5
+
+#define NETCTL_PORT_INDEX 65536    /* port slot stride: tcp 0, udp 1 */
+#define NETCTL_ICMP_INDEX 256      /* icmp slot stride: ICMP 0, ICMPv6 1 */
+
+/* IPv6 extension headers walked before giving up (more: NETCTL_DROP_EXT_LIMIT). */
+#define NETCTL_MAX_EXT_HDRS 6
+/* VLAN tags skipped (a third: NETCTL_DROP_VLAN_DEPTH). */
+#define NETCTL_MAX_VLAN 2
+
+/* Why the datapath dropped a packet that no rule judged.  Policy drops are counted per rule
+ * and per default; reasons 1 and 2 name them in user space and are never counted here. */
+enum netctl_drop {
+    NETCTL_DROP_NONE = 0,
+    NETCTL_DROP_POLICY_RULE = 1,
+    NETCTL_DROP_POLICY_DEFAULT = 2,
+    NETCTL_DROP_TRUNC_L2 = 3,     /* frame ends inside its Ethernet or VLAN header */
+    NETCTL_DROP_VLAN_DEPTH = 4,   /* more than NETCTL_MAX_VLAN VLAN tags */
+    NETCTL_DROP_BAD_IPV4 = 5,     /* version is not 4, or IHL < 5 */
+    NETCTL_DROP_TRUNC_IPV4 = 6,   /* frame ends inside the IPv4 header or its options */
+    NETCTL_DROP_BAD_IPV6 = 7,     /* version is not 6 */
+    NETCTL_DROP_TRUNC_IPV6 = 8,   /* frame ends inside the IPv6 header or an extension */
+    NETCTL_DROP_EXT_LIMIT = 9,    /* more than NETCTL_MAX_EXT_HDRS extension headers */
+    NETCTL_DROP_TRUNC_L4 = 10,    /* frame ends inside the TCP, UDP or ICMP header */
+    NETCTL_DROP_MAX = 32,
+};
+
+/* Slots of the per-CPU `stats` array: drop reasons 0..31, then verdicts no rule gave. */
+#define NETCTL_STAT_NON_IP 32           /* not IPv4/IPv6 (ARP...): passed */
+#define NETCTL_STAT_NDP 33              /* ICMPv6 neighbour discovery: accepted */
+#define NETCTL_STAT_DEFAULT 34          /* + direction * 2 + action */
+#define NETCTL_STAT_NO_POLICY 38        /* no generation active yet: passed */
+#define NETCTL_STAT_MAX 40
+
+struct netctl_lpm4_key {
+    __u32 prefixlen;   /* 32 (the generation) + the address prefix length */
+    __u32 gen;
+    __u8 addr[4];
+};
+
+struct netctl_lpm6_key {
+    __u32 prefixlen;
+    __u32 gen;
+    __u8 addr[16];
+};
+
+struct netctl_classes {
+    __u32 cls[NETCTL_MAX_SHAPES];   /* class id per shape slot; 0 = no rule of that slot */
+};
+
+struct netctl_rule_key {
+    __u8 gen;
+    __u8 slot;
+    __u8 direction;
+    __u8 family;      /* 4 or 6 */
+    __u8 proto;       /* 0 unless the slot's shape has NETCTL_FIELD_PROTO */
+    __u8 pad[3];
+    __u32 src_cls;
+    __u32 dst_cls;
+    __u32 sport_cls;
+    __u32 l4_cls;     /* dport class, or ICMP type class */
+};
+
+struct netctl_rule {
+    __u8 action;
+    __u8 flags;
+    __u16 pad;
+};
+
+struct netctl_config {
+    __u32 word[NETCTL_CFG_SIZE];
+};
+
+struct netctl_counter {
+    __u64 packets;
+    __u64 bytes;
+};
+
+#endif /* NETCTL_ABI_H */

@@ -1,0 +1,196 @@
+/* Judge one packet: parse, classify by the compiled maps, count, return a verdict.
+ *
+ * Precedence (the reference model's, netctl/policy/evaluate.py):
+ *   1. malformed frames are dropped under their reason; non-IP frames pass;
+ *   2. ICMPv6 neighbour discovery (133-137, not a fragment) is accepted when allowed;
+ *   3. the first rule of the packet's direction that matches decides;
+ *   4. otherwise the direction's default.
+ * Step 3 is a fixed number of lookups whatever the number of rules (docs/classification.md):
+ * two address tries, two array lookups per transport field, then one rule_table lookup
+ * per shape slot in use, keeping the lowest rule index.  The generation is read once, so
+ * every lookup of one packet sees the same policy.
+ *
+ * Include after netctl_maps.h and netctl_parse.h.
+ */
+#ifndef NETCTL_JUDGE_H
+#define NETCTL_JUDGE_H
+
+#define NETCTL_NO_RULE 0xffffffffu
+
+struct netctl_verdict {
+    __u8 drop;        /* 1: drop */
+    __u8 reason;      /* enum netctl_drop when dropped */
+    __u32 rule;       /* deciding rule index or NETCTL_NO_RULE */
+};
+
+static __always_inline void netctl_count(struct netctl_counter *c, __u32 len)
+{
+    if (c) {
+        c->packets += 1;
+        c->bytes += len;
+    }
+}
+
+static __always_inline void netctl_count_stat(__u32 slot, __u32 len)
+{
+    netctl_count(stats.lookup(&slot), len);
+}
+
+/* Copy a class vector out of its map, or zeros on a miss.  Working on stack copies keeps
+ * the verifier from tracking a maybe-null pointer per field through every slot, which
+ * multiplies its states past the complexity limit. */
+static __always_inline void netctl_load_classes(struct netctl_classes *to,
+                                                struct netctl_classes *from)
+{
+    if (from)
+        __builtin_memcpy(to, from, sizeof(*to));
+}
+
+static __always_inline struct netctl_classes *
+netctl_port_classes(__u32 gen, __u32 port_slot, __u16 port, int dst)
+{
+    __u32 index = gen * NETCTL_SPORT_INTERVAL_ENTRIES + port_slot * NETCTL_PORT_INDEX + port;
+    __u32 *iid = dst ? dport_interval.lookup(&index) : sport_interval.lookup(&index);
+    if (!iid || !*iid)
+        return 0;
+    if (dst) {
+        index = gen * NETCTL_DPORT_CLASSES_ENTRIES + *iid;
+        return dport_classes.lookup(&index);
+    }
+    index = gen * NETCTL_SPORT_CLASSES_ENTRIES + *iid;
+    return sport_classes.lookup(&index);
+}
+
+static __always_inline struct netctl_classes *
+netctl_icmp_classes(__u32 gen, __u32 icmp_slot, __u8 type)
+{
+    __u32 index = gen * NETCTL_ICMP_INTERVAL_ENTRIES + icmp_slot * NETCTL_ICMP_INDEX + type;
+    __u32 *iid = icmp_interval.lookup(&index);
+    if (!iid || !*iid)
+        return 0;
+    index = gen * NETCTL_ICMP_CLASSES_ENTRIES + *iid;
+    return icmp_classes.lookup(&index);
+}
+
+/* The class vectors of one packet, one per field (zeros: no rule of any slot there). */
+struct netctl_pkt_classes {
+    struct netctl_classes src, dst, sport, dport, icmp;
+};
+
+/* The rule deciding an IP packet, or NETCTL_NO_RULE. */
+static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
+                                             struct netctl_config *cfg, int dir)
+{
+    struct netctl_pkt_classes c = {};
+
+    if (p->family == 4) {
+        p->src.v4.gen = p->dst.v4.gen = gen;
+        netctl_load_classes(&c.src, src_v4.lookup(&p->src.v4));
+        netctl_load_classes(&c.dst, dst_v4.lookup(&p->dst.v4));
+    } else {
+        p->src.v6.gen = p->dst.v6.gen = gen;
+        netctl_load_classes(&c.src, src_v6.lookup(&p->src.v6));
+        netctl_load_classes(&c.dst, dst_v6.lookup(&p->dst.v6));
+    }
+    if (p->l4 == NETCTL_L4_PORTS) {
+        __u32 port_slot = p->proto == 17;
+        netctl_load_classes(&c.sport, netctl_port_classes(gen, port_slot, p->sport, 0));
+        netctl_load_classes(&c.dport, netctl_port_classes(gen, port_slot, p->dport, 1));
+    } else if (p->l4 == NETCTL_L4_ICMP) {
+        netctl_load_classes(&c.icmp, netctl_icmp_classes(gen, p->family == 6, p->icmp_type));
+    }
+
+    __u32 bitmap = cfg->word[dir == NETCTL_DIR_INGRESS ? NETCTL_CFG_SLOTS_INGRESS
+                                                       : NETCTL_CFG_SLOTS_EGRESS];
+    __u32 best = NETCTL_NO_RULE;
+    struct netctl_rule_key key = {};
+    key.gen = gen;
+    key.direction = dir;
+    key.family = p->family;
+
+#pragma unroll
+    for (int slot = 0; slot < NETCTL_MAX_SHAPES; slot++) {
+        if (!(bitmap & (1u << slot)))
+            continue;
+        __u32 mask = cfg->word[NETCTL_CFG_SHAPES + slot];
+        /* A field the slot's shape has and whose class is 0 rules the slot out. */
+        __u32 s = mask & NETCTL_FIELD_SRC ? c.src.cls[slot] : 0;
+        __u32 d = mask & NETCTL_FIELD_DST ? c.dst.cls[slot] : 0;
+        __u32 sp = mask & NETCTL_FIELD_SPORT ? c.sport.cls[slot] : 0;
+        __u32 l = mask & NETCTL_FIELD_DPORT ? c.dport.cls[slot]
+                : mask & NETCTL_FIELD_ICMP ? c.icmp.cls[slot] : 0;
+        __u32 have = (s ? NETCTL_FIELD_SRC : 0) | (d ? NETCTL_FIELD_DST : 0) |
+                     (sp ? NETCTL_FIELD_SPORT : 0) |
+                     (l ? NETCTL_FIELD_DPORT | NETCTL_FIELD_ICMP : 0);
+        if (mask & ~have & (NETCTL_FIELD_SRC | NETCTL_FIELD_DST | NETCTL_FIELD_SPORT |
+                            NETCTL_FIELD_DPORT | NETCTL_FIELD_ICMP))
+            continue;
+        key.slot = slot;
+        key.proto = mask & NETCTL_FIELD_PROTO ? p->proto : 0;
+        key.src_cls = s;
+        key.dst_cls = d;
+        key.sport_cls = sp;
+        key.l4_cls = l;
+        __u32 *rule = rule_table.lookup(&key);
+        if (rule && *rule < best)
+            best = *rule;
+    }
+    return best;
+}
+
+static __always_inline struct netctl_verdict netctl_judge(void *ctx, __u32 len, int dir)
+{
+    struct netctl_verdict v = { .drop = 0, .reason = 0, .rule = NETCTL_NO_RULE };
+    struct netctl_pkt p = {};
+    __u32 zero = 0;
+
+    p.len = len;
+    int parsed = netctl_parse(ctx, &p);
+    if (parsed == NETCTL_PARSED_NON_IP) {
+        netctl_count_stat(NETCTL_STAT_NON_IP, len);
+        return v;
+    }
+    if (parsed != NETCTL_PARSED_IP) {
+        v.drop = 1;
+        v.reason = parsed;
+        netctl_count_stat(parsed & (NETCTL_DROP_MAX - 1), len);
+        return v;
+    }
+
+    __u32 *live = active.lookup(&zero);
+    __u32 gen = live ? (*live & 1) : 0;
+    struct netctl_config *cfg = config.lookup(&gen);
+    if (!cfg) {
+        netctl_count_stat(NETCTL_STAT_NO_POLICY, len);
+        return v;
+    }
+
+    if (cfg->word[NETCTL_CFG_ALLOW_NDP] && p.family == 6 && p.l4 == NETCTL_L4_ICMP &&
+        p.icmp_type >= 133 && p.icmp_type <= 137) {
+        netctl_count_stat(NETCTL_STAT_NDP, len);
+        return v;
+    }
+
+    __u32 rule = netctl_classify(&p, gen, cfg, dir);
+    if (rule != NETCTL_NO_RULE) {
+        __u32 index = gen * NETCTL_RULES_ENTRIES + rule;
+        struct netctl_rule *r = rules.lookup(&index);
+        netctl_count(counters.lookup(&index), len);
+        v.rule = rule;
+        if (r && r->action == NETCTL_ACTION_DROP) {
+            v.drop = 1;
+            v.reason = NETCTL_DROP_POLICY_RULE;
+        }
+        return v;
+    }
+    __u32 action = cfg->word[dir == NETCTL_DIR_INGRESS ? NETCTL_CFG_DEFAULT_INGRESS
+                                                       : NETCTL_CFG_DEFAULT_EGRESS] & 1;
+    netctl_count_stat(NETCTL_STAT_DEFAULT + dir * 2 + action, len);
+    if (action == NETCTL_ACTION_DROP) {
+        v.drop = 1;
+        v.reason = NETCTL_DROP_POLICY_DEFAULT;
+    }
+    return v;
+}
+
+#endif /* NETCTL_JUDGE_H */

@@ -1,0 +1,68 @@
+/* The datapath's maps, pinned under NETCTL_PIN_DIR (-D flag, a string literal).
+ *
+ * bcc opens a map that is already pinned there and creates and pins it otherwise, so the
+ * first program compiled for a datapath creates the maps and every later one (the other
+ * hook, a later process) shares them.  Sizes are per generation (-D NETCTL_*_ENTRIES from
+ * the compiler's Limits) times NETCTL_GENS.  Layouts: netctl_abi.h and
+ * docs/classification.md.
+ */
+#ifndef NETCTL_MAPS_H
+#define NETCTL_MAPS_H
+
+#include "netctl_abi.h"
+
+#ifndef NETCTL_PIN_DIR
+#error "compile with -DNETCTL_PIN_DIR='\"/path\"'"
+#endif
+
+#define NETCTL_PIN(name) NETCTL_PIN_DIR "/" #name
+#define NETCTL_PER_GEN(n) (NETCTL_GENS * (n))
+
+/* Address classes: longest prefix -> class id per shape slot.  LPM tries must not be
+ * preallocated (the kernel insists on BPF_F_NO_PREALLOC). */
+BPF_TABLE_PINNED("lpm_trie", struct netctl_lpm4_key, struct netctl_classes, src_v4,
+                 NETCTL_PER_GEN(NETCTL_SRC_V4_ENTRIES), NETCTL_PIN(src_v4), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct netctl_lpm6_key, struct netctl_classes, src_v6,
+                 NETCTL_PER_GEN(NETCTL_SRC_V6_ENTRIES), NETCTL_PIN(src_v6), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct netctl_lpm4_key, struct netctl_classes, dst_v4,
+                 NETCTL_PER_GEN(NETCTL_DST_V4_ENTRIES), NETCTL_PIN(dst_v4), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct netctl_lpm6_key, struct netctl_classes, dst_v6,
+                 NETCTL_PER_GEN(NETCTL_DST_V6_ENTRIES), NETCTL_PIN(dst_v6), BPF_F_NO_PREALLOC);
+
+/* Port and ICMP-type classes: value -> interval id -> class id per slot.  Two array
+ * lookups replace a range match. */
+BPF_TABLE_PINNED("array", u32, u32, sport_interval,
+                 NETCTL_PER_GEN(NETCTL_SPORT_INTERVAL_ENTRIES), NETCTL_PIN(sport_interval));
+BPF_TABLE_PINNED("array", u32, u32, dport_interval,
+                 NETCTL_PER_GEN(NETCTL_DPORT_INTERVAL_ENTRIES), NETCTL_PIN(dport_interval));
+BPF_TABLE_PINNED("array", u32, u32, icmp_interval,
+                 NETCTL_PER_GEN(NETCTL_ICMP_INTERVAL_ENTRIES), NETCTL_PIN(icmp_interval));
+BPF_TABLE_PINNED("array", u32, struct netctl_classes, sport_classes,
+                 NETCTL_PER_GEN(NETCTL_SPORT_CLASSES_ENTRIES), NETCTL_PIN(sport_classes));
+BPF_TABLE_PINNED("array", u32, struct netctl_classes, dport_classes,
+                 NETCTL_PER_GEN(NETCTL_DPORT_CLASSES_ENTRIES), NETCTL_PIN(dport_classes));
+BPF_TABLE_PINNED("array", u32, struct netctl_classes, icmp_classes,
+                 NETCTL_PER_GEN(NETCTL_ICMP_CLASSES_ENTRIES), NETCTL_PIN(icmp_classes));
+
+/* (slot, direction, family, proto, classes) -> first matching rule.  Grows with the policy:
+ * not preallocated. */
+BPF_TABLE_PINNED("hash", struct netctl_rule_key, u32, rule_table,
+                 NETCTL_PER_GEN(NETCTL_RULE_TABLE_ENTRIES), NETCTL_PIN(rule_table),
+                 BPF_F_NO_PREALLOC);
+
+BPF_TABLE_PINNED("array", u32, struct netctl_rule, rules,
+                 NETCTL_PER_GEN(NETCTL_RULES_ENTRIES), NETCTL_PIN(rules));
+BPF_TABLE_PINNED("array", u32, struct netctl_config, config,
+                 NETCTL_PER_GEN(NETCTL_CONFIG_ENTRIES), NETCTL_PIN(config));
+
+/* The generation packets are judged by: one word, flipped by `netctl apply` after the
+ * other generation is complete. */
+BPF_TABLE_PINNED("array", u32, u32, active, 1, NETCTL_PIN(active));
+
+/* Per rule (index gen * RULES + rule) and per stat slot (netctl_abi.h): packets, bytes. */
+BPF_TABLE_PINNED("percpu_array", u32, struct netctl_counter, counters,
+                 NETCTL_PER_GEN(NETCTL_RULES_ENTRIES), NETCTL_PIN(counters));
+BPF_TABLE_PINNED("percpu_array", u32, struct netctl_counter, stats, NETCTL_STAT_MAX,
+                 NETCTL_PIN(stats));
+
+#endif /* NETCTL_MAPS_H */

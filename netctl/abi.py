@@ -1,0 +1,207 @@
+"""The user-space mirror of bpf/include/netctl_abi.h.
+
+Every struct the programs share with user space is declared here as a ctypes Structure with
+the same fields; tests/bpf/test_abi.py compiles the header with bcc and compares sizes and
+offsets, so the two cannot drift.  Numbers (drop reasons, stat slots) are a stable interface.
+
+The pack/unpack helpers turn plan entries (netctl/policy/plan.py) into map bytes and back,
+with the generation added to every key or index (docs/classification.md, "Atomic updates").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import struct
+
+from .policy.plan import CFG_SIZE, ICMP_INDEX_SIZE, MAX_SHAPES, PORT_INDEX_SIZE
+
+GENS = 2
+CFG_WORDS = CFG_SIZE
+MAX_EXT_HDRS = 6
+MAX_VLAN = 2
+
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+VLAN_TPIDS = (ETH_P_8021Q, ETH_P_8021AD)
+# IPv6 extension headers the datapath walks: hop-by-hop, routing, fragment, AH, destination
+# options.  Anything else (ESP, no-next-header, mobility...) is the upper-layer protocol.
+IPV6_EXT_HDRS = frozenset({0, 43, 44, 51, 60})
+IPV6_FRAGMENT = 44
+IPV6_AH = 51
+
+
+class DropReason(enum.IntEnum):
+    """enum netctl_drop.  POLICY_* are counted per rule/default, never in ``stats``."""
+
+    NONE = 0
+    POLICY_RULE = 1
+    POLICY_DEFAULT = 2
+    TRUNC_L2 = 3
+    VLAN_DEPTH = 4
+    BAD_IPV4 = 5
+    TRUNC_IPV4 = 6
+    BAD_IPV6 = 7
+    TRUNC_IPV6 = 8
+    EXT_LIMIT = 9
+    TRUNC_L4 = 10
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def description(self) -> str:
+        return _DROP_TEXT[self]
+
+
+_DROP_TEXT = {
+    DropReason.NONE: "not dropped",
+    DropReason.POLICY_RULE: "dropped by a rule",
+    DropReason.POLICY_DEFAULT: "dropped by the default action",
+    DropReason.TRUNC_L2: "frame ends inside its Ethernet or VLAN header",
+    DropReason.VLAN_DEPTH: f"more than {MAX_VLAN} VLAN tags",
+    DropReason.BAD_IPV4: "IPv4 header with a wrong version or IHL below 5",
+    DropReason.TRUNC_IPV4: "frame ends inside the IPv4 header or its options",
+    DropReason.BAD_IPV6: "IPv6 header with a wrong version",
+    DropReason.TRUNC_IPV6: "frame ends inside the IPv6 header or an extension header",
+    DropReason.EXT_LIMIT: f"more than {MAX_EXT_HDRS} IPv6 extension headers",
+    DropReason.TRUNC_L4: "frame ends inside its TCP, UDP or ICMP header",
+}
+
+DROP_MAX = 32
+STAT_NON_IP = 32
+STAT_NDP = 33
+STAT_DEFAULT = 34            # + direction * 2 + action
+STAT_NO_POLICY = 38
+STAT_MAX = 40
+
+
+def stat_default(direction: int, action: int) -> int:
+    return STAT_DEFAULT + direction * 2 + action
+
+
+# ---- structs (ctypes mirrors; field names equal the C ones) ------------------------------
+
+class Lpm4Key(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("gen", ctypes.c_uint32),
+                ("addr", ctypes.c_uint8 * 4)]
+
+
+class Lpm6Key(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("gen", ctypes.c_uint32),
+                ("addr", ctypes.c_uint8 * 16)]
+
+
+class Classes(ctypes.Structure):
+    _fields_ = [("cls", ctypes.c_uint32 * MAX_SHAPES)]
+
+
+class RuleKey(ctypes.Structure):
+    _fields_ = [("gen", ctypes.c_uint8), ("slot", ctypes.c_uint8),
+                ("direction", ctypes.c_uint8), ("family", ctypes.c_uint8),
+                ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3),
+                ("src_cls", ctypes.c_uint32), ("dst_cls", ctypes.c_uint32),
+                ("sport_cls", ctypes.c_uint32), ("l4_cls", ctypes.c_uint32)]
+
+
+class Rule(ctypes.Structure):
+    _fields_ = [("action", ctypes.c_uint8), ("flags", ctypes.c_uint8),
+                ("pad", ctypes.c_uint16)]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [("word", ctypes.c_uint32 * CFG_SIZE)]
+
+
+class Counter(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+STRUCTS = {"netctl_lpm4_key": Lpm4Key, "netctl_lpm6_key": Lpm6Key, "netctl_classes": Classes,
+           "netctl_rule_key": RuleKey, "netctl_rule": Rule, "netctl_config": Config,
+           "netctl_counter": Counter}
+
+# ---- packing (struct formats equal to the layouts above; checked by the ABI test) --------
+
+_CLASSES = struct.Struct(f"<{MAX_SHAPES}I")
+_RULE_KEY = struct.Struct("<BBBBB3xIIII")
+_RULE = struct.Struct("<BBH")
+_CONFIG = struct.Struct(f"<{CFG_SIZE}I")
+_U32 = struct.Struct("<I")
+_LPM_HEAD = struct.Struct("<II")
+_COUNTER = struct.Struct("<QQ")
+
+ADDR_BYTES = {4: 4, 6: 16}
+
+
+def pack_lpm_key(gen: int, family: int, prefixlen: int, network: int) -> bytes:
+    n = ADDR_BYTES[family]
+    return _LPM_HEAD.pack(32 + prefixlen, gen) + network.to_bytes(n, "big")
+
+
+def unpack_lpm_key(data: bytes) -> tuple[int, int, int]:
+    """-> (gen, prefixlen, network int)"""
+    plen, gen = _LPM_HEAD.unpack_from(data)
+    return gen, plen - 32, int.from_bytes(data[8:], "big")
+
+
+def pack_classes(classes: tuple[int, ...]) -> bytes:
+    return _CLASSES.pack(*classes)
+
+
+def unpack_classes(data: bytes) -> tuple[int, ...]:
+    return _CLASSES.unpack(data)
+
+
+def pack_rule_key(gen: int, key: tuple[int, ...]) -> bytes:
+    slot, direction, family, proto, src, dst, sport, l4 = key
+    return _RULE_KEY.pack(gen, slot, direction, family, proto, src, dst, sport, l4)
+
+
+def unpack_rule_key(data: bytes) -> tuple[int, tuple[int, ...]]:
+    gen, *rest = _RULE_KEY.unpack(data)
+    return gen, tuple(rest)
+
+
+def pack_u32(value: int) -> bytes:
+    return _U32.pack(value)
+
+
+def unpack_u32(data: bytes) -> int:
+    return _U32.unpack(data)[0]
+
+
+def pack_rule(value: tuple[int, int]) -> bytes:
+    return _RULE.pack(value[0], value[1], 0)
+
+
+def unpack_rule(data: bytes) -> tuple[int, int]:
+    action, flags, _ = _RULE.unpack(data)
+    return action, flags
+
+
+def pack_config(words: tuple[int, ...]) -> bytes:
+    return _CONFIG.pack(*words)
+
+
+def unpack_config(data: bytes) -> tuple[int, ...]:
+    return _CONFIG.unpack(data)
+
+
+def sum_counters(percpu: bytes) -> tuple[int, int]:
+    """A per-CPU counter value (one 16-byte slot per possible CPU) -> (packets, bytes)."""
+    packets = nbytes = 0
+    for p, b in _COUNTER.iter_unpack(percpu):
+        packets += p
+        nbytes += b
+    return packets, nbytes
+
+
+# Per-generation strides of the array maps: index = gen * stride + plan index.
+def array_stride(name: str, constants: dict[str, int]) -> int:
+    fixed = {"sport_interval": PORT_INDEX_SIZE, "dport_interval": PORT_INDEX_SIZE,
+             "icmp_interval": ICMP_INDEX_SIZE, "config": 1}
+    return fixed.get(name) or constants[f"NETCTL_{name.upper()}_ENTRIES"]

@@ -1,0 +1,188 @@
+"""Compile netctl's BPF programs with bcc.
+
+Constants reach the C as ``-D`` flags (the compiler's capacities, the pin directory),
+never by editing source text.  One wrinkle of bcc shapes how the source is handed over:
+bcc rewrites map operations (``table.lookup(&key)``) only in the main file of a compile,
+not in included headers.  So the entry file's own quoted includes (``#include
+"netctl_*.h"``, from bpf/include/) are inlined here, each under a ``#line`` directive so
+that compiler errors still name the real file and line; system includes stay as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import bpfsys
+from ..errors import LoadError
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+INCLUDE_DIR = BPF_DIR / "include"
+XDP_SOURCE = BPF_DIR / "xdp" / "netctl_xdp.c"
+TC_SOURCE = BPF_DIR / "tc" / "netctl_tc.c"
+
+_QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def translation_unit(entry: Path) -> str:
+    """The entry file with its quoted includes inlined (each header once)."""
+    out: list[str] = []
+    _inline(entry, out, set())
+    return "".join(out)
+
+
+def _inline(path: Path, out: list[str], seen: set[Path]) -> None:
+    seen.add(path)
+    out.append(f'#line 1 "{path}"\n')
+    for number, line in enumerate(path.read_text().splitlines(keepends=True), start=1):
+        match = _QUOTED_INCLUDE.match(line)
+        if not match:
+            out.append(line)
+            continue
+        header = (path.parent / match.group(1))
+        if not header.exists():
+            header = INCLUDE_DIR / match.group(1)
+        header = header.resolve()
+        if header not in seen:
+            _inline(header, out, seen)
+        out.append(f'#line {number + 1} "{path}"\n')
+
+
+def cflags(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...] = ()) -> list[str]:
+    flags = [f"-D{name}={value}" for name, value in sorted(constants.items())]
+    flags.append(f'-DNETCTL_PIN_DIR="{pin_dir}"')
+    flags.extend(extra)
+    return flags
+
+
+def source_digest(extra: tuple[str, ...] = ()) -> str:
+    """Identifies the program text: a different digest means the programs must be rebuilt."""
+    h = hashlib.sha256()
+    for path in (XDP_SOURCE, TC_SOURCE):
+        h.update(translation_unit(path).encode())
+    h.update(repr(extra).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Programs:
+    """Loaded programs by role (xdp, tc_ingress, tc_egress): owned fds (close() them) and
+    the verifier's statistics line of each."""
+
+    fds: dict[str, int]
+    verifier: dict[str, str]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = {}
+
+
+ROLES = {
+    "xdp": (XDP_SOURCE, "netctl_xdp_ingress"),
+    "tc_ingress": (TC_SOURCE, "netctl_tc_ingress"),
+    "tc_egress": (TC_SOURCE, "netctl_tc_egress"),
+}
+# Kernel names (15 characters at most): how attach tells netctl's programs from others.
+KERNEL_NAMES = {"xdp": "netctl_xdp", "tc_ingress": "netctl_ingress",
+                "tc_egress": "netctl_egress"}
+PROG_TYPES = {"xdp": bpfsys.PROG_XDP, "tc_ingress": bpfsys.PROG_SCHED_CLS,
+              "tc_egress": bpfsys.PROG_SCHED_CLS}
+# The kernel accepts the programs only under a GPL-compatible license string; the BPF
+# sources are dual-licensed (SPDX lines in bpf/).
+LICENSE = "Dual BSD/GPL"
+_LOG_SIZE = 1 << 24
+
+
+def compile_programs(constants: dict[str, int], pin_dir: str,
+                     extra: tuple[str, ...] = ()) -> Programs:
+    """Compile every program against the maps pinned in ``pin_dir`` (bcc creates and pins
+    those not there yet) and load it.  bcc compiles; the load goes through bpfsys so that a
+    refusal carries the verifier's log.  Raises LoadError; nothing is attached here."""
+    from bcc import BPF  # the distribution's bcc; imported only where programs are built
+
+    flags = cflags(constants, pin_dir, extra)
+    programs = Programs({}, {})
+    try:
+        for source in (XDP_SOURCE, TC_SOURCE):
+            captured = io.StringIO()
+            try:
+                with _captured_stderr(captured):
+                    module = BPF(text=translation_unit(source), cflags=flags)
+            except Exception as exc:
+                raise LoadError(f"bcc could not compile {_shown(source)}: {exc}",
+                                _compiler_errors(captured.getvalue())) from None
+            try:
+                for role, (src, fn) in ROLES.items():
+                    if src == source:
+                        fd, stats = _load(module, role, fn)
+                        programs.fds[role] = fd
+                        programs.verifier[role] = stats
+            finally:
+                module.cleanup()
+    except BaseException:
+        programs.close()
+        raise
+    return programs
+
+
+def _load(module, role: str, fn: str) -> tuple[int, str]:
+    insns = module.dump_func(fn)
+    stats: list[str] = []
+    try:
+        fd = bpfsys.prog_load(PROG_TYPES[role], insns, KERNEL_NAMES[role], license=LICENSE,
+                              log_level=4, log_size=4096, log_out=stats)
+    except bpfsys.BpfError:
+        # Load again with the full log: it says which instruction the verifier refused.
+        try:
+            fd = bpfsys.prog_load(PROG_TYPES[role], insns, KERNEL_NAMES[role],
+                                  license=LICENSE, log_level=1, log_size=_LOG_SIZE)
+        except bpfsys.BpfError as exc:
+            raise LoadError(f"the verifier refused {fn} ({exc.strerror})",
+                            _log_tail(exc.log)) from None
+    return fd, " ".join(line for line in stats[0].splitlines() if line.startswith("processed"))
+
+
+def _log_tail(log: str, lines: int = 40) -> str:
+    kept = log.rstrip().splitlines()
+    if len(kept) > lines:
+        kept = [f"... ({len(kept) - lines} earlier lines of the verifier log omitted)",
+                *kept[-lines:]]
+    return "\n".join(kept)
+
+
+def _compiler_errors(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if line.strip())
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(BPF_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
+@contextlib.contextmanager
+def _captured_stderr(sink: io.StringIO):
+    """bcc prints compiler errors from C on fd 2; keep them for the error instead of
+    letting them interleave with netctl's own output."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sink.write(tmp.read().decode(errors="replace"))

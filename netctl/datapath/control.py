@@ -1,0 +1,633 @@
+"""apply, status and detach: the verbs that change or read the live datapath.
+
+apply, in order (each step leaves the previous policy running if it fails):
+
+1. load and compile the policy (pure; an invalid policy changes nothing);
+2. find every interface and decide its hooks (a missing interface changes nothing);
+3. under the namespace lock, open the live datapath from its pins, or build a new one when
+   there is none or the programs or map capacities changed (a compile or verifier error
+   changes nothing: the new pin directory is removed);
+4. write the plan into the inactive generation (only the difference to what it holds);
+5. attach the programs where they are not yet (undone on failure);
+6. record the new generation in the state file, then flip the one-word ``active`` map:
+   from here on every packet is judged wholly by the new policy;
+7. detach from interfaces the policy no longer lists, carry the old generation's counters
+   over (by rule name), remove an old build's pins.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import abi
+from ..errors import AttachError, NetctlError, PrivilegeError
+from ..policy.compile import compile_policy
+from ..policy.model import Direction, Interface, Policy, TcHook, XdpMode
+from ..policy.plan import Limits, MapPlan, PlanDiff, diff
+from . import attach as att
+from .build import source_digest
+from .instance import Datapath, PinsMissing, contents_plan, settle
+from .netns import Namespace, ensure_pin_root, netns_name
+
+HOOK_XDP_NATIVE = "xdp-native"
+HOOK_XDP_GENERIC = "xdp-generic"
+HOOK_TC = "tc"
+
+
+def require_privilege() -> None:
+    if os.geteuid() == 0:
+        return
+    caps = _effective_caps()
+    missing = [name for name, bit in (("CAP_BPF", 39), ("CAP_NET_ADMIN", 12),
+                                      ("CAP_SYS_ADMIN", 21)) if not caps >> bit & 1]
+    if "CAP_SYS_ADMIN" not in missing:
+        return
+    if missing[:2]:
+        raise PrivilegeError(f"netctl needs {' and '.join(missing[:2])} to load programs "
+                             "and attach them (run it as root)")
+
+
+def _effective_caps() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+# ---- what to attach where ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    xdp: XdpMode
+    tc: tuple[TcHook, ...]
+
+
+@dataclass
+class Hooks:
+    ingress: str | None          # HOOK_* or None (ingress rules not enforced here)
+    egress: str | None
+    why: str
+
+
+def targets(policy: Policy, devs: list[str] | None, xdp_mode: str | None) -> list[Target]:
+    """The interfaces to enforce on: ``--dev`` replaces the policy's list, taking the
+    per-interface settings from the policy's first entry (or the defaults)."""
+    if devs:
+        template = policy.interfaces[0] if policy.interfaces else Interface(name="")
+        wanted = [Target(dev, template.xdp, template.tc) for dev in devs]
+    else:
+        wanted = [Target(i.name, i.xdp, i.tc) for i in policy.interfaces]
+    if not wanted:
+        raise NetctlError(f"{policy.source}: the policy lists no interfaces: add "
+                          "'interfaces:' or give --dev IF")
+    if xdp_mode is not None:
+        wanted = [Target(t.name, XdpMode(xdp_mode), t.tc) for t in wanted]
+    seen: set[str] = set()
+    for t in wanted:
+        if t.name in seen:
+            raise NetctlError(f"interface {t.name} is listed twice")
+        seen.add(t.name)
+    return wanted
+
+
+def decide_hooks(link: att.LinkInfo, target: Target) -> Hooks:
+    tc_in = TcHook.INGRESS in target.tc
+    egress = HOOK_TC if TcHook.EGRESS in target.tc else None
+    if target.xdp is XdpMode.NATIVE:
+        return Hooks(HOOK_XDP_NATIVE, egress, "xdp: native")
+    if target.xdp is XdpMode.GENERIC:
+        return Hooks(HOOK_XDP_GENERIC, egress, "xdp: generic")
+    if target.xdp is XdpMode.OFF:
+        return Hooks(HOOK_TC if tc_in else None, egress,
+                     "xdp: off" + ("" if tc_in else ", and tc ingress not listed"))
+    kind = link.kind or "loopback"
+    if link.virtual:
+        if tc_in:
+            return Hooks(HOOK_TC, egress, f"xdp: auto, {kind} device: XDP would start from an "
+                         "skb here, tc ingress is faster")
+        return Hooks(HOOK_XDP_NATIVE, egress, f"xdp: auto, {kind} device, tc ingress not "
+                     "listed: native XDP")
+    return Hooks(HOOK_XDP_NATIVE, egress, "xdp: auto, NIC: native XDP runs before any skb")
+
+
+# ---- apply -----------------------------------------------------------------------------------
+
+@dataclass
+class ApplyResult:
+    policy: str
+    generation: int
+    reload: bool
+    change: PlanDiff
+    interfaces: dict[str, dict[str, Any]]
+    detached: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    unchanged: bool = False
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy, "generation": self.generation, "reload": self.reload,
+            "dry_run": self.dry_run, "unchanged": self.unchanged,
+            "entries": self.change.entries(),
+            "changes": {name: {"added": len(d.added), "changed": len(d.changed),
+                               "removed": len(d.removed)}
+                        for name, d in self.change.maps.items() if d},
+            "interfaces": self.interfaces, "detached": self.detached,
+            "warnings": self.warnings, "seconds": round(self.seconds, 3),
+        }
+
+
+def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = None,
+          dry_run: bool = False, limits: Limits = Limits(),  # noqa: B008
+          extra_cflags: tuple[str, ...] = ()) -> ApplyResult:
+    started = time.monotonic()
+    plan = compile_policy(policy, limits)
+    wanted = targets(policy, devs, xdp_mode)
+    require_privilege()
+    ns = Namespace.current()
+    with att.Links() as links:
+        found: list[tuple[Target, att.LinkInfo, Hooks]] = []
+        for t in wanted:
+            link = links.find(t.name)
+            if link is None:
+                raise AttachError(t.name, errno.ENODEV, "no such interface in this network "
+                                  f"namespace ({netns_name() or 'unnamed'})")
+            found.append((t, link, decide_hooks(link, t)))
+        warnings = _coverage_warnings(policy, found)
+        if dry_run:
+            return _dry_run(ns, plan, policy, found, warnings, started)
+        ensure_pin_root()
+        with ns.lock():
+            result = _apply_locked(ns, links, policy, plan, found, extra_cflags)
+    result.warnings = warnings + result.warnings
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _coverage_warnings(policy: Policy, found) -> list[str]:
+    out = []
+    has = {d: any(r.direction is d for r in policy.rules) for d in Direction}
+    for t, _link, hooks in found:
+        if hooks.ingress is None and (has[Direction.INGRESS]
+                                      or policy.default_ingress.value == "drop"):
+            out.append(f"{t.name}: ingress rules are not enforced (no XDP and no tc ingress "
+                       "hook)")
+        if hooks.egress is None and (has[Direction.EGRESS]
+                                     or policy.default_egress.value == "drop"):
+            out.append(f"{t.name}: egress rules are not enforced (tc egress not listed)")
+    return out
+
+
+def _interface_record(t: Target, link: att.LinkInfo, hooks: Hooks,
+                      created_clsact: bool) -> dict[str, Any]:
+    return {"name": t.name, "ifindex": link.index, "kind": link.kind, "ingress": hooks.ingress,
+            "egress": hooks.egress, "why": hooks.why, "created_clsact": created_clsact}
+
+
+def _dry_run(ns: Namespace, plan: MapPlan, policy: Policy, found, warnings,
+             started) -> ApplyResult:
+    state = ns.read_state()
+    live, _ = _open_live(ns, state)
+    reload = True
+    try:
+        if live is not None and _reusable(state, plan):
+            gen = live.active
+            change = diff(contents_plan(live.read_generation(gen), plan), plan)
+            reload = False
+        else:
+            change = diff(None, plan)
+    finally:
+        if live is not None:
+            live.close()
+    interfaces = {t.name: _interface_record(t, link, hooks, False)
+                  for t, link, hooks in found}
+    previous = set((state or {}).get("interfaces", {}))
+    return ApplyResult(policy.source, -1, reload, change, interfaces,
+                       detached=sorted(previous - set(interfaces)), warnings=warnings,
+                       dry_run=True, seconds=time.monotonic() - started)
+
+
+def _open_live(ns: Namespace, state: dict | None) -> tuple[Datapath | None, str | None]:
+    """The live datapath from its pins, or (None, why not)."""
+    if not state or "build" not in state:
+        return None, "nothing applied"
+    build = state["build"]
+    try:
+        return Datapath.open(ns.build_dir(build["id"]), build["constants"]), None
+    except PinsMissing as exc:
+        return None, str(exc)
+
+
+def _reusable(state: dict | None, plan: MapPlan) -> bool:
+    build = (state or {}).get("build") or {}
+    return build.get("constants") == plan.constants() and build.get("source") == source_digest()
+
+
+def _generation_record(policy: Policy, plan: MapPlan) -> dict[str, Any]:
+    return {"policy": os.path.abspath(policy.source) if os.path.exists(policy.source)
+            else policy.source,
+            "digest": plan.digest(), "applied_at": time.time(),
+            "rules": list(plan.rule_names),
+            "actions": [action for action, _ in plan.rules]}
+
+
+def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan,
+                  found, extra_cflags) -> ApplyResult:
+    state = ns.read_state() or {}
+    live, _why = _open_live(ns, state)
+    reload = live is None or not _reusable(state, plan) or bool(extra_cflags)
+    old = live
+    if reload:
+        build_id = f"b{time.time_ns():x}"
+        dp = Datapath.build(ns.build_dir(build_id), plan.constants(), extra_cflags)
+        gen = 0
+        change = dp.write_plan(plan, 0, fresh=True)
+        dp.flip(0)
+        build = {"id": build_id, "constants": plan.constants(), "source": source_digest(),
+                 "verifier": dp.verifier, "created": time.time()}
+    else:
+        dp = live
+        active = dp.active
+        gens = state.get("generations", {})
+        same_interfaces = _same_interfaces(state, found)
+        if gens.get(str(active), {}).get("digest") == plan.digest() and same_interfaces \
+                and _attachments_intact(links, dp, state):
+            dp.close()
+            return ApplyResult(policy.source, active, False, diff(plan, plan),
+                               dict(state.get("interfaces", {})), unchanged=True)
+        gen = 1 - active
+        change = dp.write_plan(plan, gen)
+        build = state["build"]
+
+    undo: list = []
+    try:
+        interfaces = _attach_all(links, dp, found, state, undo)
+    except BaseException:
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:  # noqa: S112 - best effort: report the original error
+                continue
+        if reload:
+            dp.close()
+            ns.remove_build(build["id"])
+        elif old is not None:
+            old.close()
+        raise
+
+    previous = state.get("generations", {})
+    old_active = None if reload else dp.active
+    generations = {} if reload else dict(previous)
+    generations[str(gen)] = _generation_record(policy, plan)
+    carried = _carried_before(state, reload)
+    new_state = dict(state, build=build, generations=generations, interfaces=interfaces,
+                     carried=carried, netns=netns_name())
+    ns.write_state(new_state)           # the new generation is described ...
+    dp.flip(gen)                        # ... then made live, in one word
+    warnings: list[str] = []
+    detached = _detach_removed(links, state, interfaces, warnings)
+
+    # Counters of the generation (or build) packets just left, carried over by rule name.
+    settle()
+    if reload and old is not None:
+        old_gen = old.active
+        _carry(carried, previous.get(str(old_gen)), old, old_gen)
+        _carry_stats(carried, old)
+        old.close()
+        for stale in ns.builds():
+            if stale != build["id"]:
+                ns.remove_build(stale)
+    elif old_active is not None:
+        _carry(carried, previous.get(str(old_active)), dp, old_active)
+    keep = set(plan.rule_names)
+    carried["rules"] = {k: v for k, v in carried["rules"].items() if k in keep}
+    new_state["carried"] = carried
+    ns.write_state(new_state)
+    dp.close()
+    return ApplyResult(policy.source, gen, reload, change, interfaces, detached, warnings)
+
+
+def _carried_before(state: dict, reload: bool) -> dict[str, Any]:
+    carried = state.get("carried") or {}
+    return {"rules": dict(carried.get("rules", {})),
+            "stats": list(carried.get("stats", [[0, 0]] * abi.STAT_MAX))}
+
+
+def _carry(carried: dict, record: dict | None, dp: Datapath, gen: int) -> None:
+    if not record:
+        return
+    names = record["rules"]
+    for name, (packets, nbytes) in zip(names, dp.rule_counters(gen, len(names)), strict=True):
+        if packets or nbytes:
+            p, b = carried["rules"].get(name, (0, 0))
+            carried["rules"][name] = [p + packets, b + nbytes]
+
+
+def _carry_stats(carried: dict, dp: Datapath) -> None:
+    stats = carried["stats"]
+    for i, (packets, nbytes) in enumerate(dp.stats()):
+        stats[i] = [stats[i][0] + packets, stats[i][1] + nbytes]
+
+
+def _same_interfaces(state: dict, found) -> bool:
+    previous = state.get("interfaces", {})
+    if set(previous) != {t.name for t, _, _ in found}:
+        return False
+    for t, link, hooks in found:
+        rec = previous[t.name]
+        if (rec.get("ifindex"), rec.get("ingress"), rec.get("egress")) != (
+                link.index, hooks.ingress, hooks.egress):
+            return False
+    return True
+
+
+def _attachments_intact(links: att.Links, dp: Datapath, state: dict) -> bool:
+    ids = dp.prog_ids()
+    for name, rec in state.get("interfaces", {}).items():
+        if _attachment_problems(links, name, rec, ids):
+            return False
+    return True
+
+
+def _attach_all(links: att.Links, dp: Datapath, found, state: dict,
+                undo: list) -> dict[str, dict[str, Any]]:
+    previous = state.get("interfaces", {})
+    out: dict[str, dict[str, Any]] = {}
+    for t, link, hooks in found:
+        prev = previous.get(t.name, {})
+        created = bool(prev.get("created_clsact")) and prev.get("ifindex") == link.index
+        # ingress
+        if hooks.ingress in (HOOK_XDP_NATIVE, HOOK_XDP_GENERIC):
+            mode = "native" if hooks.ingress == HOOK_XDP_NATIVE else "generic"
+            undo.append(_xdp_restorer(links, link))
+            links.attach_xdp(link, dp.programs["xdp"], mode)
+            if any(f.ours for f in links.filters(link, "ingress")):
+                undo.append(_tc_restorer(links, link, "ingress"))
+                links.detach_tc(link, "ingress")
+        else:
+            if hooks.ingress == HOOK_TC:
+                created |= _ensure_clsact(links, link, undo)
+                undo.append(_tc_restorer(links, link, "ingress"))
+                links.attach_tc(link, dp.programs["tc_ingress"], "ingress")
+            elif any(f.ours for f in links.filters(link, "ingress")):
+                undo.append(_tc_restorer(links, link, "ingress"))
+                links.detach_tc(link, "ingress")
+            if links.xdp_is_ours(link):
+                undo.append(_xdp_restorer(links, link))
+                links.detach_xdp(link)
+        # egress
+        if hooks.egress == HOOK_TC:
+            created |= _ensure_clsact(links, link, undo)
+            undo.append(_tc_restorer(links, link, "egress"))
+            links.attach_tc(link, dp.programs["tc_egress"], "egress")
+        elif any(f.ours for f in links.filters(link, "egress")):
+            undo.append(_tc_restorer(links, link, "egress"))
+            links.detach_tc(link, "egress")
+        out[t.name] = _interface_record(t, link, hooks, created)
+    return out
+
+
+def _ensure_clsact(links: att.Links, link: att.LinkInfo, undo: list) -> bool:
+    created = links.ensure_clsact(link)
+    if created:
+        undo.append(lambda: links.remove_clsact_if_unused(link))
+    return created
+
+
+def _xdp_restorer(links: att.Links, link: att.LinkInfo):
+    """Undo for an XDP change: put back netctl's previous program, or nothing."""
+    before = links.info(link.index)
+
+    def restore():
+        now = links.info(link.index)
+        if now is None:
+            return
+        if before is not None and before.xdp_prog_id is not None and links.xdp_is_ours(before):
+            from .. import bpfsys
+
+            fd = bpfsys.prog_fd_by_id(before.xdp_prog_id)
+            try:
+                links.attach_xdp(now, fd, before.xdp_mode or "native")
+            finally:
+                os.close(fd)
+        elif links.xdp_is_ours(now):
+            links.detach_xdp(now)
+    return restore
+
+
+def _tc_restorer(links: att.Links, link: att.LinkInfo, direction: str):
+    """Undo for a tc change: netctl's previous filter program back, or no filter."""
+    before = [f for f in links.filters(link, direction) if f.ours]
+
+    def restore():
+        if before and before[0].prog_id:
+            from .. import bpfsys
+
+            fd = bpfsys.prog_fd_by_id(before[0].prog_id)
+            try:
+                links.attach_tc(link, fd, direction)
+            finally:
+                os.close(fd)
+        else:
+            links.detach_tc(link, direction)
+    return restore
+
+
+def _detach_removed(links: att.Links, state: dict, interfaces: dict,
+                    warnings: list[str]) -> list[str]:
+    removed = []
+    for name, rec in state.get("interfaces", {}).items():
+        if name in interfaces:
+            continue
+        try:
+            _detach_interface(links, rec)
+            removed.append(name)
+        except NetctlError as exc:
+            warnings.append(f"{name}: could not detach: {exc}")
+    return removed
+
+
+def _detach_interface(links: att.Links, rec: dict) -> bool:
+    """Remove netctl's programs from one interface; False when the interface is gone."""
+    link = links.info(rec["ifindex"]) if rec.get("ifindex") else None
+    if link is None or link.name != rec["name"]:
+        link = links.find(rec["name"])
+    if link is None:
+        return False
+    if links.xdp_is_ours(link):
+        links.detach_xdp(link)
+    for direction in ("ingress", "egress"):
+        links.detach_tc(link, direction)
+    if rec.get("created_clsact"):
+        links.remove_clsact_if_unused(link)
+    return True
+
+
+# ---- status -------------------------------------------------------------------------------
+
+def _attachment_problems(links: att.Links, name: str, rec: dict,
+                         ids: dict[str, int]) -> list[str]:
+    link = links.find(name)
+    if link is None:
+        return [f"interface {name} is gone"]
+    problems = []
+    ingress, egress = rec.get("ingress"), rec.get("egress")
+    if ingress in (HOOK_XDP_NATIVE, HOOK_XDP_GENERIC):
+        want_mode = "native" if ingress == HOOK_XDP_NATIVE else "generic"
+        if link.xdp_prog_id != ids.get("xdp"):
+            problems.append("XDP program is not netctl's live one"
+                            if link.xdp_prog_id else "XDP program missing")
+        elif link.xdp_mode != want_mode:
+            problems.append(f"XDP attached in {link.xdp_mode} mode, not {want_mode}")
+    for direction, hook in (("ingress", ingress), ("egress", egress)):
+        if hook != HOOK_TC:
+            continue
+        ours = [f for f in links.filters(link, direction) if f.ours]
+        if not ours:
+            problems.append(f"tc {direction} filter missing")
+        elif ours[0].prog_id != ids.get(f"tc_{direction}"):
+            problems.append(f"tc {direction} filter runs another program")
+    return problems
+
+
+def status() -> dict[str, Any]:
+    """What is live in this network namespace (the JSON of `netctl status -o json`)."""
+    require_privilege()
+    ns = Namespace.current()
+    state = ns.read_state()
+    out: dict[str, Any] = {"netns": netns_name(), "cookie": ns.cookie, "applied": False,
+                           "interfaces": [], "rules": [], "defaults": {}, "drops": [],
+                           "problems": []}
+    if not state or "build" not in state:
+        return out
+    live, why = _open_live(ns, state)
+    if live is None:
+        out["problems"].append(f"{why}: the datapath is gone (bpffs unmounted, pins "
+                               "removed or a reboot); 'netctl apply' rebuilds it")
+        out["interfaces"] = [dict(rec, live=False) for rec in state["interfaces"].values()]
+        return out
+    with live:
+        gen = live.active
+        record = state.get("generations", {}).get(str(gen))
+        ids = live.prog_ids()
+        with att.Links() as links:
+            for name, rec in state.get("interfaces", {}).items():
+                problems = _attachment_problems(links, name, rec, ids)
+                link = links.find(name)
+                out["interfaces"].append(dict(
+                    rec, live=not problems, problems=problems,
+                    xdp_prog_id=link.xdp_prog_id if link else None,
+                    xdp_mode=link.xdp_mode if link else None,
+                    prog_ids={role: ids[role] for role in ("xdp", "tc_ingress", "tc_egress")
+                              if (role == "xdp" and (rec.get("ingress") or "").startswith("xdp"))
+                              or (role == "tc_ingress" and rec.get("ingress") == HOOK_TC)
+                              or (role == "tc_egress" and rec.get("egress") == HOOK_TC)}))
+                out["problems"].extend(f"{name}: {p}" for p in problems)
+        if record is None:
+            out["problems"].append(f"generation {gen} is live but the state file does not "
+                                   "describe it; 'netctl apply' repairs this")
+            return out
+        carried = state.get("carried") or {}
+        carried_rules = carried.get("rules", {})
+        carried_stats = carried.get("stats") or [[0, 0]] * abi.STAT_MAX
+        counters = live.rule_counters(gen, len(record["rules"]))
+        actions = ("accept", "drop")
+        policy_drops = [0, 0]
+        for index, (name, action, (packets, nbytes)) in enumerate(
+                zip(record["rules"], record["actions"], counters, strict=True)):
+            cp, cb = carried_rules.get(name, (0, 0))
+            packets, nbytes = packets + cp, nbytes + cb
+            out["rules"].append({"index": index, "name": name, "action": actions[action],
+                                 "packets": packets, "bytes": nbytes})
+            if action == 1:
+                policy_drops[0] += packets
+                policy_drops[1] += nbytes
+        stats = [(p + carried_stats[i][0], b + carried_stats[i][1])
+                 for i, (p, b) in enumerate(live.stats())]
+        defaults = {}
+        for direction, dir_code in (("ingress", 0), ("egress", 1)):
+            for action_code, action in enumerate(actions):
+                packets, nbytes = stats[abi.stat_default(dir_code, action_code)]
+                defaults.setdefault(direction, {})[action] = {"packets": packets,
+                                                              "bytes": nbytes}
+        dp_cfg = live.read_config(gen)
+        for direction, word in (("ingress", 0), ("egress", 1)):
+            defaults[direction]["action"] = actions[dp_cfg[word] & 1]
+        out["defaults"] = defaults
+        drops = [{"reason": abi.DropReason.POLICY_RULE.label, "code": 1,
+                  "packets": policy_drops[0], "bytes": policy_drops[1]},
+                 {"reason": abi.DropReason.POLICY_DEFAULT.label, "code": 2,
+                  "packets": sum(stats[abi.stat_default(d, 1)][0] for d in (0, 1)),
+                  "bytes": sum(stats[abi.stat_default(d, 1)][1] for d in (0, 1))}]
+        for reason in abi.DropReason:
+            if reason.value >= abi.DropReason.TRUNC_L2:
+                packets, nbytes = stats[reason.value]
+                drops.append({"reason": reason.label, "code": reason.value,
+                              "packets": packets, "bytes": nbytes,
+                              "description": reason.description})
+        out["drops"] = drops
+        out["passed"] = {"non_ip": stats[abi.STAT_NON_IP][0], "ndp": stats[abi.STAT_NDP][0]}
+        out.update(applied=True, policy=record["policy"], digest=record["digest"],
+                   generation=gen, applied_at=record["applied_at"], build=state["build"]["id"],
+                   verifier=state["build"].get("verifier", {}))
+    return out
+
+
+# ---- detach -------------------------------------------------------------------------------
+
+def detach(devs: list[str] | None = None, everything: bool = False) -> dict[str, Any]:
+    """Remove netctl's programs (and the clsact qdiscs it created) from the given interfaces,
+    or from all; with all, remove the pins and the state too."""
+    require_privilege()
+    ns = Namespace.current()
+    with ns.lock():
+        state = ns.read_state() or {}
+        recorded = dict(state.get("interfaces", {}))
+        names = list(recorded) if (everything or not devs) else devs
+        detached, gone = [], []
+        with att.Links() as links:
+            for name in names:
+                rec = recorded.get(name)
+                if rec is None:
+                    link = links.find(name)
+                    if link is None:
+                        raise AttachError(name, errno.ENODEV, "no such interface")
+                    rec = {"name": name, "ifindex": link.index, "created_clsact": False}
+                if _detach_interface(links, rec):
+                    detached.append(name)
+                else:
+                    gone.append(name)
+                recorded.pop(name, None)
+            if everything or not devs:
+                # Anything of netctl's left on an interface the state does not list (a
+                # crashed apply, a lost state file) goes too.
+                for link_msg in links.ipr.get_links():
+                    link = links.info(link_msg["index"])
+                    if link is not None and link.name not in detached:
+                        rec = {"name": link.name, "ifindex": link.index,
+                               "created_clsact": False}
+                        if _has_ours(links, link):
+                            _detach_interface(links, rec)
+                            detached.append(link.name)
+        if recorded:
+            state["interfaces"] = recorded
+            ns.write_state(state)
+        else:
+            ns.remove_all_pins()
+            ns.remove_state()
+    return {"detached": detached, "gone": gone, "removed_pins": not recorded}
+
+
+def _has_ours(links: att.Links, link: att.LinkInfo) -> bool:
+    return links.xdp_is_ours(link) or any(
+        f.ours for d in ("ingress", "egress") for f in links.filters(link, d))

@@ -1,0 +1,167 @@
+"""One datapath: its maps and programs, pinned together in one directory.
+
+``Datapath.build`` compiles the programs into a new pin directory (bcc creates and pins the
+maps there) and pins the programs next to them; ``Datapath.open`` finds them again from
+another process.  Writing a policy goes to the inactive generation and becomes visible with
+``flip`` (docs/classification.md, "Atomic updates").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+
+from .. import abi, bpfsys
+from ..errors import NetctlError
+from ..policy.plan import MAP_NAMES, MapPlan, PlanDiff, diff
+from . import maps as mapio
+from .build import ROLES, compile_programs
+
+ALL_MAPS = (*MAP_NAMES, "active", "counters", "stats")
+
+
+class PinsMissing(NetctlError):
+    """A datapath's pins are gone (removed by hand, bpffs unmounted, or a reboot)."""
+
+
+@dataclass
+class Datapath:
+    pin_dir: str
+    constants: dict[str, int]
+    maps: dict[str, bpfsys.Map]
+    programs: dict[str, int]                 # role -> fd
+    verifier: dict[str, str] = field(default_factory=dict)
+
+    # -- lifecycle
+    @classmethod
+    def build(cls, pin_dir: str, constants: dict[str, int],
+              extra_cflags: tuple[str, ...] = (), pin_programs: bool = True) -> Datapath:
+        """Compile and load into ``pin_dir`` (created here, removed again on failure)."""
+        os.makedirs(pin_dir, mode=0o700)
+        try:
+            programs = compile_programs(constants, pin_dir, extra_cflags)
+            try:
+                if pin_programs:
+                    for role, fd in programs.fds.items():
+                        bpfsys.obj_pin(fd, f"{pin_dir}/prog_{role}")
+                opened = {name: bpfsys.Map.open_pinned(f"{pin_dir}/{name}")
+                          for name in ALL_MAPS}
+            except BaseException:
+                programs.close()
+                raise
+        except BaseException:
+            from .netns import remove_pins
+
+            remove_pins(pin_dir)
+            raise
+        return cls(pin_dir, dict(constants), opened, dict(programs.fds),
+                   dict(programs.verifier))
+
+    @classmethod
+    def open(cls, pin_dir: str, constants: dict[str, int]) -> Datapath:
+        opened: dict[str, bpfsys.Map] = {}
+        progs: dict[str, int] = {}
+        try:
+            for name in ALL_MAPS:
+                opened[name] = bpfsys.Map.open_pinned(f"{pin_dir}/{name}")
+            for role in ROLES:
+                progs[role] = bpfsys.obj_get(f"{pin_dir}/prog_{role}")
+        except OSError as exc:
+            for m in opened.values():
+                m.close()
+            for fd in progs.values():
+                os.close(fd)
+            raise PinsMissing(f"the datapath's pins in {pin_dir} are incomplete "
+                              f"({exc.strerror})") from None
+        return cls(pin_dir, dict(constants), opened, progs)
+
+    def close(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        for fd in self.programs.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.programs = {}
+
+    def __enter__(self) -> Datapath:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def prog_ids(self) -> dict[str, int]:
+        return {role: bpfsys.prog_info(fd).id for role, fd in self.programs.items()}
+
+    # -- generations
+    @property
+    def active(self) -> int:
+        return mapio.read_active(self.maps)
+
+    def read_generation(self, gen: int) -> dict[str, dict]:
+        return mapio.read_generation(self.maps, gen, self.constants)
+
+    def read_config(self, gen: int) -> tuple[int, ...]:
+        value = self.maps["config"].lookup(abi.pack_u32(gen))
+        return abi.unpack_config(value) if value else (0,) * abi.CFG_WORDS
+
+    def write_plan(self, plan: MapPlan, gen: int, fresh: bool = False) -> PlanDiff:
+        """Make generation ``gen`` hold ``plan``, writing only the difference to what it
+        holds now (read back from the maps; ``fresh``: the maps were just created, empty).
+        Its counters are zeroed first: they belonged to the policy it held before."""
+        if fresh:
+            change = diff(None, plan)
+        else:
+            change = diff(contents_plan(self.read_generation(gen), plan), plan)
+            self.zero_counters(gen)
+        for name, map_change in change.maps.items():
+            if map_change:
+                mapio.write_diff(self.maps, name, gen, map_change, self.constants)
+        return change
+
+    def flip(self, gen: int) -> None:
+        mapio.set_active(self.maps, gen)
+
+    # -- counters
+    def rule_counters(self, gen: int, count: int) -> list[tuple[int, int]]:
+        """(packets, bytes) of the first ``count`` rules of generation ``gen``."""
+        base = gen * self.constants["NETCTL_RULES_ENTRIES"]
+        m = self.maps["counters"]
+        return [abi.sum_counters(m.lookup(abi.pack_u32(base + i)) or b"") for i in range(count)]
+
+    def zero_counters(self, gen: int) -> None:
+        stride = self.constants["NETCTL_RULES_ENTRIES"]
+        m = self.maps["counters"]
+        zero = bytes(m.value_size)
+        base = gen * stride
+        keys = b"".join(abi.pack_u32(base + i) for i in range(stride))
+        for start in range(0, stride, 8192):
+            n = min(8192, stride - start)
+            m.update_batch(keys[start * 4:(start + n) * 4], zero * n, n)
+
+    def stats(self) -> list[tuple[int, int]]:
+        m = self.maps["stats"]
+        return [abi.sum_counters(m.lookup(abi.pack_u32(i)) or b"") for i in range(abi.STAT_MAX)]
+
+
+def contents_plan(contents: dict[str, dict], like: MapPlan):
+    """Map contents read back from the kernel, shaped like a MapPlan for ``diff``."""
+    return _Contents(contents, like)
+
+
+class _Contents:
+    """Duck-types the parts of MapPlan that ``diff`` reads."""
+
+    def __init__(self, contents: dict[str, dict], like: MapPlan):
+        self._maps = contents
+        self._like = like
+
+    def constants(self) -> dict[str, int]:
+        return self._like.constants()
+
+
+def settle() -> None:
+    """Let packets already inside a program on the old generation finish before its
+    counters are read (they run to completion within microseconds)."""
+    time.sleep(0.02)

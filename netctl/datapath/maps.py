@@ -1,0 +1,290 @@
+"""Plan contents <-> map bytes, one generation at a time.
+
+A ``MapPlan`` (netctl/policy/plan.py) is generation-free; here every key or index gets the
+generation added (docs/classification.md, "Atomic updates") and entries become the bytes
+of netctl_abi.h.  Map I/O goes through ``RawMap``, which the kernel's maps
+(``netctl.bpfsys.Map``) and ``MemoryMap`` (kernel semantics in a dict, for tests without
+root) both provide.
+
+Writing a plan is: read what the inactive generation holds (``read_generation``), diff it
+against the new plan (``netctl.policy.plan.diff``), and write only the difference
+(``write_diff``).  The active generation is never touched, so packets keep being judged
+by it until the flip of the one-word ``active`` map.
+"""
+
+from __future__ import annotations
+
+import errno
+from array import array
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from .. import abi
+from ..bpfsys import BpfError
+from ..errors import MapFullError
+from ..policy.plan import (
+    ARRAY_MAPS,
+    CLASS_MAPS,
+    INTERVAL_MAPS,
+    LPM_MAPS,
+    MAP_NAMES,
+    ZERO_CLASSES,
+    MapDiff,
+)
+
+
+class RawMap(Protocol):
+    key_size: int
+    value_size: int
+
+    def lookup(self, key: bytes) -> bytes | None: ...
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None: ...
+    def delete(self, key: bytes, missing_ok: bool = True) -> bool: ...
+    def keys(self) -> Iterator[bytes]: ...
+    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def update_batch(self, keys: bytes, values: bytes, count: int) -> None: ...
+    def read_array(self) -> bytes: ...
+    def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class MemoryMap:
+    """A map with the kernel's semantics for the kinds netctl uses: arrays hold zeros at
+    every index and refuse deletes and out-of-range indexes; hash and LPM maps refuse a new
+    key when full (E2BIG).  Keys of an LPM trie are stored as given."""
+
+    def __init__(self, kind: str, key_size: int, value_size: int, max_entries: int):
+        self.kind = kind
+        self.key_size = key_size
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.data: dict[bytes, bytes] = {}
+
+    def _index(self, key: bytes) -> int:
+        index = int.from_bytes(key, "little")
+        if index >= self.max_entries:
+            raise BpfError(errno.E2BIG, f"index {index} out of range")
+        return index
+
+    def lookup(self, key: bytes) -> bytes | None:
+        if self.kind == "array":
+            self._index(key)
+            return self.data.get(key, bytes(self.value_size))
+        return self.data.get(key)
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        assert len(key) == self.key_size and len(value) == self.value_size
+        if self.kind == "array":
+            self._index(key)
+        elif key not in self.data and len(self.data) >= self.max_entries:
+            raise BpfError(errno.E2BIG, "map full")
+        self.data[key] = value
+
+    def delete(self, key: bytes, missing_ok: bool = True) -> bool:
+        if self.kind == "array":
+            raise BpfError(errno.EINVAL, "arrays have no delete")
+        if key not in self.data:
+            if missing_ok:
+                return False
+            raise BpfError(errno.ENOENT, "no such key")
+        del self.data[key]
+        return True
+
+    def keys(self) -> Iterator[bytes]:
+        if self.kind == "array":
+            yield from (i.to_bytes(4, "little") for i in range(self.max_entries))
+        else:
+            yield from list(self.data)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for key in list(self.keys()):
+            value = self.lookup(key)
+            if value is not None:
+                yield key, value
+
+    def update_batch(self, keys: bytes, values: bytes, count: int) -> None:
+        ks, vs = self.key_size, self.value_size
+        for i in range(count):
+            self.update(keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs])
+
+    def read_array(self) -> bytes:
+        zero = bytes(self.value_size)
+        return b"".join(self.data.get(i.to_bytes(4, "little"), zero)
+                        for i in range(self.max_entries))
+
+    def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]:
+        return self.items()
+
+
+# ---- the generation-tagged layout of every map ---------------------------------------------
+
+def map_kind(name: str) -> str:
+    if name in LPM_MAPS:
+        return "lpm_trie"
+    return "array" if name in ARRAY_MAPS else "hash"
+
+
+def _family(name: str) -> int:
+    return 4 if name.endswith("4") else 6
+
+
+def encode(name: str, gen: int, key: Any, value: Any,
+           constants: dict[str, int]) -> tuple[bytes, bytes]:
+    """One plan entry of map ``name`` as the (key, value) bytes of generation ``gen``."""
+    if name in LPM_MAPS:
+        plen, network = key
+        return abi.pack_lpm_key(gen, _family(name), plen, network), abi.pack_classes(value)
+    if name == "rule_table":
+        return abi.pack_rule_key(gen, key), abi.pack_u32(value)
+    index = abi.pack_u32(gen * abi.array_stride(name, constants) + key)
+    if name in INTERVAL_MAPS:
+        return index, abi.pack_u32(value)
+    if name in CLASS_MAPS:
+        return index, abi.pack_classes(value)
+    if name == "rules":
+        return index, abi.pack_rule(value)
+    if name == "config":
+        return index, abi.pack_config(value)
+    raise KeyError(name)
+
+
+def _zero_value(name: str) -> bytes:
+    if name in CLASS_MAPS:
+        return abi.pack_classes(ZERO_CLASSES)
+    if name == "rules":
+        return abi.pack_rule((0, 0))
+    if name == "config":
+        return abi.pack_config((0,) * len(abi.Config().word))
+    return abi.pack_u32(0)
+
+
+def _decode_array(name: str, blob: bytes, gen: int, constants: dict[str, int]) -> dict:
+    """The non-zero entries of one generation of an array map, read as one blob."""
+    stride = abi.array_stride(name, constants)
+    size = len(_zero_value(name))
+    part = memoryview(blob)[gen * stride * size:(gen + 1) * stride * size]
+    out: dict[int, Any] = {}
+    if name in INTERVAL_MAPS:
+        values = array("I", part.tobytes())
+        for index, value in enumerate(values):
+            if value:
+                out[index] = value
+        return out
+    zero = _zero_value(name)
+    for index in range(len(part) // size):
+        raw = part[index * size:(index + 1) * size]
+        if raw != zero:
+            raw = raw.tobytes()
+            if name in CLASS_MAPS:
+                out[index] = abi.unpack_classes(raw)
+            elif name == "rules":
+                out[index] = abi.unpack_rule(raw)
+            else:
+                out[index] = abi.unpack_config(raw)
+    return out
+
+
+def read_generation(maps: Mapping[str, RawMap], gen: int,
+                    constants: dict[str, int]) -> dict[str, dict]:
+    """What generation ``gen`` holds, in the plan's canonical form (arrays: non-zero only)."""
+    out: dict[str, dict] = {}
+    for name in MAP_NAMES:
+        m = maps[name]
+        if name in LPM_MAPS:
+            contents = {}
+            for key in list(m.keys()):
+                g, plen, network = abi.unpack_lpm_key(key)
+                if g != gen:
+                    continue
+                value = m.lookup(key)
+                if value is not None:
+                    contents[(plen, network)] = abi.unpack_classes(value)
+            out[name] = contents
+        elif name == "rule_table":
+            contents = {}
+            for key, value in m.lookup_batch():
+                g, rest = abi.unpack_rule_key(key)
+                if g == gen:
+                    contents[rest] = abi.unpack_u32(value)
+            out[name] = contents
+        else:
+            out[name] = _decode_array(name, m.read_array(), gen, constants)
+    return out
+
+
+def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
+               constants: dict[str, int]) -> None:
+    """Apply one map's diff to generation ``gen``: added and changed entries first (in
+    batches where the map type has them), removed entries last (arrays: zeros)."""
+    m = maps[name]
+    writes = dict(change.added)
+    writes.update((k, new) for k, (_, new) in change.changed.items())
+    try:
+        if map_kind(name) == "lpm_trie":
+            for key, value in writes.items():
+                m.update(*encode(name, gen, key, value, constants))
+            for key, value in change.removed.items():
+                m.delete(encode(name, gen, key, value, constants)[0])
+            return
+        if map_kind(name) == "array":
+            zero = _zero_value(name)
+            pairs = [encode(name, gen, k, v, constants) for k, v in writes.items()]
+            pairs += [(encode(name, gen, k, v, constants)[0], zero)
+                      for k, v in change.removed.items()]
+            _batch(m, pairs)
+            return
+        _batch(m, [encode(name, gen, k, v, constants) for k, v in writes.items()])
+        for key, value in change.removed.items():
+            m.delete(encode(name, gen, key, value, constants)[0])
+    except BpfError as exc:
+        if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
+            raise MapFullError(f"{name}: the kernel refused another entry ({exc.strerror}); "
+                               f"raise the capacity or shrink the policy") from None
+        raise
+
+
+_BATCH = 8192
+
+
+def _batch(m: RawMap, pairs: list[tuple[bytes, bytes]]) -> None:
+    for start in range(0, len(pairs), _BATCH):
+        chunk = pairs[start:start + _BATCH]
+        m.update_batch(b"".join(k for k, _ in chunk), b"".join(v for _, v in chunk), len(chunk))
+
+
+def read_active(maps: Mapping[str, RawMap]) -> int:
+    value = maps["active"].lookup(abi.pack_u32(0))
+    return abi.unpack_u32(value) & 1 if value else 0
+
+
+def set_active(maps: Mapping[str, RawMap], gen: int) -> None:
+    maps["active"].update(abi.pack_u32(0), abi.pack_u32(gen))
+
+
+def memory_maps(constants: dict[str, int]) -> dict[str, MemoryMap]:
+    """In-memory maps shaped like the datapath's (for tests without root)."""
+    out: dict[str, MemoryMap] = {}
+    for name in MAP_NAMES:
+        kind = map_kind(name)
+        key, value = encode(name, 0, _sample_key(name), _sample_value(name), constants)
+        per_gen = constants[f"NETCTL_{name.upper()}_ENTRIES"]
+        out[name] = MemoryMap(kind, len(key), len(value), abi.GENS * per_gen)
+    out["active"] = MemoryMap("array", 4, 4, 1)
+    return out
+
+
+def _sample_key(name: str) -> Any:
+    if name in LPM_MAPS:
+        return (0, 0)
+    if name == "rule_table":
+        return (0,) * 8
+    return 0
+
+
+def _sample_value(name: str) -> Any:
+    if name in LPM_MAPS or name in CLASS_MAPS:
+        return ZERO_CLASSES
+    if name == "rules":
+        return (0, 0)
+    if name == "config":
+        return (0,) * len(abi.Config().word)
+    return 0

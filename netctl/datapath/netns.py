@@ -1,0 +1,211 @@
+"""The network namespace netctl acts in: its identity, its pins, its state file, its lock.
+
+Every verb is a short process, so what a datapath is made of must be found again from
+outside: its maps and programs are pinned in ``PIN_ROOT/ns<cookie>/<build>/`` and what was
+applied (policy, generations, interfaces, carried counters) is in
+``STATE_ROOT/ns<cookie>/state.json``.  The netns cookie (SO_NETNS_COOKIE) names the
+namespace: unlike an inode number it is never reused, so a new namespace never adopts a
+dead one's state.  Both directories are root-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import NetctlError, PrivilegeError
+from ..paths import PIN_ROOT, STATE_ROOT
+
+SO_NETNS_COOKIE = 71
+BPF_FS_MAGIC = 0xCAFE4A11
+STATE_VERSION = 1
+
+
+def netns_cookie() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def netns_name() -> str | None:
+    """The `ip netns` name of the current namespace, when it has one."""
+    try:
+        mine = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return None
+    if mine == _init_netns_inode():
+        return "(host)"
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir("/run/netns")):
+            with contextlib.suppress(OSError):
+                if os.stat(f"/run/netns/{name}").st_ino == mine:
+                    return name
+    return None
+
+
+def _init_netns_inode() -> int | None:
+    try:
+        return os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def is_bpffs(path: str) -> bool:
+    """Whether ``path`` is a mounted bpffs (its statfs magic)."""
+    import ctypes
+
+    class _Statfs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = _Statfs()
+    if libc.statfs(path.encode(), ctypes.byref(buf)) != 0:
+        return False
+    return (buf.f_type & 0xFFFFFFFF) == BPF_FS_MAGIC
+
+
+def ensure_pin_root() -> None:
+    """Make sure PIN_ROOT is a bpffs that outlives this process.
+
+    Mounted in the host's mount namespace it is seen by every later `ip netns exec` (which
+    copies the mount tree).  A bpffs mounted inside `ip netns exec` (which always runs the
+    command in a private mount namespace) would be an empty instance that vanishes with the
+    process, taking the pins with it: refuse there, and say how to mount it once.
+    """
+    if is_bpffs(PIN_ROOT):
+        return
+    if os.geteuid() != 0:
+        raise PrivilegeError(f"{PIN_ROOT} is not mounted and mounting it needs root "
+                             "(CAP_SYS_ADMIN): run 'make setup' or netctl as root")
+    name = netns_name()
+    if name not in (None, "(host)"):
+        raise NetctlError(f"{PIN_ROOT} (bpffs for netctl's pins) is not mounted, and a mount "
+                          f"made inside 'ip netns exec {name}' would vanish with this "
+                          f"process; mount it once on the host: 'make setup', or "
+                          f"mkdir -p {PIN_ROOT} && mount -t bpf bpf {PIN_ROOT}")
+    os.makedirs(PIN_ROOT, mode=0o700, exist_ok=True)
+    _mount_bpffs(PIN_ROOT)
+
+
+def _mount_bpffs(path: str) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", path.encode(), b"bpf", 0, b"mode=0700") != 0:
+        err = ctypes.get_errno()
+        raise NetctlError(f"could not mount bpffs at {path}: {os.strerror(err)}")
+
+
+@dataclass
+class Namespace:
+    """The current network namespace's pin and state directories."""
+
+    cookie: int
+
+    @classmethod
+    def current(cls) -> Namespace:
+        return cls(netns_cookie())
+
+    @property
+    def key(self) -> str:
+        return f"ns{self.cookie}"
+
+    @property
+    def pin_dir(self) -> str:
+        return f"{PIN_ROOT}/{self.key}"
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(STATE_ROOT) / self.key
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    # -- state
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            text = self.state_file.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            state = json.loads(text)
+        except ValueError:
+            raise NetctlError(f"{self.state_file} is corrupt; 'netctl detach --all' "
+                              "removes netctl's state and datapath") from None
+        return state if state.get("version") == STATE_VERSION else None
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        """Atomically (write a temporary file, then rename it over the old one)."""
+        state["version"] = STATE_VERSION
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.state_dir / f".state.{os.getpid()}.tmp"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            json.dump(state, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_file)
+
+    def remove_state(self) -> None:
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.lock_file)
+
+    @property
+    def lock_file(self) -> Path:
+        return Path(STATE_ROOT) / f"{self.key}.lock"
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 60.0) -> Iterator[None]:
+        """Serialize the verbs that change the datapath (apply, detach) in this namespace."""
+        os.makedirs(STATE_ROOT, mode=0o700, exist_ok=True)
+        path = self.lock_file
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise NetctlError(f"another netctl holds {path} for more than "
+                                          f"{timeout:.0f} s") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    # -- pins
+    def build_dir(self, build: str) -> str:
+        os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
+        return f"{self.pin_dir}/{build}"
+
+    def builds(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.pin_dir))
+        except FileNotFoundError:
+            return []
+
+    def remove_build(self, build: str) -> None:
+        remove_pins(self.build_dir(build))
+
+    def remove_all_pins(self) -> None:
+        remove_pins(self.pin_dir)
+
+
+def remove_pins(path: str) -> None:
+    """Unlink a pin directory (bpffs files are plain unlinks; the objects go when their
+    last reference does)."""
+    shutil.rmtree(path, ignore_errors=True)
