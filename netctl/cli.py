@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -287,6 +288,12 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     policy = load_policy(args.file)
     results = run_policy_tests(policy)
+    if results and _kernel_available():
+        from .datapath.sandbox import run_policy_tests_in_kernel
+
+        engines = [*results[0].engines, run_policy_tests_in_kernel(policy, results)]
+        for r in results:
+            r.engines = engines
     failed = [r for r in results if not r.passed]
     if args.output == "json":
         _emit_json({
@@ -308,6 +315,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     engines = " and ".join(results[0].engines)
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed ({engines})")
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def _kernel_available() -> bool:
+    """As root with bcc installed, `netctl test` also runs the real programs."""
+    import importlib.util
+    import os
+
+    return os.geteuid() == 0 and importlib.util.find_spec("bcc") is not None
 
 
 # -- schema, doctor -----------------------------------------------------------------------
@@ -332,7 +347,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .policy.load import load_policy
 
     policy = load_policy(args.file)
-    result = apply(policy, devs=args.dev, xdp_mode=args.xdp_mode, dry_run=args.dry_run)
+    # NETCTL_EXTRA_CFLAGS: extra -D flags for the programs (tests use it to force a compile
+    # or verifier failure); never needed in normal use.
+    extra = tuple(os.environ.get("NETCTL_EXTRA_CFLAGS", "").split())
+    result = apply(policy, devs=args.dev, xdp_mode=args.xdp_mode, dry_run=args.dry_run,
+                   extra_cflags=extra)
     if args.output == "json":
         _emit_json(result.as_dict())
         return EXIT_OK

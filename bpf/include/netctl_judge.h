@@ -171,6 +171,12 @@ static __always_inline struct netctl_verdict netctl_judge(void *ctx, __u32 len, 
         return v;
     }
 
+#ifdef NETCTL_TEST_VERIFIER_REJECT
+    /* Test-only (tests/netns): a read at an unbounded offset, which the verifier refuses,
+     * to show that a refused program leaves the live datapath untouched. */
+    if (((volatile __u32 *)cfg->word)[p.len] == 0x4e43)
+        return v;
+#endif
     __u32 rule = netctl_classify(&p, gen, cfg, dir);
     if (rule != NETCTL_NO_RULE) {
         __u32 index = gen * NETCTL_RULES_ENTRIES + rule;

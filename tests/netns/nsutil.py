@@ -55,3 +55,35 @@ def veth_pair(ns_a: str, ns_b: str, addr_a: str, addr_b: str) -> Iterator[tuple[
     finally:
         run("ip", "link", "del", a, check=False, ns=ns_a)
         run("ip", "link", "del", a, check=False)
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """Run the body with this thread in network namespace ``ns`` (sockets made here stay
+    bound to it), then come back.  Python 3.11 has no os.setns: libc's setns."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns}")
+        try:
+            yield
+        finally:
+            if libc.setns(home, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def netns_cookie(ns: str) -> int:
+    import socket
+
+    with inside(ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), "little")

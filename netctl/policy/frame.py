@@ -1,0 +1,223 @@
+"""The reference frame parser: a raw Ethernet frame -> what the datapath classifies.
+
+This is the pure-Python reference for the parse step of the XDP/tc programs, which are
+tested against it frame for frame.  The numbered comments (steps 1-7) below are the spec,
+and the spec is part of the contract (docs/policy.md cites it): change it only together
+with the C parser.  All multi-byte fields are big-endian; "need n at off" means "if fewer
+than n bytes remain from off, the frame is malformed under the named reason".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ..abi import (
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IPV6_AH,
+    IPV6_EXT_HDRS,
+    IPV6_FRAGMENT,
+    MAX_EXT_HDRS,
+    MAX_VLAN,
+    VLAN_TPIDS,
+    DropReason,
+)
+from .evaluate import evaluate
+from .model import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    Action,
+    Address,
+    Direction,
+    Packet,
+    Policy,
+    Rule,
+)
+
+ETH_HLEN = 14
+VLAN_HLEN = 4
+IPV4_MIN_HLEN = 20
+IPV6_HLEN = 40
+IPV6_EXT_MIN_HLEN = 8
+TCP_MIN_HLEN = 20
+UDP_HLEN = 8
+ICMP_MIN_HLEN = 4  # type, code, checksum: all the datapath reads
+
+
+@dataclass(frozen=True)
+class NonIp:
+    """Not IPv4 or IPv6 (ARP, LLDP...): the frame passes unclassified."""
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A truncated or invalid header: the frame is dropped under ``reason``."""
+
+    reason: DropReason
+
+
+@dataclass(frozen=True)
+class Ip:
+    """An IP packet: ``packet`` is what the rules are matched against."""
+
+    packet: Packet
+
+
+Parsed = NonIp | Malformed | Ip
+_L3 = tuple[Address, Address, int, bool, int]  # src, dst, proto, non-first fragment, L4 offset
+
+
+class FrameVerdict(NamedTuple):
+    verdict: Action
+    rule: Rule | None
+    why: str  # "rule", "default", "ndp" (as evaluate says), "non-ip" or "malformed"
+    reason: DropReason
+
+
+class _Drop(Exception):
+    def __init__(self, reason: DropReason) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _need(data: bytes, off: int, n: int, reason: DropReason) -> None:
+    if len(data) - off < n:
+        raise _Drop(reason)
+
+
+def _be16(data: bytes, off: int) -> int:
+    return int.from_bytes(data[off:off + 2], "big")
+
+
+def parse_frame(data: bytes) -> Parsed:
+    try:
+        return _parse(bytes(data))
+    except _Drop as drop:
+        return Malformed(drop.reason)
+
+
+def _parse(data: bytes) -> Parsed:
+    # 1. Ethernet: need 14 at 0 else TRUNC_L2; the ethertype is bytes 12-13.
+    _need(data, 0, ETH_HLEN, DropReason.TRUNC_L2)
+    ethertype = _be16(data, 12)
+    off = ETH_HLEN
+
+    # 2. Up to MAX_VLAN tags (TPID 0x8100 or 0x88a8): need 4 else TRUNC_L2; the inner
+    #    ethertype is the tag's bytes 2-3.  A tag still left after that: VLAN_DEPTH.
+    for _ in range(MAX_VLAN):
+        if ethertype not in VLAN_TPIDS:
+            break
+        _need(data, off, VLAN_HLEN, DropReason.TRUNC_L2)
+        ethertype = _be16(data, off + 2)
+        off += VLAN_HLEN
+    if ethertype in VLAN_TPIDS:
+        raise _Drop(DropReason.VLAN_DEPTH)
+
+    if ethertype == ETH_P_IP:
+        src, dst, proto, fragment, l4 = _ipv4(data, off)
+        family_icmp = PROTO_ICMP
+    elif ethertype == ETH_P_IPV6:
+        src, dst, proto, fragment, l4 = _ipv6(data, off)
+        family_icmp = PROTO_ICMPV6
+    else:
+        # 5. Any other ethertype: not IP, passes unclassified.
+        return NonIp()
+
+    # 6. Transport, only for a packet that is not a non-first fragment.
+    sport = dport = icmp_type = icmp_code = None
+    if not fragment:
+        if proto == PROTO_TCP:
+            _need(data, l4, TCP_MIN_HLEN, DropReason.TRUNC_L4)
+            sport, dport = _be16(data, l4), _be16(data, l4 + 2)
+        elif proto == PROTO_UDP:
+            _need(data, l4, UDP_HLEN, DropReason.TRUNC_L4)
+            sport, dport = _be16(data, l4), _be16(data, l4 + 2)
+        elif proto == family_icmp:  # ICMP in IPv4 only, ICMPv6 in IPv6 only
+            _need(data, l4, ICMP_MIN_HLEN, DropReason.TRUNC_L4)
+            icmp_type, icmp_code = data[l4], data[l4 + 1]
+        # any other protocol: no transport fields, nothing checked
+
+    # 7. The classified fields; None for the absent ones.
+    return Ip(Packet(src=src, dst=dst, proto=proto, sport=sport, dport=dport,
+                     icmp_type=icmp_type, icmp_code=icmp_code, fragment=fragment))
+
+
+def _ipv4(data: bytes, off: int) -> _L3:
+    # 3. IPv4: need 20 else TRUNC_IPV4; version != 4 or IHL < 5: BAD_IPV4; need IHL*4 else
+    #    TRUNC_IPV4.  A non-first fragment has a non-zero fragment offset (low 13 bits of
+    #    bytes 6-7; the flag bits DF and MF do not count).  The total-length field is not
+    #    checked: the kernel does that, and GSO/BIG TCP packets make it unreliable at tc.
+    _need(data, off, IPV4_MIN_HLEN, DropReason.TRUNC_IPV4)
+    version, ihl = data[off] >> 4, data[off] & 0x0F
+    if version != 4 or ihl < 5:
+        raise _Drop(DropReason.BAD_IPV4)
+    _need(data, off, ihl * 4, DropReason.TRUNC_IPV4)
+    proto = data[off + 9]
+    fragment = (_be16(data, off + 6) & 0x1FFF) != 0
+    src = ipaddress.IPv4Address(data[off + 12:off + 16])
+    dst = ipaddress.IPv4Address(data[off + 16:off + 20])
+    return src, dst, proto, fragment, off + ihl * 4
+
+
+def _ipv6(data: bytes, off: int) -> _L3:
+    # 4. IPv6: need 40 else TRUNC_IPV6; version != 6: BAD_IPV6.
+    _need(data, off, IPV6_HLEN, DropReason.TRUNC_IPV6)
+    if data[off] >> 4 != 6:
+        raise _Drop(DropReason.BAD_IPV6)
+    nh = data[off + 6]
+    src = ipaddress.IPv6Address(data[off + 8:off + 24])
+    dst = ipaddress.IPv6Address(data[off + 24:off + 40])
+    off += IPV6_HLEN
+    fragment = False
+
+    # Walk at most MAX_EXT_HDRS extension headers (IPV6_EXT_HDRS); any other next header
+    # (TCP, UDP, ICMPv6, ESP, no-next-header...) ends the walk and is the upper protocol.
+    for _ in range(MAX_EXT_HDRS):
+        if nh not in IPV6_EXT_HDRS:
+            break
+        _need(data, off, IPV6_EXT_MIN_HLEN, DropReason.TRUNC_IPV6)
+        if nh == IPV6_FRAGMENT:
+            # Always 8 bytes (byte 1 is reserved, not a length).  A non-first fragment
+            # (offset != 0) stops the walk: nothing after its fragment header is parsed.
+            nh, frag_offset = data[off], _be16(data, off + 2) >> 3
+            if frag_offset != 0:
+                fragment = True
+                break
+            off += IPV6_EXT_MIN_HLEN
+        else:
+            hlen = _ext_hdr_len(nh, data[off + 1])
+            _need(data, off, hlen, DropReason.TRUNC_IPV6)
+            nh = data[off]
+            off += hlen
+    # Still an extension header after MAX_EXT_HDRS of them (and not past a non-first
+    # fragment header): too many.  Exactly MAX_EXT_HDRS followed by TCP is fine.
+    if nh in IPV6_EXT_HDRS and not fragment:
+        raise _Drop(DropReason.EXT_LIMIT)
+    return src, dst, nh, fragment, off
+
+
+def _ext_hdr_len(nh: int, length_byte: int) -> int:
+    if nh == IPV6_AH:
+        return (length_byte + 2) * 4  # AH counts 4-byte words, minus 2
+    return (length_byte + 1) * 8  # the others count 8-byte words, minus 1
+
+
+def frame_verdict(policy: Policy, data: bytes, direction: Direction) -> FrameVerdict:
+    """What the datapath does with a frame: parse it, then evaluate the policy on it."""
+    parsed = parse_frame(data)
+    if isinstance(parsed, NonIp):
+        return FrameVerdict(Action.ACCEPT, None, "non-ip", DropReason.NONE)
+    if isinstance(parsed, Malformed):
+        return FrameVerdict(Action.DROP, None, "malformed", parsed.reason)
+    decision = evaluate(policy, parsed.packet, direction)
+    if decision.verdict is Action.ACCEPT:
+        reason = DropReason.NONE
+    elif decision.rule is not None:
+        reason = DropReason.POLICY_RULE
+    else:
+        reason = DropReason.POLICY_DEFAULT
+    return FrameVerdict(decision.verdict, decision.rule, decision.why, reason)

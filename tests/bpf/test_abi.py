@@ -1,0 +1,82 @@
+"""bpf/include/netctl_abi.h and netctl/abi.py describe the same bytes.
+
+bcc compiles the header and describes every struct it sees as a ctypes type (the Key and
+Leaf of a map declared with it); each must have the mirror's size, field names and offsets.
+The pack helpers must produce exactly the bytes of the mirror's fields.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+from netctl import abi
+from netctl.datapath.build import INCLUDE_DIR
+from netctl.policy.plan import CFG_SIZE, MAX_SHAPES
+
+bcc = pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make setup)")
+
+STRUCT_MAPS = {name: f"t_{i}" for i, name in enumerate(abi.STRUCTS)}
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    text = '#include "netctl_abi.h"\n'
+    for struct_name, table in STRUCT_MAPS.items():
+        text += f"BPF_HASH({table}, u32, struct {struct_name}, 1);\n"
+    text += "int unused(void *ctx) { return 0; }\n"
+    module = bcc.BPF(text=text, cflags=[f"-I{INCLUDE_DIR}", f"-DNETCTL_MAX_SHAPES={MAX_SHAPES}",
+                                        f"-DNETCTL_CFG_SIZE={CFG_SIZE}"])
+    try:
+        yield module
+    finally:
+        module.cleanup()
+
+
+def _layout(cls) -> list[tuple[str, int, int]]:
+    return [(name, getattr(cls, name).offset, getattr(cls, name).size)
+            for name, *_ in cls._fields_]
+
+
+@pytest.mark.parametrize("struct_name", list(abi.STRUCTS))
+def test_struct_layout_matches_the_compiled_header(compiled, struct_name):
+    mirror = abi.STRUCTS[struct_name]
+    kernel = compiled[STRUCT_MAPS[struct_name]].Leaf
+    assert ctypes.sizeof(kernel) == ctypes.sizeof(mirror), struct_name
+    assert _layout(kernel) == _layout(mirror), struct_name
+
+
+def test_constants_match_the_header():
+    text = (INCLUDE_DIR / "netctl_abi.h").read_text()
+    defines = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "#define" and parts[2].lstrip("-").isdigit():
+            defines[parts[1]] = int(parts[2])
+    assert defines["NETCTL_GENS"] == abi.GENS
+    assert defines["NETCTL_MAX_EXT_HDRS"] == abi.MAX_EXT_HDRS
+    assert defines["NETCTL_MAX_VLAN"] == abi.MAX_VLAN
+    assert defines["NETCTL_STAT_NON_IP"] == abi.STAT_NON_IP
+    assert defines["NETCTL_STAT_NDP"] == abi.STAT_NDP
+    assert defines["NETCTL_STAT_DEFAULT"] == abi.STAT_DEFAULT
+    assert defines["NETCTL_STAT_MAX"] == abi.STAT_MAX
+    for reason in abi.DropReason:
+        assert f"NETCTL_DROP_{reason.name} = {reason.value}," in text, reason
+
+
+def test_pack_helpers_write_the_mirror_fields():
+    key = abi.RuleKey.from_buffer_copy(abi.pack_rule_key(1, (3, 1, 6, 17, 10, 20, 30, 40)))
+    assert (key.gen, key.slot, key.direction, key.family, key.proto) == (1, 3, 1, 6, 17)
+    assert (key.src_cls, key.dst_cls, key.sport_cls, key.l4_cls) == (10, 20, 30, 40)
+    lpm = abi.Lpm6Key.from_buffer_copy(abi.pack_lpm_key(1, 6, 48, 0x20010DB8 << 96))
+    assert (lpm.prefixlen, lpm.gen) == (32 + 48, 1)
+    assert bytes(lpm.addr)[:4] == bytes.fromhex("20010db8")
+    lpm4 = abi.Lpm4Key.from_buffer_copy(abi.pack_lpm_key(0, 4, 24, 0xC0000200))
+    assert (lpm4.prefixlen, bytes(lpm4.addr)) == (56, bytes([192, 0, 2, 0]))
+    rule = abi.Rule.from_buffer_copy(abi.pack_rule((1, 1)))
+    assert (rule.action, rule.flags) == (1, 1)
+    words = tuple(range(CFG_SIZE))
+    assert tuple(abi.Config.from_buffer_copy(abi.pack_config(words)).word) == words
+    classes = tuple(range(1, MAX_SHAPES + 1))
+    assert tuple(abi.Classes.from_buffer_copy(abi.pack_classes(classes)).cls) == classes

@@ -1,0 +1,222 @@
+"""The datapath end to end: real veths in real namespaces, real sockets, netctl as separate
+processes inside the DUT (`ip netns exec`).
+
+Each test: traffic arrives -> apply a drop rule -> blocked, counted exactly -> change the
+policy -> arrives again; on tc ingress, native XDP and tc egress, IPv4 and IPv6; and
+detach leaves no trace.
+"""
+
+from __future__ import annotations
+
+import pytest
+from lab import lab, wait_for
+from nsutil import run
+
+ACCEPT_ALL = """
+version: 1
+defaults: {ingress: accept, egress: accept}
+rules: []
+"""
+
+DROP_UDP_5555 = """
+version: 1
+defaults: {ingress: accept, egress: accept}
+rules:
+  - {name: keep-dns, action: accept, proto: udp, dport: 53}
+  - {name: drop-5555, action: drop, proto: udp, dport: 5555}
+"""
+
+DROP_UDP_6666 = """
+version: 1
+defaults: {ingress: accept, egress: accept}
+rules:
+  - {name: drop-6666, action: drop, proto: udp, dport: 6666}
+"""
+
+
+def _add_foreign_filter(ns: str, dev: str) -> None:
+    import os
+
+    from nsutil import inside
+    from pyroute2 import IPRoute
+
+    from netctl import bpfsys
+
+    fd = bpfsys.prog_load(bpfsys.PROG_SCHED_CLS, bpfsys.return_imm(-1), "foreign")
+    try:
+        with inside(ns), IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=dev)[0]
+            ipr.tc("add-filter", kind="bpf", index=index, handle=1, fd=fd, name="foreign",
+                   parent="ffff:fff2", classid=1, direct_action=True, prio=7)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def the_lab(tmp_path):
+    with lab(tmp_path) as it:
+        yield it
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("xdp_mode,hook", [("off", "tc"), ("native", "xdp-native")])
+def test_ingress_block_then_unblock(the_lab, family, xdp_mode, hook):
+    the_lab.apply(ACCEPT_ALL, "--xdp-mode", xdp_mode)
+    assert the_lab.udp(20, family) == 20
+
+    result = the_lab.apply(DROP_UDP_5555, "--xdp-mode", xdp_mode)
+    assert result["interfaces"][the_lab.dut_if]["ingress"] == hook
+    assert the_lab.udp(25, family) == 0
+    rule = the_lab.rule("drop-5555")
+    assert rule["packets"] == 25, rule
+    assert rule["bytes"] == 25 * (14 + (20 if family == 4 else 40) + 8 + len("netctl-0")) + 15
+    assert the_lab.rule("keep-dns")["packets"] == 0
+
+    the_lab.apply(DROP_UDP_6666, "--xdp-mode", xdp_mode)
+    assert the_lab.udp(20, family) == 20
+    assert the_lab.udp(7, family, dport=6666) == 0
+    assert the_lab.rule("drop-6666")["packets"] == 7
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_egress_rule_blocks_replies_leaving_the_dut(the_lab, family):
+    egress = """
+version: 1
+defaults: {ingress: accept, egress: accept}
+rules:
+  - {name: no-udp-out, direction: egress, action: drop, proto: udp, dport: 7777}
+"""
+    assert the_lab.udp(10, family, dport=7777, to_dut=False) == 10
+    result = the_lab.apply(egress)
+    assert result["interfaces"][the_lab.dut_if]["egress"] == "tc"
+    assert the_lab.udp(12, family, dport=7777, to_dut=False) == 0
+    assert the_lab.rule("no-udp-out")["packets"] == 12
+    assert the_lab.udp(5, family, dport=7778, to_dut=False) == 5
+
+
+def test_default_drop_keeps_neighbour_discovery_and_counts_defaults(the_lab):
+    policy = """
+version: 1
+defaults: {ingress: drop, egress: accept}
+rules:
+  - {name: ping4, action: accept, proto: icmp, icmp_type: echo-request}
+  - {name: ping6, action: accept, proto: icmpv6, icmp_type: echo-request}
+"""
+    the_lab.apply(policy)
+    assert the_lab.udp(9) == 0
+    # Flush the neighbour caches: IPv6 must resolve again through NDP (accepted under a
+    # default drop), IPv4 through ARP (not IP: passes).
+    for ns in (the_lab.gen, the_lab.dut):
+        run("ip", "neigh", "flush", "all", ns=ns, check=False)
+    assert the_lab.ping(4)
+    assert the_lab.ping(6)
+    status = the_lab.status()
+    assert status["defaults"]["ingress"]["drop"]["packets"] >= 9
+    assert status["defaults"]["ingress"]["action"] == "drop"
+    assert status["passed"]["ndp"] >= 1
+    assert the_lab.rule("ping6")["packets"] >= 1
+
+
+def test_rule_changes_write_maps_without_rebuilding(the_lab):
+    the_lab.apply(DROP_UDP_5555)
+    before = the_lab.status()
+    result = the_lab.apply(DROP_UDP_6666)
+    after = the_lab.status()
+    assert result["reload"] is False
+    assert after["build"] == before["build"]
+    assert after["interfaces"][0]["prog_ids"] == before["interfaces"][0]["prog_ids"]
+    assert after["generation"] == 1 - before["generation"]
+    again = the_lab.apply(DROP_UDP_6666)
+    assert again["unchanged"] is True and again["entries"] == 0
+
+
+def test_dry_run_changes_nothing(the_lab):
+    the_lab.apply(DROP_UDP_5555)
+    before = the_lab.status()
+    out = the_lab.netctl("apply", the_lab.policy(DROP_UDP_6666), "--dev", the_lab.dut_if,
+                         "--dry-run")
+    assert "would write" in out.stdout and "rule_table" in out.stdout
+    assert the_lab.status()["digest"] == before["digest"]
+    assert the_lab.udp(5) == 0  # still the old policy
+
+
+def test_detach_leaves_no_trace_and_keeps_foreign_tc(the_lab):
+    dev = the_lab.dut_if
+    # Someone else's clsact qdisc and bpf filter (a program that passes everything), there
+    # before netctl.
+    run("tc", "qdisc", "add", "dev", dev, "clsact", ns=the_lab.dut)
+    _add_foreign_filter(the_lab.dut, dev)
+    the_lab.apply(DROP_UDP_5555)
+    assert the_lab.udp(4) == 0
+    the_lab.netctl("detach", "--dev", dev)
+    assert the_lab.udp(4) == 4
+    filters = run("tc", "filter", "show", "dev", dev, "ingress", ns=the_lab.dut).stdout
+    assert "foreign" in filters and "netctl" not in filters
+    run("tc", "qdisc", "del", "dev", dev, "clsact", ns=the_lab.dut)
+    assert the_lab.leftovers() == []
+
+
+def test_detach_removes_everything_netctl_added(the_lab):
+    the_lab.apply(DROP_UDP_5555, "--xdp-mode", "native")
+    the_lab.apply(DROP_UDP_5555, "--xdp-mode", "off")  # moves ingress from XDP to tc
+    assert the_lab.udp(3) == 0
+    out = the_lab.netctl("detach", "--all")
+    assert "pins and state removed" in out.stdout
+    assert the_lab.leftovers() == []
+    assert the_lab.udp(3) == 3
+    status = the_lab.status()
+    assert status["applied"] is False and status["interfaces"] == []
+
+
+def test_packet_socket_tx_ring_frames_are_classified_at_tc(the_lab, tmp_path):
+    """trafgen sends through a TX ring: such frames reach tc with only the Ethernet header
+    in the linear area.  They must be judged like any other, not slip through."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    mac = run("cat", f"/sys/class/net/{the_lab.dut_if}/address", ns=the_lab.dut).stdout.strip()
+    frame = bytes(Ether(dst=mac) / IP(src="10.123.0.1", dst="10.123.0.2") /
+                  UDP(sport=1234, dport=5555) / (b"x" * 18))
+    conf = tmp_path / "udp.trafgen"
+    conf.write_text("{ " + ", ".join(f"0x{b:02x}" for b in frame) + " }\n")
+    the_lab.apply(DROP_UDP_5555, "--xdp-mode", "off")
+    sent = 200
+    out = run("trafgen", "--dev", the_lab.gen_if, "--conf", str(conf), "--num", str(sent),
+              "--cpus", "1", "--no-sock-mem", ns=the_lab.gen, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert wait_for(lambda: the_lab.rule("drop-5555")["packets"] == sent), the_lab.status()
+    assert the_lab.rule("drop-5555")["bytes"] == sent * len(frame)
+
+
+def test_missing_interface_changes_nothing(the_lab):
+    the_lab.apply(DROP_UDP_5555)
+    before = the_lab.status()
+    out = the_lab.netctl("apply", the_lab.policy(DROP_UDP_6666), "--dev", "nosuch0",
+                         check=False)
+    assert out.returncode == 4
+    assert "nosuch0" in out.stderr and "Traceback" not in out.stderr
+    assert the_lab.status()["digest"] == before["digest"]
+
+
+def test_verifier_refusal_keeps_the_old_policy(the_lab):
+    the_lab.apply(DROP_UDP_5555)
+    before = the_lab.status()
+    out = the_lab.netctl("apply", the_lab.policy(DROP_UDP_6666), "--dev", the_lab.dut_if,
+                         check=False, env={"NETCTL_EXTRA_CFLAGS":
+                                           "-DNETCTL_TEST_VERIFIER_REJECT=1"})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "verifier refused" in out.stderr
+    assert "R" in out.stderr and "Traceback" not in out.stderr  # the log's register lines
+    after = the_lab.status()
+    assert after["digest"] == before["digest"] and after["build"] == before["build"]
+    assert after["problems"] == []
+    assert the_lab.udp(5) == 0 and the_lab.udp(5, dport=6666) == 5
+
+
+def test_compile_error_keeps_the_old_policy(the_lab):
+    the_lab.apply(DROP_UDP_5555)
+    out = the_lab.netctl("apply", the_lab.policy(DROP_UDP_6666), "--dev", the_lab.dut_if,
+                         check=False, env={"NETCTL_EXTRA_CFLAGS": "-DNETCTL_MAX_SHAPES=x"})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "could not compile" in out.stderr
+    assert the_lab.udp(5) == 0
