@@ -241,11 +241,31 @@ class Map:
                          ctypes.addressof(vbuf), count, self.fd)
         _call(MAP_UPDATE_BATCH, attr, f"batch update of map {self.info.name}")
 
-    def read_array(self) -> bytes:
-        """Every value of an array map, back to back in index order (one batch syscall per
-        chunk instead of one lookup per index)."""
-        parts = [value for _, value in self.lookup_batch(chunk=8192)]
-        return b"".join(parts)
+    def read_array(self, start: int = 0, count: int | None = None) -> bytes:
+        """Values ``start`` .. ``start + count - 1`` of an array map (default: all), back to
+        back in index order, read with as few batch syscalls as the kernel allows."""
+        n = self.info.max_entries - start if count is None else count
+        ksz, vsz = self.key_size, self.value_size
+        keys = ctypes.create_string_buffer(ksz * n)
+        values = ctypes.create_string_buffer(vsz * n)
+        token_in = ctypes.create_string_buffer(struct.pack("I", start - 1) if start else 8)
+        token_out = ctypes.create_string_buffer(8)
+        done = 0
+        while done < n:
+            attr = _attr()
+            struct.pack_into("QQQQII", attr, 0, ctypes.addressof(token_in) if done or start else 0,
+                             ctypes.addressof(token_out), ctypes.addressof(keys) + done * ksz,
+                             ctypes.addressof(values) + done * vsz, n - done, self.fd)
+            ret = _libc.syscall(NR_BPF, MAP_LOOKUP_BATCH, ctypes.byref(attr), _ATTR_SIZE)
+            err = ctypes.get_errno() if ret < 0 else 0
+            got = struct.unpack_from("I", attr, 32)[0]
+            if ret < 0 and err != errno_mod.ENOENT:
+                raise BpfError(err, f"batch lookup in map {self.info.name}")
+            done += got
+            if ret < 0 or got == 0:
+                break
+            ctypes.memmove(token_in, token_out, 8)
+        return values.raw[:done * vsz]
 
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]:
         """Every element, ``chunk`` at a time (hash and array maps)."""

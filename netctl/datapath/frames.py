@@ -3,12 +3,19 @@ the real programs."""
 
 from __future__ import annotations
 
+from ..abi import IPV6_EXT_HDRS
 from ..policy.model import ICMP_PROTOS, PORT_PROTOS, Packet
 
 # A non-first fragment: offset in 8-byte units, anything non-zero.
 FRAGMENT_OFFSET = 185
 # Fixed MACs: scapy would otherwise look up routes (and warn) to fill them in.
 SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+
+class Unrepresentable(ValueError):
+    """No frame carries this packet: in IPv6 an extension-header number (hop-by-hop,
+    routing, fragment, AH, destination options) as the upper-layer protocol of a packet that
+    is not a non-first fragment would itself be walked as an extension header."""
 
 
 def frame_for(packet: Packet) -> bytes:
@@ -18,6 +25,9 @@ def frame_for(packet: Packet) -> bytes:
     from scapy.packet import Raw
 
     family = packet.family
+    if family == 6 and packet.proto in IPV6_EXT_HDRS and not packet.fragment:
+        raise Unrepresentable(f"IPv6 packet with next header {packet.proto} (an extension "
+                              "header) as its upper-layer protocol")
     own_icmp = ICMP_PROTOS.get(packet.proto) == family
     if packet.fragment:
         payload = Raw(b"\0" * 16)

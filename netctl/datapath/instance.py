@@ -106,14 +106,18 @@ class Datapath:
         value = self.maps["config"].lookup(abi.pack_u32(gen))
         return abi.unpack_config(value) if value else (0,) * abi.CFG_WORDS
 
-    def write_plan(self, plan: MapPlan, gen: int, fresh: bool = False) -> PlanDiff:
+    def write_plan(self, plan: MapPlan, gen: int, fresh: bool = False,
+                   holds: MapPlan | None = None) -> PlanDiff:
         """Make generation ``gen`` hold ``plan``, writing only the difference to what it
-        holds now (read back from the maps; ``fresh``: the maps were just created, empty).
-        Its counters are zeroed first: they belonged to the policy it held before."""
+        holds now: read back from the maps, unless the caller knows (``holds``: the plan it
+        wrote there last; ``fresh``: the maps were just created, empty).  Its counters are
+        zeroed first: they belonged to the policy it held before."""
         if fresh:
             change = diff(None, plan)
         else:
-            change = diff(contents_plan(self.read_generation(gen), plan), plan)
+            current = holds if holds is not None else contents_plan(
+                self.read_generation(gen), plan)
+            change = diff(current, plan)
             self.zero_counters(gen)
         for name, map_change in change.maps.items():
             if map_change:

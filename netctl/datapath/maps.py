@@ -43,7 +43,7 @@ class RawMap(Protocol):
     def keys(self) -> Iterator[bytes]: ...
     def items(self) -> Iterator[tuple[bytes, bytes]]: ...
     def update_batch(self, keys: bytes, values: bytes, count: int) -> None: ...
-    def read_array(self) -> bytes: ...
+    def read_array(self, start: int = 0, count: int | None = None) -> bytes: ...
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]: ...
 
 
@@ -106,10 +106,11 @@ class MemoryMap:
         for i in range(count):
             self.update(keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs])
 
-    def read_array(self) -> bytes:
+    def read_array(self, start: int = 0, count: int | None = None) -> bytes:
         zero = bytes(self.value_size)
+        stop = self.max_entries if count is None else start + count
         return b"".join(self.data.get(i.to_bytes(4, "little"), zero)
-                        for i in range(self.max_entries))
+                        for i in range(start, stop))
 
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]:
         return self.items()
@@ -157,11 +158,10 @@ def _zero_value(name: str) -> bytes:
     return abi.pack_u32(0)
 
 
-def _decode_array(name: str, blob: bytes, gen: int, constants: dict[str, int]) -> dict:
+def _decode_array(name: str, part: bytes, constants: dict[str, int]) -> dict:
     """The non-zero entries of one generation of an array map, read as one blob."""
-    stride = abi.array_stride(name, constants)
     size = len(_zero_value(name))
-    part = memoryview(blob)[gen * stride * size:(gen + 1) * stride * size]
+    part = memoryview(part)
     out: dict[int, Any] = {}
     if name in INTERVAL_MAPS:
         values = array("I", part.tobytes())
@@ -207,7 +207,8 @@ def read_generation(maps: Mapping[str, RawMap], gen: int,
                     contents[rest] = abi.unpack_u32(value)
             out[name] = contents
         else:
-            out[name] = _decode_array(name, m.read_array(), gen, constants)
+            stride = abi.array_stride(name, constants)
+            out[name] = _decode_array(name, m.read_array(gen * stride, stride), constants)
     return out
 
 
