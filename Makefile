@@ -41,8 +41,8 @@ demo:  ## validate, explain and test an example policy
 lint:  ## ruff over the package and tests
 	$(PY) -m ruff check netctl tests
 
-fuzz:  ## long loader fuzzing run (100,000 inputs)
-	NETCTL_FUZZ_EXAMPLES=100000 $(PYTEST) tests/unit/test_load_fuzz.py -q -p no:cacheprovider
+fuzz:  ## long loader fuzzing run (100,000 inputs, fresh random examples)
+	NETCTL_HYPOTHESIS=explore NETCTL_FUZZ_EXAMPLES=100000 $(PYTEST) tests/unit/test_load_fuzz.py -q -p no:cacheprovider
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -8,6 +8,14 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests are deterministic in `make test` (and CI): the same examples every run, so a
+# red run is a real regression and reproduces.  `make fuzz` (NETCTL_HYPOTHESIS=explore)
+# draws fresh examples to find new bugs; a find becomes a fixed test case.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("NETCTL_HYPOTHESIS", "deterministic"))
 
 ROOT_TIERS = ("bpf", "netns")
 

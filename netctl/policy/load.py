@@ -494,7 +494,8 @@ class _Loader:
             else:
                 self._names[name] = node.keymarks["name"]
                 direction_text = node.get("direction", "ingress")
-                if direction_text in Direction._value2member_map_:
+                if isinstance(direction_text, str) and \
+                        direction_text in Direction._value2member_map_:
                     self._directions[name] = Direction(direction_text)
         action = None
         if "action" not in node:

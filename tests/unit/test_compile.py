@@ -377,7 +377,7 @@ def test_same_policy_same_plan_even_across_processes():
     policy, plan = compiled(*MANY_SHAPES, limits=Limits(shapes=6))
     again = compile_policy(make_policy(*MANY_SHAPES), Limits(shapes=6))
     assert plan == again and plan.digest() == again.digest()
-    code = ("import sys; sys.path.insert(0, 'tests/unit'); from test_compile import *; "
+    code = ("import sys; sys.path[:0] = ['tests/unit', 'tests']; from test_compile import *; "
             "print(compile_policy(blocklist(300)).digest())")
     root = Path(__file__).resolve().parents[2]
     digests = {subprocess.run([sys.executable, "-c", code], cwd=root, check=True, text=True,

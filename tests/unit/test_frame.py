@@ -32,7 +32,7 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.ipsec import AH
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
-from scapy.packet import Raw
+from scapy.packet import NoPayload, Raw
 
 from netctl.abi import IPV6_EXT_HDRS, DropReason
 from netctl.policy.frame import FrameVerdict, Ip, Malformed, NonIp, frame_verdict, parse_frame
@@ -300,6 +300,8 @@ def _after_ah(layer: AH):
     """Scapy leaves what follows AH undissected (it belongs to IPsec): dissect it as scapy
     dissects what follows any other IPv6 extension header with that next header."""
     raw = bytes(layer.payload)
+    if not raw:
+        return NoPayload()
     return IPv6ExtHdrDestOpt(nh=layer.nh).guess_payload_class(raw)(raw)
 
 

@@ -1474,3 +1474,12 @@ def test_non_ascii_digits_in_a_port_are_rejected():
         rules:
           - {name: a, action: drop, dport: "\u0662\u0662"}
         """)
+
+
+def test_a_list_as_direction_is_an_error_not_a_crash():
+    # Found by the loader fuzzer: a YAML list where a direction belongs.
+    text = ("version: 1\nrules:\n  - name: a\n    direction: [icmp, icmpv6]\n"
+            "    action: drop\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(text, "p.yaml")
+    assert any(p.line == 4 for p in info.value.problems), info.value.problems
