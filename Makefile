@@ -33,10 +33,9 @@ require-root:
 	  echo "the bpf and netns tiers need root (real BPF loads, namespaces); run as root," \
 	       "or 'make test-unit' for the pure-logic tier" >&2; exit 1; fi
 
-demo:  ## validate, explain and test an example policy
+demo: require-root  ## a namespace lab: apply an example policy, send its test packets, show counters
 	$(NETCTL) validate $(EXAMPLE)
-	$(NETCTL) explain $(EXAMPLE) --src 198.51.100.7 --dst 192.0.2.10 --dport 22
-	$(NETCTL) test $(EXAMPLE)
+	$(NETCTL) lab run $(EXAMPLE)
 
 lint:  ## ruff over the package and tests
 	$(PY) -m ruff check netctl tests

@@ -52,6 +52,9 @@ EXAMPLES = {
     "detach": """
         netctl detach --all
         netctl detach --dev eth1""",
+    "lab": """
+        netctl lab run                               # policies/web-server.yaml
+        netctl lab run policies/dual-stack.yaml --count 50""",
 }
 
 
@@ -123,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--dev", action="append", metavar="IF", help="interface (repeatable)")
     group.add_argument("--all", action="store_true", help="every interface (the default)")
+
+    p = verb("lab", "try a policy on a throwaway namespace lab: apply it, send its tests: "
+             "packets as real frames, show the counters, clean up")
+    p.add_argument("action", choices=("run",), help="run: the whole cycle, then clean up")
+    p.add_argument("file", metavar="FILE", nargs="?", default=None,
+                   help="policy with a tests: section (default: policies/web-server.yaml)")
+    p.add_argument("--count", type=int, default=10, help="frames per test packet (default 10)")
     return parser
 
 
@@ -403,13 +413,13 @@ def format_status(report: dict) -> str:
         lines.append(f"        generation {report['generation']}, applied {when}, "
                      f"digest {report['digest'][:12]}, {where}")
     lines.append("")
-    lines.append(f"{'INTERFACE':<16} {'INGRESS':<12} {'EGRESS':<7} {'PROGRAM IDS':<20} STATE")
+    lines.append(f"{'INTERFACE':<16} {'INGRESS':<12} {'EGRESS':<7} {'PROGRAM IDS':<26} STATE")
     for rec in report["interfaces"]:
         ids = " ".join(f"{role.replace('tc_', '')}={pid}"
                        for role, pid in rec.get("prog_ids", {}).items())
         state = "ok" if rec.get("live") else "; ".join(rec.get("problems") or ["gone"])
         lines.append(f"{rec['name']:<16} {rec['ingress'] or '-':<12} {rec['egress'] or '-':<7} "
-                     f"{ids or '-':<20} {state}")
+                     f"{ids or '-':<26} {state}")
     if report["rules"]:
         lines.append("")
         lines.append(f"{'RULE':<32} {'ACTION':<7} {'PACKETS':>12} {'BYTES':>14}")
@@ -454,7 +464,19 @@ def cmd_detach(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import lab
+    from .policy.load import load_policy
+
+    path = args.file or str(Path(__file__).resolve().parents[1] / "policies" /
+                            "web-server.yaml")
+    return lab.run(load_policy(path), path, count=max(1, args.count))
+
+
 HANDLERS = {
+    "lab": cmd_lab,
     "apply": cmd_apply,
     "status": cmd_status,
     "detach": cmd_detach,

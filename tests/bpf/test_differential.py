@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from strategies import policies, policy_and_packets
 
-from netctl.datapath.frames import Unrepresentable, frame_for
 from netctl.abi import DropReason
+from netctl.datapath.frames import Unrepresentable, frame_for
 from netctl.datapath.sandbox import HOOKS, Sandbox, TestRunRefused, hooks_for
 from netctl.policy.compile import compile_policy
 from netctl.policy.evaluate import evaluate

@@ -1,0 +1,209 @@
+"""`netctl lab run POLICY`: the whole job in one command, on a throwaway namespace lab.
+
+Builds two network namespaces joined by a veth pair (a client and a server), applies the
+policy to the server's end exactly as `netctl apply --dev` would, sends every packet of
+the policy's `tests:` section as real frames through the interface (ingress tests from the
+client side, egress tests out of the server's end), checks that each frame was counted by
+the rule (or default) the reference model says decides it, prints the status table, and
+removes everything it made, also when something fails.
+
+Frames go through packet sockets: they meet netctl exactly where traffic from a real peer
+would (tc or XDP on the server's interface), whatever their addresses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import NetctlError
+from .policy.evaluate import evaluate
+from .policy.explain import describe_packet
+from .policy.model import Direction, Policy
+from .policy.testing import expectation_met
+
+_CLONE_NEWNET = 0x40000000
+ETH_P_ALL = 0x0003
+
+
+@contextlib.contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """This thread in network namespace ``ns`` for the body (sockets keep theirs)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, _CLONE_NEWNET) != 0:
+            raise NetctlError(f"cannot enter namespace {ns}: {os.strerror(ctypes.get_errno())}")
+        try:
+            yield
+        finally:
+            libc.setns(home, _CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NetctlError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+@dataclass
+class Lab:
+    client: str
+    server: str
+    client_if: str
+    server_if: str
+
+
+@contextlib.contextmanager
+def namespaces(say) -> Iterator[Lab]:
+    tag = f"{os.getpid() % 100000}"
+    lab = Lab(f"nctl-lab{tag}-client", f"nctl-lab{tag}-server", f"lab{tag}c", f"lab{tag}s")
+    made: list[str] = []
+    try:
+        for ns in (lab.client, lab.server):
+            _ip("netns", "add", ns)
+            made.append(ns)
+        _ip("link", "add", lab.client_if, "netns", lab.client, "type", "veth", "peer", "name",
+            lab.server_if, "netns", lab.server)
+        for ns, ifname in ((lab.client, lab.client_if), (lab.server, lab.server_if)):
+            # No addresses and no IPv6 on the lab's links: the kernel then sends nothing of
+            # its own (neighbour discovery, router solicitations), so every frame counted
+            # is one the lab sent.  Hooks see frames whatever the stack's configuration.
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                            f"net.ipv6.conf.{ifname}.disable_ipv6=1"], check=False,
+                           capture_output=True)
+            _ip("-n", ns, "link", "set", ifname, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        say(f"lab: namespaces {lab.client} and {lab.server}, veth {lab.client_if} <-> "
+            f"{lab.server_if}")
+        yield lab
+    finally:
+        for ns in reversed(made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def _netctl(ns: str, *args: str) -> subprocess.CompletedProcess:
+    """netctl as a separate short process inside ``ns``, as an operator would run it."""
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "netctl", *args],
+                          capture_output=True, text=True, check=False)
+
+
+def _mac(ns: str, ifname: str) -> str:
+    from pyroute2 import IPRoute
+
+    # /sys shows the namespace of whoever mounted it, not this thread's: ask netlink.
+    with inside(ns), IPRoute() as ipr:
+        return ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_ADDRESS")
+
+
+def _send(ns: str, ifname: str, frames: list[bytes]) -> None:
+    with inside(ns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    with sock:
+        sock.bind((ifname, 0))
+        for frame in frames:
+            try:
+                sock.send(frame)
+            except OSError as exc:
+                # A frame dropped at tc egress makes the send fail with ENOBUFS: it was
+                # sent, and judged.
+                if exc.errno != errno.ENOBUFS:
+                    raise
+
+
+def run(policy: Policy, path: str, count: int = 10, out=print) -> int:
+    """Returns the exit code: 0 when every test packet was counted where expected."""
+    from .cli import format_status
+    from .datapath.frames import Unrepresentable, frame_for
+
+    if os.geteuid() != 0:
+        raise NetctlError("the lab needs root: it creates network namespaces and loads BPF "
+                          "programs")
+    if not policy.tests:
+        raise NetctlError(f"{path}: the lab sends the policy's tests: packets, and it has none")
+    started = time.monotonic()
+    failures = 0
+    with namespaces(out) as lab:
+        applied = _netctl(lab.server, "apply", path, "--dev", lab.server_if)
+        if applied.returncode != 0:
+            raise NetctlError(f"apply failed:\n{applied.stderr.strip()}")
+        out("apply: " + applied.stdout.strip().replace("\n", "\n       "))
+        try:
+            failures = _traffic(lab, policy, count, out, frame_for, Unrepresentable)
+            shown = _netctl(lab.server, "status", "-o", "json")
+            import json
+
+            out("")
+            out(format_status(json.loads(shown.stdout)))
+        finally:
+            detached = _netctl(lab.server, "detach", "--all")
+            out("")
+            out("cleanup: " + ("; ".join(detached.stdout.strip().splitlines())
+                               if detached.returncode == 0 else detached.stderr.strip())
+                + "; namespaces removed")
+    verdict = "all counted as expected" if not failures else f"{failures} MISMATCHED"
+    out(f"lab: {len(policy.tests)} test packets x {count} frames, {verdict} "
+        f"({time.monotonic() - started:.1f} s)")
+    return 1 if failures else 0
+
+
+def _traffic(lab: Lab, policy: Policy, count: int, out, frame_for, unrepresentable) -> int:
+    import json
+
+    from scapy.layers.l2 import Ether
+
+    server_mac = _mac(lab.server, lab.server_if)
+    client_mac = _mac(lab.client, lab.client_if)
+    out("")
+    out(f"traffic: each tests: packet sent {count} times as real frames")
+    failures = 0
+    for test in policy.tests:
+        decision = evaluate(policy, test.packet, test.direction)
+        try:
+            frame = frame_for(test.packet)
+        except unrepresentable as exc:
+            out(f"  skip {describe_packet(test.packet)}: {exc}")
+            continue
+        ingress = test.direction is Direction.INGRESS
+        eth = Ether(frame)
+        eth.dst, eth.src = (server_mac, client_mac) if ingress else (client_mac, server_mac)
+        before = json.loads(_netctl(lab.server, "status", "-o", "json").stdout)
+        if ingress:
+            _send(lab.client, lab.client_if, [bytes(eth)] * count)
+        else:
+            _send(lab.server, lab.server_if, [bytes(eth)] * count)
+        time.sleep(0.05)
+        after = json.loads(_netctl(lab.server, "status", "-o", "json").stdout)
+        counted, where = _delta(before, after, decision, test.direction.value)
+        ok = counted == count and expectation_met(test, decision)
+        failures += not ok
+        by = f"rule {decision.rule.name}" if decision.rule else decision.why
+        out(f"  {'ok  ' if ok else 'FAIL'} {describe_packet(test.packet):<58} "
+            f"{test.direction.value:<7} {decision.verdict.value:<6} by {by:<20} "
+            f"counted {counted}/{count} {where}")
+    return failures
+
+
+def _delta(before: dict, after: dict, decision, direction: str) -> tuple[int, str]:
+    if decision.rule is not None:
+        name = decision.rule.name
+        get = {r["name"]: r["packets"] for r in before["rules"]}
+        now = {r["name"]: r["packets"] for r in after["rules"]}
+        return now[name] - get[name], f"on rule {name}"
+    if decision.why == "ndp":
+        return after["passed"]["ndp"] - before["passed"]["ndp"], "as neighbour discovery"
+    action = decision.verdict.value
+    was = before["defaults"][direction][action]["packets"]
+    return after["defaults"][direction][action]["packets"] - was, f"by the {direction} default"
