@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* netctl ABI: the one header shared by the BPF programs and user space.
  *
  * Mirrored field by field in netctl/abi.py; tests/bpf/test_abi.py compiles this header with

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Judge one packet: parse, classify by the compiled maps, count, return a verdict.
  *
  * Precedence (the reference model's, netctl/policy/evaluate.py):

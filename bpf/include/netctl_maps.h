@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* The datapath's maps, pinned under NETCTL_PIN_DIR (-D flag, a string literal).
  *
  * bcc opens a map that is already pinned there and creates and pins it otherwise, so the

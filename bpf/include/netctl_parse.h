@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Parse a frame into the fields netctl classifies on.
  *
  * The entry file defines NETCTL_LOAD(ctx, offset, buf, len) (bpf_xdp_load_bytes or

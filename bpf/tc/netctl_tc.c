@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* tc (clsact, direct action) ingress and egress: one body, two directions.
  *
  * An accepted packet returns TC_ACT_UNSPEC, not TC_ACT_OK: the next filter on the hook (one

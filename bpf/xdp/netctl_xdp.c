@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* XDP ingress: judge each frame before the kernel builds an skb (on drivers with native
  * XDP).  On veth and other virtual devices XDP starts from an skb it must copy, so
  * `xdp: auto` uses tc ingress there instead (DESIGN.md, measured). */

@@ -176,6 +176,12 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
 
 def _coverage_warnings(policy: Policy, found) -> list[str]:
     out = []
+    if policy.stateful:
+        out.append("stateful: true is not enforced yet (connection tracking is not built): "
+                   "replies to flows this host starts are judged by the rules like any packet")
+    if policy.routes:
+        out.append(f"routes: {len(policy.routes)} route(s) not installed yet (the forwarding "
+                   "fast path is not built); the kernel forwards as configured")
     has = {d: any(r.direction is d for r in policy.rules) for d in Direction}
     for t, _link, hooks in found:
         if hooks.ingress is None and (has[Direction.INGRESS]
