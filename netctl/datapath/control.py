@@ -18,6 +18,7 @@ apply, in order (each step leaves the previous policy running if it fails):
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -240,8 +241,13 @@ def _reusable(state: dict | None, plan: MapPlan) -> bool:
 
 
 def _generation_record(policy: Policy, plan: MapPlan) -> dict[str, Any]:
-    return {"policy": os.path.abspath(policy.source) if os.path.exists(policy.source)
-            else policy.source,
+    source = policy.source
+    file_hash = None
+    if os.path.isfile(source):
+        with open(source, "rb") as f:
+            file_hash = hashlib.sha256(f.read()).hexdigest()
+        source = os.path.abspath(source)
+    return {"policy": source, "policy_sha256": file_hash,
             "digest": plan.digest(), "applied_at": time.time(),
             "rules": list(plan.rule_names),
             "actions": [action for action, _ in plan.rules]}
@@ -584,6 +590,7 @@ def status() -> dict[str, Any]:
         out["drops"] = drops
         out["passed"] = {"non_ip": stats[abi.STAT_NON_IP][0], "ndp": stats[abi.STAT_NDP][0]}
         out.update(applied=True, policy=record["policy"], digest=record["digest"],
+                   policy_sha256=record.get("policy_sha256"),
                    generation=gen, applied_at=record["applied_at"], build=state["build"]["id"],
                    verifier=state["build"].get("verifier", {}))
     return out

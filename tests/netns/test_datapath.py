@@ -59,7 +59,8 @@ def the_lab(tmp_path):
 
 
 @pytest.mark.parametrize("family", [4, 6])
-@pytest.mark.parametrize("xdp_mode,hook", [("off", "tc"), ("native", "xdp-native")])
+@pytest.mark.parametrize("xdp_mode,hook", [("off", "tc"), ("native", "xdp-native"),
+                                           ("generic", "xdp-generic")])
 def test_ingress_block_then_unblock(the_lab, family, xdp_mode, hook):
     the_lab.apply(ACCEPT_ALL, "--xdp-mode", xdp_mode)
     assert the_lab.udp(20, family) == 20
