@@ -14,12 +14,19 @@ import ctypes
 import enum
 import struct
 
-from .policy.plan import CFG_SIZE, ICMP_INDEX_SIZE, MAX_SHAPES, PORT_INDEX_SIZE
+from .policy.plan import (
+    CFG_SIZE,
+    ICMP_INDEX_SIZE,
+    MAX_SHAPES,
+    PORT_INDEX_SIZE,
+    RULE_KEY_HEADER_BITS,
+)
 
 GENS = 2
 CFG_WORDS = CFG_SIZE
 MAX_EXT_HDRS = 6
 MAX_VLAN = 2
+HDR_WINDOW = 512
 
 ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
@@ -47,6 +54,7 @@ class DropReason(enum.IntEnum):
     TRUNC_IPV6 = 8
     EXT_LIMIT = 9
     TRUNC_L4 = 10
+    HDR_TOO_LONG = 11
 
     @property
     def label(self) -> str:
@@ -69,6 +77,7 @@ _DROP_TEXT = {
     DropReason.TRUNC_IPV6: "frame ends inside the IPv6 header or an extension header",
     DropReason.EXT_LIMIT: f"more than {MAX_EXT_HDRS} IPv6 extension headers",
     DropReason.TRUNC_L4: "frame ends inside its TCP, UDP or ICMP header",
+    DropReason.HDR_TOO_LONG: f"headers reach past the frame's first {HDR_WINDOW} bytes",
 }
 
 DROP_MAX = 32
@@ -100,11 +109,12 @@ class Classes(ctypes.Structure):
 
 
 class RuleKey(ctypes.Structure):
-    _fields_ = [("gen", ctypes.c_uint8), ("slot", ctypes.c_uint8),
-                ("direction", ctypes.c_uint8), ("family", ctypes.c_uint8),
-                ("proto", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3),
-                ("src_cls", ctypes.c_uint32), ("dst_cls", ctypes.c_uint32),
-                ("sport_cls", ctypes.c_uint32), ("l4_cls", ctypes.c_uint32)]
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("gen", ctypes.c_uint8),
+                ("slot", ctypes.c_uint8), ("direction", ctypes.c_uint8),
+                ("family", ctypes.c_uint8), ("proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 3), ("addr_cls", ctypes.c_uint32),
+                ("sport_cls", ctypes.c_uint32), ("l4_cls", ctypes.c_uint32),
+                ("addr", ctypes.c_uint8 * 16)]
 
 
 class Rule(ctypes.Structure):
@@ -127,7 +137,7 @@ STRUCTS = {"netctl_lpm4_key": Lpm4Key, "netctl_lpm6_key": Lpm6Key, "netctl_class
 # ---- packing (struct formats equal to the layouts above; checked by the ABI test) --------
 
 _CLASSES = struct.Struct(f"<{MAX_SHAPES}I")
-_RULE_KEY = struct.Struct("<BBBBB3xIIII")
+_RULE_KEY = struct.Struct("<IBBBBB3xIII16s")
 _RULE = struct.Struct("<BBH")
 _CONFIG = struct.Struct(f"<{CFG_SIZE}I")
 _U32 = struct.Struct("<I")
@@ -157,13 +167,21 @@ def unpack_classes(data: bytes) -> tuple[int, ...]:
 
 
 def pack_rule_key(gen: int, key: tuple[int, ...]) -> bytes:
-    slot, direction, family, proto, src, dst, sport, l4 = key
-    return _RULE_KEY.pack(gen, slot, direction, family, proto, src, dst, sport, l4)
+    """A rule-trie key: (slot, direction, family, proto, addr_cls, sport_cls, l4_cls,
+    prefix length, network) of a plan, in generation ``gen``."""
+    slot, direction, family, proto, other, sport, l4, plen, network = key
+    addr = network.to_bytes(ADDR_BYTES[family], "big")
+    return _RULE_KEY.pack(RULE_KEY_HEADER_BITS + plen, gen, slot, direction, family, proto,
+                          other, sport, l4, addr)
 
 
 def unpack_rule_key(data: bytes) -> tuple[int, tuple[int, ...]]:
-    gen, *rest = _RULE_KEY.unpack(data)
-    return gen, tuple(rest)
+    """-> (gen, the plan's key tuple)"""
+    prefixlen, gen, slot, direction, family, proto, other, sport, l4, addr = \
+        _RULE_KEY.unpack(data)
+    network = int.from_bytes(addr[:ADDR_BYTES.get(family, 16)], "big")
+    return gen, (slot, direction, family, proto, other, sport, l4,
+                 prefixlen - RULE_KEY_HEADER_BITS, network)
 
 
 def pack_u32(value: int) -> bytes:

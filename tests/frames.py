@@ -256,8 +256,9 @@ UDP_HDR = struct.pack("!HHHH", 1234, 53, 8, 0)
 
 
 def malformed_frames() -> Iterator[tuple[str, bytes]]:
-    """Named cases (unique names).  Every case except those named ``BASE/cutN`` is
-    malformed under the parser's spec; cuts are whatever the spec makes of them."""
+    """Named cases (unique names).  Every case except those named ``BASE/cutN`` and
+    ``ipv6-tcp-inside-window`` is malformed under the parser's spec; cuts are whatever the
+    spec makes of them."""
     for name, frame in _base_frames():
         for n in range(len(frame)):
             yield f"{name}/cut{n}", frame[:n]
@@ -308,6 +309,10 @@ def malformed_frames() -> Iterator[tuple[str, bytes]]:
                                                         + bytes([6, 0, 0, 0]) + bytes(4))
     yield "ipv6-six-ext-then-tcp-cut", e6 + _ipv6_raw(60, b"".join(
         _opt_hdr(6 if i == 5 else 60) for i in range(6)) + TCP_HDR[:10])
+    # headers past the 512-byte window the datapath reads (HDR_TOO_LONG), and just inside
+    yield "ipv6-dest-opts-2048-bytes", e6 + _ipv6_raw(60, _opt_hdr(6, 255) + TCP_HDR)
+    yield "ipv6-tcp-past-window", e6 + _ipv6_raw(60, _opt_hdr(6, 56) + TCP_HDR)
+    yield "ipv6-tcp-inside-window", e6 + _ipv6_raw(60, _opt_hdr(6, 53) + TCP_HDR)
     # too short for BPF_PROG_TEST_RUN: for callers that compare through another path
     yield "empty", b""
     yield "ethernet-13", _eth(ETH_P_IP)[:13]

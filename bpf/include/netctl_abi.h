@@ -41,6 +41,10 @@
 #define NETCTL_CFG_SLOTS_INGRESS 3
 #define NETCTL_CFG_SLOTS_EGRESS 4
 #define NETCTL_CFG_SHAPES 5
+#define NETCTL_CFG_DIRECT_DST (NETCTL_CFG_SHAPES + NETCTL_MAX_SHAPES)
+#define NETCTL_CFG_CLASSIFY (NETCTL_CFG_DIRECT_DST + 1)
+#define NETCTL_CLASSIFY_SRC 1
+#define NETCTL_CLASSIFY_DST 2
 
 #define NETCTL_PORT_INDEX 65536    /* port slot stride: tcp 0, udp 1 */
 #define NETCTL_ICMP_INDEX 256      /* icmp slot stride: ICMP 0, ICMPv6 1 */
@@ -49,6 +53,8 @@
 #define NETCTL_MAX_EXT_HDRS 6
 /* VLAN tags skipped (a third: NETCTL_DROP_VLAN_DEPTH). */
 #define NETCTL_MAX_VLAN 2
+/* The headers the parser reads must lie in the frame's first this many bytes. */
+#define NETCTL_HDR_WINDOW 512
 
 /* Why the datapath dropped a packet that no rule judged.  Policy drops are counted per rule
  * and per default; reasons 1 and 2 name them in user space and are never counted here. */
@@ -64,6 +70,7 @@ enum netctl_drop {
     NETCTL_DROP_TRUNC_IPV6 = 8,   /* frame ends inside the IPv6 header or an extension */
     NETCTL_DROP_EXT_LIMIT = 9,    /* more than NETCTL_MAX_EXT_HDRS extension headers */
     NETCTL_DROP_TRUNC_L4 = 10,    /* frame ends inside the TCP, UDP or ICMP header */
+    NETCTL_DROP_HDR_TOO_LONG = 11, /* headers reach past the first NETCTL_HDR_WINDOW bytes */
     NETCTL_DROP_MAX = 32,
 };
 
@@ -90,18 +97,24 @@ struct netctl_classes {
     __u32 cls[NETCTL_MAX_SHAPES];   /* class id per shape slot; 0 = no rule of that slot */
 };
 
+/* The rule trie's key: a header matched in full, then the slot's directly looked-up
+ * address (IPv4 in the first 4 bytes).  prefixlen = NETCTL_RULE_KEY_HEADER_BITS + the
+ * address prefix length. */
 struct netctl_rule_key {
+    __u32 prefixlen;
     __u8 gen;
     __u8 slot;
     __u8 direction;
     __u8 family;      /* 4 or 6 */
     __u8 proto;       /* 0 unless the slot's shape has NETCTL_FIELD_PROTO */
     __u8 pad[3];
-    __u32 src_cls;
-    __u32 dst_cls;
+    __u32 addr_cls;   /* class of the other address field, when the shape has both */
     __u32 sport_cls;
     __u32 l4_cls;     /* dport class, or ICMP type class */
+    __u8 addr[16];
 };
+
+#define NETCTL_RULE_KEY_HEADER_BITS 160
 
 struct netctl_rule {
     __u8 action;

@@ -84,14 +84,19 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
 {
     struct netctl_pkt_classes c = {};
 
+    __u32 classify = cfg->word[NETCTL_CFG_CLASSIFY];
     if (p->family == 4) {
         p->src.v4.gen = p->dst.v4.gen = gen;
-        netctl_load_classes(&c.src, src_v4.lookup(&p->src.v4));
-        netctl_load_classes(&c.dst, dst_v4.lookup(&p->dst.v4));
+        if (classify & NETCTL_CLASSIFY_SRC)
+            netctl_load_classes(&c.src, src_v4.lookup(&p->src.v4));
+        if (classify & NETCTL_CLASSIFY_DST)
+            netctl_load_classes(&c.dst, dst_v4.lookup(&p->dst.v4));
     } else {
         p->src.v6.gen = p->dst.v6.gen = gen;
-        netctl_load_classes(&c.src, src_v6.lookup(&p->src.v6));
-        netctl_load_classes(&c.dst, dst_v6.lookup(&p->dst.v6));
+        if (classify & NETCTL_CLASSIFY_SRC)
+            netctl_load_classes(&c.src, src_v6.lookup(&p->src.v6));
+        if (classify & NETCTL_CLASSIFY_DST)
+            netctl_load_classes(&c.dst, dst_v6.lookup(&p->dst.v6));
     }
     if (p->l4 == NETCTL_L4_PORTS) {
         __u32 port_slot = p->proto == 17;
@@ -103,35 +108,48 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
 
     __u32 bitmap = cfg->word[dir == NETCTL_DIR_INGRESS ? NETCTL_CFG_SLOTS_INGRESS
                                                        : NETCTL_CFG_SLOTS_EGRESS];
+    __u32 direct_dst = cfg->word[NETCTL_CFG_DIRECT_DST];
     __u32 best = NETCTL_NO_RULE;
     struct netctl_rule_key key = {};
     key.gen = gen;
     key.direction = dir;
     key.family = p->family;
+    __u32 addr_bits = p->family == 4 ? 32 : 128;
 
 #pragma unroll
     for (int slot = 0; slot < NETCTL_MAX_SHAPES; slot++) {
         if (!(bitmap & (1u << slot)))
             continue;
         __u32 mask = cfg->word[NETCTL_CFG_SHAPES + slot];
-        /* A field the slot's shape has and whose class is 0 rules the slot out. */
-        __u32 s = mask & NETCTL_FIELD_SRC ? c.src.cls[slot] : 0;
-        __u32 d = mask & NETCTL_FIELD_DST ? c.dst.cls[slot] : 0;
+        /* The slot's direct field goes into the key as an address; the other address
+         * field, ports and ICMP type as classes.  A class of 0 rules the slot out. */
+        int use_dst = (mask & NETCTL_FIELD_DST) && (direct_dst & (1u << slot));
+        __u32 other = 0;
+        if (use_dst && (mask & NETCTL_FIELD_SRC)) {
+            other = c.src.cls[slot];
+            if (!other)
+                continue;
+        } else if (!use_dst && (mask & NETCTL_FIELD_SRC) && (mask & NETCTL_FIELD_DST)) {
+            other = c.dst.cls[slot];
+            if (!other)
+                continue;
+        }
         __u32 sp = mask & NETCTL_FIELD_SPORT ? c.sport.cls[slot] : 0;
         __u32 l = mask & NETCTL_FIELD_DPORT ? c.dport.cls[slot]
                 : mask & NETCTL_FIELD_ICMP ? c.icmp.cls[slot] : 0;
-        __u32 have = (s ? NETCTL_FIELD_SRC : 0) | (d ? NETCTL_FIELD_DST : 0) |
-                     (sp ? NETCTL_FIELD_SPORT : 0) |
-                     (l ? NETCTL_FIELD_DPORT | NETCTL_FIELD_ICMP : 0);
-        if (mask & ~have & (NETCTL_FIELD_SRC | NETCTL_FIELD_DST | NETCTL_FIELD_SPORT |
-                            NETCTL_FIELD_DPORT | NETCTL_FIELD_ICMP))
+        if (((mask & NETCTL_FIELD_SPORT) && !sp) ||
+            ((mask & (NETCTL_FIELD_DPORT | NETCTL_FIELD_ICMP)) && !l))
             continue;
+        key.prefixlen = NETCTL_RULE_KEY_HEADER_BITS + addr_bits;
         key.slot = slot;
         key.proto = mask & NETCTL_FIELD_PROTO ? p->proto : 0;
-        key.src_cls = s;
-        key.dst_cls = d;
+        key.addr_cls = other;
         key.sport_cls = sp;
         key.l4_cls = l;
+        if (use_dst)
+            __builtin_memcpy(key.addr, p->dst.v6.addr, 16);
+        else
+            __builtin_memcpy(key.addr, p->src.v6.addr, 16);
         __u32 *rule = rule_table.lookup(&key);
         if (rule && *rule < best)
             best = *rule;
@@ -139,14 +157,17 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
     return best;
 }
 
-static __always_inline struct netctl_verdict netctl_judge(void *ctx, __u32 len, int dir)
+/* Judge the frame whose header window is at `data` (see netctl_parse; `len`: the whole
+ * frame's length). */
+static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end, int is_pkt,
+                                                          __u32 len, int dir)
 {
     struct netctl_verdict v = { .drop = 0, .reason = 0, .rule = NETCTL_NO_RULE };
     struct netctl_pkt p = {};
     __u32 zero = 0;
 
     p.len = len;
-    int parsed = netctl_parse(ctx, &p);
+    int parsed = netctl_parse(data, end, is_pkt, &p);
     if (parsed == NETCTL_PARSED_NON_IP) {
         netctl_count_stat(NETCTL_STAT_NON_IP, len);
         return v;

@@ -45,9 +45,8 @@ BPF_TABLE_PINNED("array", u32, struct netctl_classes, dport_classes,
 BPF_TABLE_PINNED("array", u32, struct netctl_classes, icmp_classes,
                  NETCTL_PER_GEN(NETCTL_ICMP_CLASSES_ENTRIES), NETCTL_PIN(icmp_classes));
 
-/* (slot, direction, family, proto, classes) -> first matching rule.  Grows with the policy:
- * not preallocated. */
-BPF_TABLE_PINNED("hash", struct netctl_rule_key, u32, rule_table,
+/* (header of classes, direct address prefix) -> first matching rule (longest match). */
+BPF_TABLE_PINNED("lpm_trie", struct netctl_rule_key, u32, rule_table,
                  NETCTL_PER_GEN(NETCTL_RULE_TABLE_ENTRIES), NETCTL_PIN(rule_table),
                  BPF_F_NO_PREALLOC);
 

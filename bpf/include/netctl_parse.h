@@ -1,17 +1,18 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Parse a frame into the fields netctl classifies on.
  *
- * The entry file defines NETCTL_LOAD(ctx, offset, buf, len) (bpf_xdp_load_bytes or
- * bpf_skb_load_bytes) before including this header.  Reading through the load helper
- * rather than direct packet access matters at tc: frames sent through a packet socket's TX
- * ring reach tc with only the Ethernet header in the linear area, and a parser limited to
- * linear data would let them through unclassified.  It also covers XDP multi-buffer frames.
+ * The parser reads a window of the frame's first NETCTL_HDR_WINDOW bytes: straight from
+ * packet memory when that much (or the whole frame) is linear, the fast and usual case,
+ * else from a copy made with one load-bytes call (netctl_judge.h).  The copy matters at tc:
+ * frames sent through a packet socket's TX ring reach tc with only the Ethernet header in
+ * the linear area, and a parser limited to linear data would let them through unclassified.
  *
  * The rules (and the reference parser netctl/policy/frame.py, which tests hold this code
  * to) are: up to NETCTL_MAX_VLAN VLAN tags are skipped; IPv4 options are skipped; IPv6
  * extension headers (hop-by-hop, routing, fragment, AH, destination options) are walked,
  * at most NETCTL_MAX_EXT_HDRS of them; a non-first fragment has no transport fields; a
- * header the frame ends inside is a drop under its own reason.
+ * header the frame ends inside is a drop under its own reason, and headers that reach past
+ * the window are dropped as NETCTL_DROP_HDR_TOO_LONG.
  */
 #ifndef NETCTL_PARSE_H
 #define NETCTL_PARSE_H
@@ -51,57 +52,71 @@ static __always_inline int netctl_is_ext_hdr(__u8 nh)
     return nh == 0 || nh == 43 || nh == 44 || nh == 51 || nh == 60;
 }
 
+/* "Need n bytes at off" (and point h at them), in a window of header bytes that starts at
+ * the frame's first byte.  Reads go through h: the verifier learns the bounds of that very
+ * pointer from the last test.  In order: the frame ends before (the header's truncation reason); the bytes lie
+ * beyond NETCTL_HDR_WINDOW (NETCTL_DROP_HDR_TOO_LONG); and, for packet memory, the
+ * verifier's bounds check against data_end (equal to the first test there: the callers
+ * pass packet memory only when the window is all linear). */
+#define NETCTL_NEED(h, off, n, trunc)                                                 \
+    do {                                                                             \
+        if ((off) + (n) > p->len)                                                    \
+            return (trunc);                                                          \
+        if ((off) > NETCTL_HDR_WINDOW - (n))                                         \
+            return NETCTL_DROP_HDR_TOO_LONG;                                         \
+        (h) = data + (off);                                                          \
+        if (is_pkt && (void *)((h) + (n)) > end)                                     \
+            return (trunc);                                                          \
+    } while (0)
+
 /* Transport fields at `off`.  Returns NETCTL_PARSED_IP or a drop reason. */
-static __always_inline int netctl_parse_l4(void *ctx, struct netctl_pkt *p, __u32 off)
+static __always_inline int netctl_parse_l4(__u8 *data, void *end, int is_pkt,
+                                           struct netctl_pkt *p, __u32 off)
 {
     __u8 own_icmp = p->family == 4 ? 1 : 58;
-    __u8 b[4];
+    __u8 *h;
 
     if (p->fragment)
         return NETCTL_PARSED_IP;
     if (p->proto == 6 || p->proto == 17) {
-        __u32 need = p->proto == 6 ? 20 : 8;
-        if (p->len < off + need || NETCTL_LOAD(ctx, off, b, 4) < 0)
-            return NETCTL_DROP_TRUNC_L4;
-        p->sport = netctl_be16(b);
-        p->dport = netctl_be16(b + 2);
+        if (p->proto == 6)
+            NETCTL_NEED(h, off, 20, NETCTL_DROP_TRUNC_L4);
+        else
+            NETCTL_NEED(h, off, 8, NETCTL_DROP_TRUNC_L4);
+        p->sport = netctl_be16(h);
+        p->dport = netctl_be16(h + 2);
         p->l4 = NETCTL_L4_PORTS;
     } else if (p->proto == own_icmp) {
-        if (p->len < off + 4 || NETCTL_LOAD(ctx, off, b, 4) < 0)
-            return NETCTL_DROP_TRUNC_L4;
-        p->icmp_type = b[0];
+        NETCTL_NEED(h, off, 4, NETCTL_DROP_TRUNC_L4);
+        p->icmp_type = h[0];
         p->l4 = NETCTL_L4_ICMP;
     }
     return NETCTL_PARSED_IP;
 }
 
-static __always_inline int netctl_parse_ipv4(void *ctx, struct netctl_pkt *p, __u32 off)
+static __always_inline int netctl_parse_ipv4(__u8 *data, void *end, int is_pkt,
+                                             struct netctl_pkt *p, __u32 off)
 {
-    __u8 ip[20];
-
-    if (p->len < off + 20 || NETCTL_LOAD(ctx, off, ip, 20) < 0)
-        return NETCTL_DROP_TRUNC_IPV4;
+    __u8 *ip, *h;
+    NETCTL_NEED(ip, off, 20, NETCTL_DROP_TRUNC_IPV4);
     __u32 ihl = ip[0] & 15;
     if ((ip[0] >> 4) != 4 || ihl < 5)
         return NETCTL_DROP_BAD_IPV4;
-    if (p->len < off + ihl * 4)
-        return NETCTL_DROP_TRUNC_IPV4;
     p->family = 4;
     p->proto = ip[9];
     p->fragment = (netctl_be16(ip + 6) & 0x1fff) != 0;
     __builtin_memcpy(p->src.v4.addr, ip + 12, 4);
     __builtin_memcpy(p->dst.v4.addr, ip + 16, 4);
     p->src.v4.prefixlen = p->dst.v4.prefixlen = 32 + 32;
-    return netctl_parse_l4(ctx, p, off + ihl * 4);
+    NETCTL_NEED(h, off, ihl * 4, NETCTL_DROP_TRUNC_IPV4);
+    return netctl_parse_l4(data, end, is_pkt, p, off + ihl * 4);
 }
 
-static __always_inline int netctl_parse_ipv6(void *ctx, struct netctl_pkt *p, __u32 off)
+static __always_inline int netctl_parse_ipv6(__u8 *data, void *end, int is_pkt,
+                                             struct netctl_pkt *p, __u32 off)
 {
-    __u8 ip[40];
-    __u8 ext[4];
-
-    if (p->len < off + 40 || NETCTL_LOAD(ctx, off, ip, 40) < 0)
-        return NETCTL_DROP_TRUNC_IPV6;
+    __u8 *ip, *ext, *h;
+    NETCTL_NEED(ip, off, 40, NETCTL_DROP_TRUNC_IPV6);
     if ((ip[0] >> 4) != 6)
         return NETCTL_DROP_BAD_IPV6;
     p->family = 6;
@@ -115,8 +130,7 @@ static __always_inline int netctl_parse_ipv6(void *ctx, struct netctl_pkt *p, __
     for (int i = 0; i < NETCTL_MAX_EXT_HDRS; i++) {
         if (!netctl_is_ext_hdr(nh))
             break;
-        if (p->len < off + 8 || NETCTL_LOAD(ctx, off, ext, 4) < 0)
-            return NETCTL_DROP_TRUNC_IPV6;
+        NETCTL_NEED(ext, off, 8, NETCTL_DROP_TRUNC_IPV6);
         if (nh == 44) {
             nh = ext[0];
             if (netctl_be16(ext + 2) >> 3) {  /* non-first fragment: stop here */
@@ -127,42 +141,43 @@ static __always_inline int netctl_parse_ipv6(void *ctx, struct netctl_pkt *p, __
             continue;
         }
         __u32 hlen = nh == 51 ? ((__u32)ext[1] + 2) * 4 : ((__u32)ext[1] + 1) * 8;
-        if (p->len < off + hlen)
-            return NETCTL_DROP_TRUNC_IPV6;
         nh = ext[0];
+        NETCTL_NEED(h, off, hlen, NETCTL_DROP_TRUNC_IPV6);
         off += hlen;
     }
     if (!p->fragment && netctl_is_ext_hdr(nh))
         return NETCTL_DROP_EXT_LIMIT;
     p->proto = nh;
-    return netctl_parse_l4(ctx, p, off);
+    return netctl_parse_l4(data, end, is_pkt, p, off);
 }
 
-/* Returns NETCTL_PARSED_IP, NETCTL_PARSED_NON_IP or a drop reason. */
-static __always_inline int netctl_parse(void *ctx, struct netctl_pkt *p)
+/* Parse the window [data, data + min(p->len, NETCTL_HDR_WINDOW)).  `is_pkt` (a constant at
+ * each call site): the window is packet memory ending at `end`, else a copy in a map value
+ * of NETCTL_HDR_WINDOW bytes.  Returns NETCTL_PARSED_IP, NETCTL_PARSED_NON_IP or a drop
+ * reason. */
+static __always_inline int netctl_parse(__u8 *data, void *end, int is_pkt,
+                                        struct netctl_pkt *p)
 {
-    __u8 eth[4];
-    __u32 off = 12;
+    __u32 off = 0;
+    __u8 *h;
 
-    if (p->len < 14 || NETCTL_LOAD(ctx, 12, eth, 2) < 0)
-        return NETCTL_DROP_TRUNC_L2;
-    __u16 type = netctl_be16(eth);
+    NETCTL_NEED(h, off, 14, NETCTL_DROP_TRUNC_L2);
+    __u16 type = netctl_be16(h + 12);
     off = 14;
 #pragma unroll
     for (int i = 0; i < NETCTL_MAX_VLAN; i++) {
         if (type != 0x8100 && type != 0x88a8)
             break;
-        if (p->len < off + 4 || NETCTL_LOAD(ctx, off, eth, 4) < 0)
-            return NETCTL_DROP_TRUNC_L2;
-        type = netctl_be16(eth + 2);
+        NETCTL_NEED(h, off, 4, NETCTL_DROP_TRUNC_L2);
+        type = netctl_be16(h + 2);
         off += 4;
     }
     if (type == 0x8100 || type == 0x88a8)
         return NETCTL_DROP_VLAN_DEPTH;
     if (type == 0x0800)
-        return netctl_parse_ipv4(ctx, p, off);
+        return netctl_parse_ipv4(data, end, is_pkt, p, off);
     if (type == 0x86dd)
-        return netctl_parse_ipv6(ctx, p, off);
+        return netctl_parse_ipv6(data, end, is_pkt, p, off);
     return NETCTL_PARSED_NON_IP;
 }
 

@@ -6,17 +6,41 @@
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 
-/* bpf_skb_load_bytes reads non-linear data too (see netctl_parse.h). */
-#define NETCTL_LOAD(ctx, off, buf, len) \
-    bpf_skb_load_bytes((struct __sk_buff *)(ctx), off, buf, len)
-
 #include "netctl_maps.h"
 #include "netctl_parse.h"
 #include "netctl_judge.h"
 
+struct netctl_window {
+    __u8 b[NETCTL_HDR_WINDOW];
+};
+
+/* A per-CPU copy of the header window, for frames whose headers are not all linear. */
+BPF_PERCPU_ARRAY(netctl_window_copy, struct netctl_window, 1);
+
 static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
 {
-    struct netctl_verdict v = netctl_judge(skb, skb->len, dir);
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    __u32 len = skb->len;
+    __u32 linear = end - data;
+    struct netctl_verdict v;
+
+    if (linear >= len || linear >= NETCTL_HDR_WINDOW) {
+        v = netctl_judge(data, end, 1, len, dir);
+    } else {
+        /* Headers beyond the linear area (e.g. frames from a packet socket's TX ring):
+         * copy the window with one call instead of reading past data_end. */
+        __u32 zero = 0;
+        struct netctl_window *copy = netctl_window_copy.lookup(&zero);
+        if (!copy)
+            return TC_ACT_SHOT;
+        __u32 n = len < NETCTL_HDR_WINDOW ? len : NETCTL_HDR_WINDOW;
+        if (n < 1)
+            n = 1;
+        if (bpf_skb_load_bytes(skb, 0, copy->b, n) < 0)
+            return TC_ACT_SHOT;
+        v = netctl_judge(copy->b, copy->b + n, 0, len, dir);
+    }
     return v.drop ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }
 

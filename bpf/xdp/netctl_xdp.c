@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* XDP ingress: judge each frame before the kernel builds an skb (on drivers with native
  * XDP).  On veth and other virtual devices XDP starts from an skb it must copy, so
- * `xdp: auto` uses tc ingress there instead (DESIGN.md, measured). */
+ * `xdp: auto` uses tc ingress there instead (DESIGN.md, measured).
+ *
+ * The program is loaded without the multi-buffer (frags) flag, so the kernel only runs it
+ * on frames that are wholly linear: the header window is always packet memory. */
 #include <uapi/linux/bpf.h>
-
-/* bpf_xdp_load_bytes reads across fragments of multi-buffer frames as well. */
-#define NETCTL_LOAD(ctx, off, buf, len) bpf_xdp_load_bytes((struct xdp_md *)(ctx), off, buf, len)
 
 #include "netctl_maps.h"
 #include "netctl_parse.h"
@@ -13,7 +13,8 @@
 
 int netctl_xdp_ingress(struct xdp_md *ctx)
 {
-    __u32 len = bpf_xdp_get_buff_len(ctx);
-    struct netctl_verdict v = netctl_judge(ctx, len, NETCTL_DIR_INGRESS);
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    struct netctl_verdict v = netctl_judge(data, end, 1, end - data, NETCTL_DIR_INGRESS);
     return v.drop ? XDP_DROP : XDP_PASS;
 }

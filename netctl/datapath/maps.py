@@ -119,7 +119,7 @@ class MemoryMap:
 # ---- the generation-tagged layout of every map ---------------------------------------------
 
 def map_kind(name: str) -> str:
-    if name in LPM_MAPS:
+    if name in LPM_MAPS or name == "rule_table":
         return "lpm_trie"
     return "array" if name in ARRAY_MAPS else "hash"
 
@@ -199,11 +199,14 @@ def read_generation(maps: Mapping[str, RawMap], gen: int,
                 if value is not None:
                     contents[(plen, network)] = abi.unpack_classes(value)
             out[name] = contents
-        elif name == "rule_table":
+        elif name == "rule_table":  # an LPM trie: no batch operations
             contents = {}
-            for key, value in m.lookup_batch():
+            for key in list(m.keys()):
                 g, rest = abi.unpack_rule_key(key)
-                if g == gen:
+                if g != gen:
+                    continue
+                value = m.lookup(key)
+                if value is not None:
                     contents[rest] = abi.unpack_u32(value)
             out[name] = contents
         else:
@@ -214,17 +217,18 @@ def read_generation(maps: Mapping[str, RawMap], gen: int,
 
 def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
                constants: dict[str, int]) -> None:
-    """Apply one map's diff to generation ``gen``: added and changed entries first (in
-    batches where the map type has them), removed entries last (arrays: zeros)."""
+    """Apply one map's diff to generation ``gen``, which no packet reads: removed entries
+    first (arrays: zeros), so that a map filled to capacity by both generations has room for
+    the additions, then added and changed ones (in batches where the map type has them)."""
     m = maps[name]
     writes = dict(change.added)
     writes.update((k, new) for k, (_, new) in change.changed.items())
     try:
         if map_kind(name) == "lpm_trie":
-            for key, value in writes.items():
-                m.update(*encode(name, gen, key, value, constants))
             for key, value in change.removed.items():
                 m.delete(encode(name, gen, key, value, constants)[0])
+            for key, value in writes.items():
+                m.update(*encode(name, gen, key, value, constants))
             return
         if map_kind(name) == "array":
             zero = _zero_value(name)
@@ -233,9 +237,9 @@ def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
                       for k, v in change.removed.items()]
             _batch(m, pairs)
             return
-        _batch(m, [encode(name, gen, k, v, constants) for k, v in writes.items()])
         for key, value in change.removed.items():
             m.delete(encode(name, gen, key, value, constants)[0])
+        _batch(m, [encode(name, gen, k, v, constants) for k, v in writes.items()])
     except BpfError as exc:
         if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
             raise MapFullError(f"{name}: the kernel refused another entry ({exc.strerror}); "
@@ -277,7 +281,7 @@ def _sample_key(name: str) -> Any:
     if name in LPM_MAPS:
         return (0, 0)
     if name == "rule_table":
-        return (0,) * 8
+        return (0, 0, 4, 0, 0, 0, 0, 0, 0)
     return 0
 
 

@@ -32,12 +32,16 @@ from .plan import (
     ACTION_ACCEPT,
     ACTION_DROP,
     CFG_ALLOW_NDP,
+    CFG_CLASSIFY,
     CFG_DEFAULT_EGRESS,
     CFG_DEFAULT_INGRESS,
+    CFG_DIRECT_DST,
     CFG_SHAPES,
     CFG_SIZE,
     CFG_SLOTS_EGRESS,
     CFG_SLOTS_INGRESS,
+    CLASSIFY_DST,
+    CLASSIFY_SRC,
     DIR_EGRESS,
     DIR_INGRESS,
     FIELD_DPORT,
@@ -108,19 +112,20 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
         slot_rules[slot_of[shape_of[info.mask]]].append(info)
 
     tables: dict[str, dict] = {}
+    direct = _direct_fields(shapes, slot_rules)
     # inverted indexes: (slot, field, sub) -> {rule index: [class ids]}
     inverted: dict[tuple[int, int, int], dict[int, list[int]]] = defaultdict(dict)
     for field, prefix in ((FIELD_SRC, "src"), (FIELD_DST, "dst")):
         for family in (4, 6):
             name = f"{prefix}_v{family}"
             tables[name] = _address_classes(name, field, family, shapes, slot_rules, limits,
-                                            inverted)
+                                            inverted, direct)
     for field, name in ((FIELD_SPORT, "sport"), (FIELD_DPORT, "dport"), (FIELD_ICMP, "icmp")):
         capacity = ICMP_INTERVALS if field == FIELD_ICMP else limits.port_intervals
         index, classes = _value_classes(name, field, shapes, slot_rules, capacity, inverted)
         tables[f"{name}_interval"] = index
         tables[f"{name}_classes"] = classes
-    tables["rule_table"] = _rule_table(shapes, slot_rules, inverted, limits)
+    tables["rule_table"] = _rule_trie(shapes, direct, slot_rules, inverted, limits)
 
     slots_by_dir = [0, 0]
     for slot, members in enumerate(slot_rules):
@@ -134,6 +139,11 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
     config[CFG_SLOTS_EGRESS] = slots_by_dir[DIR_EGRESS]
     for slot, mask in enumerate(shapes):
         config[CFG_SHAPES + slot] = mask
+        if direct[slot] == FIELD_DST:
+            config[CFG_DIRECT_DST] |= 1 << slot
+        for field, bit in ((FIELD_SRC, CLASSIFY_SRC), (FIELD_DST, CLASSIFY_DST)):
+            if mask & field and direct[slot] != field:
+                config[CFG_CLASSIFY] |= bit
     pad = MAX_SHAPES - len(shapes)
     return MapPlan(
         limits=limits,
@@ -409,8 +419,10 @@ def _index_ids(vectors, capacity: int, name: str) -> dict[tuple[int, ...], int]:
 _ANY = ((0, 0),)  # the /0 a widened field stands for
 
 
-def _address_classes(name, field, family, shapes, slot_rules, limits, inverted) -> dict:
-    """One LPM trie: every prefix any slot uses, valued with each slot's class there.
+def _address_classes(name, field, family, shapes, slot_rules, limits, inverted,
+                     direct) -> dict:
+    """One LPM trie: every prefix a slot classifies on this field, valued with each slot's
+    class there (slots that look this field up directly in the rule trie have none).
 
     A prefix's set for a slot is the slot's groups with an item covering it (the prefix
     itself or a shorter one), so the longest match decides for every slot at once.
@@ -418,7 +430,7 @@ def _address_classes(name, field, family, shapes, slot_rules, limits, inverted) 
     own: dict[tuple[int, int], int | list[int]] = {}  # prefix -> gid * 8 + slot (or a list)
     groups = [_Groups() for _ in shapes]
     for slot, mask in enumerate(shapes):
-        if not mask & field:
+        if not mask & field or direct[slot] == field:
             continue
         for info in slot_rules[slot]:
             if family not in info.families():
@@ -561,53 +573,112 @@ def _field_ranges(info: _Info, field: int, key: int):
     return None
 
 
-# ---- rule table --------------------------------------------------------------------------
+# ---- rule trie ---------------------------------------------------------------------------
+#
+# Per slot, one address field is looked up directly, not through classes: the rule trie's key
+# is a header of everything else (slot, direction, family, protocol, the other address
+# field's class, the port or ICMP classes) followed by that address, so the trie's longest
+# match on the address, under a fully matched header, finds the rules of that header whose
+# prefix covers it.  Each entry holds the first rule among those whose prefix covers the
+# entry's own prefix (its value is propagated down from shorter prefixes), so the longest
+# match alone gives the first matching rule.  A broad prefix therefore costs one entry per
+# header, not one per narrower class beneath it, which a cross product of classes would.
 
 
-def _rule_table(shapes, slot_rules, inverted, limits: Limits) -> dict:
-    """Every (slot, direction, family, proto, classes...) key some rule matches -> the
-    first such rule.  Rules are visited in order, so the first writer of a key wins."""
+def _direct_fields(shapes, slot_rules) -> list[int]:
+    """Per slot, the address field looked up directly (FIELD_SRC, FIELD_DST or 0).  With both
+    in the shape, the one with more distinct prefixes: the other's classes then multiply
+    fewer entries."""
+    out = []
+    for slot, mask in enumerate(shapes):
+        if mask & FIELD_SRC and mask & FIELD_DST:
+            srcs: set = set()
+            dsts: set = set()
+            for info in slot_rules[slot]:
+                srcs.update(info.src or ())
+                dsts.update(info.dst or ())
+            out.append(FIELD_DST if len(dsts) > len(srcs) else FIELD_SRC)
+        else:
+            out.append(mask & (FIELD_SRC | FIELD_DST))
+    return out
+
+
+_ANY_PREFIX = ((0, 0),)
+
+
+def _direct_prefixes(info: _Info, field: int, family: int):
+    part = info.src if field == FIELD_SRC else info.dst if field == FIELD_DST else None
+    if part is None:
+        return _ANY_PREFIX  # the field is not in the shape, or widened: any address
+    return tuple(p[1:] for p in part if p[0] == family)
+
+
+def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:
+    """Every (header, prefix) some rule matches -> the first rule matching it or a shorter
+    prefix of the same header.  Keys: (slot, direction, family, proto, other address class,
+    sport class, l4 class, prefix length, network)."""
     capacity = limits.rule_table
-    table: dict[tuple, int] = {}
+    buckets: dict[tuple, dict[tuple[int, int], int]] = defaultdict(dict)
+    total = 0
     added: dict[int, int] = {}
-    todo = [(slot, info) for slot in range(len(shapes)) for info in slot_rules[slot]]
-    for position, (slot, info) in enumerate(todo):
-        combos = _combos(shapes[slot], slot, info, inverted)
-        need = sum(len(s) * len(d) * len(sp) * len(l4) for _, _, s, d, sp, l4 in combos)
-        if need > capacity:
-            raise MapFullError(f"rule_table: needs at least {need} entries, capacity "
-                               f"{capacity}; rule {info.name!r} alone needs {need}")
-        before = len(table)
-        direction = info.direction
-        for family, proto, srcs, dsts, sports, l4s in combos:
-            for s, d, sp, l4 in product(srcs, dsts, sports, l4s):
-                table.setdefault((slot, direction, family, proto, s, d, sp, l4), info.index)
-        added[info.index] = len(table) - before
-        if len(table) > capacity:
-            upper = len(table) + sum(
-                len(s) * len(d) * len(sp) * len(l4)
-                for later_slot, later in todo[position + 1:]
-                for _, _, s, d, sp, l4 in _combos(shapes[later_slot], later_slot, later, inverted))
-            worst = max(added, key=lambda i: (added[i], -i))
-            name = next(x.name for _, x in todo if x.index == worst)
-            raise MapFullError(
-                f"rule_table: needs at least {len(table)} entries (at most {upper}), capacity "
-                f"{capacity}; rule {name!r} contributes the most ({added[worst]})")
+    for slot, mask in enumerate(shapes):
+        field = direct[slot]
+        for info in slot_rules[slot]:  # in rule order: the first writer of a key wins
+            before = total
+            for family, proto, srcs, dsts, sports, l4s in _combos(mask, slot, info, inverted,
+                                                                  field):
+                others = srcs if field != FIELD_SRC else dsts
+                prefixes = _direct_prefixes(info, field, family)
+                for other, sp, l4 in product(others, sports, l4s):
+                    bucket = buckets[(slot, info.direction, family, proto, other, sp, l4)]
+                    for prefix in prefixes:
+                        if prefix not in bucket:
+                            bucket[prefix] = info.index
+                            total += 1
+            added[info.index] = total - before
+            if total > capacity:
+                worst = max(added, key=lambda i: (added[i], -i))
+                name = next(x.name for rules in slot_rules for x in rules if x.index == worst)
+                raise MapFullError(
+                    f"rule_table: needs more than {capacity} entries (its capacity); rule "
+                    f"{name!r} contributes the most ({added[worst]})")
+    table: dict[tuple, int] = {}
+    for header, bucket in buckets.items():
+        _propagate(bucket, _BITS[header[2]])
+        for (plen, network), rule in bucket.items():
+            table[(*header, plen, network)] = rule
     return table
+
+
+def _propagate(bucket: dict[tuple[int, int], int], bits: int) -> None:
+    """Give every prefix the lowest rule index among itself and its shorter prefixes in the
+    bucket.  Visiting by length, a prefix's nearest shorter prefix is already final."""
+    lengths = sorted({plen for plen, _ in bucket})
+    if len(lengths) < 2:
+        return
+    shorter = {plen: lengths[:i][::-1] for i, plen in enumerate(lengths)}
+    for plen, network in sorted(bucket):
+        for q in shorter[plen]:
+            above = bucket.get((q, network >> (bits - q) << (bits - q) if q else 0))
+            if above is not None:
+                if above < bucket[(plen, network)]:
+                    bucket[(plen, network)] = above
+                break
 
 
 _ZERO = (0,)
 
 
-def _combos(mask: int, slot: int, info: _Info, inverted):
-    """Per family and protocol, the class lists of one rule in its slot (0 = field absent)."""
+def _combos(mask: int, slot: int, info: _Info, inverted, direct: int):
+    """Per family and protocol, the class lists of one rule in its slot (0 = field absent
+    or looked up directly)."""
     out = []
     l4_field = FIELD_DPORT if mask & FIELD_DPORT else FIELD_ICMP if mask & FIELD_ICMP else 0
     for family, protos in info.protos:
         srcs = _classes_of(inverted[(slot, FIELD_SRC, family)], info.index) \
-            if mask & FIELD_SRC else _ZERO
+            if mask & FIELD_SRC and direct != FIELD_SRC else _ZERO
         dsts = _classes_of(inverted[(slot, FIELD_DST, family)], info.index) \
-            if mask & FIELD_DST else _ZERO
+            if mask & FIELD_DST and direct != FIELD_DST else _ZERO
         if not srcs or not dsts:
             continue
         if not mask & FIELD_PROTO:

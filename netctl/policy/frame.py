@@ -16,6 +16,7 @@ from typing import NamedTuple
 from ..abi import (
     ETH_P_IP,
     ETH_P_IPV6,
+    HDR_WINDOW,
     IPV6_AH,
     IPV6_EXT_HDRS,
     IPV6_FRAGMENT,
@@ -85,8 +86,12 @@ class _Drop(Exception):
 
 
 def _need(data: bytes, off: int, n: int, reason: DropReason) -> None:
+    # The frame ends first: the header's truncation reason.  Else the bytes must lie in the
+    # header window the datapath reads (its first HDR_WINDOW bytes): HDR_TOO_LONG.
     if len(data) - off < n:
         raise _Drop(reason)
+    if off + n > HDR_WINDOW:
+        raise _Drop(DropReason.HDR_TOO_LONG)
 
 
 def _be16(data: bytes, off: int) -> int:

@@ -9,14 +9,17 @@ Per packet (after VLAN tags and IPv6 extension headers):
 
 1. ``config[0]``.  IPv6, next header 58, not a non-first fragment, ICMPv6 type 133-137 and
    allow_ndp: accept ("ndp").
-2. The family's ``src_*`` and ``dst_*`` tries (longest prefix; a miss is all class 0).
+2. The family's ``src_*`` and ``dst_*`` class tries (longest prefix; a miss is all class
+   0); only the fields some slot classifies (``CFG_CLASSIFY``) have entries.
 3. TCP/UDP and not a fragment: ``sport_interval``/``dport_interval`` at
    ``port_slot * 65536 + port``, then ``sport_classes``/``dport_classes`` at that id.
    ICMP in IPv4 or ICMPv6 in IPv6, not a fragment: ``icmp_interval`` at
    ``icmp_slot * 256 + type``, then ``icmp_classes``.  Otherwise those classes are all 0.
-4. For each slot in the direction's bitmap: skip it when its shape has a field whose class
-   for the slot is 0; else look up ``rule_table`` with
-   ``(slot, direction, family, proto if PROTO else 0, src, dst, sport, dport-or-icmp)``
+4. For each slot in the direction's bitmap: its directly looked-up address field is dst
+   when its ``CFG_DIRECT_DST`` bit is set, else src if the shape has it, else none.  Skip
+   the slot when a field it classifies has class 0 there; else look up ``rule_table``, an
+   LPM trie, with the header ``(slot, direction, family, proto if PROTO else 0, other
+   address class, sport, dport-or-icmp)`` and the direct field's address (longest match),
    and keep the lowest rule index found.
 5. A rule found: its action ("rule").  Else the direction's default ("default").
 """
@@ -31,6 +34,7 @@ from .plan import (
     CFG_ALLOW_NDP,
     CFG_DEFAULT_EGRESS,
     CFG_DEFAULT_INGRESS,
+    CFG_DIRECT_DST,
     CFG_SHAPES,
     CFG_SLOTS_EGRESS,
     CFG_SLOTS_INGRESS,
@@ -74,6 +78,15 @@ def _lpm(trie, bits: int, address: int) -> tuple[int, ...]:
     return ZERO_CLASSES
 
 
+def _lpm_keyed(trie, header: tuple, bits: int, address: int):
+    # The rule trie: a fully matched header, then the longest prefix of the address.
+    for plen in range(bits, -1, -1):
+        value = trie.get((*header, plen, (address >> (bits - plen)) << (bits - plen)))
+        if value is not None:
+            return value
+    return None
+
+
 def interpret(plan: MapPlan, packet: Packet, direction: Direction) -> PlanDecision:
     maps = plan.maps()
     cfg = maps["config"].get(0)
@@ -108,16 +121,22 @@ def interpret(plan: MapPlan, packet: Packet, direction: Direction) -> PlanDecisi
         if not bitmap & (1 << slot):
             continue
         mask = cfg[CFG_SHAPES + slot]
-        s = src[slot] if mask & FIELD_SRC else 0
-        d = dst[slot] if mask & FIELD_DST else 0
+        direct = (FIELD_DST if mask & FIELD_DST and cfg[CFG_DIRECT_DST] >> slot & 1
+                  else FIELD_SRC if mask & FIELD_SRC else 0)
+        other = 0
+        if direct != FIELD_SRC and mask & FIELD_SRC:
+            other = src[slot]
+        elif direct != FIELD_DST and mask & FIELD_DST:
+            other = dst[slot]
         sp = sport[slot] if mask & FIELD_SPORT else 0
         l4 = dport[slot] if mask & FIELD_DPORT else icmp[slot] if mask & FIELD_ICMP else 0
-        if ((mask & FIELD_SRC and not s) or (mask & FIELD_DST and not d)
-                or (mask & FIELD_SPORT and not sp)
+        classified = (FIELD_SRC | FIELD_DST) & mask & ~direct
+        if ((classified and not other) or (mask & FIELD_SPORT and not sp)
                 or (mask & (FIELD_DPORT | FIELD_ICMP) and not l4)):
             continue
-        key = (slot, dir_code, family, proto if mask & FIELD_PROTO else 0, s, d, sp, l4)
-        index = table.get(key)
+        header = (slot, dir_code, family, proto if mask & FIELD_PROTO else 0, other, sp, l4)
+        address = int(packet.dst) if direct == FIELD_DST else int(packet.src)
+        index = _lpm_keyed(table, header, bits, address)
         if index is not None and (best is None or index < best):
             best = index
     if best is not None:

@@ -16,11 +16,14 @@ it in pure Python.  The layout, per map (``maps()`` gives exactly these names):
 ``sport_classes``, ``dport_classes``, ``icmp_classes`` (arrays)
     index an interval id, value a tuple of ``MAX_SHAPES`` class ids.  Interval id 0 is
     "no range of any rule covers the value" and its classes are all 0.
-``rule_table`` (hash)
-    key ``(slot, direction, family, proto, src_cls, dst_cls, sport_cls, l4_cls)``, value
-    the index of the first rule of that slot and direction matching those classes.  Fields
-    the slot's shape does not have are 0; ``l4_cls`` is the dport class or the ICMP-type
-    class (no rule has both).
+``rule_table`` (LPM trie)
+    key ``(slot, direction, family, proto, addr_cls, sport_cls, l4_cls, prefixlen,
+    network)``: a header of classes, then a prefix of the slot's directly looked-up address
+    field (src or dst, see ``CFG_DIRECT_DST``; length 0 when the shape has no address).
+    ``addr_cls`` is the class of the other address field when the shape has both, else 0;
+    ``l4_cls`` the dport class or the ICMP-type class (no rule has both); absent fields 0.
+    The value is the index of the first rule of that slot, direction and header whose
+    prefix covers the entry's prefix, so the longest match gives the first matching rule.
 ``rules`` (array)
     index a rule index, value ``(action, flags)``.
 ``config`` (array of one entry)
@@ -79,7 +82,16 @@ CFG_SLOTS_EGRESS = 4
 CFG_SHAPES = 5            # CFG_SHAPES + slot: that slot's shape mask
 # A slot is in use when a direction's bitmap has it.  Its mask may be 0: the shape of rules
 # that give no field at all (they match every IP packet of their direction).
-CFG_SIZE = CFG_SHAPES + MAX_SHAPES
+CFG_DIRECT_DST = CFG_SHAPES + MAX_SHAPES   # bitmap: slots whose rule trie is keyed by dst
+CFG_CLASSIFY = CFG_DIRECT_DST + 1          # CLASSIFY_*: which address class tries to read
+CFG_SIZE = CFG_CLASSIFY + 1
+
+# A slot's directly looked-up address field: dst when its CFG_DIRECT_DST bit is set (and
+# the shape has dst), else src when the shape has src, else none.  The other address field
+# of a shape with both is looked up as a class.
+CLASSIFY_SRC = 1
+CLASSIFY_DST = 2
+RULE_KEY_HEADER_BITS = 160  # gen, slot, direction, family, proto, pad, three class ids
 
 ZERO_CLASSES: tuple[int, ...] = (0,) * MAX_SHAPES
 
@@ -128,9 +140,10 @@ def map_specs(limits: Limits) -> dict[str, MapSpec]:
               MapSpec("sport_classes", "array", "u32 interval id", vec, limits.port_intervals),
               MapSpec("dport_classes", "array", "u32 interval id", vec, limits.port_intervals),
               MapSpec("icmp_classes", "array", "u32 interval id", vec, ICMP_INTERVALS),
-              MapSpec("rule_table", "hash",
-                      "u8 slot, u8 direction, u8 family, u8 proto, u32 src_cls, u32 dst_cls, "
-                      "u32 sport_cls, u32 l4_cls", "u32 rule index", limits.rule_table),
+              MapSpec("rule_table", "lpm_trie",
+                      "prefixlen u32, u8 gen, slot, direction, family, proto, pad[3], "
+                      "u32 addr_cls, sport_cls, l4_cls, u8 addr[16]", "u32 rule index",
+                      limits.rule_table),
               MapSpec("rules", "array", "u32 rule index", "u8 action, u8 flags", limits.rules),
               MapSpec("config", "array", "u32 0", f"u32[{CFG_SIZE}]", 1)]
     return {s.name: s for s in specs}

@@ -13,7 +13,16 @@ import pytest
 
 from netctl import abi
 from netctl.datapath.build import INCLUDE_DIR
-from netctl.policy.plan import CFG_SIZE, MAX_SHAPES
+from netctl.policy.plan import (
+    CFG_CLASSIFY,
+    CFG_DIRECT_DST,
+    CFG_SHAPES,
+    CFG_SIZE,
+    CLASSIFY_DST,
+    CLASSIFY_SRC,
+    MAX_SHAPES,
+    RULE_KEY_HEADER_BITS,
+)
 
 bcc = pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make setup)")
 
@@ -61,14 +70,29 @@ def test_constants_match_the_header():
     assert defines["NETCTL_STAT_NDP"] == abi.STAT_NDP
     assert defines["NETCTL_STAT_DEFAULT"] == abi.STAT_DEFAULT
     assert defines["NETCTL_STAT_MAX"] == abi.STAT_MAX
+    assert defines["NETCTL_RULE_KEY_HEADER_BITS"] == RULE_KEY_HEADER_BITS
+    assert defines["NETCTL_CFG_SHAPES"] == CFG_SHAPES
+    assert (defines["NETCTL_CLASSIFY_SRC"], defines["NETCTL_CLASSIFY_DST"]) == (
+        CLASSIFY_SRC, CLASSIFY_DST)
+    # derived positions: NETCTL_CFG_DIRECT_DST = SHAPES + MAX_SHAPES, CLASSIFY right after
+    assert CFG_DIRECT_DST == CFG_SHAPES + MAX_SHAPES and CFG_CLASSIFY == CFG_DIRECT_DST + 1
+    assert "#define NETCTL_CFG_DIRECT_DST (NETCTL_CFG_SHAPES + NETCTL_MAX_SHAPES)" in text
+    assert "#define NETCTL_CFG_CLASSIFY (NETCTL_CFG_DIRECT_DST + 1)" in text
     for reason in abi.DropReason:
         assert f"NETCTL_DROP_{reason.name} = {reason.value}," in text, reason
 
 
 def test_pack_helpers_write_the_mirror_fields():
-    key = abi.RuleKey.from_buffer_copy(abi.pack_rule_key(1, (3, 1, 6, 17, 10, 20, 30, 40)))
+    plan_key = (3, 1, 6, 17, 20, 30, 40, 48, 0x20010DB8 << 96)
+    key = abi.RuleKey.from_buffer_copy(abi.pack_rule_key(1, plan_key))
     assert (key.gen, key.slot, key.direction, key.family, key.proto) == (1, 3, 1, 6, 17)
-    assert (key.src_cls, key.dst_cls, key.sport_cls, key.l4_cls) == (10, 20, 30, 40)
+    assert (key.addr_cls, key.sport_cls, key.l4_cls) == (20, 30, 40)
+    assert key.prefixlen == 160 + 48 and bytes(key.addr)[:4] == bytes.fromhex("20010db8")
+    assert abi.unpack_rule_key(bytes(key)) == (1, plan_key)
+    v4 = (0, 0, 4, 6, 0, 0, 9, 24, 0xC0000200)
+    key4 = abi.RuleKey.from_buffer_copy(abi.pack_rule_key(0, v4))
+    assert bytes(key4.addr) == bytes([192, 0, 2, 0]) + bytes(12)
+    assert abi.unpack_rule_key(bytes(key4)) == (0, v4)
     lpm = abi.Lpm6Key.from_buffer_copy(abi.pack_lpm_key(1, 6, 48, 0x20010DB8 << 96))
     assert (lpm.prefixlen, lpm.gen) == (32 + 48, 1)
     assert bytes(lpm.addr)[:4] == bytes.fromhex("20010db8")

@@ -1,9 +1,10 @@
 """The plan interpreter's longest-prefix match is the kernel's.
 
-`netctl.policy.interp` emulates the BPF LPM trie in Python, and the property tests trust it.
-Here the compiled address tries are loaded into real BPF_MAP_TYPE_LPM_TRIE maps and looked
-up by the kernel (a user-space lookup on an LPM trie is a longest-prefix match), for edge
-and random addresses: every answer must equal the interpreter's.
+`netctl.policy.interp` emulates the BPF LPM tries in Python, and the property tests trust it.
+Here the compiled address class tries and the rule trie (a header of classes, then an
+address) are loaded into real BPF_MAP_TYPE_LPM_TRIE maps and looked up by the kernel (a
+user-space lookup on an LPM trie is a longest-prefix match), for edge and random addresses:
+every answer must equal the interpreter's.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import random
 
 import pytest
 
+from netctl import abi
+from netctl.datapath.build import INCLUDE_DIR
 from netctl.policy.compile import compile_policy
-from netctl.policy.interp import _lpm
+from netctl.policy.interp import _lpm, _lpm_keyed
 from netctl.policy.load import load_policy_text
-from netctl.policy.plan import MAX_SHAPES, ZERO_CLASSES
+from netctl.policy.plan import CFG_SIZE, MAX_SHAPES, ZERO_CLASSES
 
 bcc = pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make setup)")
 
 PROGRAM = f"""
+#include "netctl_abi.h"
 struct key4 {{ u32 prefixlen; u8 addr[4]; }};
 struct key6 {{ u32 prefixlen; u8 addr[16]; }};
 struct classes {{ u32 cls[{MAX_SHAPES}]; }};
@@ -29,6 +33,7 @@ BPF_LPM_TRIE(src_v4, struct key4, struct classes, 65536);
 BPF_LPM_TRIE(src_v6, struct key6, struct classes, 65536);
 BPF_LPM_TRIE(dst_v4, struct key4, struct classes, 65536);
 BPF_LPM_TRIE(dst_v6, struct key6, struct classes, 65536);
+BPF_LPM_TRIE(rule_table, struct netctl_rule_key, u32, 65536);
 int unused(void *ctx) {{ return 0; }}
 """
 
@@ -45,14 +50,21 @@ def _policy_text(rng: random.Random) -> str:
             value = rng.getrandbits(128) >> (128 - plen) << (128 - plen) if plen else 0
             net = ipaddress.ip_network((value, plen))
         field = rng.choice(["src", "dst"])
+        other = "dst" if field == "src" else "src"
+        # the other field: one of a few broad prefixes of the same family, so that in the
+        # src+dst shape one field is looked up directly and the other by class
+        broad = rng.choice(["0.0.0.0/0", "10.0.0.0/8", "192.0.0.0/2"]) if net.version == 4 \
+            else rng.choice(["::/0", "2000::/3"])
+        both = f", {other}: '{broad}'" if rng.random() < 0.5 else ""
         port = f", proto: tcp, dport: {rng.randint(1, 3)}" if rng.random() < 0.5 else ""
-        lines.append(f"  - {{name: r{i}, action: drop, {field}: '{net}'{port}}}")
+        lines.append(f"  - {{name: r{i}, action: drop, {field}: '{net}'{both}{port}}}")
     return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
 def tries():
-    b = bcc.BPF(text=PROGRAM)
+    b = bcc.BPF(text=PROGRAM, cflags=[f"-I{INCLUDE_DIR}", f"-DNETCTL_MAX_SHAPES={MAX_SHAPES}",
+                                      f"-DNETCTL_CFG_SIZE={CFG_SIZE}"])
     try:
         yield b
     finally:
@@ -71,6 +83,7 @@ def test_kernel_lpm_lookups_equal_the_interpreter(tries):
     plan = compile_policy(load_policy_text(_policy_text(rng), "lpm.yaml"))
     maps = plan.maps()
     checked = 0
+    assert any(maps[n] for n in ("src_v4", "dst_v4", "src_v6", "dst_v6"))
     for name, bits in (("src_v4", 32), ("dst_v4", 32), ("src_v6", 128), ("dst_v6", 128)):
         table, nbytes = tries[name], bits // 8
         table.clear()
@@ -78,7 +91,8 @@ def test_kernel_lpm_lookups_equal_the_interpreter(tries):
             leaf = table.Leaf()
             leaf.cls = (ctypes.c_uint32 * MAX_SHAPES)(*classes)
             table[_key(table, plen, network, nbytes)] = leaf
-        assert len(maps[name]) > 0
+        if not maps[name]:
+            continue
         probes = [rng.getrandbits(bits) for _ in range(500)]
         for plen, network in list(maps[name])[:200]:  # each entry's first and last address
             span = (1 << (bits - plen)) - 1
@@ -90,3 +104,29 @@ def test_kernel_lpm_lookups_equal_the_interpreter(tries):
             assert kernel == _lpm(maps[name], bits, address), (name, hex(address))
             checked += 1
     assert checked > 2000
+
+
+def test_kernel_rule_trie_lookups_equal_the_interpreter(tries):
+    rng = random.Random(20261126)
+    plan = compile_policy(load_policy_text(_policy_text(rng), "rules.yaml"))
+    rules = plan.maps()["rule_table"]
+    table = tries["rule_table"]
+    table.clear()
+    for key, value in rules.items():
+        table[table.Key.from_buffer_copy(abi.pack_rule_key(0, key))] = table.Leaf(value)
+    headers = sorted({k[:7] for k in rules})
+    checked = 0
+    for header in headers:
+        bits = 32 if header[2] == 4 else 128
+        probes = [rng.getrandbits(bits) for _ in range(20)]
+        for *_, plen, network in [k for k in rules if k[:7] == header][:30]:
+            span = (1 << (bits - plen)) - 1
+            probes += [network, network + span, max(network - 1, 0),
+                       min(network + span + 1, (1 << bits) - 1)]
+        for address in probes:
+            key = table.Key.from_buffer_copy(abi.pack_rule_key(0, (*header, bits, address)))
+            leaf = table.get(key)
+            kernel = leaf.value if leaf is not None else None
+            assert kernel == _lpm_keyed(rules, header, bits, address), (header, hex(address))
+            checked += 1
+    assert checked > 2000 and len(headers) > 3

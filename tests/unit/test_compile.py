@@ -83,10 +83,12 @@ def test_nested_prefixes_longest_match_accounts_for_every_covering_rule():
     assert decide(plan, policy, pkt("10.255.255.255")) == "net8"
     assert decide(plan, policy, pkt("11.0.0.0")) == "default:drop"
     assert decide(plan, policy, pkt("9.255.255.255")) == "default:drop"
-    trie = plan.maps()["src_v4"]
-    assert set(trie) == {(32, 0x0A010203), (24, 0x0A010200), (8, 0x0A000000), (25, 0x0A010200)}
-    # every entry has its own class: the sets {host,net24,net8}, {net24,net8,deep}, ...
-    assert len({v[0] for v in trie.values()}) == 4
+    # src is the slot's direct field: no class trie, one rule-trie entry per prefix, each
+    # holding the first rule among itself and its shorter prefixes (the /25 gets net24's).
+    assert not plan.maps()["src_v4"]
+    trie = {k[-2:]: v for k, v in plan.maps()["rule_table"].items()}
+    assert trie == {(32, 0x0A010203): 0, (24, 0x0A010200): 1, (8, 0x0A000000): 2,
+                    (25, 0x0A010200): 1}
 
 
 def test_nested_prefixes_in_reverse_order_and_across_rules_of_other_shapes():
@@ -108,9 +110,13 @@ def test_zero_length_prefixes_per_family():
         {"name": "v4-any", "action": "drop", "src": "0.0.0.0/0", "dport": 22},
         {"name": "v6-any", "action": "drop", "dst": "::/0", "proto": 17},
         {"name": "both", "action": "accept", "src": ["0.0.0.0/0", "::/0"], "dst": "10.0.0.0/8"})
-    # "both" can only match IPv4 (its dst is IPv4): its ::/0 item is left out
-    assert (0, 0) in plan.maps()["src_v4"] and not plan.maps()["src_v6"]
-    assert (0, 0) in plan.maps()["dst_v6"]
+    # "both" can only match IPv4 (its dst is IPv4): its ::/0 item is left out.  Direct
+    # fields: src for v4-any and both (dst classified), dst for v6-any.
+    keys = plan.maps()["rule_table"]
+    assert {(k[2], k[-2]) for k in keys} == {(4, 0), (6, 0)}
+    assert len({k[0] for k in keys if k[2] == 6}) == 1  # only v6-any's slot has IPv6
+    assert not plan.maps()["src_v4"] and not plan.maps()["src_v6"]
+    assert set(plan.maps()["dst_v4"]) == {(8, 0x0A000000)} and not plan.maps()["dst_v6"]
     assert decide(plan, policy, pkt("0.0.0.0", dport=22)) == "v4-any"
     assert decide(plan, policy, pkt("255.255.255.255", dport=22)) == "v4-any"
     assert decide(plan, policy, pkt("2001:db8::1", dport=22)) == "default:accept"
@@ -124,9 +130,9 @@ def test_mixed_family_address_lists_match_only_items_of_the_packet_family():
         {"name": "mixed", "action": "drop", "src": ["192.0.2.0/24", "2001:db8::/32"],
          "dst": "10.0.0.0/8"},
         {"name": "mixed6", "action": "drop", "src": ["192.0.2.0/24", "2001:db8::/32"]})
-    # mixed can only match IPv4 (dst is IPv4): its IPv6 item never reaches the v6 trie
-    assert plan.maps()["src_v6"] == {(32, 0x20010DB8 << 96): plan.maps()["src_v6"][
-        (32, 0x20010DB8 << 96)]}
+    # mixed can only match IPv4 (dst is IPv4): its IPv6 item never reaches the rule trie
+    v6 = {k[-2:]: v for k, v in plan.maps()["rule_table"].items() if k[2] == 6}
+    assert v6 == {(32, 0x20010DB8 << 96): 1}
     assert decide(plan, policy, pkt("192.0.2.9", dst="10.1.1.1")) == "mixed"
     assert decide(plan, policy, pkt("192.0.2.9", dst="11.1.1.1")) == "mixed6"
     assert decide(plan, policy, pkt("2001:db8::5", dst="2001:db8::6")) == "mixed6"
@@ -405,27 +411,39 @@ def test_map_full_errors_name_the_map_the_need_and_the_capacity():
     policy = blocklist(200)
     with pytest.raises(MapFullError, match=r"^rules: needs 200 entries, capacity 100$"):
         compile_policy(policy, Limits(rules=100))
-    with pytest.raises(MapFullError, match=r"^src_v4: needs 180 entries, capacity 50$"):
-        compile_policy(policy, Limits(lpm_entries=50))
+    # dst is classified (fewer distinct prefixes than src): its class trie needs 60 entries
+    classified = make_policy(*({"src": f"10.{i}.0.0/16", "dst": f"192.0.2.{i % 60}/32"}
+                               for i in range(200)))
+    with pytest.raises(MapFullError, match=r"^dst_v4: needs 60 entries, capacity 50$"):
+        compile_policy(classified, Limits(lpm_entries=50))
     with pytest.raises(MapFullError,
-                       match=r"^rule_table: needs at least 101 entries \(at most \d+\), "
-                             r"capacity 100; rule 'r\d+' contributes the most \(\d+\)$"):
+                       match=r"^rule_table: needs more than 100 entries \(its capacity\); "
+                             r"rule 'r\d+' contributes the most \(\d+\)$"):
         compile_policy(policy, Limits(rule_table=100))
     many_ports = make_policy(*({"dport": 2 * i} for i in range(20)))
     with pytest.raises(MapFullError, match=r"^dport_classes: needs 21 entries, capacity 8$"):
         compile_policy(many_ports, Limits(port_intervals=8))
 
 
-def test_map_full_is_raised_before_building_a_huge_cross_product():
-    # 300 distinct sources x 300 distinct destinations in one shape, behind a rule with
-    # src and dst /0: the wide rule alone needs 301 x 301 entries.
-    specs = [{"name": "wide", "action": "drop", "src": "0.0.0.0/0", "dst": "0.0.0.0/0"}]
-    specs += [{"src": f"10.{i // 256}.{i % 256}.0/24", "dst": "192.168.0.0/16"}
-              for i in range(300)]
+def test_src_heavy_and_dst_heavy_rules_of_one_shape_stay_linear_unless_they_cover():
+    # 300 distinct sources with one destination, 300 distinct destinations with one source
+    # that does not cover them: the direct field keeps this linear (a cross product of
+    # classes would need 300 x 300 entries).
+    specs = [{"src": f"10.{i // 256}.{i % 256}.0/24", "dst": "192.168.0.0/16"}
+             for i in range(300)]
     specs += [{"src": "172.16.0.0/12", "dst": f"192.{i // 256}.{i % 256}.0/24"}
               for i in range(300)]
-    with pytest.raises(MapFullError, match="rule 'wide' alone needs"):
-        compiled(*specs, limits=Limits(rule_table=50000))
+    _, plan = compiled(*specs)
+    assert len(plan.maps()["rule_table"]) < 700
+    # When the broad destination does cover the distinct ones, every src-heavy rule is in
+    # every destination class: k x k entries, refused cleanly with the worst rule named.
+    covering = [{"src": f"10.{i // 256}.{i % 256}.0/24", "dst": "192.0.0.0/8"}
+                for i in range(300)]
+    covering += [{"src": "10.0.0.0/8", "dst": f"192.{i // 256}.{i % 256}.0/24"}
+                 for i in range(300)]
+    with pytest.raises(MapFullError, match=r"rule_table: needs more than 50000 entries "
+                                           r"\(its capacity\); rule 'r\d+' contributes"):
+        compiled(*covering, limits=Limits(rule_table=50000))
 
 
 def test_diff_of_a_one_rule_change_touches_few_entries():
@@ -484,7 +502,8 @@ def test_unused_fields_and_constants():
     _, plan = compiled({"name": "a", "action": "drop", "dst": "10.0.0.0/8"})
     assert plan.shapes == (FIELD_DST,) + (0,) * (MAX_SHAPES - 1)
     (key,) = plan.maps()["rule_table"]
-    assert key[:4] == (0, 0, 4, 0) and key[4] == 0 and key[5] and key[6:] == (0, 0)
+    # slot 0, ingress, IPv4, no proto, no other class, no ports; dst 10.0.0.0/8 directly
+    assert key == (0, 0, 4, 0, 0, 0, 0, 8, 0x0A000000)
     constants = plan.constants()
     assert constants["NETCTL_MAX_SHAPES"] == MAX_SHAPES
     assert constants["NETCTL_RULE_TABLE_ENTRIES"] == Limits().rule_table

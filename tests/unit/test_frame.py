@@ -41,7 +41,7 @@ from netctl.policy.model import Action, Direction, Packet, Policy, PortRange, Ru
 R = DropReason
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PARSE_REASONS = {R.TRUNC_L2, R.VLAN_DEPTH, R.BAD_IPV4, R.TRUNC_IPV4, R.BAD_IPV6, R.TRUNC_IPV6,
-                 R.EXT_LIMIT, R.TRUNC_L4}
+                 R.EXT_LIMIT, R.TRUNC_L4, R.HDR_TOO_LONG}
 
 # ---- byte builders for hand-written frames -------------------------------------------
 
@@ -235,6 +235,12 @@ CASES = [
     ("6 headers, the 6th a non-first fragment of options", E6 + ipv6(60) + opt(60) * 4
      + opt(44) + frag6(60, 3), pkt6(60, fragment=True)),
     ("7 fragment headers", E6 + ipv6(44) + frag6(44, 0) * 6 + frag6(6, 0) + tcp(), R.EXT_LIMIT),
+    # 5. the header window: everything read must lie in the first 512 bytes
+    ("tcp header ends at byte 506", E6 + ipv6(60) + opt(6, 53) + tcp(), TCP6),
+    ("tcp header ends at byte 514", E6 + ipv6(60) + opt(6, 54) + tcp(), R.HDR_TOO_LONG),
+    ("a 2048-byte extension header", E6 + ipv6(60) + opt(6, 255) + tcp(), R.HDR_TOO_LONG),
+    ("a 2048-byte header cut short: truncation first", E6 + ipv6(60) + opt(6, 255)[:600],
+     R.TRUNC_IPV6),
 ]
 
 
@@ -594,7 +600,9 @@ MALFORMED = {
     "ipv6-tiny-first-fragment": R.TRUNC_L4, "ipv6-seven-ext-headers": R.EXT_LIMIT,
     "ipv6-seventh-ext-header-missing": R.EXT_LIMIT, "ipv6-seven-fragment-headers": R.EXT_LIMIT,
     "ipv6-six-ext-then-tcp-cut": R.TRUNC_L4, "empty": R.TRUNC_L2, "ethernet-13": R.TRUNC_L2,
+    "ipv6-dest-opts-2048-bytes": R.HDR_TOO_LONG, "ipv6-tcp-past-window": R.HDR_TOO_LONG,
 }
+WELL_FORMED = {"ipv6-tcp-inside-window"}
 
 
 def test_malformed_frames():
@@ -609,8 +617,10 @@ def test_malformed_frames():
             got = parse_frame(data)
             check_consistent(got)
             cut_outcomes.add(got.reason if isinstance(got, Malformed) else type(got))
-    assert {n: parse_frame(d) for n, d in named.items() if "/cut" not in n} == {
+    assert {n: parse_frame(d) for n, d in named.items()
+            if "/cut" not in n and n not in WELL_FORMED} == {
         n: Malformed(r) for n, r in MALFORMED.items()}
+    assert all(isinstance(parse_frame(named[n]), Ip) for n in WELL_FORMED)
     assert len(cut_bases) >= 10
     assert {R.TRUNC_L2, R.TRUNC_IPV4, R.TRUNC_IPV6, R.TRUNC_L4, Ip} <= cut_outcomes
 
