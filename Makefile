@@ -7,7 +7,7 @@ PYTEST  := $(PY) -m pytest
 NETCTL  := $(VENV)/bin/netctl
 EXAMPLE ?= policies/web-server.yaml
 
-.PHONY: help setup test test-unit test-bpf test-netns demo lint fuzz clean require-root
+.PHONY: help setup test test-unit test-bpf test-netns demo lint fuzz bench bench-quick clean require-root
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,8 +37,14 @@ demo: require-root  ## a namespace lab: apply an example policy, send its test p
 	$(NETCTL) validate $(EXAMPLE)
 	$(NETCTL) lab run $(EXAMPLE)
 
+bench: require-root  ## throughput, per-packet cost and apply cost against nftables, iptables, xdp-filter (~15 min)
+	$(PY) -m bench.run
+
+bench-quick: require-root  ## the same at N = 1, 1,000, 10,000 with short windows (~2 min)
+	$(PY) -m bench.run --quick
+
 lint:  ## ruff over the package and tests
-	$(PY) -m ruff check netctl tests
+	$(PY) -m ruff check netctl tests bench
 
 fuzz:  ## long loader fuzzing run (100,000 inputs, fresh random examples)
 	NETCTL_HYPOTHESIS=explore NETCTL_FUZZ_EXAMPLES=100000 $(PYTEST) tests/unit/test_load_fuzz.py -q -p no:cacheprovider

@@ -6,7 +6,8 @@ UDP, single ports and ranges, and some rules on the flood's own source but anoth
 linear filter must look at the port as well to pass them).  None of them matches the flood;
 rule N drops it.  Deterministic: the same N gives the same rules.
 
-Each system under test gets the same rules in its own language: a netctl policy, an nftables
+The rules are disjoint (no packet matches two), so first-match and any-match semantics
+agree.  Each system under test gets the same rules in its own language: a netctl policy, an nftables
 linear chain, an nftables interval set (one rule), iptables-restore input for the raw table,
 and xdp-filter commands where its rule model reaches (it matches on addresses or ports, not
 on both together).
@@ -36,10 +37,53 @@ class BenchRule:
         return ipaddress.ip_network(self.src).version
 
 
+class _Boxes:
+    """The rules drawn so far, to keep every new one disjoint from them: a rule may share
+    addresses with another of its protocol only with disjoint ports.  Disjoint rules mean
+    the same with first-match (netctl, linear chains) and any-match (sets) semantics, and
+    nftables' concatenated interval sets refuse overlapping elements."""
+
+    def __init__(self):
+        self.at: dict[tuple, list[tuple[str, int, int]]] = {}    # prefix -> (proto, lo, hi)
+        self.below: dict[tuple, list[tuple]] = {}                 # ancestor -> prefixes
+        self.lengths = {4: set(), 6: set()}
+
+    @staticmethod
+    def _key(net) -> tuple:
+        return (net.version, net.prefixlen, int(net.network_address))
+
+    def _ancestors(self, net) -> list[tuple]:
+        bits = net.max_prefixlen
+        value = int(net.network_address)
+        return [(net.version, plen, value >> (bits - plen) << (bits - plen) if plen else 0)
+                for plen in self.lengths[net.version] if plen <= net.prefixlen]
+
+    def fits(self, net, proto: str, lo: int, hi: int) -> bool:
+        near = self._ancestors(net) + self.below.get(self._key(net), [])
+        for key in near:
+            for p, a, b in self.at.get(key, ()):
+                if p == proto and a <= hi and lo <= b:
+                    return False
+        return True
+
+    def add(self, net, proto: str, lo: int, hi: int) -> None:
+        key = self._key(net)
+        if key not in self.at:
+            self.lengths[net.version].add(net.prefixlen)
+            bits = net.max_prefixlen
+            value = int(net.network_address)
+            for plen in range(net.prefixlen):
+                anc = (net.version, plen, value >> (bits - plen) << (bits - plen) if plen else 0)
+                self.below.setdefault(anc, []).append(key)
+        self.at.setdefault(key, []).append((proto, lo, hi))
+
+
 def rules(n: int) -> list[BenchRule]:
     rng = random.Random(SEED + n)
     out: list[BenchRule] = []
+    boxes = _Boxes()
     flood = ipaddress.ip_address(FLOOD_SRC)
+    boxes.add(ipaddress.ip_network(f"{FLOOD_SRC}/32"), "udp", FLOOD_DPORT, FLOOD_DPORT)
     while len(out) < n - 1:
         kind = rng.random()
         proto = rng.choice(("tcp", "udp"))
@@ -59,6 +103,10 @@ def rules(n: int) -> list[BenchRule]:
             plen = rng.choice((32, 40, 48, 48, 56, 64, 64, 128))
             value = 0x20010DB8 << 96 | rng.getrandbits(96)
             src = str(ipaddress.IPv6Network((value, plen), strict=False))
+        net = ipaddress.ip_network(src)
+        if not boxes.fits(net, proto, *dport):
+            continue
+        boxes.add(net, proto, *dport)
         out.append(BenchRule(src, proto, dport))
     out.append(BenchRule(f"{FLOOD_SRC}/32", "udp", (FLOOD_DPORT, FLOOD_DPORT)))
     return out
@@ -76,8 +124,8 @@ def netctl_policy(bench: list[BenchRule], dev: str | None = None) -> str:
     lines += ["defaults: {ingress: accept, egress: accept}", "rules:"]
     for i, r in enumerate(bench):
         action = "drop"
-        lines.append(f"  - {{name: r{i}, action: {action}, src: '{r.src}', proto: {r.proto}, "
-                     f"dport: '{_port(r.dport)}'}}")
+        lines.append(f"  - {{name: r{i}, action: {action}, src: {r.src}, proto: {r.proto}, "
+                     f"dport: {_port(r.dport)}}}")
     return "\n".join(lines) + "\n"
 
 
@@ -102,7 +150,8 @@ def nft_set(bench: list[BenchRule], dev: str) -> str:
         out.append(f"  set rules{fam} {{ type {addr} . inet_proto . inet_service; "
                    "flags interval; ")
         if items:
-            elems = ", ".join(f"{r.src} . {r.proto} . {_port(r.dport)}" for r in items)
+            unique = dict.fromkeys(f"{r.src} . {r.proto} . {_port(r.dport)}" for r in items)
+            elems = ", ".join(unique)
             out.append(f"    elements = {{ {elems} }}")
         out.append("  }")
     out += [f"  chain ingress {{ type filter hook ingress device \"{dev}\" priority -500; "

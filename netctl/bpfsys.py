@@ -200,6 +200,45 @@ class Map:
         attr = self._elem_attr(key, ctypes.addressof(self._value), flags)
         _call(MAP_UPDATE_ELEM, attr, f"update map {self.info.name}")
 
+    def update_many(self, pairs, flags: int = ANY) -> int:
+        """update() for many (key, value) pairs with one reused attribute block: the loop
+        for maps without batch operations (LPM tries), where per-call setup would dominate.
+        Returns the number written; stops at the first error (raised)."""
+        ksz, vsz = self.key_size, self.value_size
+        key, value = self._key, self._value
+        attr = _attr()
+        struct.pack_into("IIQQQ", attr, 0, self.fd, 0, ctypes.addressof(key),
+                         ctypes.addressof(value), flags)
+        syscall, memmove, ref = _libc.syscall, ctypes.memmove, ctypes.byref(attr)
+        count = 0
+        for k, v in pairs:
+            if len(k) != ksz or len(v) != vsz:
+                raise ValueError("key or value of the wrong size")
+            memmove(key, k, ksz)
+            memmove(value, v, vsz)
+            if syscall(NR_BPF, MAP_UPDATE_ELEM, ref, _ATTR_SIZE) < 0:
+                raise BpfError(ctypes.get_errno(), f"update map {self.info.name}")
+            count += 1
+        return count
+
+    def delete_many(self, keys) -> int:
+        """delete() for many keys (missing ones are skipped); returns how many were there."""
+        ksz = self.key_size
+        key = self._key
+        attr = _attr()
+        struct.pack_into("IIQ", attr, 0, self.fd, 0, ctypes.addressof(key))
+        syscall, memmove, ref = _libc.syscall, ctypes.memmove, ctypes.byref(attr)
+        count = 0
+        for k in keys:
+            memmove(key, k, ksz)
+            if syscall(NR_BPF, MAP_DELETE_ELEM, ref, _ATTR_SIZE) < 0:
+                err = ctypes.get_errno()
+                if err != errno_mod.ENOENT:
+                    raise BpfError(err, f"delete from map {self.info.name}")
+                continue
+            count += 1
+        return count
+
     def delete(self, key: bytes, missing_ok: bool = True) -> bool:
         attr = self._elem_attr(key, 0)
         if _libc.syscall(NR_BPF, MAP_DELETE_ELEM, ctypes.byref(attr), _ATTR_SIZE) < 0:

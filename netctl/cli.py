@@ -353,13 +353,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # -- apply, status, detach --------------------------------------------------------------
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .datapath.control import apply
+    from .datapath.control import already_live, apply
     from .policy.load import load_policy
 
+    extra = tuple(os.environ.get("NETCTL_EXTRA_CFLAGS", "").split())
+    if not args.dry_run and not extra:
+        # The same file, applied the same way, live and intact: nothing to load or compile.
+        live = already_live(args.file, args.dev, args.xdp_mode)
+        if live is not None:
+            return _report_already_live(args, live)
     policy = load_policy(args.file)
     # NETCTL_EXTRA_CFLAGS: extra -D flags for the programs (tests use it to force a compile
     # or verifier failure); never needed in normal use.
-    extra = tuple(os.environ.get("NETCTL_EXTRA_CFLAGS", "").split())
     result = apply(policy, devs=args.dev, xdp_mode=args.xdp_mode, dry_run=args.dry_run,
                    extra_cflags=extra)
     if args.output == "json":
@@ -386,6 +391,20 @@ def cmd_apply(args: argparse.Namespace) -> int:
               f"{rec['egress'] or 'not enforced'} ({rec['why']})")
     for name in result.detached:
         print(f"  {name}: {'would be ' if result.dry_run else ''}detached (no longer listed)")
+    return EXIT_OK
+
+
+def _report_already_live(args: argparse.Namespace, live: dict) -> int:
+    if args.output == "json":
+        _emit_json({"policy": args.file, "generation": live["generation"], "reload": False,
+                    "dry_run": False, "unchanged": True, "entries": 0, "changes": {},
+                    "interfaces": live["interfaces"], "detached": [], "warnings": [],
+                    "seconds": 0.0})
+        return EXIT_OK
+    print(f"{args.file}: already live (generation {live['generation']}); nothing to do")
+    for name, rec in live["interfaces"].items():
+        print(f"  {name}: ingress {rec['ingress'] or 'not enforced'}, egress "
+              f"{rec['egress'] or 'not enforced'} ({rec['why']})")
     return EXIT_OK
 
 

@@ -29,6 +29,7 @@ from ..errors import AttachError, NetctlError, PrivilegeError
 from ..policy.compile import compile_policy
 from ..policy.model import Direction, Interface, Policy, TcHook, XdpMode
 from ..policy.plan import Limits, MapPlan, PlanDiff, diff
+from ..policy.plan import constants as plan_constants
 from . import attach as att
 from .build import source_digest
 from .instance import Datapath, PinsMissing, contents_plan, settle
@@ -122,6 +123,47 @@ def decide_hooks(link: att.LinkInfo, target: Target) -> Hooks:
 
 # ---- apply -----------------------------------------------------------------------------------
 
+def _file_sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
+                 limits: Limits = Limits()) -> dict | None:  # noqa: B008
+    """The live generation's record when the very same file (by content), applied the same
+    way, is live and intact: then there is nothing to load, compile or write.  None when
+    anything differs; the caller then does a full apply (which may still find nothing to
+    write)."""
+    require_privilege()
+    ns = Namespace.current()
+    state = ns.read_state()
+    if not state or "build" not in state:
+        return None
+    request = {"devs": devs, "xdp_mode": xdp_mode}
+    if state.get("request") != request or state["build"].get("constants") != \
+            plan_constants(limits) or state["build"].get("source") != source_digest():
+        return None
+    live, _ = _open_live(ns, state)
+    if live is None:
+        return None
+    with live:
+        record = state.get("generations", {}).get(str(live.active))
+        if (not record or record.get("policy") != os.path.abspath(path)
+                or record.get("policy_sha256") != _file_sha256(path)):
+            return None
+        with att.Links() as links:
+            for rec in state.get("interfaces", {}).values():
+                link = links.find(rec["name"])
+                if link is None or link.index != rec.get("ifindex"):
+                    return None
+            if not _attachments_intact(links, live, state):
+                return None
+        return dict(record, generation=live.active, interfaces=state.get("interfaces", {}))
+
+
 @dataclass
 class ApplyResult:
     policy: str
@@ -170,9 +212,16 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
         ensure_pin_root()
         with ns.lock():
             result = _apply_locked(ns, links, policy, plan, found, extra_cflags)
+            _record_request(ns, devs, xdp_mode)
     result.warnings = warnings + result.warnings
     result.seconds = time.monotonic() - started
     return result
+
+
+def _record_request(ns: Namespace, devs, xdp_mode) -> None:
+    state = ns.read_state() or {}
+    state["request"] = {"devs": devs, "xdp_mode": xdp_mode}
+    ns.write_state(state)
 
 
 def _coverage_warnings(policy: Policy, found) -> list[str]:
@@ -209,7 +258,10 @@ def _dry_run(ns: Namespace, plan: MapPlan, policy: Policy, found, warnings,
     try:
         if live is not None and _reusable(state, plan):
             gen = live.active
-            change = diff(contents_plan(live.read_generation(gen), plan), plan)
+            current = ns.load_plan(gen, state.get("generations", {}).get(str(gen), {})
+                                   .get("digest")) or contents_plan(live.read_generation(gen),
+                                                                    plan)
+            change = diff(current, plan)
             reload = False
         else:
             change = diff(None, plan)
@@ -263,8 +315,13 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         build_id = f"b{time.time_ns():x}"
         dp = Datapath.build(ns.build_dir(build_id), plan.constants(), extra_cflags)
         gen = 0
+        # Both generations start with the policy, so that the next apply's inactive
+        # generation already holds it and a one-rule change writes a few entries.
         change = dp.write_plan(plan, 0, fresh=True)
+        dp.write_plan(plan, 1, fresh=True)
         dp.flip(0)
+        for g in (0, 1):
+            ns.save_plan(g, plan)
         build = {"id": build_id, "constants": plan.constants(), "source": source_digest(),
                  "verifier": dp.verifier, "created": time.time()}
     else:
@@ -278,7 +335,11 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
             return ApplyResult(policy.source, active, False, diff(plan, plan),
                                dict(state.get("interfaces", {})), unchanged=True)
         gen = 1 - active
-        change = dp.write_plan(plan, gen)
+        # What the inactive generation holds: the plan recorded when it was written, if the
+        # state file vouches for it; else read back from the maps.
+        holds = ns.load_plan(gen, gens.get(str(gen), {}).get("digest"))
+        change = dp.write_plan(plan, gen, holds=holds)
+        ns.save_plan(gen, plan)
         build = state["build"]
 
     undo: list = []
@@ -301,6 +362,8 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
     old_active = None if reload else dp.active
     generations = {} if reload else dict(previous)
     generations[str(gen)] = _generation_record(policy, plan)
+    if reload:
+        generations["1"] = generations["0"]
     carried = _carried_before(state, reload)
     new_state = dict(state, build=build, generations=generations, interfaces=interfaces,
                      carried=carried, netns=netns_name())

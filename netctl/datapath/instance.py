@@ -130,9 +130,13 @@ class Datapath:
     # -- counters
     def rule_counters(self, gen: int, count: int) -> list[tuple[int, int]]:
         """(packets, bytes) of the first ``count`` rules of generation ``gen``."""
+        if count == 0:
+            return []
         base = gen * self.constants["NETCTL_RULES_ENTRIES"]
         m = self.maps["counters"]
-        return [abi.sum_counters(m.lookup(abi.pack_u32(base + i)) or b"") for i in range(count)]
+        blob = m.read_array(base, count)
+        size = m.value_size
+        return [abi.sum_counters(blob[i * size:(i + 1) * size]) for i in range(count)]
 
     def zero_counters(self, gen: int) -> None:
         stride = self.constants["NETCTL_RULES_ENTRIES"]

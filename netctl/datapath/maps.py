@@ -43,6 +43,8 @@ class RawMap(Protocol):
     def keys(self) -> Iterator[bytes]: ...
     def items(self) -> Iterator[tuple[bytes, bytes]]: ...
     def update_batch(self, keys: bytes, values: bytes, count: int) -> None: ...
+    def update_many(self, pairs, flags: int = 0) -> int: ...
+    def delete_many(self, keys) -> int: ...
     def read_array(self, start: int = 0, count: int | None = None) -> bytes: ...
     def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]: ...
 
@@ -88,6 +90,16 @@ class MemoryMap:
             raise BpfError(errno.ENOENT, "no such key")
         del self.data[key]
         return True
+
+    def update_many(self, pairs, flags: int = 0) -> int:
+        count = 0
+        for key, value in pairs:
+            self.update(key, value, flags)
+            count += 1
+        return count
+
+    def delete_many(self, keys) -> int:
+        return sum(self.delete(key) for key in keys)
 
     def keys(self) -> Iterator[bytes]:
         if self.kind == "array":
@@ -224,11 +236,10 @@ def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
     writes = dict(change.added)
     writes.update((k, new) for k, (_, new) in change.changed.items())
     try:
-        if map_kind(name) == "lpm_trie":
-            for key, value in change.removed.items():
-                m.delete(encode(name, gen, key, value, constants)[0])
-            for key, value in writes.items():
-                m.update(*encode(name, gen, key, value, constants))
+        if map_kind(name) == "lpm_trie":  # no batch operations: one update per entry
+            m.delete_many(encode(name, gen, k, v, constants)[0]
+                          for k, v in change.removed.items())
+            m.update_many(encode(name, gen, k, v, constants) for k, v in writes.items())
             return
         if map_kind(name) == "array":
             zero = _zero_value(name)
@@ -237,8 +248,7 @@ def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
                       for k, v in change.removed.items()]
             _batch(m, pairs)
             return
-        for key, value in change.removed.items():
-            m.delete(encode(name, gen, key, value, constants)[0])
+        m.delete_many(encode(name, gen, k, v, constants)[0] for k, v in change.removed.items())
         _batch(m, [encode(name, gen, k, v, constants) for k, v in writes.items()])
     except BpfError as exc:
         if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import pickle
 import shutil
 import socket
 import time
@@ -149,11 +150,34 @@ class Namespace:
         state["version"] = STATE_VERSION
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.state_dir / f".state.{os.getpid()}.tmp"
+        text = json.dumps(state, separators=(",", ":"))  # json.dumps uses the C encoder
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            json.dump(state, f, separators=(",", ":"))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.state_file)
+
+    # -- what each generation holds, so an apply need not read it back from the kernel
+    def save_plan(self, gen: int, plan) -> None:
+        """Record the plan just written into generation ``gen`` (a pickle in the root-only
+        state directory, replaced atomically)."""
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.state_dir / f".gen{gen}.{os.getpid()}.tmp"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            pickle.dump(plan, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, self.state_dir / f"gen{gen}.plan")
+
+    def load_plan(self, gen: int, digest: str | None):
+        """The plan recorded for generation ``gen`` if its digest is ``digest`` (what the state
+        file says the generation holds), else None: the caller reads the maps instead."""
+        if not digest:
+            return None
+        try:
+            with open(self.state_dir / f"gen{gen}.plan", "rb") as f:
+                plan = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+            return None
+        return plan if plan.digest() == digest else None
 
     def remove_state(self) -> None:
         shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -149,6 +150,14 @@ def map_specs(limits: Limits) -> dict[str, MapSpec]:
     return {s.name: s for s in specs}
 
 
+def constants(limits: Limits) -> dict[str, int]:
+    """The -D constants of a datapath built for ``limits``."""
+    out = {"NETCTL_MAX_SHAPES": MAX_SHAPES, "NETCTL_CFG_SIZE": CFG_SIZE}
+    for name, spec in map_specs(limits).items():
+        out[f"NETCTL_{name.upper()}_ENTRIES"] = spec.max_entries
+    return out
+
+
 def _zero(name: str) -> Any:
     if name in LPM_MAPS or name in CLASS_MAPS:
         return ZERO_CLASSES
@@ -206,24 +215,34 @@ class MapPlan:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __getstate__(self) -> dict:
+        # The read-only views of maps() are derived (and cannot be pickled).
+        state = dict(self.__dict__)
+        state.pop("_maps", None)
+        state.pop("_digest", None)
+        return state
+
     def digest(self) -> str:
-        """A stable fingerprint of the whole plan (names included), e.g. to record what is live."""
+        """A stable fingerprint of the whole plan (names included), e.g. to record what is live.
+
+        The compiler is deterministic down to the order of its dicts (the same policy gives
+        the same insertion order in any process, whatever the hash seed: a test checks it),
+        so the contents are hashed in that order, without sorting 100,000s of entries."""
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps([self.limits.__dict__, self.shapes, self.shape_members,
                              self.rule_names]).encode())
         for name, contents in self._maps.items():
             h.update(name.encode())
-            for key, value in sorted(contents.items()):
-                h.update(repr((key, value)).encode())
+            h.update(pickle.dumps(list(contents.items()), protocol=5))
         return h.hexdigest()
 
     def constants(self) -> dict[str, int]:
         """The -D constants the datapath is compiled with (a change needs a reload)."""
-        specs = map_specs(self.limits)
-        out = {"NETCTL_MAX_SHAPES": MAX_SHAPES, "NETCTL_CFG_SIZE": CFG_SIZE}
-        for name, spec in specs.items():
-            out[f"NETCTL_{name.upper()}_ENTRIES"] = spec.max_entries
-        return out
+        return constants(self.limits)
 
     def rule_name(self, index: int | None) -> str | None:
         return None if index is None else self.rule_names[index]

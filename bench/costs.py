@@ -1,0 +1,176 @@
+"""Costs measured without traffic: per-packet program cost (BPF_PROG_TEST_RUN) and the cost of
+an apply (time, entries written, controller memory, BPF map memory).
+
+Per-packet: netctl's XDP and tc programs judge the flood's frame against N mixed rules, next
+to a program that does nothing but one LPM lookup of the source address in a trie of the same
+N source prefixes (the floor of any prefix classifier), in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import NETCTL, flood_frame, sh, topology
+from bench.rulesets import BenchRule, netctl_policy, nft_set, rules
+
+REPEAT = 1_000_000
+
+_LPM_ONLY = """
+struct key4 { u32 prefixlen; u8 addr[4]; };
+struct key6 { u32 prefixlen; u8 addr[16]; };
+BPF_F_TABLE("lpm_trie", struct key4, u32, src4, 262144, BPF_F_NO_PREALLOC);
+static __always_inline int judge(void *data, void *end) {
+    if (data + 34 > end) return 0;
+    __u8 *p = data;
+    if (p[12] != 0x08 || p[13] != 0x00) return 0;
+    struct key4 k = { .prefixlen = 32 };
+    __builtin_memcpy(k.addr, p + 26, 4);
+    return src4.lookup(&k) != 0;
+}
+int lpm_xdp(struct xdp_md *ctx) {
+    return judge((void *)(long)ctx->data, (void *)(long)ctx->data_end) ? XDP_DROP : XDP_PASS;
+}
+int lpm_tc(struct __sk_buff *skb) {
+    return judge((void *)(long)skb->data, (void *)(long)skb->data_end) ? 2 : -1;
+}
+"""
+
+
+def _best(fd: int, frame: bytes, runs: int = 3, repeat: int = REPEAT) -> int:
+    from netctl import bpfsys
+
+    return min(bpfsys.test_run(fd, frame, repeat=repeat).duration_ns for _ in range(runs))
+
+
+def per_packet(ns: list[int], repeat: int = REPEAT) -> list[dict]:
+    """ns per packet for netctl (XDP, tc) and the LPM-only floor (XDP, tc) at each N."""
+    import ipaddress
+
+    from bcc import BPF
+
+    from netctl.datapath.sandbox import Sandbox
+    from netctl.policy.compile import compile_policy
+    from netctl.policy.load import load_policy_text
+    from netctl.policy.plan import Limits
+
+    frame = flood_frame("02:00:00:00:00:02")
+    out = []
+    limits = Limits()
+    with Sandbox(limits) as box:
+        for n in ns:
+            bench = rules(n)
+            plan = compile_policy(load_policy_text(netctl_policy(bench), f"bench-{n}.yaml"),
+                                  limits)
+            box.load(plan)
+            got = box.run(frame, "xdp")
+            assert got.rule == n - 1, got
+            floor = BPF(text=_LPM_ONLY)
+            try:
+                trie = floor["src4"]
+                for r in bench:
+                    net = ipaddress.ip_network(r.src)
+                    if net.version == 4:
+                        key = trie.Key()
+                        key.prefixlen = net.prefixlen
+                        key.addr = (type(key.addr))(*net.network_address.packed)
+                        trie[key] = trie.Leaf(1)
+                lpm = {h: floor.load_func(f"lpm_{h}", BPF.XDP if h == "xdp" else BPF.SCHED_CLS)
+                       for h in ("xdp", "tc")}
+                row = {"rules": n, "rule_trie_entries": len(plan.maps()["rule_table"]),
+                       "netctl_xdp_ns": _best(box.dp.programs["xdp"], frame, repeat=repeat),
+                       "netctl_tc_ns": _best(box.dp.programs["tc_ingress"], frame,
+                                             repeat=repeat),
+                       "lpm_xdp_ns": _best(lpm["xdp"].fd, frame, repeat=repeat),
+                       "lpm_tc_ns": _best(lpm["tc"].fd, frame, repeat=repeat)}
+            finally:
+                floor.cleanup()
+            out.append(row)
+    return out
+
+
+def _map_memory(ns: str) -> int:
+    """Bytes of kernel memory of netctl's maps in ``ns`` (the kernel's own accounting, the
+    memlock line of each map's fdinfo)."""
+    code = """
+import os, glob
+from netctl.datapath.netns import Namespace
+from netctl import bpfsys
+total = 0
+root = Namespace.current().pin_dir
+for path in glob.glob(root + '/*/*'):
+    if os.path.basename(path).startswith('prog_'):
+        continue
+    fd = bpfsys.obj_get(path)
+    with open(f'/proc/self/fdinfo/{fd}') as f:
+        for line in f:
+            if line.startswith('memlock:'):
+                total += int(line.split()[1])
+    os.close(fd)
+print(total)
+"""
+    return int(sh(sys.executable, "-c", code, ns=ns).stdout)
+
+
+def _timed_apply(ns: str, path: Path, dev: str) -> tuple[float, dict, int]:
+    """(seconds, the apply's JSON, that process's peak RSS in bytes)."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *NETCTL, "apply", str(path),
+                                 "--dev", dev, "-o", "json"], stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        took = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"apply failed: {err.read()}")
+        return took, json.loads(out.read()), usage.ru_maxrss * 1024
+
+
+def _with_one_rule_changed(bench: list[BenchRule]) -> list[BenchRule]:
+    """The same rules with the middle one's source prefix replaced."""
+    changed = list(bench)
+    i = len(changed) // 2
+    changed[i] = BenchRule("203.0.113.0/24", changed[i].proto, changed[i].dport)
+    return changed
+
+
+def apply_costs(ns_list: list[int]) -> list[dict]:
+    """Cold apply (programs built and attached), warm (same policy), one rule changed; map
+    entries written; peak controller RSS (the largest of the runs so far: ru_maxrss of
+    children); BPF map memory; and `nft -f` of the same rules as an interval set."""
+    out = []
+    for n in ns_list:
+        bench = rules(n)
+        tmp = Path(tempfile.mkdtemp())
+        (tmp / "a.yaml").write_text(netctl_policy(bench))
+        (tmp / "b.yaml").write_text(netctl_policy(_with_one_rule_changed(bench)))
+        with topology("a") as topo:
+            cold_s, cold, rss1 = _timed_apply(topo.dut, tmp / "a.yaml", topo.dut_if)
+            warm_s, warm, _ = _timed_apply(topo.dut, tmp / "a.yaml", topo.dut_if)
+            one_s, one, rss2 = _timed_apply(topo.dut, tmp / "b.yaml", topo.dut_if)
+            memory = _map_memory(topo.dut)
+            verifier = json.loads(sh(*NETCTL, "status", "-o", "json", ns=topo.dut).stdout).get(
+                "verifier", {})
+            sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
+            started = time.monotonic()
+            sh("nft", "-f", "-", ns=topo.dut, stdin=nft_set(bench, topo.dut_if), timeout=1800)
+            nft_s = time.monotonic() - started
+        out.append({"rules": n, "cold_s": cold_s, "cold_entries": cold["entries"],
+                    "warm_s": warm_s, "warm_entries": warm["entries"],
+                    "warm_unchanged": warm["unchanged"],
+                    "one_rule_s": one_s, "one_rule_entries": one["entries"],
+                    "one_rule_reload": one["reload"],
+                    "peak_rss_mb": max(rss1, rss2) / 2**20, "map_memory_mb": memory / 2**20,
+                    "nft_set_load_s": nft_s,
+                    "verifier": verifier.get("tc_ingress", "")})
+        for f in tmp.iterdir():
+            os.unlink(f)
+        os.rmdir(tmp)
+    return out
