@@ -117,20 +117,35 @@ print(total)
     return int(sh(sys.executable, "-c", code, ns=ns).stdout)
 
 
+# A process forked from this (large) one starts with this one's resident pages counted in its
+# peak RSS, exec or not; so the apply runs as the grandchild of a small wrapper, which reports
+# the apply's own peak on the fd given as its first argument.
+_WRAPPER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+os.write(int(sys.argv[1]), str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _timed_apply(ns: str, path: Path, dev: str) -> tuple[float, dict, int]:
     """(seconds, the apply's JSON, that process's peak RSS in bytes)."""
+    read_fd, write_fd = os.pipe()
     started = time.monotonic()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *NETCTL, "apply", str(path),
-                                 "--dev", dev, "-o", "json"], stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        took = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"apply failed: {err.read()}")
-        return took, json.loads(out.read()), usage.ru_maxrss * 1024
+    result = subprocess.run([sys.executable, "-c", _WRAPPER, str(write_fd), "ip", "netns",
+                             "exec", ns, *NETCTL, "apply", str(path), "--dev", dev, "-o",
+                             "json"], capture_output=True, text=True, pass_fds=(write_fd,),
+                            timeout=1800, check=False)
+    took = time.monotonic() - started
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        peak_kb = int(f.read() or 0)
+    if result.returncode != 0:
+        raise RuntimeError(f"apply failed: {result.stderr}")
+    return took, json.loads(result.stdout), peak_kb * 1024
 
 
 def _with_one_rule_changed(bench: list[BenchRule]) -> list[BenchRule]:

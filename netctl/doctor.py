@@ -282,6 +282,24 @@ def check_headers(_ctx: Context) -> Check:
                  "tracepoint arguments, never kernel struct fields", True)
 
 
+JIT_PATH = "/proc/sys/net/core/bpf_jit_enable"
+
+
+def check_jit(_ctx: Context) -> Check:
+    """The BPF JIT: without it programs are interpreted, several times slower, and any
+    benchmark figure is meaningless."""
+    try:
+        with open(JIT_PATH) as f:
+            value = f.read().strip()
+    except OSError as exc:
+        return Check("jit", False, f"cannot read {JIT_PATH} ({exc.strerror}): whether the "
+                     "BPF JIT is on is unknown", False)
+    if value in ("1", "2"):
+        return Check("jit", True, f"BPF JIT on ({JIT_PATH} = {value})", False)
+    return Check("jit", False, f"BPF JIT off ({JIT_PATH} = {value}): programs are interpreted; "
+                 f"performance figures are meaningless (echo 1 > {JIT_PATH})", False)
+
+
 def check_bpffs(ctx: Context) -> Check:
     fstype = ctx.fstype(BPFFS)
     if fstype == "bpf":
@@ -605,6 +623,7 @@ def run_checks() -> list[Check]:
     ctx = Context()
     checks = [_run(fn.__name__.removeprefix("check_"), lambda fn=fn: fn(ctx), True)
               for fn in (check_kernel, check_privilege, check_btf, check_headers)]
+    checks.append(_run("jit", lambda: check_jit(ctx), False))
     checks += [_run(name, lambda fn=fn: fn(ctx), req) for name, fn, req in (
         ("bpffs", check_bpffs, False), ("pin_root", check_pin_root, True),
         ("tracefs", check_tracefs, False), ("debugfs", check_debugfs, False))]

@@ -20,7 +20,7 @@ import pytest
 from netctl import doctor
 
 NETCTL = str(Path(sys.executable).with_name("netctl"))
-NAMES = ["kernel", "privilege", "btf", "headers", "bpffs", "pin_root", "tracefs", "debugfs",
+NAMES = ["kernel", "privilege", "btf", "headers", "jit", "bpffs", "pin_root", "tracefs", "debugfs",
          "prog_xdp", "prog_sched_cls", "prog_tracepoint", "prog_raw_tracepoint",
          "prog_kprobe", "prog_fentry", "test_run", "ringbuf", "xdp_native_veth",
          "tc_clsact_veth"]
@@ -178,3 +178,8 @@ def test_inside_ip_netns_exec_the_missing_sys_mounts_are_explained():
     assert checks["pin_root"]["ok"] is host_pin_root  # a mount under /run is seen inside
     assert checks["prog_tracepoint"]["ok"] is True
     assert checks["xdp_native_veth"]["ok"] is True
+
+
+def test_jit_is_reported_on_here(checks):
+    assert checks["jit"].ok is True and "JIT on" in checks["jit"].detail
+    assert checks["jit"].required is False
