@@ -85,7 +85,12 @@ STAT_NON_IP = 32
 STAT_NDP = 33
 STAT_DEFAULT = 34            # + direction * 2 + action
 STAT_NO_POLICY = 38
-STAT_MAX = 40
+STAT_CT_REPLY = 39           # a reply to a tracked flow, accepted before the rules
+STAT_CT_NEW = 40             # a flow this host started: entry created
+STAT_CT_EXPIRED = 41         # a stale entry met by a packet: removed
+STAT_MAX = 48
+
+CT_STATES = {0: "new", 1: "established", 2: "closing"}
 
 
 def stat_default(direction: int, action: int) -> int:
@@ -130,9 +135,22 @@ class Counter(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+class CtKey(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_uint8), ("proto", ctypes.c_uint8),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+                ("pad", ctypes.c_uint16), ("saddr", ctypes.c_uint8 * 16),
+                ("daddr", ctypes.c_uint8 * 16)]
+
+
+class CtEntry(ctypes.Structure):
+    _fields_ = [("created_ns", ctypes.c_uint64), ("seen_ns", ctypes.c_uint64),
+                ("packets_out", ctypes.c_uint32), ("packets_in", ctypes.c_uint32),
+                ("state", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7)]
+
+
 STRUCTS = {"netctl_lpm4_key": Lpm4Key, "netctl_lpm6_key": Lpm6Key, "netctl_classes": Classes,
            "netctl_rule_key": RuleKey, "netctl_rule": Rule, "netctl_config": Config,
-           "netctl_counter": Counter}
+           "netctl_counter": Counter, "netctl_ct_key": CtKey, "netctl_ct_entry": CtEntry}
 
 # ---- packing (struct formats equal to the layouts above; checked by the ABI test) --------
 
@@ -223,3 +241,22 @@ def array_stride(name: str, constants: dict[str, int]) -> int:
     fixed = {"sport_interval": PORT_INDEX_SIZE, "dport_interval": PORT_INDEX_SIZE,
              "icmp_interval": ICMP_INDEX_SIZE, "config": 1}
     return fixed.get(name) or constants[f"NETCTL_{name.upper()}_ENTRIES"]
+
+
+_CT_KEY = struct.Struct("<BBHHH16s16s")
+_CT_ENTRY = struct.Struct("<QQIIB7x")
+
+
+def unpack_ct(key: bytes, value: bytes) -> dict:
+    """A conntrack entry as the flow this host started: (local -> remote), its state, ages
+    (from the kernel's monotonic clock, ns) and packet counts."""
+    family, proto, sport, dport, _, saddr, daddr = _CT_KEY.unpack(key)
+    created, seen, out, inn, state = _CT_ENTRY.unpack(value)
+    n = ADDR_BYTES.get(family, 16)
+    import ipaddress
+
+    remote = ipaddress.ip_address(saddr[:n])
+    local = ipaddress.ip_address(daddr[:n])
+    return {"family": family, "proto": proto, "src": str(local), "sport": dport,
+            "dst": str(remote), "dport": sport, "state": CT_STATES.get(state, str(state)),
+            "created_ns": created, "seen_ns": seen, "packets_out": out, "packets_in": inn}

@@ -52,6 +52,10 @@ EXAMPLES = {
     "detach": """
         netctl detach --all
         netctl detach --dev eth1""",
+    "conntrack": """
+        netctl conntrack
+        netctl conntrack -o json | jq '.flows[] | select(.state == "established")'
+        ip netns exec lab netctl conntrack""",
     "lab": """
         netctl lab run                               # policies/web-server.yaml
         netctl lab run policies/dual-stack.yaml --count 50""",
@@ -126,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--dev", action="append", metavar="IF", help="interface (repeatable)")
     group.add_argument("--all", action="store_true", help="every interface (the default)")
+
+    verb("conntrack", "list the flows tracked for stateful: true (5-tuple as this host "
+         "started it, state, age, packets), with table size and evictions")
 
     p = verb("lab", "try a policy on a throwaway namespace lab: apply it, send its tests: "
              "packets as real frames, show the counters, clean up")
@@ -460,6 +467,11 @@ def format_status(report: dict) -> str:
                 lines.append(f"{d['reason']:<16} {d['packets']:>12} {d['bytes']:>14}")
         else:
             lines.append("no drops")
+    ct = report.get("conntrack")
+    if ct and ct["enabled"]:
+        lines.append("")
+        lines.append(f"conntrack {ct['entries']} of {ct['capacity']} entries, "
+                     f"{ct['replies_accepted']} replies accepted, {ct['evicted']} evicted")
     for problem in report["problems"]:
         lines.append(f"problem: {problem}")
     return "\n".join(lines)
@@ -494,7 +506,36 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return lab.run(load_policy(path), path, count=max(1, args.count))
 
 
+def cmd_conntrack(args: argparse.Namespace) -> int:
+    from .datapath.control import conntrack
+    from .policy.load import PROTOCOLS
+
+    report = conntrack()
+    if args.output == "json":
+        _emit_json(report)
+        return EXIT_OK
+    if "problem" in report:
+        print(f"no datapath: {report['problem']}")
+        return EXIT_OK
+    if not report["enabled"]:
+        print("connection tracking is off (the live policy has no stateful: true)")
+    names = {v: k for k, v in PROTOCOLS.items()}
+    print(f"{'PROTO':<7} {'LOCAL':<41} {'REMOTE':<41} {'STATE':<12} {'AGE':>8} {'IDLE':>8} "
+          f"{'OUT':>7} {'IN':>7}")
+    for f in report["flows"]:
+        local = f"{f['src']}:{f['sport']}" if f["family"] == 4 else f"[{f['src']}]:{f['sport']}"
+        remote = f"{f['dst']}:{f['dport']}" if f["family"] == 4 else f"[{f['dst']}]:{f['dport']}"
+        print(f"{names.get(f['proto'], str(f['proto'])):<7} {local:<41} {remote:<41} "
+              f"{f['state']:<12} {f['age_s']:>7.1f}s {f['idle_s']:>7.1f}s "
+              f"{f['packets_out']:>7} {f['packets_in']:>7}")
+    print(f"{report['entries']} of {report['capacity']} entries; {report['created']} created, "
+          f"{report['expired']} expired, {report['evicted']} evicted (table full), "
+          f"{report['replies_accepted']} replies accepted")
+    return EXIT_OK
+
+
 HANDLERS = {
+    "conntrack": cmd_conntrack,
     "lab": cmd_lab,
     "apply": cmd_apply,
     "status": cmd_status,

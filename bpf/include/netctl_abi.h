@@ -45,6 +45,12 @@
 #define NETCTL_CFG_CLASSIFY (NETCTL_CFG_DIRECT_DST + 1)
 #define NETCTL_CLASSIFY_SRC 1
 #define NETCTL_CLASSIFY_DST 2
+/* Connection tracking (stateful: true): on/off, then idle timeouts in seconds. */
+#define NETCTL_CFG_STATEFUL (NETCTL_CFG_CLASSIFY + 1)
+#define NETCTL_CFG_CT_TCP_ESTABLISHED (NETCTL_CFG_STATEFUL + 1)
+#define NETCTL_CFG_CT_TCP_CLOSING (NETCTL_CFG_STATEFUL + 2)
+#define NETCTL_CFG_CT_UDP (NETCTL_CFG_STATEFUL + 3)
+#define NETCTL_CFG_CT_ICMP (NETCTL_CFG_STATEFUL + 4)
 
 #define NETCTL_PORT_INDEX 65536    /* port slot stride: tcp 0, udp 1 */
 #define NETCTL_ICMP_INDEX 256      /* icmp slot stride: ICMP 0, ICMPv6 1 */
@@ -79,7 +85,10 @@ enum netctl_drop {
 #define NETCTL_STAT_NDP 33              /* ICMPv6 neighbour discovery: accepted */
 #define NETCTL_STAT_DEFAULT 34          /* + direction * 2 + action */
 #define NETCTL_STAT_NO_POLICY 38        /* no generation active yet: passed */
-#define NETCTL_STAT_MAX 40
+#define NETCTL_STAT_CT_REPLY 39         /* a reply to a tracked flow: accepted, no rules */
+#define NETCTL_STAT_CT_NEW 40           /* a flow this host started: entry created */
+#define NETCTL_STAT_CT_EXPIRED 41       /* a stale entry met by a packet: removed */
+#define NETCTL_STAT_MAX 48
 
 struct netctl_lpm4_key {
     __u32 prefixlen;   /* 32 (the generation) + the address prefix length */
@@ -124,6 +133,32 @@ struct netctl_rule {
 
 struct netctl_config {
     __u32 word[NETCTL_CFG_SIZE];
+};
+
+/* Connection tracking: an entry is keyed by the tuple its *replies* carry (remote address
+ * and port as source, this host's as destination), so an ingress packet looks itself up as
+ * it is.  ICMP echo: sport is the echo identifier, dport 0. */
+struct netctl_ct_key {
+    __u8 family;
+    __u8 proto;
+    __u16 sport;      /* host byte order */
+    __u16 dport;
+    __u16 pad;
+    __u8 saddr[16];   /* IPv4 in the first 4 bytes */
+    __u8 daddr[16];
+};
+
+#define NETCTL_CT_NEW 0           /* TCP: SYN sent; UDP/ICMP: request sent */
+#define NETCTL_CT_ESTABLISHED 1   /* TCP: a reply came; UDP/ICMP: a reply came */
+#define NETCTL_CT_CLOSING 2       /* TCP: FIN or RST seen either way */
+
+struct netctl_ct_entry {
+    __u64 created_ns;    /* bpf_ktime_get_ns() */
+    __u64 seen_ns;       /* last packet either way */
+    __u32 packets_out;
+    __u32 packets_in;
+    __u8 state;          /* NETCTL_CT_* */
+    __u8 pad[7];
 };
 
 struct netctl_counter {

@@ -4,14 +4,16 @@
  * Precedence (the reference model's, netctl/policy/evaluate.py):
  *   1. malformed frames are dropped under their reason; non-IP frames pass;
  *   2. ICMPv6 neighbour discovery (133-137, not a fragment) is accepted when allowed;
- *   3. the first rule of the packet's direction that matches decides;
- *   4. otherwise the direction's default.
+ *   3. with stateful: true, at ingress, a reply to a tracked flow is accepted
+ *      (netctl_conntrack.h); at egress, an accepted packet is tracked after step 4 or 5;
+ *   4. the first rule of the packet's direction that matches decides;
+ *   5. otherwise the direction's default.
  * Step 3 is a fixed number of lookups whatever the number of rules (docs/classification.md):
  * two address tries, two array lookups per transport field, then one rule_table lookup
  * per shape slot in use, keeping the lowest rule index.  The generation is read once, so
  * every lookup of one packet sees the same policy.
  *
- * Include after netctl_maps.h and netctl_parse.h.
+ * Include after netctl_maps.h, netctl_parse.h and netctl_conntrack.h.
  */
 #ifndef NETCTL_JUDGE_H
 #define NETCTL_JUDGE_H
@@ -23,19 +25,6 @@ struct netctl_verdict {
     __u8 reason;      /* enum netctl_drop when dropped */
     __u32 rule;       /* deciding rule index or NETCTL_NO_RULE */
 };
-
-static __always_inline void netctl_count(struct netctl_counter *c, __u32 len)
-{
-    if (c) {
-        c->packets += 1;
-        c->bytes += len;
-    }
-}
-
-static __always_inline void netctl_count_stat(__u32 slot, __u32 len)
-{
-    netctl_count(stats.lookup(&slot), len);
-}
 
 /* Copy a class vector out of its map, or zeros on a miss.  Working on stack copies keeps
  * the verifier from tracking a maybe-null pointer per field through every slot, which
@@ -73,37 +62,40 @@ netctl_icmp_classes(__u32 gen, __u32 icmp_slot, __u8 type)
     return icmp_classes.lookup(&index);
 }
 
-/* The class vectors of one packet, one per field (zeros: no rule of any slot there). */
-struct netctl_pkt_classes {
-    struct netctl_classes src, dst, sport, dport, icmp;
-};
+
 
 /* The rule deciding an IP packet, or NETCTL_NO_RULE. */
 static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
                                              struct netctl_config *cfg, int dir)
 {
-    struct netctl_pkt_classes c = {};
+    /* Per-CPU scratch rather than the stack: the tc program inlines this body twice and
+     * would pass the 512-byte stack limit. */
+    __u32 zero = 0;
+    struct netctl_pkt_classes *cp = netctl_scratch.lookup(&zero);
+    if (!cp)
+        return NETCTL_NO_RULE;
+    __builtin_memset(cp, 0, sizeof(*cp));
 
     __u32 classify = cfg->word[NETCTL_CFG_CLASSIFY];
     if (p->family == 4) {
         p->src.v4.gen = p->dst.v4.gen = gen;
         if (classify & NETCTL_CLASSIFY_SRC)
-            netctl_load_classes(&c.src, src_v4.lookup(&p->src.v4));
+            netctl_load_classes(&cp->src, src_v4.lookup(&p->src.v4));
         if (classify & NETCTL_CLASSIFY_DST)
-            netctl_load_classes(&c.dst, dst_v4.lookup(&p->dst.v4));
+            netctl_load_classes(&cp->dst, dst_v4.lookup(&p->dst.v4));
     } else {
         p->src.v6.gen = p->dst.v6.gen = gen;
         if (classify & NETCTL_CLASSIFY_SRC)
-            netctl_load_classes(&c.src, src_v6.lookup(&p->src.v6));
+            netctl_load_classes(&cp->src, src_v6.lookup(&p->src.v6));
         if (classify & NETCTL_CLASSIFY_DST)
-            netctl_load_classes(&c.dst, dst_v6.lookup(&p->dst.v6));
+            netctl_load_classes(&cp->dst, dst_v6.lookup(&p->dst.v6));
     }
     if (p->l4 == NETCTL_L4_PORTS) {
         __u32 port_slot = p->proto == 17;
-        netctl_load_classes(&c.sport, netctl_port_classes(gen, port_slot, p->sport, 0));
-        netctl_load_classes(&c.dport, netctl_port_classes(gen, port_slot, p->dport, 1));
+        netctl_load_classes(&cp->sport, netctl_port_classes(gen, port_slot, p->sport, 0));
+        netctl_load_classes(&cp->dport, netctl_port_classes(gen, port_slot, p->dport, 1));
     } else if (p->l4 == NETCTL_L4_ICMP) {
-        netctl_load_classes(&c.icmp, netctl_icmp_classes(gen, p->family == 6, p->icmp_type));
+        netctl_load_classes(&cp->icmp, netctl_icmp_classes(gen, p->family == 6, p->icmp_type));
     }
 
     __u32 bitmap = cfg->word[dir == NETCTL_DIR_INGRESS ? NETCTL_CFG_SLOTS_INGRESS
@@ -126,17 +118,17 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
         int use_dst = (mask & NETCTL_FIELD_DST) && (direct_dst & (1u << slot));
         __u32 other = 0;
         if (use_dst && (mask & NETCTL_FIELD_SRC)) {
-            other = c.src.cls[slot];
+            other = cp->src.cls[slot];
             if (!other)
                 continue;
         } else if (!use_dst && (mask & NETCTL_FIELD_SRC) && (mask & NETCTL_FIELD_DST)) {
-            other = c.dst.cls[slot];
+            other = cp->dst.cls[slot];
             if (!other)
                 continue;
         }
-        __u32 sp = mask & NETCTL_FIELD_SPORT ? c.sport.cls[slot] : 0;
-        __u32 l = mask & NETCTL_FIELD_DPORT ? c.dport.cls[slot]
-                : mask & NETCTL_FIELD_ICMP ? c.icmp.cls[slot] : 0;
+        __u32 sp = mask & NETCTL_FIELD_SPORT ? cp->sport.cls[slot] : 0;
+        __u32 l = mask & NETCTL_FIELD_DPORT ? cp->dport.cls[slot]
+                : mask & NETCTL_FIELD_ICMP ? cp->icmp.cls[slot] : 0;
         if (((mask & NETCTL_FIELD_SPORT) && !sp) ||
             ((mask & (NETCTL_FIELD_DPORT | NETCTL_FIELD_ICMP)) && !l))
             continue;
@@ -192,6 +184,9 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         netctl_count_stat(NETCTL_STAT_NDP, len);
         return v;
     }
+    int stateful = cfg->word[NETCTL_CFG_STATEFUL];
+    if (stateful && dir == NETCTL_DIR_INGRESS && netctl_ct_reply(&p, cfg, len))
+        return v;
 
 #ifdef NETCTL_TEST_VERIFIER_REJECT
     /* Test-only (tests/netns): a read at an unbounded offset, which the verifier refuses,
@@ -208,6 +203,8 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         if (r && r->action == NETCTL_ACTION_DROP) {
             v.drop = 1;
             v.reason = NETCTL_DROP_POLICY_RULE;
+        } else if (stateful && dir == NETCTL_DIR_EGRESS) {
+            netctl_ct_track(&p, len);
         }
         return v;
     }
@@ -217,6 +214,8 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
     if (action == NETCTL_ACTION_DROP) {
         v.drop = 1;
         v.reason = NETCTL_DROP_POLICY_DEFAULT;
+    } else if (stateful && dir == NETCTL_DIR_EGRESS) {
+        netctl_ct_track(&p, len);
     }
     return v;
 }

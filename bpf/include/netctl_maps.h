@@ -59,6 +59,31 @@ BPF_TABLE_PINNED("array", u32, struct netctl_config, config,
  * other generation is complete. */
 BPF_TABLE_PINNED("array", u32, u32, active, 1, NETCTL_PIN(active));
 
+/* Tracked flows (netctl_conntrack.h).  Not per generation, and pinned outside the build
+ * directory (NETCTL_CT_PIN), so that flows survive policy changes and program rebuilds. */
+#ifndef NETCTL_CT_PIN
+#error "compile with -DNETCTL_CT_PIN='\"/path\"'"
+#endif
+BPF_TABLE_PINNED("lru_hash", struct netctl_ct_key, struct netctl_ct_entry, conntrack,
+                 NETCTL_CT_ENTRIES, NETCTL_CT_PIN);
+
+/* Per-CPU scratch space (programs run to completion on one CPU): the class vectors of the
+ * packet being judged, and a copy of the header window for frames whose headers are not all
+ * linear.  Pinned like every map, so a build that outlives its compiler keeps them. */
+struct netctl_pkt_classes {
+    struct netctl_classes src, dst, sport, dport, icmp;
+};
+/* The copy is NETCTL_HDR_WINDOW bytes; the slack after it keeps every read the parser can
+ * make at an offset it has checked against the window inside the map value, whatever
+ * pointer arithmetic the compiler reuses between two checks. */
+struct netctl_window {
+    __u8 b[NETCTL_HDR_WINDOW + 64];
+};
+BPF_TABLE_PINNED("percpu_array", u32, struct netctl_pkt_classes, netctl_scratch, 1,
+                 NETCTL_PIN(netctl_scratch));
+BPF_TABLE_PINNED("percpu_array", u32, struct netctl_window, netctl_window_copy, 1,
+                 NETCTL_PIN(netctl_window_copy));
+
 /* Per rule (index gen * RULES + rule) and per stat slot (netctl_abi.h): packets, bytes. */
 BPF_TABLE_PINNED("percpu_array", u32, struct netctl_counter, counters,
                  NETCTL_PER_GEN(NETCTL_RULES_ENTRIES), NETCTL_PIN(counters));

@@ -35,7 +35,8 @@ struct netctl_pkt {
     __u16 sport;         /* host byte order */
     __u16 dport;
     __u8 icmp_type;
-    __u8 pad[3];
+    __u8 tcp_flags;      /* TCP: the flags byte (FIN 1, SYN 2, RST 4, ACK 16) */
+    __u16 icmp_id;       /* ICMP echo request/reply: the identifier (host order) */
     union {
         struct netctl_lpm4_key v4;
         struct netctl_lpm6_key v6;
@@ -78,11 +79,14 @@ static __always_inline int netctl_parse_l4(__u8 *data, void *end, int is_pkt,
 
     if (p->fragment)
         return NETCTL_PARSED_IP;
-    if (p->proto == 6 || p->proto == 17) {
-        if (p->proto == 6)
-            NETCTL_NEED(h, off, 20, NETCTL_DROP_TRUNC_L4);
-        else
-            NETCTL_NEED(h, off, 8, NETCTL_DROP_TRUNC_L4);
+    if (p->proto == 6) {
+        NETCTL_NEED(h, off, 20, NETCTL_DROP_TRUNC_L4);
+        p->sport = netctl_be16(h);
+        p->dport = netctl_be16(h + 2);
+        p->tcp_flags = h[13];
+        p->l4 = NETCTL_L4_PORTS;
+    } else if (p->proto == 17) {
+        NETCTL_NEED(h, off, 8, NETCTL_DROP_TRUNC_L4);
         p->sport = netctl_be16(h);
         p->dport = netctl_be16(h + 2);
         p->l4 = NETCTL_L4_PORTS;
@@ -90,6 +94,13 @@ static __always_inline int netctl_parse_l4(__u8 *data, void *end, int is_pkt,
         NETCTL_NEED(h, off, 4, NETCTL_DROP_TRUNC_L4);
         p->icmp_type = h[0];
         p->l4 = NETCTL_L4_ICMP;
+        /* Echo request and reply carry an identifier (connection tracking reads it): their
+         * header is 8 bytes. */
+        if (p->icmp_type == (p->family == 4 ? 8 : 128) ||
+            p->icmp_type == (p->family == 4 ? 0 : 129)) {
+            NETCTL_NEED(h, off, 8, NETCTL_DROP_TRUNC_L4);
+            p->icmp_id = netctl_be16(h + 4);
+        }
     }
     return NETCTL_PARSED_IP;
 }

@@ -7,15 +7,10 @@
 #include <uapi/linux/pkt_cls.h>
 
 #include "netctl_maps.h"
+#include "netctl_stats.h"
 #include "netctl_parse.h"
+#include "netctl_conntrack.h"
 #include "netctl_judge.h"
-
-struct netctl_window {
-    __u8 b[NETCTL_HDR_WINDOW];
-};
-
-/* A per-CPU copy of the header window, for frames whose headers are not all linear. */
-BPF_PERCPU_ARRAY(netctl_window_copy, struct netctl_window, 1);
 
 static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
 {

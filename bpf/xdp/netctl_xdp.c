@@ -8,7 +8,9 @@
 #include <uapi/linux/bpf.h>
 
 #include "netctl_maps.h"
+#include "netctl_stats.h"
 #include "netctl_parse.h"
+#include "netctl_conntrack.h"
 #include "netctl_judge.h"
 
 int netctl_xdp_ingress(struct xdp_md *ctx)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import re
 from dataclasses import dataclass
@@ -53,9 +52,11 @@ def _inline(path: Path, out: list[str], seen: set[Path]) -> None:
         out.append(f'#line {number + 1} "{path}"\n')
 
 
-def cflags(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...] = ()) -> list[str]:
+def cflags(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...] = (),
+           ct_pin: str | None = None) -> list[str]:
     flags = [f"-D{name}={value}" for name, value in sorted(constants.items())]
     flags.append(f'-DNETCTL_PIN_DIR="{pin_dir}"')
+    flags.append(f'-DNETCTL_CT_PIN="{ct_pin or pin_dir + "/conntrack"}"')
     flags.extend(extra)
     return flags
 
@@ -101,23 +102,74 @@ _LOG_SIZE = 1 << 24
 
 
 def compile_programs(constants: dict[str, int], pin_dir: str,
-                     extra: tuple[str, ...] = ()) -> Programs:
-    """Compile every program against the maps pinned in ``pin_dir`` (bcc creates and pins
-    those not there yet) and load it.  bcc compiles; the load goes through bpfsys so that a
-    refusal carries the verifier's log.  Raises LoadError; nothing is attached here."""
+                     extra: tuple[str, ...] = (), ct_pin: str | None = None) -> Programs:
+    """Compile and load every program against the maps pinned in ``pin_dir`` (bcc creates
+    and pins those not there yet), pinned there as ``prog_<role>``.  Raises LoadError with
+    the compiler's errors or the verifier's log; nothing is attached here.
+
+    The work happens in a child process: bcc's LLVM ends the whole process on some errors
+    (it calls exit(1), e.g. when the stack limit is passed), and holds about 150 MB that the
+    controller has no use for afterwards.  The child pins what it loaded; this process opens
+    the pins."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryFile() as result, tempfile.TemporaryFile() as errors:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                os.dup2(errors.fileno(), 2)
+                programs = _compile_here(constants, pin_dir, extra, ct_pin)
+                for role, fd in programs.fds.items():
+                    bpfsys.obj_pin(fd, f"{pin_dir}/prog_{role}")
+                report = {"ok": True, "verifier": programs.verifier}
+                code = 0
+            except LoadError as exc:
+                report = {"ok": False, "message": exc.args[0].split("\n")[0], "log": exc.log}
+                code = 3
+            except BaseException as exc:  # reported by the parent
+                report = {"ok": False, "message": f"{type(exc).__name__}: {exc}", "log": ""}
+            try:
+                os.write(result.fileno(), json.dumps(report).encode())
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        result.seek(0)
+        errors.seek(0)
+        raw = result.read()
+        stderr = errors.read().decode(errors="replace")
+    report = json.loads(raw) if raw else None
+    if not report or not report["ok"]:
+        if report is None:
+            message = (f"the program build died (exit status "
+                       f"{os.waitstatus_to_exitcode(status)})")
+        else:
+            message = report["message"]
+        raise LoadError(message, report.get("log") if report and report.get("log")
+                        else _compiler_errors(stderr))
+    fds: dict[str, int] = {}
+    try:
+        for role in ROLES:
+            fds[role] = bpfsys.obj_get(f"{pin_dir}/prog_{role}")
+    except OSError:
+        Programs(fds, {}).close()
+        raise
+    return Programs(fds, report["verifier"])
+
+
+def _compile_here(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...],
+                  ct_pin: str | None) -> Programs:
     from bcc import BPF  # the distribution's bcc; imported only where programs are built
 
-    flags = cflags(constants, pin_dir, extra)
+    flags = cflags(constants, pin_dir, extra, ct_pin)
     programs = Programs({}, {})
     try:
         for source in (XDP_SOURCE, TC_SOURCE):
-            captured = io.StringIO()
             try:
-                with _captured_stderr(captured):
-                    module = BPF(text=translation_unit(source), cflags=flags)
+                module = BPF(text=translation_unit(source), cflags=flags)
             except Exception as exc:
-                raise LoadError(f"bcc could not compile {_shown(source)}: {exc}",
-                                _compiler_errors(captured.getvalue())) from None
+                raise LoadError(f"bcc could not compile {_shown(source)}: {exc}") from None
             try:
                 for role, (src, fn) in ROLES.items():
                     if src == source:
@@ -166,23 +218,3 @@ def _shown(path: Path) -> str:
         return str(path.relative_to(BPF_DIR.parent))
     except ValueError:
         return str(path)
-
-
-@contextlib.contextmanager
-def _captured_stderr(sink: io.StringIO):
-    """bcc prints compiler errors from C on fd 2; keep them for the error instead of
-    letting them interleave with netctl's own output."""
-    import sys
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            sink.write(tmp.read().decode(errors="replace"))

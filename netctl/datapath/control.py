@@ -226,9 +226,10 @@ def _record_request(ns: Namespace, devs, xdp_mode) -> None:
 
 def _coverage_warnings(policy: Policy, found) -> list[str]:
     out = []
-    if policy.stateful:
-        out.append("stateful: true is not enforced yet (connection tracking is not built): "
-                   "replies to flows this host starts are judged by the rules like any packet")
+    for t, _link, hooks in found:
+        if policy.stateful and hooks.egress is None:
+            out.append(f"{t.name}: stateful: true tracks flows at tc egress, which is not "
+                       "listed: no flow started here is tracked, replies meet the rules")
     if policy.routes:
         out.append(f"routes: {len(policy.routes)} route(s) not installed yet (the forwarding "
                    "fast path is not built); the kernel forwards as configured")
@@ -282,7 +283,8 @@ def _open_live(ns: Namespace, state: dict | None) -> tuple[Datapath | None, str 
         return None, "nothing applied"
     build = state["build"]
     try:
-        return Datapath.open(ns.build_dir(build["id"]), build["constants"]), None
+        return Datapath.open(ns.build_dir(build["id"]), build["constants"],
+                             ct_pin=ns.ct_pin(build["constants"])), None
     except PinsMissing as exc:
         return None, str(exc)
 
@@ -313,7 +315,8 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
     old = live
     if reload:
         build_id = f"b{time.time_ns():x}"
-        dp = Datapath.build(ns.build_dir(build_id), plan.constants(), extra_cflags)
+        dp = Datapath.build(ns.build_dir(build_id), plan.constants(), extra_cflags,
+                            ct_pin=ns.ct_pin(plan.constants()))
         gen = 0
         # Both generations start with the policy, so that the next apply's inactive
         # generation already holds it and a one-rule change writes a few entries.
@@ -380,7 +383,7 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         _carry_stats(carried, old)
         old.close()
         for stale in ns.builds():
-            if stale != build["id"]:
+            if stale != build["id"] and stale != os.path.basename(ns.ct_pin(build["constants"])):
                 ns.remove_build(stale)
     elif old_active is not None:
         _carry(carried, previous.get(str(old_active)), dp, old_active)
@@ -651,12 +654,41 @@ def status() -> dict[str, Any]:
                               "packets": packets, "bytes": nbytes,
                               "description": reason.description})
         out["drops"] = drops
-        out["passed"] = {"non_ip": stats[abi.STAT_NON_IP][0], "ndp": stats[abi.STAT_NDP][0]}
+        out["passed"] = {"non_ip": stats[abi.STAT_NON_IP][0], "ndp": stats[abi.STAT_NDP][0],
+                         "conntrack_replies": stats[abi.STAT_CT_REPLY][0]}
+        out["conntrack"] = _conntrack_summary(live, dp_cfg, stats)
         out.update(applied=True, policy=record["policy"], digest=record["digest"],
                    policy_sha256=record.get("policy_sha256"),
                    generation=gen, applied_at=record["applied_at"], build=state["build"]["id"],
                    verifier=state["build"].get("verifier", {}))
     return out
+
+
+def _conntrack_summary(live: Datapath, cfg: tuple[int, ...], stats) -> dict[str, Any]:
+    from ..policy.plan import CFG_STATEFUL
+
+    entries = live.conntrack_count()
+    created, expired = stats[abi.STAT_CT_NEW][0], stats[abi.STAT_CT_EXPIRED][0]
+    # Entries only leave by expiring (counted) or by LRU eviction when the table is full.
+    return {"enabled": bool(cfg[CFG_STATEFUL]), "entries": entries,
+            "capacity": live.constants.get("NETCTL_CT_ENTRIES", 0), "created": created,
+            "expired": expired, "evicted": max(0, created - expired - entries),
+            "replies_accepted": stats[abi.STAT_CT_REPLY][0]}
+
+
+def conntrack() -> dict[str, Any]:
+    """The tracked flows of this namespace's datapath (`netctl conntrack -o json`)."""
+    require_privilege()
+    ns = Namespace.current()
+    state = ns.read_state()
+    live, why = _open_live(ns, state)
+    if live is None:
+        return {"netns": netns_name(), "entries": [], "problem": why}
+    with live:
+        flows = sorted(live.conntrack(), key=lambda e: (e["idle_s"], e["src"], e["sport"]))
+        cfg = live.read_config(live.active)
+        summary = _conntrack_summary(live, cfg, live.stats())
+    return {"netns": netns_name(), **summary, "flows": flows}
 
 
 # ---- detach -------------------------------------------------------------------------------

@@ -37,17 +37,18 @@ class Datapath:
     # -- lifecycle
     @classmethod
     def build(cls, pin_dir: str, constants: dict[str, int],
-              extra_cflags: tuple[str, ...] = (), pin_programs: bool = True) -> Datapath:
-        """Compile and load into ``pin_dir`` (created here, removed again on failure)."""
+              extra_cflags: tuple[str, ...] = (), ct_pin: str | None = None) -> Datapath:
+        """Compile and load into ``pin_dir`` (created here, removed again on failure).  The
+        conntrack table is pinned at ``ct_pin`` (default: inside ``pin_dir``), and adopted
+        when a table is pinned there already."""
         os.makedirs(pin_dir, mode=0o700)
+        ct_pin = ct_pin or f"{pin_dir}/conntrack"
         try:
-            programs = compile_programs(constants, pin_dir, extra_cflags)
+            programs = compile_programs(constants, pin_dir, extra_cflags, ct_pin)
             try:
-                if pin_programs:
-                    for role, fd in programs.fds.items():
-                        bpfsys.obj_pin(fd, f"{pin_dir}/prog_{role}")
                 opened = {name: bpfsys.Map.open_pinned(f"{pin_dir}/{name}")
                           for name in ALL_MAPS}
+                opened["conntrack"] = bpfsys.Map.open_pinned(ct_pin)
             except BaseException:
                 programs.close()
                 raise
@@ -60,12 +61,14 @@ class Datapath:
                    dict(programs.verifier))
 
     @classmethod
-    def open(cls, pin_dir: str, constants: dict[str, int]) -> Datapath:
+    def open(cls, pin_dir: str, constants: dict[str, int],
+             ct_pin: str | None = None) -> Datapath:
         opened: dict[str, bpfsys.Map] = {}
         progs: dict[str, int] = {}
         try:
             for name in ALL_MAPS:
                 opened[name] = bpfsys.Map.open_pinned(f"{pin_dir}/{name}")
+            opened["conntrack"] = bpfsys.Map.open_pinned(ct_pin or f"{pin_dir}/conntrack")
             for role in ROLES:
                 progs[role] = bpfsys.obj_get(f"{pin_dir}/prog_{role}")
         except OSError as exc:
@@ -147,6 +150,20 @@ class Datapath:
         for start in range(0, stride, 8192):
             n = min(8192, stride - start)
             m.update_batch(keys[start * 4:(start + n) * 4], zero * n, n)
+
+    def conntrack(self) -> list[dict]:
+        """Every tracked flow (abi.unpack_ct), with its ages in seconds from now."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        out = []
+        for key, value in self.maps["conntrack"].items():
+            entry = abi.unpack_ct(key, value)
+            entry["age_s"] = round((now - entry.pop("created_ns")) / 1e9, 3)
+            entry["idle_s"] = round((now - entry.pop("seen_ns")) / 1e9, 3)
+            out.append(entry)
+        return out
+
+    def conntrack_count(self) -> int:
+        return sum(1 for _ in self.maps["conntrack"].keys())  # noqa: SIM118 (a BPF map)
 
     def stats(self) -> list[tuple[int, int]]:
         m = self.maps["stats"]

@@ -216,6 +216,12 @@ class Namespace:
         os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
         return f"{self.pin_dir}/{build}"
 
+    def ct_pin(self, constants: dict[str, int]) -> str:
+        """The conntrack table's pin: per namespace, outside any build, so tracked flows
+        survive a rebuild of the programs (a new size means a new table)."""
+        os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
+        return f"{self.pin_dir}/conntrack-{constants.get('NETCTL_CT_ENTRIES', 0)}"
+
     def builds(self) -> list[str]:
         try:
             return sorted(os.listdir(self.pin_dir))
@@ -223,7 +229,12 @@ class Namespace:
             return []
 
     def remove_build(self, build: str) -> None:
-        remove_pins(self.build_dir(build))
+        path = self.build_dir(build)
+        if os.path.isdir(path):
+            remove_pins(path)
+        else:  # a pinned map (an old conntrack table)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def remove_all_pins(self) -> None:
         remove_pins(self.pin_dir)

@@ -28,10 +28,11 @@ TC_ACT_SHOT, TC_ACT_UNSPEC = 2, 0xFFFFFFFF
 @dataclass(frozen=True)
 class Outcome:
     verdict: Action
-    why: str                     # rule / default / ndp / non-ip / malformed
+    why: str                     # rule / default / ndp / conntrack / non-ip / malformed
     rule: int | None             # deciding rule index
     reason: abi.DropReason       # drop reason (NONE when accepted)
     retval: int
+    tracked: bool = False        # connection tracking created an entry for it (egress)
 
 
 class TestRunRefused(Exception):
@@ -61,7 +62,7 @@ class Sandbox:
 
         constants = compile_policy(Policy(), limits).constants()
         try:
-            self.dp = Datapath.build(pin_dir, constants, extra_cflags, pin_programs=False)
+            self.dp = Datapath.build(pin_dir, constants, extra_cflags)
         finally:
             remove_pins(pin_dir)
         self.plan: MapPlan | None = None
@@ -88,6 +89,10 @@ class Sandbox:
         self.plan = plan
         return change.entries()
 
+    def clear_conntrack(self) -> None:
+        m = self.dp.maps["conntrack"]
+        m.delete_many(list(m.keys()))
+
     def _snapshot(self) -> tuple[bytes, bytes]:
         return self.dp.maps["counters"].read_array(), self.dp.maps["stats"].read_array()
 
@@ -110,6 +115,9 @@ class Sandbox:
         verdict = Action.DROP if dropped else Action.ACCEPT
         moved = _moved(before[0], after[0], self.dp.maps["counters"].value_size)
         stat = _moved(before[1], after[1], self.dp.maps["stats"].value_size)
+        # Connection tracking counts a new or expired entry besides the decision.
+        tracked = abi.STAT_CT_NEW in stat
+        stat = [s for s in stat if s not in (abi.STAT_CT_NEW, abi.STAT_CT_EXPIRED)]
         if len(moved) + len(stat) != 1:
             raise AssertionError(f"one packet moved {len(moved)} rule and {len(stat)} stat "
                                  "counters, expected exactly one")
@@ -119,7 +127,7 @@ class Sandbox:
             if gen != self.dp.active:
                 raise AssertionError(f"counted in generation {gen}, not the active one")
             reason = abi.DropReason.POLICY_RULE if dropped else abi.DropReason.NONE
-            return Outcome(verdict, "rule", rule, reason, result.retval)
+            return Outcome(verdict, "rule", rule, reason, result.retval, tracked)
         slot = stat[0]
         if slot < abi.DROP_MAX:
             return Outcome(verdict, "malformed", None, abi.DropReason(slot), result.retval)
@@ -127,9 +135,11 @@ class Sandbox:
             return Outcome(verdict, "non-ip", None, abi.DropReason.NONE, result.retval)
         if slot == abi.STAT_NDP:
             return Outcome(verdict, "ndp", None, abi.DropReason.NONE, result.retval)
+        if slot == abi.STAT_CT_REPLY:
+            return Outcome(verdict, "conntrack", None, abi.DropReason.NONE, result.retval)
         if abi.STAT_DEFAULT <= slot < abi.STAT_DEFAULT + 4:
             reason = abi.DropReason.POLICY_DEFAULT if dropped else abi.DropReason.NONE
-            return Outcome(verdict, "default", None, reason, result.retval)
+            return Outcome(verdict, "default", None, reason, result.retval, tracked)
         raise AssertionError(f"unexpected stat slot {slot}")
 
 
@@ -168,6 +178,8 @@ def run_policy_tests_in_kernel(policy, results) -> str:
                 result.problems.append(f"not run in the kernel: {exc}")
                 continue
             for hook in hooks_for(result.test.direction):
+                # Each test packet is judged on its own: no flow another one started.
+                sandbox.clear_conntrack()
                 got = sandbox.run(frame, hook)
                 if (got.verdict, got.rule, got.why) != (want.verdict, want_rule, want.why):
                     rule = (f"rule {policy.rules[got.rule].name}" if got.rule is not None

@@ -33,6 +33,10 @@ from .plan import (
     ACTION_DROP,
     CFG_ALLOW_NDP,
     CFG_CLASSIFY,
+    CFG_CT_ICMP,
+    CFG_CT_TCP_CLOSING,
+    CFG_CT_TCP_ESTABLISHED,
+    CFG_CT_UDP,
     CFG_DEFAULT_EGRESS,
     CFG_DEFAULT_INGRESS,
     CFG_DIRECT_DST,
@@ -40,6 +44,7 @@ from .plan import (
     CFG_SIZE,
     CFG_SLOTS_EGRESS,
     CFG_SLOTS_INGRESS,
+    CFG_STATEFUL,
     CLASSIFY_DST,
     CLASSIFY_SRC,
     DIR_EGRESS,
@@ -135,6 +140,12 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
     config[CFG_DEFAULT_INGRESS] = _ACTIONS[policy.default_ingress]
     config[CFG_DEFAULT_EGRESS] = _ACTIONS[policy.default_egress]
     config[CFG_ALLOW_NDP] = int(policy.allow_ndp)
+    ct = policy.conntrack
+    config[CFG_STATEFUL] = int(policy.stateful)
+    config[CFG_CT_TCP_ESTABLISHED] = ct.tcp_established
+    config[CFG_CT_TCP_CLOSING] = ct.tcp_closing
+    config[CFG_CT_UDP] = ct.udp
+    config[CFG_CT_ICMP] = ct.icmp
     config[CFG_SLOTS_INGRESS] = slots_by_dir[DIR_INGRESS]
     config[CFG_SLOTS_EGRESS] = slots_by_dir[DIR_EGRESS]
     for slot, mask in enumerate(shapes):
@@ -152,6 +163,7 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
         rule_names=tuple(r.name for r in rules),
         config=tuple(config),
         rules=tuple((_ACTIONS[r.action], FLAG_LOG if r.log else 0) for r in rules),
+        conntrack_size=ct.size,
         tables=tables,
     )
 

@@ -46,7 +46,9 @@ IPV6_HLEN = 40
 IPV6_EXT_MIN_HLEN = 8
 TCP_MIN_HLEN = 20
 UDP_HLEN = 8
-ICMP_MIN_HLEN = 4  # type, code, checksum: all the datapath reads
+ICMP_MIN_HLEN = 4  # type, code, checksum
+ICMP_ECHO_HLEN = 8  # ... and for echo request/reply the identifier and sequence number
+ECHO_TYPES = {PROTO_ICMP: (0, 8), PROTO_ICMPV6: (128, 129)}
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,10 @@ def _parse(data: bytes) -> Parsed:
         elif proto == family_icmp:  # ICMP in IPv4 only, ICMPv6 in IPv6 only
             _need(data, l4, ICMP_MIN_HLEN, DropReason.TRUNC_L4)
             icmp_type, icmp_code = data[l4], data[l4 + 1]
+            # Echo request and reply: their 8-byte header (with the identifier) must be
+            # whole, since connection tracking reads the identifier.
+            if icmp_type in ECHO_TYPES[family_icmp]:
+                _need(data, l4, ICMP_ECHO_HLEN, DropReason.TRUNC_L4)
         # any other protocol: no transport fields, nothing checked
 
     # 7. The classified fields; None for the absent ones.

@@ -27,6 +27,7 @@ from .model import (
     PROTO_TCP,
     PROTO_UDP,
     Action,
+    Conntrack,
     Direction,
     Expectation,
     Interface,
@@ -89,12 +90,17 @@ ICMP_TYPES = {
     },
 }
 
-TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "allow_ndp", "rules", "routes",
+TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "conntrack", "allow_ndp", "rules",
+            "routes",
             "tests")
 RULE_KEYS = ("name", "direction", "action", "src", "dst", "proto", "sport", "dport",
              "icmp_type", "log")
 INTERFACE_KEYS = ("name", "xdp", "tc")
-ROUTE_KEYS = ("dst", "via", "dev")
+ROUTE_KEYS = ("dst", "via", "dev", "cc")
+ROUTE_REQUIRED = ("dst", "via", "dev")
+CONNTRACK_KEYS = ("size", "tcp_established", "tcp_closing", "udp", "icmp")
+CONNTRACK_SIZE_MAX = 1 << 24
+TIMEOUT_MAX = 1 << 31  # seconds; the datapath keeps them in 32 bits
 TEST_KEYS = ("packet", "direction", "expect")
 PACKET_KEYS = ("src", "dst", "proto", "sport", "dport", "icmp_type", "icmp_code", "fragment")
 RULE_NAME_MAX = 64
@@ -397,6 +403,8 @@ class _Loader:
                 value = self.as_bool(root[key], root.valmarks[key], key)
                 if value is not None:
                     fields[key] = value
+        if "conntrack" in root:
+            self.conntrack(root, fields)
         self._names: dict[str, Pos] = {}
         self._directions: dict[str, Direction] = {}
         if "rules" in root:
@@ -407,6 +415,31 @@ class _Loader:
         if "tests" in root:
             fields["tests"] = self.section(root, "tests", lambda n, p, i: self.test(n, p))
         return Policy(**fields)  # type: ignore[arg-type]
+
+    def conntrack(self, root: YMap, fields: dict) -> None:
+        node, pos = root["conntrack"], root.valmarks["conntrack"]
+        if not isinstance(node, YMap):
+            self.error(pos, "conntrack must be a mapping {size, tcp_established, tcp_closing, "
+                       "udp, icmp}")
+            return
+        self.check_keys(node, CONNTRACK_KEYS, "conntrack")
+        if not fields.get("stateful"):
+            self.error(root.keymarks["conntrack"], "conntrack settings need 'stateful: true' "
+                       "(without it no connection is tracked)")
+        values = {}
+        for key in CONNTRACK_KEYS:
+            if key not in node:
+                continue
+            value, vpos = node[key], node.valmarks[key]
+            if isinstance(value, str) and _DIGITS.match(value):
+                value = int(value)
+            top = CONNTRACK_SIZE_MAX if key == "size" else TIMEOUT_MAX
+            unit = "entries" if key == "size" else "seconds"
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                self.error(vpos, f"conntrack {key} must be a whole number of {unit}, 1 to {top}")
+                continue
+            values[key] = value
+        fields["conntrack"] = Conntrack(**values)
 
     def section(self, root: YMap, key: str, build: Callable) -> tuple:
         value, pos = root[key], root.valmarks[key]
@@ -639,9 +672,13 @@ class _Loader:
             return None
         before = len(self.problems)
         self.check_keys(node, ROUTE_KEYS, "a route")
-        for key in ROUTE_KEYS:
+        for key in ROUTE_REQUIRED:
             if key not in node:
                 self.error(pos, f"a route needs '{key}'")
+        cc = node.get("cc")
+        if "cc" in node and (not isinstance(cc, str) or not re.fullmatch(r"[a-z0-9_]{1,15}", cc)):
+            self.error(node.valmarks["cc"], "cc must name a TCP congestion control algorithm "
+                       "(e.g. cubic, bbr, reno)")
         dst = via = None
         if "dst" in node:
             dst = self.networks(node["dst"], node.valmarks["dst"], "dst")
@@ -659,7 +696,7 @@ class _Loader:
             self.error(later_pos(node, "dst", "via"),
                        f"next hop {via} is IPv{via.version} but the route is IPv{dst[0].version}")
             return None
-        return Route(dst=dst[0], via=via, dev=node["dev"], line=to_pos(pos)[0])
+        return Route(dst=dst[0], via=via, dev=node["dev"], line=to_pos(pos)[0], cc=cc)
 
     def check_duplicate_routes(self, routes: tuple[Route, ...]) -> None:
         seen: dict[Network, int] = {}

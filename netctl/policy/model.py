@@ -108,6 +108,19 @@ class Route:
     via: Address
     dev: str
     line: int = 0
+    cc: str | None = None    # TCP congestion control for this host's flows to dst
+
+
+@dataclass(frozen=True)
+class Conntrack:
+    """Connection tracking settings (used with ``stateful: true``): table size in entries,
+    idle timeouts in seconds."""
+
+    size: int = 65536
+    tcp_established: int = 432000   # 5 days, as the kernel's own conntrack
+    tcp_closing: int = 120          # after FIN or RST, and before a SYN is answered
+    udp: int = 60
+    icmp: int = 30
 
 
 @dataclass(frozen=True)
@@ -159,6 +172,7 @@ class Policy:
     default_ingress: Action = Action.ACCEPT
     default_egress: Action = Action.ACCEPT
     stateful: bool = False
+    conntrack: Conntrack = Conntrack()
     allow_ndp: bool = True
     routes: tuple[Route, ...] = ()
     tests: tuple[PolicyTest, ...] = ()

@@ -85,7 +85,12 @@ CFG_SHAPES = 5            # CFG_SHAPES + slot: that slot's shape mask
 # that give no field at all (they match every IP packet of their direction).
 CFG_DIRECT_DST = CFG_SHAPES + MAX_SHAPES   # bitmap: slots whose rule trie is keyed by dst
 CFG_CLASSIFY = CFG_DIRECT_DST + 1          # CLASSIFY_*: which address class tries to read
-CFG_SIZE = CFG_CLASSIFY + 1
+CFG_STATEFUL = CFG_CLASSIFY + 1           # 0/1: connection tracking on
+CFG_CT_TCP_ESTABLISHED = CFG_STATEFUL + 1  # idle timeouts, seconds
+CFG_CT_TCP_CLOSING = CFG_STATEFUL + 2
+CFG_CT_UDP = CFG_STATEFUL + 3
+CFG_CT_ICMP = CFG_STATEFUL + 4
+CFG_SIZE = CFG_CT_ICMP + 1
 
 # A slot's directly looked-up address field: dst when its CFG_DIRECT_DST bit is set (and
 # the shape has dst), else src when the shape has src, else none.  The other address field
@@ -150,9 +155,10 @@ def map_specs(limits: Limits) -> dict[str, MapSpec]:
     return {s.name: s for s in specs}
 
 
-def constants(limits: Limits) -> dict[str, int]:
-    """The -D constants of a datapath built for ``limits``."""
-    out = {"NETCTL_MAX_SHAPES": MAX_SHAPES, "NETCTL_CFG_SIZE": CFG_SIZE}
+def constants(limits: Limits, conntrack_size: int = 65536) -> dict[str, int]:
+    """The -D constants of a datapath built for ``limits`` and a conntrack table size."""
+    out = {"NETCTL_MAX_SHAPES": MAX_SHAPES, "NETCTL_CFG_SIZE": CFG_SIZE,
+           "NETCTL_CT_ENTRIES": conntrack_size}
     for name, spec in map_specs(limits).items():
         out[f"NETCTL_{name.upper()}_ENTRIES"] = spec.max_entries
     return out
@@ -187,6 +193,7 @@ class MapPlan:
     config: tuple[int, ...]
     rules: tuple[tuple[int, int], ...]
     tables: Mapping[str, Mapping[Any, Any]] = field(repr=False)  # every map but rules/config
+    conntrack_size: int = 65536   # entries of the (generation-free) conntrack table
 
     def maps(self) -> dict[str, Mapping[Any, Any]]:
         """Every map's canonical contents: ``{map_name: {key: value}}``."""
@@ -208,6 +215,7 @@ class MapPlan:
         if not isinstance(other, MapPlan):
             return NotImplemented
         return (self.limits == other.limits and self.shapes == other.shapes
+                and self.conntrack_size == other.conntrack_size
                 and self.shape_members == other.shape_members
                 and self.rule_names == other.rule_names
                 and all(dict(a) == dict(b) for a, b in zip(self._maps.values(),
@@ -234,7 +242,7 @@ class MapPlan:
     def _digest(self) -> str:
         h = hashlib.sha256()
         h.update(json.dumps([self.limits.__dict__, self.shapes, self.shape_members,
-                             self.rule_names]).encode())
+                             self.rule_names, self.conntrack_size]).encode())
         for name, contents in self._maps.items():
             h.update(name.encode())
             h.update(pickle.dumps(list(contents.items()), protocol=5))
@@ -242,7 +250,7 @@ class MapPlan:
 
     def constants(self) -> dict[str, int]:
         """The -D constants the datapath is compiled with (a change needs a reload)."""
-        return constants(self.limits)
+        return constants(self.limits, self.conntrack_size)
 
     def rule_name(self, index: int | None) -> str | None:
         return None if index is None else self.rule_names[index]

@@ -12,7 +12,6 @@ from .load import (
     INTERFACE_KEYS,
     PACKET_KEYS,
     PROTOCOLS,
-    ROUTE_KEYS,
     RULE_KEYS,
     RULE_NAME_MAX,
     TEST_KEYS,
@@ -84,8 +83,22 @@ def policy_schema() -> dict:
         },
     }]}
     route = {
-        "type": "object", "additionalProperties": False, "required": list(ROUTE_KEYS),
-        "properties": {"dst": address, "via": {"type": "string"}, "dev": ifname},
+        "type": "object", "additionalProperties": False, "required": ["dst", "via", "dev"],
+        "properties": {"dst": address, "via": {"type": "string"}, "dev": ifname,
+                       "cc": {"type": "string", "pattern": "^[a-z0-9_]{1,15}$",
+                              "description": "TCP congestion control for flows this host "
+                              "starts towards dst (a kernel route attribute)"}},
+    }
+    seconds = {"type": "integer", "minimum": 1, "maximum": 2**31}
+    conntrack = {
+        "type": "object", "additionalProperties": False,
+        "description": "connection tracking settings; need stateful: true",
+        "properties": {"size": {"type": "integer", "minimum": 1, "maximum": 2**24,
+                                "default": 65536},
+                       "tcp_established": {**seconds, "default": 432000},
+                       "tcp_closing": {**seconds, "default": 120},
+                       "udp": {**seconds, "default": 60},
+                       "icmp": {**seconds, "default": 30}},
     }
     packet = {
         "type": "object", "additionalProperties": False, "required": ["src", "dst", "proto"],
@@ -122,6 +135,7 @@ def policy_schema() -> dict:
             "defaults": {"type": "object", "additionalProperties": False,
                          "properties": {"ingress": action, "egress": action}},
             "stateful": boolean,
+            "conntrack": conntrack,
             "allow_ndp": {**boolean, "description": "accept ICMPv6 neighbour discovery "
                           "(types 133-137) before any rule; default true"},
             "rules": {"type": ["array", "null"], "items": rule},

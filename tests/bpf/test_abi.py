@@ -13,11 +13,13 @@ import pytest
 
 from netctl import abi
 from netctl.datapath.build import INCLUDE_DIR
+from netctl.policy import plan
 from netctl.policy.plan import (
     CFG_CLASSIFY,
     CFG_DIRECT_DST,
     CFG_SHAPES,
     CFG_SIZE,
+    CFG_STATEFUL,
     CLASSIFY_DST,
     CLASSIFY_SRC,
     MAX_SHAPES,
@@ -78,6 +80,14 @@ def test_constants_match_the_header():
     assert CFG_DIRECT_DST == CFG_SHAPES + MAX_SHAPES and CFG_CLASSIFY == CFG_DIRECT_DST + 1
     assert "#define NETCTL_CFG_DIRECT_DST (NETCTL_CFG_SHAPES + NETCTL_MAX_SHAPES)" in text
     assert "#define NETCTL_CFG_CLASSIFY (NETCTL_CFG_DIRECT_DST + 1)" in text
+    assert "#define NETCTL_CFG_STATEFUL (NETCTL_CFG_CLASSIFY + 1)" in text
+    assert CFG_STATEFUL == CFG_CLASSIFY + 1
+    for offset, name in enumerate(("TCP_ESTABLISHED", "TCP_CLOSING", "UDP", "ICMP"), start=1):
+        assert f"#define NETCTL_CFG_CT_{name} (NETCTL_CFG_STATEFUL + {offset})" in text
+        assert getattr(plan, f"CFG_CT_{name}") == CFG_STATEFUL + offset
+    assert plan.CFG_SIZE == plan.CFG_CT_ICMP + 1
+    for name in ("CT_REPLY", "CT_NEW", "CT_EXPIRED"):
+        assert defines[f"NETCTL_STAT_{name}"] == getattr(abi, f"STAT_{name}")
     for reason in abi.DropReason:
         assert f"NETCTL_DROP_{reason.name} = {reason.value}," in text, reason
 
