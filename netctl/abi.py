@@ -88,6 +88,10 @@ STAT_NO_POLICY = 38
 STAT_CT_REPLY = 39           # a reply to a tracked flow, accepted before the rules
 STAT_CT_NEW = 40             # a flow this host started: entry created
 STAT_CT_EXPIRED = 41         # a stale entry met by a packet: removed
+STAT_FWD_LOCAL = 42         # forwarding: to a local address, left to the kernel
+STAT_FWD_TTL = 43           # forwarding: TTL/hop limit would expire, left to the kernel
+STAT_FWD_OPTIONS = 44       # forwarding: IPv4 options or VLAN tags, left to the kernel
+STAT_FWD_UNRESOLVED = 45    # forwarding (XDP): next hop's MAC unknown, left to the kernel
 STAT_MAX = 48
 
 CT_STATES = {0: "new", 1: "established", 2: "closing"}
@@ -148,7 +152,20 @@ class CtEntry(ctypes.Structure):
                 ("state", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7)]
 
 
-STRUCTS = {"netctl_lpm4_key": Lpm4Key, "netctl_lpm6_key": Lpm6Key, "netctl_classes": Classes,
+class Nexthop(ctypes.Structure):
+    _fields_ = [("ifindex", ctypes.c_uint32), ("family", ctypes.c_uint8),
+                ("resolved", ctypes.c_uint8), ("smac", ctypes.c_uint8 * 6),
+                ("dmac", ctypes.c_uint8 * 6), ("pad", ctypes.c_uint8 * 2),
+                ("via", ctypes.c_uint8 * 16)]
+
+
+class LocalKey(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3),
+                ("addr", ctypes.c_uint8 * 16)]
+
+
+STRUCTS = {"netctl_nexthop": Nexthop, "netctl_local_key": LocalKey,
+           "netctl_lpm4_key": Lpm4Key, "netctl_lpm6_key": Lpm6Key, "netctl_classes": Classes,
            "netctl_rule_key": RuleKey, "netctl_rule": Rule, "netctl_config": Config,
            "netctl_counter": Counter, "netctl_ct_key": CtKey, "netctl_ct_entry": CtEntry}
 
@@ -260,3 +277,23 @@ def unpack_ct(key: bytes, value: bytes) -> dict:
     return {"family": family, "proto": proto, "src": str(local), "sport": dport,
             "dst": str(remote), "dport": sport, "state": CT_STATES.get(state, str(state)),
             "created_ns": created, "seen_ns": seen, "packets_out": out, "packets_in": inn}
+
+
+_NEXTHOP = struct.Struct("<IBB6s6s2x16s")
+_LOCAL_KEY = struct.Struct("<B3x16s")
+
+
+def _mac(text: str | None) -> bytes:
+    return bytes.fromhex(text.replace(":", "")) if text else bytes(6)
+
+
+def pack_nexthop(ifindex: int, family: int, via: int, smac: str | None,
+                 dmac: str | None) -> bytes:
+    """A route's next hop; resolved when both MACs are known (the XDP path needs them)."""
+    resolved = int(bool(smac and dmac))
+    return _NEXTHOP.pack(ifindex, family, resolved, _mac(smac), _mac(dmac),
+                         via.to_bytes(ADDR_BYTES[family], "big").ljust(16, b"\0"))
+
+
+def pack_local_key(family: int, address: int) -> bytes:
+    return _LOCAL_KEY.pack(family, address.to_bytes(ADDR_BYTES[family], "big").ljust(16, b"\0"))

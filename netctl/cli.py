@@ -467,6 +467,15 @@ def format_status(report: dict) -> str:
                 lines.append(f"{d['reason']:<16} {d['packets']:>12} {d['bytes']:>14}")
         else:
             lines.append("no drops")
+    if report.get("routes"):
+        lines.append("")
+        lines.append(f"{'ROUTE':<24} {'VIA':<26} {'DEV':<12} {'NEXT HOP MAC':<18} "
+                     f"{'PACKETS':>10}")
+        for r in report["routes"]:
+            lines.append(f"{r['dst']:<24} {r['via']:<26} {r['dev']:<12} "
+                         f"{r['dmac'] or 'unresolved':<18} {r['packets']:>10}")
+        kernel = report["forwarding"]["left_to_kernel"]
+        lines.append("left to the kernel: " + ", ".join(f"{k} {v}" for k, v in kernel.items()))
     ct = report.get("conntrack")
     if ct and ct["enabled"]:
         lines.append("")

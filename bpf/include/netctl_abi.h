@@ -51,6 +51,8 @@
 #define NETCTL_CFG_CT_TCP_CLOSING (NETCTL_CFG_STATEFUL + 2)
 #define NETCTL_CFG_CT_UDP (NETCTL_CFG_STATEFUL + 3)
 #define NETCTL_CFG_CT_ICMP (NETCTL_CFG_STATEFUL + 4)
+/* Forwarding (routes:): the number of routes (0: none, nothing is forwarded). */
+#define NETCTL_CFG_ROUTES (NETCTL_CFG_CT_ICMP + 1)
 
 #define NETCTL_PORT_INDEX 65536    /* port slot stride: tcp 0, udp 1 */
 #define NETCTL_ICMP_INDEX 256      /* icmp slot stride: ICMP 0, ICMPv6 1 */
@@ -88,6 +90,10 @@ enum netctl_drop {
 #define NETCTL_STAT_CT_REPLY 39         /* a reply to a tracked flow: accepted, no rules */
 #define NETCTL_STAT_CT_NEW 40           /* a flow this host started: entry created */
 #define NETCTL_STAT_CT_EXPIRED 41       /* a stale entry met by a packet: removed */
+#define NETCTL_STAT_FWD_LOCAL 42        /* to a local address: left to the kernel */
+#define NETCTL_STAT_FWD_TTL 43          /* TTL/hop limit would expire: left to the kernel */
+#define NETCTL_STAT_FWD_OPTIONS 44      /* IPv4 options or VLAN tags: left to the kernel */
+#define NETCTL_STAT_FWD_UNRESOLVED 45   /* XDP: next hop's MAC unknown: left to the kernel */
 #define NETCTL_STAT_MAX 48
 
 struct netctl_lpm4_key {
@@ -159,6 +165,26 @@ struct netctl_ct_entry {
     __u32 packets_in;
     __u8 state;          /* NETCTL_CT_* */
     __u8 pad[7];
+};
+
+/* Where a route's packets go: the egress interface, the next hop's address (for the tc
+ * path, which lets the kernel's neighbour table fill the MACs) and, for the XDP path, the
+ * MACs read from the neighbour table at apply time. */
+struct netctl_nexthop {
+    __u32 ifindex;
+    __u8 family;
+    __u8 resolved;       /* the MACs below are known */
+    __u8 smac[6];
+    __u8 dmac[6];
+    __u8 pad[2];
+    __u8 via[16];        /* IPv4 in the first 4 bytes */
+};
+
+/* This host's own addresses: packets to them are delivered, never forwarded. */
+struct netctl_local_key {
+    __u8 family;
+    __u8 pad[3];
+    __u8 addr[16];
 };
 
 struct netctl_counter {

@@ -23,7 +23,9 @@
 struct netctl_verdict {
     __u8 drop;        /* 1: drop */
     __u8 reason;      /* enum netctl_drop when dropped */
+    __u8 ip;          /* an IP packet judged by the policy (p is filled in) */
     __u32 rule;       /* deciding rule index or NETCTL_NO_RULE */
+    __u32 gen;        /* the generation that judged it */
 };
 
 /* Copy a class vector out of its map, or zeros on a miss.  Working on stack copies keeps
@@ -152,14 +154,14 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
 /* Judge the frame whose header window is at `data` (see netctl_parse; `len`: the whole
  * frame's length). */
 static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end, int is_pkt,
-                                                          __u32 len, int dir)
+                                                          __u32 len, int dir,
+                                                          struct netctl_pkt *pp)
 {
-    struct netctl_verdict v = { .drop = 0, .reason = 0, .rule = NETCTL_NO_RULE };
-    struct netctl_pkt p = {};
+    struct netctl_verdict v = { .drop = 0, .reason = 0, .ip = 0, .rule = NETCTL_NO_RULE };
     __u32 zero = 0;
 
-    p.len = len;
-    int parsed = netctl_parse(data, end, is_pkt, &p);
+    pp->len = len;
+    int parsed = netctl_parse(data, end, is_pkt, pp);
     if (parsed == NETCTL_PARSED_NON_IP) {
         netctl_count_stat(NETCTL_STAT_NON_IP, len);
         return v;
@@ -178,23 +180,25 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         netctl_count_stat(NETCTL_STAT_NO_POLICY, len);
         return v;
     }
+    v.ip = 1;
+    v.gen = gen;
 
-    if (cfg->word[NETCTL_CFG_ALLOW_NDP] && p.family == 6 && p.l4 == NETCTL_L4_ICMP &&
-        p.icmp_type >= 133 && p.icmp_type <= 137) {
+    if (cfg->word[NETCTL_CFG_ALLOW_NDP] && pp->family == 6 && pp->l4 == NETCTL_L4_ICMP &&
+        pp->icmp_type >= 133 && pp->icmp_type <= 137) {
         netctl_count_stat(NETCTL_STAT_NDP, len);
         return v;
     }
     int stateful = cfg->word[NETCTL_CFG_STATEFUL];
-    if (stateful && dir == NETCTL_DIR_INGRESS && netctl_ct_reply(&p, cfg, len))
+    if (stateful && dir == NETCTL_DIR_INGRESS && netctl_ct_reply(pp, cfg, len))
         return v;
 
 #ifdef NETCTL_TEST_VERIFIER_REJECT
     /* Test-only (tests/netns): a read at an unbounded offset, which the verifier refuses,
      * to show that a refused program leaves the live datapath untouched. */
-    if (((volatile __u32 *)cfg->word)[p.len] == 0x4e43)
+    if (((volatile __u32 *)cfg->word)[pp->len] == 0x4e43)
         return v;
 #endif
-    __u32 rule = netctl_classify(&p, gen, cfg, dir);
+    __u32 rule = netctl_classify(pp, gen, cfg, dir);
     if (rule != NETCTL_NO_RULE) {
         __u32 index = gen * NETCTL_RULES_ENTRIES + rule;
         struct netctl_rule *r = rules.lookup(&index);
@@ -204,7 +208,7 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
             v.drop = 1;
             v.reason = NETCTL_DROP_POLICY_RULE;
         } else if (stateful && dir == NETCTL_DIR_EGRESS) {
-            netctl_ct_track(&p, len);
+            netctl_ct_track(pp, len);
         }
         return v;
     }
@@ -215,7 +219,7 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         v.drop = 1;
         v.reason = NETCTL_DROP_POLICY_DEFAULT;
     } else if (stateful && dir == NETCTL_DIR_EGRESS) {
-        netctl_ct_track(&p, len);
+        netctl_ct_track(pp, len);
     }
     return v;
 }

@@ -59,6 +59,21 @@ BPF_TABLE_PINNED("array", u32, struct netctl_config, config,
  * other generation is complete. */
 BPF_TABLE_PINNED("array", u32, u32, active, 1, NETCTL_PIN(active));
 
+/* Forwarding (netctl_forward.h): destination prefix -> route index, per generation; the
+ * route's next hop and counters by gen * ROUTES + index; this host's addresses. */
+BPF_TABLE_PINNED("lpm_trie", struct netctl_lpm4_key, u32, routes_v4,
+                 NETCTL_PER_GEN(NETCTL_ROUTES_V4_ENTRIES), NETCTL_PIN(routes_v4),
+                 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct netctl_lpm6_key, u32, routes_v6,
+                 NETCTL_PER_GEN(NETCTL_ROUTES_V6_ENTRIES), NETCTL_PIN(routes_v6),
+                 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", u32, struct netctl_nexthop, nexthops,
+                 NETCTL_PER_GEN(NETCTL_NEXTHOPS_ENTRIES), NETCTL_PIN(nexthops));
+BPF_TABLE_PINNED("percpu_array", u32, struct netctl_counter, route_counters,
+                 NETCTL_PER_GEN(NETCTL_NEXTHOPS_ENTRIES), NETCTL_PIN(route_counters));
+BPF_TABLE_PINNED("hash", struct netctl_local_key, u32, local_addrs, 4096,
+                 NETCTL_PIN(local_addrs));
+
 /* Tracked flows (netctl_conntrack.h).  Not per generation, and pinned outside the build
  * directory (NETCTL_CT_PIN), so that flows survive policy changes and program rebuilds. */
 #ifndef NETCTL_CT_PIN

@@ -37,6 +37,11 @@ struct netctl_pkt {
     __u8 icmp_type;
     __u8 tcp_flags;      /* TCP: the flags byte (FIN 1, SYN 2, RST 4, ACK 16) */
     __u16 icmp_id;       /* ICMP echo request/reply: the identifier (host order) */
+    __u16 l3_off;        /* offset of the IP header (forwarding rewrites it) */
+    __u8 vlans;          /* VLAN tags before it */
+    __u8 ttl;            /* IPv4 TTL or IPv6 hop limit */
+    __u8 ip_options;     /* IPv4 header longer than 20 bytes */
+    __u8 pad2[3];
     union {
         struct netctl_lpm4_key v4;
         struct netctl_lpm6_key v6;
@@ -115,6 +120,9 @@ static __always_inline int netctl_parse_ipv4(__u8 *data, void *end, int is_pkt,
         return NETCTL_DROP_BAD_IPV4;
     p->family = 4;
     p->proto = ip[9];
+    p->l3_off = off;
+    p->ttl = ip[8];
+    p->ip_options = ihl > 5;
     p->fragment = (netctl_be16(ip + 6) & 0x1fff) != 0;
     __builtin_memcpy(p->src.v4.addr, ip + 12, 4);
     __builtin_memcpy(p->dst.v4.addr, ip + 16, 4);
@@ -131,6 +139,8 @@ static __always_inline int netctl_parse_ipv6(__u8 *data, void *end, int is_pkt,
     if ((ip[0] >> 4) != 6)
         return NETCTL_DROP_BAD_IPV6;
     p->family = 6;
+    p->l3_off = off;
+    p->ttl = ip[7];
     __builtin_memcpy(p->src.v6.addr, ip + 8, 16);
     __builtin_memcpy(p->dst.v6.addr, ip + 24, 16);
     p->src.v6.prefixlen = p->dst.v6.prefixlen = 32 + 128;
@@ -182,6 +192,7 @@ static __always_inline int netctl_parse(__u8 *data, void *end, int is_pkt,
         NETCTL_NEED(h, off, 4, NETCTL_DROP_TRUNC_L2);
         type = netctl_be16(h + 2);
         off += 4;
+        p->vlans += 1;
     }
     if (type == 0x8100 || type == 0x88a8)
         return NETCTL_DROP_VLAN_DEPTH;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* tc (clsact, direct action) ingress and egress: one body, two directions.
+/* tc (clsact, direct action) ingress and egress: one body, two directions; ingress also
+ * forwards what a route takes.
  *
  * An accepted packet returns TC_ACT_UNSPEC, not TC_ACT_OK: the next filter on the hook (one
  * that is not netctl's) still runs, as it would without netctl. */
@@ -11,6 +12,7 @@
 #include "netctl_parse.h"
 #include "netctl_conntrack.h"
 #include "netctl_judge.h"
+#include "netctl_forward.h"
 
 static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
 {
@@ -18,10 +20,11 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
     void *end = (void *)(long)skb->data_end;
     __u32 len = skb->len;
     __u32 linear = end - data;
+    struct netctl_pkt p = {};
     struct netctl_verdict v;
 
     if (linear >= len || linear >= NETCTL_HDR_WINDOW) {
-        v = netctl_judge(data, end, 1, len, dir);
+        v = netctl_judge(data, end, 1, len, dir, &p);
     } else {
         /* Headers beyond the linear area (e.g. frames from a packet socket's TX ring):
          * copy the window with one call instead of reading past data_end. */
@@ -34,9 +37,20 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
             n = 1;
         if (bpf_skb_load_bytes(skb, 0, copy->b, n) < 0)
             return TC_ACT_SHOT;
-        v = netctl_judge(copy->b, copy->b + n, 0, len, dir);
+        v = netctl_judge(copy->b, copy->b + n, 0, len, dir, &p);
     }
-    return v.drop ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+    if (v.drop)
+        return TC_ACT_SHOT;
+    if (dir == NETCTL_DIR_INGRESS && v.ip) {
+        __u32 gen = v.gen;
+        struct netctl_config *cfg = config.lookup(&gen);
+        if (cfg) {
+            int action = netctl_forward_tc(skb, &p, gen, cfg, len);
+            if (action != NETCTL_NOT_FORWARDED)
+                return action;
+        }
+    }
+    return TC_ACT_UNSPEC;
 }
 
 int netctl_tc_ingress(struct __sk_buff *skb)

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* XDP ingress: judge each frame before the kernel builds an skb (on drivers with native
- * XDP).  On veth and other virtual devices XDP starts from an skb it must copy, so
- * `xdp: auto` uses tc ingress there instead (DESIGN.md, measured).
+ * XDP), and forward what a route takes.  On veth and other virtual devices XDP starts from
+ * an skb it must copy, so `xdp: auto` uses tc ingress there instead (DESIGN.md, measured).
  *
  * The program is loaded without the multi-buffer (frags) flag, so the kernel only runs it
  * on frames that are wholly linear: the header window is always packet memory. */
@@ -12,11 +12,26 @@
 #include "netctl_parse.h"
 #include "netctl_conntrack.h"
 #include "netctl_judge.h"
+#include "netctl_forward.h"
 
 int netctl_xdp_ingress(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
-    struct netctl_verdict v = netctl_judge(data, end, 1, end - data, NETCTL_DIR_INGRESS);
-    return v.drop ? XDP_DROP : XDP_PASS;
+    struct netctl_pkt p = {};
+    struct netctl_verdict v = netctl_judge(data, end, 1, end - data, NETCTL_DIR_INGRESS, &p);
+    if (v.drop)
+        return XDP_DROP;
+    if (v.ip) {
+        __u32 gen = v.gen;
+        struct netctl_config *cfg = config.lookup(&gen);
+        if (cfg) {
+            int action = netctl_forward_xdp(&p, gen, cfg, end - data,
+                                            (void *)(long)ctx->data,
+                                            (void *)(long)ctx->data_end);
+            if (action != NETCTL_NOT_FORWARDED)
+                return action;
+        }
+    }
+    return XDP_PASS;
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import os
+import socket
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -33,6 +34,10 @@ from .build import KERNEL_NAMES
 if len(sched_bpf.options.nla_map) == 9:
     sched_bpf.options.nla_map = (*sched_bpf.options.nla_map, ("TCA_BPF_FLAGS_GEN", "uint32"),
                                  ("TCA_BPF_TAG", "hex"), ("TCA_BPF_ID", "uint32"))
+
+NUD_INCOMPLETE = 0x01
+NUD_FAILED = 0x20
+RTPROT_NETCTL = 203   # the protocol number of kernel routes netctl installs (routes: cc)
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
@@ -57,6 +62,7 @@ class LinkInfo:
     up: bool
     xdp_mode: str | None       # native / generic / offload, or None
     xdp_prog_id: int | None
+    mac: str | None = None
 
     @property
     def virtual(self) -> bool:
@@ -121,7 +127,61 @@ class Links:
             mode = _ATTACHED_MODE.get(xdp.get_attr("IFLA_XDP_ATTACHED"))
             prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if mode else None
         return LinkInfo(index=index, name=msg.get_attr("IFLA_IFNAME"), kind=kind,
-                        up=bool(msg["flags"] & 1), xdp_mode=mode, xdp_prog_id=prog_id)
+                        up=bool(msg["flags"] & 1), xdp_mode=mode, xdp_prog_id=prog_id,
+                        mac=msg.get_attr("IFLA_ADDRESS"))
+
+    # -- neighbours and addresses (forwarding)
+    def neighbour(self, index: int, address: str) -> str | None:
+        """The MAC of ``address`` on interface ``index`` in the neighbour table, if usable."""
+        try:
+            entries = self.ipr.get_neighbours(ifindex=index, dst=address)
+        except NetlinkError:
+            return None
+        for entry in entries:
+            state = entry["state"]
+            if state & (NUD_INCOMPLETE | NUD_FAILED):
+                continue
+            mac = entry.get_attr("NDA_LLADDR")
+            if mac:
+                return mac
+        return None
+
+    def addresses(self) -> list[tuple[int, str]]:
+        """Every address of every interface here: (family 4/6, address)."""
+        out = []
+        for msg in self.ipr.get_addr():
+            address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if address:
+                out.append((4 if msg["family"] == socket.AF_INET else 6, address))
+        return out
+
+    def set_route(self, dst: str, via: str, index: int, cc: str | None) -> None:
+        """A kernel route for traffic this host starts (with its congestion control), marked
+        as netctl's by its protocol number."""
+        kwargs: dict = {"dst": dst, "gateway": via, "oif": index, "proto": RTPROT_NETCTL}
+        if cc:
+            kwargs["metrics"] = {"RTAX_CC_ALGO": cc}
+        try:
+            self.ipr.route("replace", **kwargs)
+        except NetlinkError as exc:
+            raise AttachError(dst, exc.code, f"installing the kernel route via {via}: "
+                              f"{os.strerror(exc.code)}") from None
+
+    def netctl_routes(self) -> list[tuple[int, str]]:
+        """(family, dst/len) of the kernel routes netctl installed."""
+        out = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self.ipr.get_routes(family=family, proto=RTPROT_NETCTL):
+                if msg["proto"] != RTPROT_NETCTL:
+                    continue
+                dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET
+                                                  else "::")
+                out.append((family, f"{dst}/{msg['dst_len']}"))
+        return out
+
+    def delete_route(self, family: int, dst: str) -> None:
+        with contextlib.suppress(NetlinkError):
+            self.ipr.route("del", family=family, dst=dst, proto=RTPROT_NETCTL)
 
     # -- XDP
     def xdp_is_ours(self, link: LinkInfo) -> bool:

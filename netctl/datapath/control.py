@@ -17,6 +17,7 @@ apply, in order (each step leaves the previous policy running if it fails):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -152,7 +153,8 @@ def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
     with live:
         record = state.get("generations", {}).get(str(live.active))
         if (not record or record.get("policy") != os.path.abspath(path)
-                or record.get("policy_sha256") != _file_sha256(path)):
+                or record.get("policy_sha256") != _file_sha256(path)
+                or record.get("nexthops")):   # routes: an apply refreshes their next hops
             return None
         with att.Links() as links:
             for rec in state.get("interfaces", {}).values():
@@ -207,11 +209,12 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
                                   f"namespace ({netns_name() or 'unnamed'})")
             found.append((t, link, decide_hooks(link, t)))
         warnings = _coverage_warnings(policy, found)
+        nexthops = resolve_routes(links, policy, warnings)
         if dry_run:
             return _dry_run(ns, plan, policy, found, warnings, started)
         ensure_pin_root()
         with ns.lock():
-            result = _apply_locked(ns, links, policy, plan, found, extra_cflags)
+            result = _apply_locked(ns, links, policy, plan, found, extra_cflags, nexthops)
             _record_request(ns, devs, xdp_mode)
     result.warnings = warnings + result.warnings
     result.seconds = time.monotonic() - started
@@ -224,15 +227,99 @@ def _record_request(ns: Namespace, devs, xdp_mode) -> None:
     ns.write_state(state)
 
 
+def _available_cc() -> set[str]:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def resolve_routes(links: att.Links, policy: Policy, warnings: list[str]) -> list[dict]:
+    """Each route's next hop: egress interface, the next hop's MAC from the neighbour table
+    (asking the kernel to resolve it when unknown), and the packed map value.  A missing
+    interface or an unknown congestion control is an error before anything changes."""
+    out = []
+    available = None
+    for route in policy.routes:
+        link = links.find(route.dev)
+        if link is None:
+            raise AttachError(route.dev, errno.ENODEV, f"route to {route.dst} (line "
+                              f"{route.line}): no such interface in this network namespace")
+        if route.cc:
+            available = available if available is not None else _available_cc()
+            if route.cc not in available:
+                raise NetctlError(f"{policy.source}:{route.line}: route to {route.dst}: "
+                                  f"congestion control {route.cc!r} is not available here "
+                                  f"(available: {', '.join(sorted(available)) or 'none'})")
+        via = str(route.via)
+        dmac = links.neighbour(link.index, via) or _resolve(links, link.index, via,
+                                                             route.via.version)
+        if dmac is None:
+            warnings.append(f"route to {route.dst}: next hop {via} on {route.dev} is not "
+                            "resolved yet; the XDP path leaves its packets to the kernel "
+                            "until an apply finds it (the tc path resolves it itself)")
+        out.append({"dst": str(route.dst), "via": via, "dev": route.dev,
+                    "ifindex": link.index, "smac": link.mac, "dmac": dmac, "cc": route.cc,
+                    "packed": abi.pack_nexthop(link.index, route.via.version, int(route.via),
+                                               link.mac, dmac)})
+    return out
+
+
+def _resolve(links: att.Links, index: int, via: str, family: int,
+             wait: float = 1.0) -> str | None:
+    """Ask the kernel to resolve ``via`` (a datagram to the discard port makes it send an
+    ARP or neighbour solicitation) and wait a little for the answer."""
+    import socket as _socket
+
+    af = _socket.AF_INET if family == 4 else _socket.AF_INET6
+    with contextlib.suppress(OSError), _socket.socket(af, _socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        s.sendto(b"", (via, 9))
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        mac = links.neighbour(index, via)
+        if mac:
+            return mac
+        time.sleep(0.05)
+    return None
+
+
+def _public(nexthops: list[dict]) -> list[dict]:
+    return [{k: v for k, v in n.items() if k != "packed"} for n in nexthops]
+
+
+def _local_keys(links: att.Links) -> set[bytes]:
+    import ipaddress
+
+    return {abi.pack_local_key(family, int(ipaddress.ip_address(address)))
+            for family, address in links.addresses()}
+
+
+def _sync_kernel_routes(links: att.Links, policy: Policy, nexthops: list[dict],
+                        warnings: list[str]) -> None:
+    """Routes with `cc:` also become kernel routes (for traffic this host starts, with that
+    congestion control); netctl's kernel routes no longer wanted go."""
+    wanted = {}
+    for route, nh in zip(policy.routes, nexthops, strict=True):
+        if route.cc:
+            wanted[str(route.dst)] = (nh, route.cc)
+    for dst, (nh, cc) in wanted.items():
+        try:
+            links.set_route(dst, nh["via"], nh["ifindex"], cc)
+        except NetctlError as exc:
+            warnings.append(str(exc))
+    for family, dst in links.netctl_routes():
+        if dst not in wanted:
+            links.delete_route(family, dst)
+
+
 def _coverage_warnings(policy: Policy, found) -> list[str]:
     out = []
     for t, _link, hooks in found:
         if policy.stateful and hooks.egress is None:
             out.append(f"{t.name}: stateful: true tracks flows at tc egress, which is not "
                        "listed: no flow started here is tracked, replies meet the rules")
-    if policy.routes:
-        out.append(f"routes: {len(policy.routes)} route(s) not installed yet (the forwarding "
-                   "fast path is not built); the kernel forwards as configured")
     has = {d: any(r.direction is d for r in policy.rules) for d in Direction}
     for t, _link, hooks in found:
         if hooks.ingress is None and (has[Direction.INGRESS]
@@ -308,7 +395,7 @@ def _generation_record(policy: Policy, plan: MapPlan) -> dict[str, Any]:
 
 
 def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan,
-                  found, extra_cflags) -> ApplyResult:
+                  found, extra_cflags, nexthops: list[dict]) -> ApplyResult:
     state = ns.read_state() or {}
     live, _why = _open_live(ns, state)
     reload = live is None or not _reusable(state, plan) or bool(extra_cflags)
@@ -322,6 +409,9 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         # generation already holds it and a one-rule change writes a few entries.
         change = dp.write_plan(plan, 0, fresh=True)
         dp.write_plan(plan, 1, fresh=True)
+        for g in (0, 1):
+            dp.write_nexthops(g, [n["packed"] for n in nexthops])
+        dp.set_local_addresses(_local_keys(links))
         dp.flip(0)
         for g in (0, 1):
             ns.save_plan(g, plan)
@@ -333,6 +423,7 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         gens = state.get("generations", {})
         same_interfaces = _same_interfaces(state, found)
         if gens.get(str(active), {}).get("digest") == plan.digest() and same_interfaces \
+                and _public(nexthops) == gens.get(str(active), {}).get("nexthops", []) \
                 and _attachments_intact(links, dp, state):
             dp.close()
             return ApplyResult(policy.source, active, False, diff(plan, plan),
@@ -342,6 +433,8 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         # state file vouches for it; else read back from the maps.
         holds = ns.load_plan(gen, gens.get(str(gen), {}).get("digest"))
         change = dp.write_plan(plan, gen, holds=holds)
+        dp.write_nexthops(gen, [n["packed"] for n in nexthops])
+        dp.set_local_addresses(_local_keys(links))
         ns.save_plan(gen, plan)
         build = state["build"]
 
@@ -364,7 +457,7 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
     previous = state.get("generations", {})
     old_active = None if reload else dp.active
     generations = {} if reload else dict(previous)
-    generations[str(gen)] = _generation_record(policy, plan)
+    generations[str(gen)] = dict(_generation_record(policy, plan), nexthops=_public(nexthops))
     if reload:
         generations["1"] = generations["0"]
     carried = _carried_before(state, reload)
@@ -374,6 +467,7 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
     dp.flip(gen)                        # ... then made live, in one word
     warnings: list[str] = []
     detached = _detach_removed(links, state, interfaces, warnings)
+    _sync_kernel_routes(links, policy, nexthops, warnings)
 
     # Counters of the generation (or build) packets just left, carried over by rule name.
     settle()
@@ -657,6 +751,14 @@ def status() -> dict[str, Any]:
         out["passed"] = {"non_ip": stats[abi.STAT_NON_IP][0], "ndp": stats[abi.STAT_NDP][0],
                          "conntrack_replies": stats[abi.STAT_CT_REPLY][0]}
         out["conntrack"] = _conntrack_summary(live, dp_cfg, stats)
+        route_counts = live.route_counters(gen, len(record.get("nexthops", [])))
+        out["routes"] = [dict(nh, packets=p, bytes=b)
+                         for nh, (p, b) in zip(record.get("nexthops", []), route_counts,
+                                               strict=True)]
+        out["forwarding"] = {"left_to_kernel": {
+            "local": stats[abi.STAT_FWD_LOCAL][0], "ttl": stats[abi.STAT_FWD_TTL][0],
+            "options_or_vlan": stats[abi.STAT_FWD_OPTIONS][0],
+            "unresolved": stats[abi.STAT_FWD_UNRESOLVED][0]}}
         out.update(applied=True, policy=record["policy"], digest=record["digest"],
                    policy_sha256=record.get("policy_sha256"),
                    generation=gen, applied_at=record["applied_at"], build=state["build"]["id"],
@@ -727,6 +829,9 @@ def detach(devs: list[str] | None = None, everything: bool = False) -> dict[str,
                         if _has_ours(links, link):
                             _detach_interface(links, rec)
                             detached.append(link.name)
+            if not recorded:
+                for family, dst in links.netctl_routes():
+                    links.delete_route(family, dst)
         if recorded:
             state["interfaces"] = recorded
             ns.write_state(state)

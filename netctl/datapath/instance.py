@@ -19,7 +19,8 @@ from ..policy.plan import MAP_NAMES, MapPlan, PlanDiff, diff
 from . import maps as mapio
 from .build import ROLES, compile_programs
 
-ALL_MAPS = (*MAP_NAMES, "active", "counters", "stats")
+ALL_MAPS = (*MAP_NAMES, "active", "counters", "stats", "nexthops", "route_counters",
+            "local_addrs")
 
 
 class PinsMissing(NetctlError):
@@ -150,6 +151,36 @@ class Datapath:
         for start in range(0, stride, 8192):
             n = min(8192, stride - start)
             m.update_batch(keys[start * 4:(start + n) * 4], zero * n, n)
+
+    # -- forwarding: runtime state next to the plan
+    def write_nexthops(self, gen: int, nexthops: list[bytes]) -> None:
+        """Next hop i of generation ``gen`` (the routes' order in the policy)."""
+        stride = self.constants["NETCTL_NEXTHOPS_ENTRIES"]
+        m = self.maps["nexthops"]
+        if nexthops:
+            keys = b"".join(abi.pack_u32(gen * stride + i) for i in range(len(nexthops)))
+            m.update_batch(keys, b"".join(nexthops), len(nexthops))
+        counters = self.maps["route_counters"]
+        zero = bytes(counters.value_size)
+        n = stride
+        keys = b"".join(abi.pack_u32(gen * stride + i) for i in range(n))
+        counters.update_batch(keys, zero * n, n)
+
+    def set_local_addresses(self, keys: set[bytes]) -> None:
+        """Make ``local_addrs`` hold exactly ``keys`` (additions first)."""
+        m = self.maps["local_addrs"]
+        present = set(m.keys())
+        m.update_many((k, abi.pack_u32(1)) for k in keys - present)
+        m.delete_many(present - keys)
+
+    def route_counters(self, gen: int, count: int) -> list[tuple[int, int]]:
+        if count == 0:
+            return []
+        stride = self.constants["NETCTL_NEXTHOPS_ENTRIES"]
+        m = self.maps["route_counters"]
+        blob = m.read_array(gen * stride, count)
+        size = m.value_size
+        return [abi.sum_counters(blob[i * size:(i + 1) * size]) for i in range(count)]
 
     def conntrack(self) -> list[dict]:
         """Every tracked flow (abi.unpack_ct), with its ages in seconds from now."""

@@ -28,6 +28,7 @@ from ..policy.plan import (
     INTERVAL_MAPS,
     LPM_MAPS,
     MAP_NAMES,
+    ROUTE_MAPS,
     ZERO_CLASSES,
     MapDiff,
 )
@@ -131,7 +132,7 @@ class MemoryMap:
 # ---- the generation-tagged layout of every map ---------------------------------------------
 
 def map_kind(name: str) -> str:
-    if name in LPM_MAPS or name == "rule_table":
+    if name in LPM_MAPS or name in ROUTE_MAPS or name == "rule_table":
         return "lpm_trie"
     return "array" if name in ARRAY_MAPS else "hash"
 
@@ -148,6 +149,9 @@ def encode(name: str, gen: int, key: Any, value: Any,
         return abi.pack_lpm_key(gen, _family(name), plen, network), abi.pack_classes(value)
     if name == "rule_table":
         return abi.pack_rule_key(gen, key), abi.pack_u32(value)
+    if name in ROUTE_MAPS:
+        plen, network = key
+        return abi.pack_lpm_key(gen, _family(name), plen, network), abi.pack_u32(value)
     index = abi.pack_u32(gen * abi.array_stride(name, constants) + key)
     if name in INTERVAL_MAPS:
         return index, abi.pack_u32(value)
@@ -210,6 +214,16 @@ def read_generation(maps: Mapping[str, RawMap], gen: int,
                 value = m.lookup(key)
                 if value is not None:
                     contents[(plen, network)] = abi.unpack_classes(value)
+            out[name] = contents
+        elif name in ROUTE_MAPS:
+            contents = {}
+            for key in list(m.keys()):
+                g, plen, network = abi.unpack_lpm_key(key)
+                if g != gen:
+                    continue
+                value = m.lookup(key)
+                if value is not None:
+                    contents[(plen, network)] = abi.unpack_u32(value)
             out[name] = contents
         elif name == "rule_table":  # an LPM trie: no batch operations
             contents = {}
@@ -288,7 +302,7 @@ def memory_maps(constants: dict[str, int]) -> dict[str, MemoryMap]:
 
 
 def _sample_key(name: str) -> Any:
-    if name in LPM_MAPS:
+    if name in LPM_MAPS or name in ROUTE_MAPS:
         return (0, 0)
     if name == "rule_table":
         return (0, 0, 4, 0, 0, 0, 0, 0, 0)

@@ -40,6 +40,7 @@ from .plan import (
     CFG_DEFAULT_EGRESS,
     CFG_DEFAULT_INGRESS,
     CFG_DIRECT_DST,
+    CFG_ROUTES,
     CFG_SHAPES,
     CFG_SIZE,
     CFG_SLOTS_EGRESS,
@@ -146,6 +147,15 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
     config[CFG_CT_TCP_CLOSING] = ct.tcp_closing
     config[CFG_CT_UDP] = ct.udp
     config[CFG_CT_ICMP] = ct.icmp
+    if len(policy.routes) > limits.routes:
+        raise MapFullError(f"routes: needs {len(policy.routes)} entries, capacity "
+                           f"{limits.routes}")
+    config[CFG_ROUTES] = len(policy.routes)
+    for name in ("routes_v4", "routes_v6"):
+        tables[name] = {}
+    for index, route in enumerate(policy.routes):
+        tables[f"routes_v{route.dst.version}"][
+            (route.dst.prefixlen, int(route.dst.network_address))] = index
     config[CFG_SLOTS_INGRESS] = slots_by_dir[DIR_INGRESS]
     config[CFG_SLOTS_EGRESS] = slots_by_dir[DIR_EGRESS]
     for slot, mask in enumerate(shapes):

@@ -28,6 +28,9 @@ it in pure Python.  The layout, per map (``maps()`` gives exactly these names):
     index a rule index, value ``(action, flags)``.
 ``config`` (array of one entry)
     index 0, value the tuple described by the ``CFG_*`` positions.
+``routes_v4``, ``routes_v6`` (LPM tries)
+    key ``(prefixlen, network)`` of a route's destination, value the route's index in
+    ``Policy.routes`` (its next hop is resolved at apply time, outside the plan).
 
 Array maps list only non-zero entries (an absent index holds zeros, as in the kernel);
 `diff` compares them that way.  Class ids of addresses and ports are derived from the set
@@ -90,7 +93,8 @@ CFG_CT_TCP_ESTABLISHED = CFG_STATEFUL + 1  # idle timeouts, seconds
 CFG_CT_TCP_CLOSING = CFG_STATEFUL + 2
 CFG_CT_UDP = CFG_STATEFUL + 3
 CFG_CT_ICMP = CFG_STATEFUL + 4
-CFG_SIZE = CFG_CT_ICMP + 1
+CFG_ROUTES = CFG_CT_ICMP + 1               # number of routes (0: no forwarding)
+CFG_SIZE = CFG_ROUTES + 1
 
 # A slot's directly looked-up address field: dst when its CFG_DIRECT_DST bit is set (and
 # the shape has dst), else src when the shape has src, else none.  The other address field
@@ -104,7 +108,9 @@ ZERO_CLASSES: tuple[int, ...] = (0,) * MAX_SHAPES
 LPM_MAPS = ("src_v4", "src_v6", "dst_v4", "dst_v6")
 INTERVAL_MAPS = ("sport_interval", "dport_interval", "icmp_interval")
 CLASS_MAPS = ("sport_classes", "dport_classes", "icmp_classes")
-MAP_NAMES = (*LPM_MAPS, *INTERVAL_MAPS, *CLASS_MAPS, "rule_table", "rules", "config")
+ROUTE_MAPS = ("routes_v4", "routes_v6")
+MAP_NAMES = (*LPM_MAPS, *INTERVAL_MAPS, *CLASS_MAPS, "rule_table", "rules", "config",
+             *ROUTE_MAPS)
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,7 @@ class Limits:
     rules: int = 131072
     port_intervals: int = 16384     # entries of sport_classes / dport_classes (ids 0..n-1)
     shapes: int = MAX_SHAPES        # slots the compiler may use (<= MAX_SHAPES)
+    routes: int = 4096              # routes (per family trie, and next hops)
 
     def __post_init__(self):
         if not 1 <= self.shapes <= MAX_SHAPES:
@@ -152,13 +159,15 @@ def map_specs(limits: Limits) -> dict[str, MapSpec]:
                       limits.rule_table),
               MapSpec("rules", "array", "u32 rule index", "u8 action, u8 flags", limits.rules),
               MapSpec("config", "array", "u32 0", f"u32[{CFG_SIZE}]", 1)]
+    specs += [MapSpec(n, "lpm_trie", f"prefixlen u32, addr u8[{4 if n.endswith('4') else 16}]",
+                      "u32 route index", limits.routes) for n in ROUTE_MAPS]
     return {s.name: s for s in specs}
 
 
 def constants(limits: Limits, conntrack_size: int = 65536) -> dict[str, int]:
     """The -D constants of a datapath built for ``limits`` and a conntrack table size."""
     out = {"NETCTL_MAX_SHAPES": MAX_SHAPES, "NETCTL_CFG_SIZE": CFG_SIZE,
-           "NETCTL_CT_ENTRIES": conntrack_size}
+           "NETCTL_CT_ENTRIES": conntrack_size, "NETCTL_NEXTHOPS_ENTRIES": limits.routes}
     for name, spec in map_specs(limits).items():
         out[f"NETCTL_{name.upper()}_ENTRIES"] = spec.max_entries
     return out

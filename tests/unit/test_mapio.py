@@ -194,7 +194,7 @@ def blocklist_style(n: int = 300, changed: int | None = None) -> MapPlan:
 @pytest.fixture(scope="module")
 def real_plans() -> dict[str, MapPlan]:
     out = {name: compiled(load_policy(POLICIES / f"{name}.yaml"))
-           for name in ("web-server", "dual-stack", "blocklist")}
+           for name in ("web-server", "dual-stack", "blocklist", "router")}
     out["small"] = compiled(make_policy(
         {"src": "10.0.0.0/8", "dport": 22, "action": "accept"},
         {"src": ["2001:db8::/32", "192.0.2.0/24"], "proto": 1, "icmp_type": [(4, 8)]},

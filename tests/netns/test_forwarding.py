@@ -1,0 +1,240 @@
+"""Forwarding (`routes:`) end to end: client -> router -> server namespaces, the router's
+kernel forwarding OFF, so only netctl can deliver; on the tc and the XDP path, IPv4 and IPv6.
+Frames are captured at the server and checked with scapy: TTL/hop limit decremented, IPv4
+checksum valid, MACs those of the router's and the server's interfaces."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lab import NETCTL
+from nsutil import inside, netns, netns_cookie, run
+
+from netctl.paths import PIN_ROOT, STATE_ROOT
+
+
+@dataclass
+class Routed:
+    client: str
+    router: str
+    server: str
+    tmp: Path
+
+    def netctl(self, *args: str, check: bool = True):
+        result = run(NETCTL, *args, ns=self.router, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"netctl {' '.join(args)}: {result.stdout}{result.stderr}")
+        return result
+
+    def apply(self, text: str, *args: str) -> dict:
+        path = self.tmp / "router.yaml"
+        path.write_text(text)
+        return json.loads(self.netctl("apply", str(path), "-o", "json", *args).stdout)
+
+
+def _forwarding(ns: str, on: bool) -> None:
+    for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
+        run("sysctl", "-qw", f"{key}={int(on)}", ns=ns)
+
+
+@contextlib.contextmanager
+def routed(tmp: Path) -> Iterator[Routed]:
+    with netns("c") as client, netns("r") as router, netns("s") as server:
+        # veths with two queues on the router (XDP runs per queue); GRO on the far ends,
+        # which gives them the NAPI that XDP_REDIRECT into a veth needs.
+        run("ip", "link", "add", "cr", "netns", client, "type", "veth", "peer", "name", "rc",
+            "netns", router, "numrxqueues", "2", "numtxqueues", "2")
+        run("ip", "link", "add", "sr", "netns", server, "type", "veth", "peer", "name", "rs",
+            "netns", router, "numrxqueues", "2", "numtxqueues", "2")
+        for ns, dev, a4, a6 in ((client, "cr", "10.31.1.2/24", "fd31:1::2/64"),
+                                (router, "rc", "10.31.1.1/24", "fd31:1::1/64"),
+                                (router, "rs", "10.31.2.1/24", "fd31:2::1/64"),
+                                (server, "sr", "10.31.2.2/24", "fd31:2::2/64")):
+            run("ip", "addr", "add", a4, "dev", dev, ns=ns)
+            run("ip", "addr", "add", a6, "dev", dev, "nodad", ns=ns)
+            run("ip", "link", "set", dev, "up", ns=ns)
+        # Checksum offload off on the senders: a veth passes a partial checksum to its peer
+        # as metadata, which XDP_REDIRECT cannot carry (frames from a wire are complete).
+        for ns, dev in ((client, "cr"), (server, "sr")):
+            run("ethtool", "-K", dev, "gro", "on", "tx", "off", ns=ns)
+        run("ip", "route", "add", "default", "via", "10.31.1.1", ns=client)
+        run("ip", "-6", "route", "add", "default", "via", "fd31:1::1", ns=client)
+        run("ip", "route", "add", "default", "via", "10.31.2.1", ns=server)
+        run("ip", "-6", "route", "add", "default", "via", "fd31:2::1", ns=server)
+        _forwarding(router, False)
+        the = Routed(client, router, server, tmp)
+        try:
+            yield the
+        finally:
+            run(NETCTL, "detach", "--all", ns=router, check=False)
+            cookie = netns_cookie(router)
+            import shutil
+
+            shutil.rmtree(f"{PIN_ROOT}/ns{cookie}", ignore_errors=True)
+            shutil.rmtree(f"{STATE_ROOT}/ns{cookie}", ignore_errors=True)
+
+
+ROUTES = """
+version: 1
+interfaces: [{name: rc}, {name: rs}]
+defaults: {ingress: accept, egress: accept}
+rules:
+  - {name: no-telnet, action: drop, proto: tcp, dport: 23}
+routes:
+  - {dst: 10.31.2.0/24, via: 10.31.2.2, dev: rs}
+  - {dst: 10.31.1.0/24, via: 10.31.1.2, dev: rc}
+  - {dst: "fd31:2::/64", via: "fd31:2::2", dev: rs}
+  - {dst: "fd31:1::/64", via: "fd31:1::2", dev: rc}
+"""
+
+
+def exchange(the: Routed, family: int, port: int = 7000, count: int = 3) -> int:
+    """UDP client -> server and a reply back; how many round trips completed."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    server_addr = "10.31.2.2" if family == 4 else "fd31:2::2"
+    with inside(the.server):
+        server = socket.socket(af, socket.SOCK_DGRAM)
+    with inside(the.client):
+        client = socket.socket(af, socket.SOCK_DGRAM)
+    done = 0
+    with server, client:
+        server.bind((server_addr, port))
+        server.settimeout(0.5)
+        client.settimeout(0.5)
+        for i in range(count):
+            client.sendto(f"ping {i}".encode(), (server_addr, port))
+            try:
+                data, peer = server.recvfrom(100)
+                server.sendto(b"pong " + data, peer)
+                if client.recv(100).startswith(b"pong"):
+                    done += 1
+            except TimeoutError:
+                continue
+    return done
+
+
+def capture_one(the: Routed, family: int, port: int) -> bytes:
+    """Send one datagram from the client and return the frame as it reached the server's
+    interface."""
+    with inside(the.server):
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    with inside(the.client):
+        client = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6,
+                               socket.SOCK_DGRAM)
+    with cap, client:
+        cap.bind(("sr", 0))
+        cap.settimeout(2)
+        client.sendto(b"probe", ("10.31.2.2" if family == 4 else "fd31:2::2", port))
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            frame = cap.recv(2048)
+            if b"probe" in frame:
+                return frame
+    raise AssertionError("the probe never reached the server")
+
+
+def mac(ns: str, dev: str) -> str:
+    return json.loads(run("ip", "-j", "link", "show", dev, ns=ns).stdout)[0]["address"]
+
+
+@pytest.fixture
+def the(tmp_path):
+    with routed(tmp_path) as it:
+        yield it
+
+
+@pytest.mark.parametrize("mode,hook", [("off", "tc"), ("native", "xdp-native")])
+def test_only_netctl_forwards_and_rewrites_correctly(the, mode, hook):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    assert exchange(the, 4) == 0 and exchange(the, 6) == 0   # kernel forwarding is off
+    result = the.apply(ROUTES, "--xdp-mode", mode)
+    assert result["interfaces"]["rc"]["ingress"] == hook
+    assert exchange(the, 4) == 3 and exchange(the, 6) == 3
+    router_mac, server_mac = mac(the.router, "rs"), mac(the.server, "sr")
+    for family in (4, 6):
+        frame = Ether(capture_one(the, family, 7100))
+        assert frame.src == router_mac and frame.dst == server_mac
+        if family == 4:
+            ip = frame[IP]
+            assert ip.ttl == 63
+            sent = ip.chksum
+            del ip.chksum
+            assert IP(bytes(ip)).chksum == sent        # the incremental update is right
+        else:
+            assert frame[IPv6].hlim == 63
+        assert frame[UDP].dport == 7100
+    status = json.loads(the.netctl("status", "-o", "json").stdout)
+    counted = {r["dst"]: r["packets"] for r in status["routes"]}
+    assert counted["10.31.2.0/24"] >= 4 and counted["fd31:2::/64"] >= 4
+    assert counted["10.31.1.0/24"] >= 3 and counted["fd31:1::/64"] >= 3
+    assert all(r["dmac"] for r in status["routes"])
+
+
+def test_firewall_rules_apply_before_forwarding(the):
+    the.apply(ROUTES)
+    with inside(the.server):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with listener:
+        listener.bind(("10.31.2.2", 23))
+        listener.listen(1)
+        with inside(the.client):
+            conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with conn:
+            conn.settimeout(1)
+            with pytest.raises(OSError):
+                conn.connect(("10.31.2.2", 23))
+    status = json.loads(the.netctl("status", "-o", "json").stdout)
+    assert next(r for r in status["rules"] if r["name"] == "no-telnet")["packets"] >= 1
+
+
+def test_route_removal_on_reapply_takes_effect(the):
+    the.apply(ROUTES)
+    assert exchange(the, 4) == 3
+    the.apply(ROUTES.split("routes:")[0])
+    assert exchange(the, 4) == 0
+
+
+def test_unresolved_next_hop_goes_through_the_kernel(the):
+    # The server answers no ARP at apply: its MAC cannot be resolved, XDP leaves the
+    # packets to the kernel, which (forwarding on for this case) resolves and delivers.
+    run("ip", "link", "set", "sr", "arp", "off", ns=the.server)
+    result = the.apply(ROUTES, "--xdp-mode", "native")
+    assert any("10.31.2.2" in w and "not resolved" in w for w in result["warnings"])
+    run("ip", "link", "set", "sr", "arp", "on", ns=the.server)
+    _forwarding(the.router, True)
+    time.sleep(0.3)
+    assert exchange(the, 4) >= 2
+    status = json.loads(the.netctl("status", "-o", "json").stdout)
+    assert status["forwarding"]["left_to_kernel"]["unresolved"] >= 2
+
+
+def test_packets_to_the_router_itself_are_delivered_not_forwarded(the):
+    the.apply(ROUTES.replace("10.31.2.0/24", "10.31.0.0/16"))
+    ping = run("ping", "-c", "2", "-W", "1", "-i", "0.2", "10.31.2.1", ns=the.client,
+               check=False)
+    assert ping.returncode == 0, ping.stdout
+    status = json.loads(the.netctl("status", "-o", "json").stdout)
+    assert status["forwarding"]["left_to_kernel"]["local"] >= 2
+
+
+def test_congestion_control_per_route_becomes_a_kernel_route(the):
+    policy = ROUTES.replace('dev: rs}\n', 'dev: rs, cc: reno}\n', 1)
+    the.apply(policy)
+    routes = run("ip", "route", "show", "10.31.2.0/24", ns=the.router).stdout
+    assert "congctl reno" in routes and "proto 203" in routes
+    bad = the.tmp / "bad.yaml"
+    bad.write_text(ROUTES.replace('dev: rs}\n', 'dev: rs, cc: nosuchcc}\n', 1))
+    out = the.netctl("apply", str(bad), check=False)
+    assert out.returncode != 0 and "nosuchcc" in out.stderr and "Traceback" not in out.stderr
+    the.netctl("detach", "--all")
+    assert "proto 203" not in run("ip", "route", "show", ns=the.router).stdout
