@@ -94,12 +94,12 @@ def topology(tag: str = "b") -> Iterator[Topology]:
             sh("ip", "netns", "del", ns, check=False)
 
 
-def flood_frame(dst_mac: str) -> bytes:
+def flood_frame(dst_mac: str, src: str = FLOOD_SRC, dst: str = FLOOD_DST,
+                src_mac: str = "02:00:00:00:00:01") -> bytes:
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
 
-    frame = bytes(Ether(src="02:00:00:00:00:01", dst=dst_mac) /
-                  IP(src=FLOOD_SRC, dst=FLOOD_DST) /
+    frame = bytes(Ether(src=src_mac, dst=dst_mac) / IP(src=src, dst=dst) /
                   UDP(sport=FLOOD_SPORT, dport=FLOOD_DPORT) / (b"x" * 18))
     assert len(frame) == 60
     return frame
@@ -112,10 +112,11 @@ class Rate:
 
 
 def flood(topo: Topology, counter: Callable[[], int], seconds: float,
-          warmup: float = 1.0) -> Rate:
+          warmup: float = 1.0, frame: bytes | None = None) -> Rate:
     """Flood with trafgen (one worker per CPU) and read ``counter`` over a window."""
+    frame = frame or flood_frame(topo.dut_mac)
     with tempfile.NamedTemporaryFile("w", suffix=".trafgen", delete=False) as f:
-        f.write("{ " + ", ".join(f"0x{b:02x}" for b in flood_frame(topo.dut_mac)) + " }\n")
+        f.write("{ " + ", ".join(f"0x{b:02x}" for b in frame) + " }\n")
         conf = f.name
     # `timeout` ends trafgen with SIGINT (it then prints its totals) a little after the
     # measurement window.

@@ -1,13 +1,13 @@
 """`make bench` / `make bench-quick`: netctl against the firewalls people use, in one run.
 
-    python -m bench.run            # the full run: N = 1 ... 100,000 (about 15 minutes)
+    python -m bench.run            # the full run: N = 1 ... 100,000 (about 8 minutes)
     python -m bench.run --quick    # N = 1, 1,000, 10,000, shorter windows (about 2 minutes)
     python -m bench.run --smoke    # the harness works end to end (seconds; no figures)
 
 Prints a table of what every system judged per second at each N with ratios to the bare
-limit of each hook and to the peers, the per-packet program cost (BPF_PROG_TEST_RUN) and the
-apply costs; writes bench/results/<time>.json (and latest.json) and
-bench/results/throughput.png.  Figures vary between machines and runs: read the ratios, which
+limit of each hook and to the peers, the per-packet program cost (BPF_PROG_TEST_RUN), the
+apply costs, and forwarding through a router namespace (bench/forwarding.py); writes
+bench/results/<time>.json (and latest.json) and bench/results/throughput.png.  Figures vary between machines and runs: read the ratios, which
 come from one run on one machine.
 """
 
@@ -21,18 +21,18 @@ import sys
 import time
 from pathlib import Path
 
-from bench import costs, harness
+from bench import costs, forwarding, harness
 from bench.rulesets import rules
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 MODES = {
     "full": {"ns": [1, 100, 1000, 10000, 100000], "seconds": 4.0, "cost_ns": None,
-             "apply_ns": [1000, 10000, 100000], "repeat": 1_000_000},
+             "apply_ns": [1000, 10000, 100000], "repeat": 1_000_000, "forward_n": 10000},
     "quick": {"ns": [1, 1000, 10000], "seconds": 2.0, "cost_ns": None,
-              "apply_ns": [10000], "repeat": 1_000_000},
+              "apply_ns": [10000], "repeat": 1_000_000, "forward_n": 10000},
     "smoke": {"ns": [1, 100], "seconds": 0.5, "cost_ns": None, "apply_ns": [100],
-              "repeat": 1000},
+              "repeat": 1000, "forward_n": 100},
 }
 # Linear filters are measured up to where a run stays reasonable (their load and per-packet
 # cost grow with N; the trend is plain long before).
@@ -210,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     through = throughput(cfg["ns"], cfg["seconds"], say)
     say("bench: apply costs")
     apply_rows = costs.apply_costs(cfg["apply_ns"])
+    say("bench: forwarding")
+    forward_rows = forwarding.run(cfg["forward_n"], cfg["seconds"], say)
     result = {"mode": mode, "machine": machine(), "ns": cfg["ns"], "seconds": cfg["seconds"],
               "throughput": through, "per_packet": cost_rows, "apply": apply_rows,
-              "elapsed_s": time.monotonic() - started}
+              "forwarding": forward_rows, "elapsed_s": time.monotonic() - started}
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in (f"{stamp}-{mode}.json", f"latest-{mode}.json"):
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(result, args.out / f"throughput-{mode}.png")
     say("")
     say(table(result))
+    say("")
+    say(forwarding.table(forward_rows))
     say(f"\nresults: {args.out}/latest-{mode}.json, {args.out}/throughput-{mode}.png "
         f"({result['elapsed_s']:.0f} s)")
     return 0

@@ -31,5 +31,10 @@ def test_bench_smoke_run_measures_every_system(tmp_path):
     assert report["apply"][0]["warm_unchanged"] is True
     assert report["apply"][0]["one_rule_entries"] < report["apply"][0]["cold_entries"]
     assert (tmp_path / "throughput-smoke.png").stat().st_size > 10_000
+    forwarded = {r["system"]: r for r in report["forwarding"]}
+    assert {"kernel forwarding", "kernel forwarding + nftables set", "bare tc redirect",
+            "bare xdp redirect", "netctl (default hook: tc)", "netctl (XDP)"} <= set(forwarded)
+    assert not [r for r in report["forwarding"] if "error" in r]
+    assert all(r["pps"] > 0 for r in report["forwarding"]), report["forwarding"]
     assert "Throughput" in result.stdout and "Per-packet" in result.stdout
     assert namespaces() == before
