@@ -7,8 +7,8 @@
 Prints a table of what every system judged per second at each N with ratios to the bare
 limit of each hook and to the peers, the per-packet program cost (BPF_PROG_TEST_RUN), the
 apply costs, and forwarding through a router namespace (bench/forwarding.py); writes
-bench/results/<time>.json (and latest.json) and bench/results/throughput.png.  Figures vary between machines and runs: read the ratios, which
-come from one run on one machine.
+bench/results/<time>.json (and latest.json) and bench/results/throughput.png.  Figures vary
+between machines and runs: read the ratios, which come from one run on one machine.
 """
 
 from __future__ import annotations
