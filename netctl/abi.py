@@ -92,7 +92,12 @@ STAT_FWD_LOCAL = 42         # forwarding: to a local address, left to the kernel
 STAT_FWD_TTL = 43           # forwarding: TTL/hop limit would expire, left to the kernel
 STAT_FWD_OPTIONS = 44       # forwarding: IPv4 options or VLAN tags, left to the kernel
 STAT_FWD_UNRESOLVED = 45    # forwarding (XDP): next hop's MAC unknown, left to the kernel
-STAT_MAX = 48
+STAT_EVENTS = 46            # events written to the ring buffer
+STAT_EVENTS_LOST = 47       # events a full ring buffer refused
+STAT_EVENTS_SAMPLED_OUT = 48  # events left out by log_sample
+STAT_MAX = 56
+HOOK_NAMES = {0: "xdp", 1: "tc"}
+EVENTS_BYTES = 256 * 1024
 
 CT_STATES = {0: "new", 1: "established", 2: "closing"}
 
@@ -164,7 +169,18 @@ class LocalKey(ctypes.Structure):
                 ("addr", ctypes.c_uint8 * 16)]
 
 
-STRUCTS = {"netctl_nexthop": Nexthop, "netctl_local_key": LocalKey,
+class Event(ctypes.Structure):
+    _fields_ = [("ts_ns", ctypes.c_uint64), ("ifindex", ctypes.c_uint32),
+                ("rule", ctypes.c_uint32), ("len", ctypes.c_uint32),
+                ("direction", ctypes.c_uint8), ("hook", ctypes.c_uint8),
+                ("drop", ctypes.c_uint8), ("reason", ctypes.c_uint8),
+                ("family", ctypes.c_uint8), ("proto", ctypes.c_uint8),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+                ("icmp_type", ctypes.c_uint8), ("gen", ctypes.c_uint8),
+                ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16)]
+
+
+STRUCTS = {"netctl_event": Event, "netctl_nexthop": Nexthop, "netctl_local_key": LocalKey,
            "netctl_lpm4_key": Lpm4Key, "netctl_lpm6_key": Lpm6Key, "netctl_classes": Classes,
            "netctl_rule_key": RuleKey, "netctl_rule": Rule, "netctl_config": Config,
            "netctl_counter": Counter, "netctl_ct_key": CtKey, "netctl_ct_entry": CtEntry}
@@ -297,3 +313,25 @@ def pack_nexthop(ifindex: int, family: int, via: int, smac: str | None,
 
 def pack_local_key(family: int, address: int) -> bytes:
     return _LOCAL_KEY.pack(family, address.to_bytes(ADDR_BYTES[family], "big").ljust(16, b"\0"))
+
+
+_EVENT = struct.Struct("<QIIIBBBBBBHHBB16s16s")
+
+
+def unpack_event(data: bytes) -> dict:
+    """A datapath event as plain fields (addresses as text, None when not parsed)."""
+    import ipaddress
+
+    (ts, ifindex, rule, length, direction, hook, drop, reason, family, proto, sport, dport,
+     icmp_type, gen, saddr, daddr) = _EVENT.unpack_from(data)
+    n = ADDR_BYTES.get(family)
+    return {"ts_ns": ts, "ifindex": ifindex, "rule": None if rule == 0xFFFFFFFF else rule,
+            "len": length, "direction": "egress" if direction else "ingress",
+            "hook": HOOK_NAMES.get(hook, str(hook)), "verdict": "drop" if drop else "accept",
+            "reason": DropReason(reason).label if reason in DropReason._value2member_map_
+            else str(reason), "family": family or None, "proto": proto if n else None,
+            "src": str(ipaddress.ip_address(saddr[:n])) if n else None,
+            "dst": str(ipaddress.ip_address(daddr[:n])) if n else None,
+            "sport": sport if proto in (6, 17) else None,
+            "dport": dport if proto in (6, 17) else None,
+            "icmp_type": icmp_type if n and proto in (1, 58) else None, "gen": gen}

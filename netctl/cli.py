@@ -56,6 +56,12 @@ EXAMPLES = {
         netctl conntrack
         netctl conntrack -o json | jq '.flows[] | select(.state == "established")'
         ip netns exec lab netctl conntrack""",
+    "monitor": """
+        netctl monitor                                  # policy and kernel drops, live
+        netctl monitor --type policy --dev eth0 -o json | jq .
+        netctl monitor --type drop,retrans,cong --port 443 --timeout 30
+        netctl monitor --type socket --count 20
+        ip netns exec lab netctl monitor --type policy""",
     "lab": """
         netctl lab run                               # policies/web-server.yaml
         netctl lab run policies/dual-stack.yaml --count 50""",
@@ -130,6 +136,21 @@ def _parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--dev", action="append", metavar="IF", help="interface (repeatable)")
     group.add_argument("--all", action="store_true", help="every interface (the default)")
+
+    p = verb("monitor", "show drops as they happen: netctl's policy drops and logged "
+             "matches, the kernel's own drops with reason and stack, TCP retransmits, "
+             "congestion and socket events")
+    p.add_argument("--type", default="policy,drop",
+                   help="comma list of policy, drop, retrans, cong, socket "
+                        "(default: policy,drop)")
+    p.add_argument("--dev", help="only policy events of this interface")
+    p.add_argument("--src", help="only events from this address or prefix")
+    p.add_argument("--dst", help="only events to this address or prefix")
+    p.add_argument("--port", type=int, help="only events with this source or destination port")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds")
+    p.add_argument("--hook", choices=("fentry", "tracepoint", "kprobe"),
+                   help="force the kernel tracers' hook instead of the best available")
 
     verb("conntrack", "list the flows tracked for stateful: true (5-tuple as this host "
          "started it, state, age, packets), with table size and evictions")
@@ -543,7 +564,16 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from .monitor import Filters, monitor
+
+    types = [t.strip() for t in args.type.split(",") if t.strip()]
+    filters = Filters.parse(args.dev, args.src, args.dst, args.port)
+    return monitor(types, filters, args.output, args.count, args.timeout, args.hook)
+
+
 HANDLERS = {
+    "monitor": cmd_monitor,
     "conntrack": cmd_conntrack,
     "lab": cmd_lab,
     "apply": cmd_apply,

@@ -53,6 +53,8 @@
 #define NETCTL_CFG_CT_ICMP (NETCTL_CFG_STATEFUL + 4)
 /* Forwarding (routes:): the number of routes (0: none, nothing is forwarded). */
 #define NETCTL_CFG_ROUTES (NETCTL_CFG_CT_ICMP + 1)
+/* Events (policy drops, log: true matches): one in this many goes to the ring buffer. */
+#define NETCTL_CFG_EVENT_SAMPLE (NETCTL_CFG_ROUTES + 1)
 
 #define NETCTL_PORT_INDEX 65536    /* port slot stride: tcp 0, udp 1 */
 #define NETCTL_ICMP_INDEX 256      /* icmp slot stride: ICMP 0, ICMPv6 1 */
@@ -94,7 +96,10 @@ enum netctl_drop {
 #define NETCTL_STAT_FWD_TTL 43          /* TTL/hop limit would expire: left to the kernel */
 #define NETCTL_STAT_FWD_OPTIONS 44      /* IPv4 options or VLAN tags: left to the kernel */
 #define NETCTL_STAT_FWD_UNRESOLVED 45   /* XDP: next hop's MAC unknown: left to the kernel */
-#define NETCTL_STAT_MAX 48
+#define NETCTL_STAT_EVENTS 46           /* events written to the ring buffer */
+#define NETCTL_STAT_EVENTS_LOST 47      /* events the full ring buffer refused */
+#define NETCTL_STAT_EVENTS_SAMPLED_OUT 48 /* events left out by sampling */
+#define NETCTL_STAT_MAX 56
 
 struct netctl_lpm4_key {
     __u32 prefixlen;   /* 32 (the generation) + the address prefix length */
@@ -186,6 +191,31 @@ struct netctl_local_key {
     __u8 pad[3];
     __u8 addr[16];
 };
+
+/* What `netctl monitor` receives from the datapath: a packet a rule or default dropped, a
+ * malformed one, or a match of a rule with log: true. */
+struct netctl_event {
+    __u64 ts_ns;         /* bpf_ktime_get_ns() */
+    __u32 ifindex;
+    __u32 rule;          /* rule index in generation `gen`, or 0xffffffff */
+    __u32 len;           /* frame length */
+    __u8 direction;      /* NETCTL_DIR_* */
+    __u8 hook;           /* NETCTL_HOOK_* */
+    __u8 drop;           /* 1: dropped */
+    __u8 reason;         /* enum netctl_drop */
+    __u8 family;         /* 4, 6, or 0 when the frame was not parsed that far */
+    __u8 proto;
+    __u16 sport;
+    __u16 dport;
+    __u8 icmp_type;
+    __u8 gen;
+    __u8 saddr[16];
+    __u8 daddr[16];
+};
+
+#define NETCTL_HOOK_XDP 0
+#define NETCTL_HOOK_TC 1
+#define NETCTL_EVENTS_BYTES (256 * 1024)
 
 struct netctl_counter {
     __u64 packets;

@@ -24,8 +24,10 @@ struct netctl_verdict {
     __u8 drop;        /* 1: drop */
     __u8 reason;      /* enum netctl_drop when dropped */
     __u8 ip;          /* an IP packet judged by the policy (p is filled in) */
+    __u8 log;         /* the deciding rule has log: true */
     __u32 rule;       /* deciding rule index or NETCTL_NO_RULE */
     __u32 gen;        /* the generation that judged it */
+    __u32 sample;     /* events: one in this many (0 or 1: all) */
 };
 
 /* Copy a class vector out of its map, or zeros on a miss.  Working on stack copies keeps
@@ -160,6 +162,16 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
     struct netctl_verdict v = { .drop = 0, .reason = 0, .ip = 0, .rule = NETCTL_NO_RULE };
     __u32 zero = 0;
 
+    __u32 *live = active.lookup(&zero);
+    __u32 gen = live ? (*live & 1) : 0;
+    struct netctl_config *cfg = config.lookup(&gen);
+    if (!cfg) {
+        netctl_count_stat(NETCTL_STAT_NO_POLICY, len);
+        return v;
+    }
+    v.gen = gen;
+    v.sample = cfg->word[NETCTL_CFG_EVENT_SAMPLE];
+
     pp->len = len;
     int parsed = netctl_parse(data, end, is_pkt, pp);
     if (parsed == NETCTL_PARSED_NON_IP) {
@@ -172,16 +184,7 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         netctl_count_stat(parsed & (NETCTL_DROP_MAX - 1), len);
         return v;
     }
-
-    __u32 *live = active.lookup(&zero);
-    __u32 gen = live ? (*live & 1) : 0;
-    struct netctl_config *cfg = config.lookup(&gen);
-    if (!cfg) {
-        netctl_count_stat(NETCTL_STAT_NO_POLICY, len);
-        return v;
-    }
     v.ip = 1;
-    v.gen = gen;
 
     if (cfg->word[NETCTL_CFG_ALLOW_NDP] && pp->family == 6 && pp->l4 == NETCTL_L4_ICMP &&
         pp->icmp_type >= 133 && pp->icmp_type <= 137) {
@@ -204,6 +207,7 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         struct netctl_rule *r = rules.lookup(&index);
         netctl_count(counters.lookup(&index), len);
         v.rule = rule;
+        v.log = r && (r->flags & NETCTL_FLAG_LOG);
         if (r && r->action == NETCTL_ACTION_DROP) {
             v.drop = 1;
             v.reason = NETCTL_DROP_POLICY_RULE;
@@ -222,6 +226,41 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         netctl_ct_track(pp, len);
     }
     return v;
+}
+
+/* Send the packet to `netctl monitor` when it was dropped or its rule logs, one in
+ * v->sample (random: bpf_get_prandom_u32), counting what was sent, refused by a full ring
+ * buffer, or sampled out: nothing is lost without a count. */
+static __always_inline void netctl_emit(struct netctl_pkt *p, struct netctl_verdict *v,
+                                        __u32 ifindex, int hook, int dir)
+{
+    if (!v->drop && !v->log)
+        return;
+    if (v->sample > 1 && bpf_get_prandom_u32() % v->sample) {
+        netctl_count_stat(NETCTL_STAT_EVENTS_SAMPLED_OUT, p->len);
+        return;
+    }
+    struct netctl_event e = {};
+    e.ts_ns = bpf_ktime_get_ns();
+    e.ifindex = ifindex;
+    e.rule = v->rule;
+    e.len = p->len;
+    e.direction = dir;
+    e.hook = hook;
+    e.drop = v->drop;
+    e.reason = v->reason;
+    e.family = p->family;
+    e.proto = p->proto;
+    e.sport = p->sport;
+    e.dport = p->dport;
+    e.icmp_type = p->icmp_type;
+    e.gen = v->gen;
+    __builtin_memcpy(e.saddr, p->src.v6.addr, 16);
+    __builtin_memcpy(e.daddr, p->dst.v6.addr, 16);
+    if (events.ringbuf_output(&e, sizeof(e), 0) < 0)
+        netctl_count_stat(NETCTL_STAT_EVENTS_LOST, p->len);
+    else
+        netctl_count_stat(NETCTL_STAT_EVENTS, p->len);
 }
 
 #endif /* NETCTL_JUDGE_H */

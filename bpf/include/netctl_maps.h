@@ -99,6 +99,19 @@ BPF_TABLE_PINNED("percpu_array", u32, struct netctl_pkt_classes, netctl_scratch,
 BPF_TABLE_PINNED("percpu_array", u32, struct netctl_window, netctl_window_copy, 1,
                  NETCTL_PIN(netctl_window_copy));
 
+/* Events for `netctl monitor`: a ring buffer (bcc's BPF_RINGBUF_OUTPUT, pinned). */
+struct events_table_t {
+    int key;
+    u32 leaf;
+    int (*ringbuf_output)(void *, u64, u64);
+    void *(*ringbuf_reserve)(u64);
+    void (*ringbuf_discard)(void *, u64);
+    void (*ringbuf_submit)(void *, u64);
+    u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" NETCTL_PIN(events))))
+struct events_table_t events = { .max_entries = NETCTL_EVENTS_BYTES };
+
 /* Per rule (index gen * RULES + rule) and per stat slot (netctl_abi.h): packets, bytes. */
 BPF_TABLE_PINNED("percpu_array", u32, struct netctl_counter, counters,
                  NETCTL_PER_GEN(NETCTL_RULES_ENTRIES), NETCTL_PIN(counters));

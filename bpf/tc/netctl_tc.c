@@ -39,6 +39,7 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
             return TC_ACT_SHOT;
         v = netctl_judge(copy->b, copy->b + n, 0, len, dir, &p);
     }
+    netctl_emit(&p, &v, skb->ifindex, NETCTL_HOOK_TC, dir);
     if (v.drop)
         return TC_ACT_SHOT;
     if (dir == NETCTL_DIR_INGRESS && v.ip) {

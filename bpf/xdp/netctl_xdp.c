@@ -20,6 +20,7 @@ int netctl_xdp_ingress(struct xdp_md *ctx)
     void *end = (void *)(long)ctx->data_end;
     struct netctl_pkt p = {};
     struct netctl_verdict v = netctl_judge(data, end, 1, end - data, NETCTL_DIR_INGRESS, &p);
+    netctl_emit(&p, &v, ctx->ingress_ifindex, NETCTL_HOOK_XDP, NETCTL_DIR_INGRESS);
     if (v.drop)
         return XDP_DROP;
     if (v.ip) {

@@ -50,6 +50,7 @@ class Datapath:
                 opened = {name: bpfsys.Map.open_pinned(f"{pin_dir}/{name}")
                           for name in ALL_MAPS}
                 opened["conntrack"] = bpfsys.Map.open_pinned(ct_pin)
+                opened["events"] = bpfsys.Map.open_pinned(f"{pin_dir}/events")
             except BaseException:
                 programs.close()
                 raise
@@ -70,6 +71,7 @@ class Datapath:
             for name in ALL_MAPS:
                 opened[name] = bpfsys.Map.open_pinned(f"{pin_dir}/{name}")
             opened["conntrack"] = bpfsys.Map.open_pinned(ct_pin or f"{pin_dir}/conntrack")
+            opened["events"] = bpfsys.Map.open_pinned(f"{pin_dir}/events")
             for role in ROLES:
                 progs[role] = bpfsys.obj_get(f"{pin_dir}/prog_{role}")
         except OSError as exc:

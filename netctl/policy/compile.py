@@ -40,6 +40,7 @@ from .plan import (
     CFG_DEFAULT_EGRESS,
     CFG_DEFAULT_INGRESS,
     CFG_DIRECT_DST,
+    CFG_EVENT_SAMPLE,
     CFG_ROUTES,
     CFG_SHAPES,
     CFG_SIZE,
@@ -151,6 +152,7 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
         raise MapFullError(f"routes: needs {len(policy.routes)} entries, capacity "
                            f"{limits.routes}")
     config[CFG_ROUTES] = len(policy.routes)
+    config[CFG_EVENT_SAMPLE] = policy.log_sample
     for name in ("routes_v4", "routes_v6"):
         tables[name] = {}
     for index, route in enumerate(policy.routes):

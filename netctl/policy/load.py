@@ -90,8 +90,8 @@ ICMP_TYPES = {
     },
 }
 
-TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "conntrack", "allow_ndp", "rules",
-            "routes",
+TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "conntrack", "allow_ndp",
+            "log_sample", "rules", "routes",
             "tests")
 RULE_KEYS = ("name", "direction", "action", "src", "dst", "proto", "sport", "dport",
              "icmp_type", "log")
@@ -405,6 +405,16 @@ class _Loader:
                     fields[key] = value
         if "conntrack" in root:
             self.conntrack(root, fields)
+        if "log_sample" in root:
+            value, vpos = root["log_sample"], root.valmarks["log_sample"]
+            if isinstance(value, str) and _DIGITS.match(value):
+                value = int(value)
+            if not isinstance(value, int) or isinstance(value, bool) or \
+                    not 1 <= value <= 1_000_000:
+                self.error(vpos, "log_sample must be a whole number 1 to 1000000 (1: every "
+                           "drop and logged match goes to monitor; N: one in N)")
+            else:
+                fields["log_sample"] = value
         self._names: dict[str, Pos] = {}
         self._directions: dict[str, Direction] = {}
         if "rules" in root:

@@ -174,6 +174,7 @@ class Policy:
     stateful: bool = False
     conntrack: Conntrack = Conntrack()
     allow_ndp: bool = True
+    log_sample: int = 1      # one in this many drops and log: true matches goes to monitor
     routes: tuple[Route, ...] = ()
     tests: tuple[PolicyTest, ...] = ()
     version: int = 1

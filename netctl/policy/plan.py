@@ -94,7 +94,8 @@ CFG_CT_TCP_CLOSING = CFG_STATEFUL + 2
 CFG_CT_UDP = CFG_STATEFUL + 3
 CFG_CT_ICMP = CFG_STATEFUL + 4
 CFG_ROUTES = CFG_CT_ICMP + 1               # number of routes (0: no forwarding)
-CFG_SIZE = CFG_ROUTES + 1
+CFG_EVENT_SAMPLE = CFG_ROUTES + 1          # events: one in this many goes to monitor
+CFG_SIZE = CFG_EVENT_SAMPLE + 1
 
 # A slot's directly looked-up address field: dst when its CFG_DIRECT_DST bit is set (and
 # the shape has dst), else src when the shape has src, else none.  The other address field

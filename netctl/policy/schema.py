@@ -136,6 +136,9 @@ def policy_schema() -> dict:
                          "properties": {"ingress": action, "egress": action}},
             "stateful": boolean,
             "conntrack": conntrack,
+            "log_sample": {"type": "integer", "minimum": 1, "maximum": 1000000, "default": 1,
+                           "description": "one in this many policy drops and log: true "
+                           "matches goes to netctl monitor (random sampling)"},
             "allow_ndp": {**boolean, "description": "accept ICMPv6 neighbour discovery "
                           "(types 133-137) before any rule; default true"},
             "rules": {"type": ["array", "null"], "items": rule},

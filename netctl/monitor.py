@@ -1,0 +1,266 @@
+"""`netctl monitor` and `netctl top`: what is dropped, where and why, as it happens.
+
+Two sources, in one stream:
+
+* **policy** events from the datapath of this network namespace: packets a rule or a
+  default dropped, malformed frames, and matches of rules with `log: true`, read from the
+  datapath's pinned ring buffer (sampled by the policy's `log_sample`; what a full buffer
+  refused or sampling left out is counted in the datapath and reported, never hidden);
+* **kernel** events from the tracers of `netctl.trace`: kernel drops with the kernel's own
+  reason and stack, TCP retransmits, congestion-state changes, socket lifecycle and
+  socket-level drops.  Each tracer takes the best hook the running kernel offers
+  (fentry, tracepoint, kprobe), and the first line says which and why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import abi
+from .errors import NetctlError
+
+TYPES = ("policy", "drop", "retrans", "cong", "socket")
+DEFAULT_TYPES = ("policy", "drop")
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+
+@dataclass
+class Filters:
+    dev: str | None = None
+    src: Any = None          # an ip_network or None
+    dst: Any = None
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, dev, src, dst, port) -> Filters:
+        def net(text, what):
+            if text is None:
+                return None
+            try:
+                return ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise NetctlError(f"--{what}: {text!r} is not an address or prefix") from None
+        if port is not None and not 0 <= port <= 65535:
+            raise NetctlError("--port must be 0-65535")
+        return cls(dev, net(src, "src"), net(dst, "dst"), port)
+
+    def match(self, event: dict) -> bool:
+        if self.dev is not None and event.get("dev") not in (None, self.dev) \
+                and event.get("type") == "policy":
+            return False
+        for key, want in (("src", self.src), ("dst", self.dst)):
+            if want is None:
+                continue
+            value = event.get(key) or event.get(f"{key[0]}addr")
+            try:
+                if value is None or ipaddress.ip_address(value) not in want:
+                    return False
+            except ValueError:
+                return False
+        return self.port is None or self.port in (event.get("sport"), event.get("dport"))
+
+
+@dataclass
+class PolicySource:
+    """The datapath's events, with rule names and interface names filled in."""
+
+    reader: Any
+    datapath: Any
+    state: dict
+    names: dict[int, str] = field(default_factory=dict)
+    start_stats: list = field(default_factory=list)
+
+    @classmethod
+    def open(cls) -> PolicySource | None:
+        from .datapath.control import _open_live
+        from .datapath.netns import Namespace
+        from .ringbuf import RingReader
+
+        ns = Namespace.current()
+        state = ns.read_state()
+        live, _why = _open_live(ns, state)
+        if live is None:
+            return None
+        return cls(RingReader(live.maps["events"]), live, state,
+                   start_stats=live.stats())
+
+    def describe(self) -> str:
+        gen = self.datapath.active
+        sample = self.datapath.read_config(gen)[_cfg_event_sample()]
+        share = "every event" if sample <= 1 else f"1 in {sample}"
+        return f"policy: datapath ring buffer ({share}, log_sample)"
+
+    def _ifname(self, index: int) -> str:
+        if index not in self.names:
+            from .datapath.attach import Links
+
+            with Links() as links:
+                info = links.info(index)
+            self.names[index] = info.name if info else str(index)
+        return self.names[index]
+
+    def poll(self, timeout_ms: int) -> list[dict]:
+        if not self.reader.wait(timeout_ms):
+            return []
+        out = []
+        now_mono = time.monotonic_ns()
+        now = time.time()
+        gens = self.state.get("generations", {})
+        for record in self.reader.records():
+            e = abi.unpack_event(record)
+            names = gens.get(str(e["gen"]), {}).get("rules", [])
+            rule = e.pop("rule")
+            e["rule"] = names[rule] if rule is not None and rule < len(names) else None
+            e["time"] = now - (now_mono - e.pop("ts_ns")) / 1e9
+            e["type"] = "policy"
+            e["dev"] = self._ifname(e.pop("ifindex"))
+            e.pop("gen")
+            out.append(e)
+        return out
+
+    def losses(self) -> dict[str, int]:
+        now = self.datapath.stats()
+        return {"lost": now[abi.STAT_EVENTS_LOST][0] - self.start_stats[abi.STAT_EVENTS_LOST][0],
+                "sampled_out": now[abi.STAT_EVENTS_SAMPLED_OUT][0]
+                - self.start_stats[abi.STAT_EVENTS_SAMPLED_OUT][0]}
+
+    def close(self) -> None:
+        self.reader.close()
+        self.datapath.close()
+
+
+def _cfg_event_sample() -> int:
+    from .policy.plan import CFG_EVENT_SAMPLE
+
+    return CFG_EVENT_SAMPLE
+
+
+def _open_tracers(kinds: list[str], hook: str | None) -> list:
+    if not kinds:
+        return []
+    from . import trace
+
+    return trace.open_tracers(kinds, hook)
+
+
+# ---- formatting ------------------------------------------------------------------------
+
+HEADER = f"{'TIME':<12} {'TYPE':<7} {'WHERE':<18} {'WHAT':<24} FLOW"
+
+
+def _flow(e: dict) -> str:
+    proto = e.get("proto")
+    name = PROTO_NAMES.get(proto, str(proto)) if proto is not None else ""
+    src, dst = e.get("src") or e.get("saddr"), e.get("dst") or e.get("daddr")
+    if src is None:
+        return name
+    sport, dport = e.get("sport"), e.get("dport")
+    left = f"{src}:{sport}" if sport is not None else str(src)
+    right = f"{dst}:{dport}" if dport is not None else str(dst)
+    return f"{name} {left} > {right}".strip()
+
+
+def format_event(e: dict) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
+    stamp += f".{int(e['time'] * 1000) % 1000:03d}"
+    kind = e["type"]
+    if kind == "policy":
+        where = f"{e['dev']}/{e['hook']} {e['direction'][:3]}"
+        what = f"{e['verdict']} {e['rule'] or e['reason']}"
+    elif kind == "drop":
+        where = (e.get("location") or "?")[:18]
+        what = f"drop {e.get('reason', '?')}"
+    elif kind == "retrans":
+        where = e.get("state", "")
+        what = f"retransmit #{e.get('count', '')}".rstrip(" #")
+    elif kind == "cong":
+        where = e.get("state", e.get("event", ""))
+        what = (f"cwnd {e['snd_cwnd']} srtt {e.get('srtt', '?')}us" if "snd_cwnd" in e
+                else f"{e.get('oldstate', '?')} -> {e.get('state', '?')}")
+    else:
+        where = e.get("comm", "") or ""
+        what = (f"{e.get('oldstate', '')} -> {e.get('newstate', '')}" if "newstate" in e
+                else e.get("event", "socket drop"))
+        if e.get("duration_ms") is not None:
+            what += f" ({e['duration_ms']} ms)"
+    line = f"{stamp:<12} {kind:<7} {where[:18]:<18} {what[:24]:<24} {_flow(e)}"
+    return line[:100]
+
+
+def _jsonable(e: dict) -> dict:
+    return {k: v for k, v in e.items()}
+
+
+# ---- monitor ---------------------------------------------------------------------------
+
+def monitor(types: list[str], filters: Filters, output: str = "text", count: int | None = None,
+            timeout: float | None = None, hook: str | None = None, out=None,
+            err=None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    unknown = [t for t in types if t not in TYPES]
+    if unknown:
+        raise NetctlError(f"--type: unknown {', '.join(unknown)} (choose from "
+                          f"{', '.join(TYPES)})")
+    if os.geteuid() != 0:
+        from .errors import PrivilegeError
+
+        raise PrivilegeError("netctl monitor needs CAP_BPF and CAP_PERFMON (run it as root)")
+    policy = PolicySource.open() if "policy" in types else None
+    tracers = []
+    try:
+        tracers = _open_tracers([t for t in types if t != "policy"], hook)
+        sources = []
+        if "policy" in types:
+            sources.append(policy.describe() if policy else
+                           "policy: no netctl datapath in this network namespace")
+        sources += [f"{t.kind}: {t.hook} ({t.why})" for t in tracers]
+        header = "netctl monitor: " + "; ".join(sources)
+        if output == "json":
+            print(json.dumps({"type": "start", "sources": sources}), file=out, flush=True)
+        else:
+            print(header, file=out)
+            print(HEADER, file=out, flush=True)
+        shown = 0
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            while True:
+                events = []
+                if policy:
+                    events += policy.poll(50 if tracers else 200)
+                for t in tracers:
+                    events += t.poll(10)
+                events.sort(key=lambda e: e["time"])
+                for e in events:
+                    if not filters.match(e):
+                        continue
+                    print(json.dumps(_jsonable(e)) if output == "json" else format_event(e),
+                          file=out, flush=True)
+                    shown += 1
+                    if count and shown >= count:
+                        return 0
+                if deadline and time.monotonic() >= deadline:
+                    return 0
+                if not policy and not tracers:
+                    time.sleep(0.2)
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            lost = {}
+            if policy:
+                lost.update({f"policy_{k}": v for k, v in policy.losses().items()})
+            for t in tracers:
+                lost[f"{t.kind}_lost"] = t.lost()
+            print(f"netctl monitor: {shown} events shown; not shown: "
+                  + ", ".join(f"{k} {v}" for k, v in lost.items()), file=err)
+    finally:
+        for t in tracers:
+            t.close()
+        if policy:
+            policy.close()
