@@ -751,6 +751,12 @@ def status() -> dict[str, Any]:
         out["passed"] = {"non_ip": stats[abi.STAT_NON_IP][0], "ndp": stats[abi.STAT_NDP][0],
                          "conntrack_replies": stats[abi.STAT_CT_REPLY][0]}
         out["conntrack"] = _conntrack_summary(live, dp_cfg, stats)
+        from ..policy.plan import CFG_EVENT_SAMPLE
+
+        out["events"] = {"sent": stats[abi.STAT_EVENTS][0],
+                         "lost": stats[abi.STAT_EVENTS_LOST][0],
+                         "sampled_out": stats[abi.STAT_EVENTS_SAMPLED_OUT][0],
+                         "sample": max(1, dp_cfg[CFG_EVENT_SAMPLE])}
         route_counts = live.route_counters(gen, len(record.get("nexthops", [])))
         out["routes"] = [dict(nh, packets=p, bytes=b)
                          for nh, (p, b) in zip(record.get("nexthops", []), route_counts,
