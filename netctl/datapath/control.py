@@ -476,11 +476,13 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         _carry(carried, previous.get(str(old_gen)), old, old_gen)
         _carry_stats(carried, old)
         old.close()
-        for stale in ns.builds():
-            if stale != build["id"] and stale != os.path.basename(ns.ct_pin(build["constants"])):
-                ns.remove_build(stale)
     elif old_active is not None:
         _carry(carried, previous.get(str(old_active)), dp, old_active)
+    # Builds no state refers to: the old one after a rebuild, or one an apply killed half
+    # way left behind (its programs are no longer attached anywhere: this apply re-attached).
+    for stale in ns.builds():
+        if stale != build["id"] and stale != os.path.basename(ns.ct_pin(build["constants"])):
+            ns.remove_build(stale)
     keep = set(plan.rule_names)
     carried["rules"] = {k: v for k, v in carried["rules"].items() if k in keep}
     new_state["carried"] = carried
