@@ -112,9 +112,24 @@ _TRUE = frozenset({"true", "yes", "on"})
 _FALSE = frozenset({"false", "no", "off"})
 
 
+# Limits that keep a runaway file from taking minutes and gigabytes before it is refused:
+# the datapath holds MAX_RULES rules (plan.Limits().rules), and a file of that many rules
+# with long address lists stays well under MAX_FILE_BYTES.
+MAX_RULES = 131072
+MAX_FILE_BYTES = 64 << 20
+
+
 def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Load and validate a policy file; raise PolicyError naming every problem."""
     source = os.fspath(path)
+    try:
+        size = os.path.getsize(source)
+    except OSError as exc:
+        raise PolicyError([Problem(source, 0, None, f"cannot read: {exc.strerror}")]) from None
+    if size > MAX_FILE_BYTES:
+        raise PolicyError([Problem(source, 0, None, f"the file is {size >> 20} MiB; policies "
+                                   f"are limited to {MAX_FILE_BYTES >> 20} MiB (the datapath "
+                                   f"holds at most {MAX_RULES:,} rules)")])
     try:
         with open(source, encoding="utf-8") as f:
             text = f.read()
@@ -122,7 +137,17 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         raise PolicyError([Problem(source, 0, None, f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(source, 0, None, f"not UTF-8 text: {exc.reason}")]) from None
+    # Before parsing (which costs seconds and gigabytes for a million rules): every rule has
+    # a name, so a file with far more `name:` keys than the datapath holds rules is refused
+    # at once.  The exact count is checked again after parsing.
+    names = len(_NAME_KEY.findall(text))
+    if names > MAX_RULES + 4096:
+        raise PolicyError([Problem(source, 0, None, f"about {names:,} rules (name: keys): the "
+                                   f"datapath holds at most {MAX_RULES:,}")])
     return load_policy_text(text, source)
+
+
+_NAME_KEY = re.compile(r"^[ \t]*(?:- )?[ \t]*\{?[ \t]*name[ \t]*:", re.M)
 
 
 def load_policy_text(text: str, source: str = "<policy>") -> Policy:
@@ -418,6 +443,11 @@ class _Loader:
         self._names: dict[str, Pos] = {}
         self._directions: dict[str, Direction] = {}
         if "rules" in root:
+            items = root["rules"]
+            if isinstance(items, YSeq) and len(items) > MAX_RULES:
+                self.error(root.keymarks["rules"], f"{len(items):,} rules: the datapath holds "
+                           f"at most {MAX_RULES:,}")
+                raise PolicyError(self.problems)
             fields["rules"] = self.section(root, "rules", self.rule)
         if "routes" in root:
             fields["routes"] = self.section(root, "routes", self.route)
