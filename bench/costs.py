@@ -167,13 +167,15 @@ def apply_costs(ns_list: list[int]) -> list[dict]:
         (tmp / "a.yaml").write_text(netctl_policy(bench))
         (tmp / "b.yaml").write_text(netctl_policy(_with_one_rule_changed(bench)))
         with topology("a") as topo:
-            cold_s, cold, rss1 = _timed_apply(topo.dut, tmp / "a.yaml", topo.dut_if)
-            warm_s, warm, _ = _timed_apply(topo.dut, tmp / "a.yaml", topo.dut_if)
-            one_s, one, rss2 = _timed_apply(topo.dut, tmp / "b.yaml", topo.dut_if)
-            memory = _map_memory(topo.dut)
-            verifier = json.loads(sh(*NETCTL, "status", "-o", "json", ns=topo.dut).stdout).get(
-                "verifier", {})
-            sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
+            try:
+                cold_s, cold, rss1 = _timed_apply(topo.dut, tmp / "a.yaml", topo.dut_if)
+                warm_s, warm, _ = _timed_apply(topo.dut, tmp / "a.yaml", topo.dut_if)
+                one_s, one, rss2 = _timed_apply(topo.dut, tmp / "b.yaml", topo.dut_if)
+                memory = _map_memory(topo.dut)
+                verifier = json.loads(sh(*NETCTL, "status", "-o", "json",
+                                         ns=topo.dut).stdout).get("verifier", {})
+            finally:
+                sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
             started = time.monotonic()
             sh("nft", "-f", "-", ns=topo.dut, stdin=nft_set(bench, topo.dut_if), timeout=1800)
             nft_s = time.monotonic() - started

@@ -94,6 +94,26 @@ def topology(tag: str = "b") -> Iterator[Topology]:
             sh("ip", "netns", "del", ns, check=False)
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a generator started with start_new_session=True, and every process it forked
+    (trafgen's workers outlive their parent otherwise): SIGINT, then SIGKILL."""
+    import signal
+
+    for sig, wait in ((signal.SIGINT, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:   # the leader is gone; are its workers?
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+
+
 def flood_frame(dst_mac: str, src: str = FLOOD_SRC, dst: str = FLOOD_DST,
                 src_mac: str = "02:00:00:00:00:01") -> bytes:
     from scapy.layers.inet import IP, UDP
@@ -123,7 +143,7 @@ def flood(topo: Topology, counter: Callable[[], int], seconds: float,
     run_for = warmup + seconds + 1.0
     proc = subprocess.Popen(["ip", "netns", "exec", topo.gen, "timeout", "-s", "INT",
                              f"{run_for:.1f}", "trafgen", "--dev", topo.gen_if, "--conf", conf,
-                             "--cpus", str(CPUS), "--no-sock-mem"],
+                             "--cpus", str(CPUS), "--no-sock-mem"], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(warmup)
@@ -132,9 +152,7 @@ def flood(topo: Topology, counter: Callable[[], int], seconds: float,
         c1, t1 = counter(), time.monotonic()
         out, _ = proc.communicate(timeout=run_for + 30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_group(proc)
         os.unlink(conf)
     total = run_for
     match = re.search(r"(\d+) packets outgoing", out)

@@ -35,6 +35,8 @@ PROG_LOAD = 5
 OBJ_PIN = 6
 OBJ_GET = 7
 PROG_TEST_RUN = 10
+PROG_GET_NEXT_ID = 11
+MAP_GET_NEXT_ID = 12
 PROG_GET_FD_BY_ID = 13
 MAP_GET_FD_BY_ID = 14
 OBJ_GET_INFO_BY_FD = 15
@@ -385,6 +387,31 @@ def prog_info(fd: int) -> ProgInfo:
     nr_maps = struct.unpack_from("I", buf, 52)[0]
     name = buf.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
     return ProgInfo(ptype, pid, tag, name, tuple(ids[:min(nr_maps, 64)]))
+
+
+def _ids(cmd: int) -> list[int]:
+    out: list[int] = []
+    attr = _attr()
+    current = 0
+    while True:
+        struct.pack_into("II", attr, 0, current, 0)
+        if _libc.syscall(NR_BPF, cmd, ctypes.byref(attr), _ATTR_SIZE) < 0:
+            err = ctypes.get_errno()
+            if err == errno_mod.ENOENT:
+                return out
+            raise BpfError(err, "list BPF objects")
+        current = struct.unpack_from("I", attr, 4)[0]
+        out.append(current)
+
+
+def prog_ids() -> list[int]:
+    """Every BPF program loaded in the system (for leak checks)."""
+    return _ids(PROG_GET_NEXT_ID)
+
+
+def map_ids() -> list[int]:
+    """Every BPF map in the system (for leak checks)."""
+    return _ids(MAP_GET_NEXT_ID)
 
 
 def prog_fd_by_id(prog_id: int) -> int:

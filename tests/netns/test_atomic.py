@@ -12,7 +12,6 @@ run ``decoy`` and the defaults must read zero while the hits read many.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from lab import REPO
 
 sys.path.insert(0, str(REPO))
-from bench.harness import NETCTL, flood_frame, sh, topology  # noqa: E402
+from bench.harness import NETCTL, flood_frame, sh, stop_group, topology  # noqa: E402
 from bench.rulesets import FLOOD_DPORT, FLOOD_SRC  # noqa: E402
 
 POLICY_A = f"""
@@ -53,25 +52,22 @@ def test_fifty_alternating_applies_under_load_judge_no_packet_by_a_mix():
         conf = tmp / "flood.trafgen"
         conf.write_text("{ " + ", ".join(f"0x{x:02x}" for x in flood_frame(topo.dut_mac))
                         + " }\n")
-        sh(*NETCTL, "apply", str(a), "--dev", topo.dut_if, ns=topo.dut)
+        # trafgen forks its workers: it runs in a session of its own, so that the whole
+        # group can be stopped, whatever happens to the test.
         flood = subprocess.Popen(["ip", "netns", "exec", topo.gen, "trafgen", "--dev",
                                   topo.gen_if, "--conf", str(conf), "--cpus", "1",
-                                  "--no-sock-mem", "--gap", "2us"],
+                                  "--no-sock-mem", "--gap", "2us"], start_new_session=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            sh(*NETCTL, "apply", str(a), "--dev", topo.dut_if, ns=topo.dut)
             time.sleep(0.5)
             for i in range(APPLIES):
                 sh(*NETCTL, "apply", str(b if i % 2 == 0 else a), "--dev", topo.dut_if,
                    ns=topo.dut)
+            status = json.loads(sh(*NETCTL, "status", "-o", "json", ns=topo.dut).stdout)
         finally:
-            flood.send_signal(signal.SIGINT)  # trafgen stops on SIGINT
-            try:
-                flood.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                flood.kill()
-                flood.wait()
-        status = json.loads(sh(*NETCTL, "status", "-o", "json", ns=topo.dut).stdout)
-        sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
+            stop_group(flood)
+            sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
     counts = {r["name"]: r["packets"] for r in status["rules"]}
     # The live policy is A (after 50 applies); "decoy" was in every generation, A's and B's.
     assert counts["hit-a"] > 10_000, counts
