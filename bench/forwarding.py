@@ -219,7 +219,7 @@ def run(n: int, seconds: float, say) -> list[dict]:
         except Exception as exc:  # reported, not fatal
             row = {"system": system, "rules": rules_n, "error": str(exc)[:300]}
         out.append(row)
-        shown = f"{row['pps'] / 1e6:6.3f} Mpps" if "pps" in row else "failed"
+        shown = f"{row['pps'] / 1e6:6.3f} Mpps" if "pps" in row else f"failed: {row['error']}"
         say(f"  forwarding  {system:<38} rules={rules_n:<6} {shown}")
     return out
 

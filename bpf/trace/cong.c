@@ -60,8 +60,8 @@ struct probe_key {
     __u8 daddr[16];
 };
 
-BPF_LRU_HASH(last_state, u64, u8, FLOW_ENTRIES);
-BPF_LRU_HASH(probe_last, struct probe_key, u64, FLOW_ENTRIES);
+BPF_TABLE("lru_hash", u64, u8, last_state, FLOW_ENTRIES);
+BPF_TABLE("lru_hash", struct probe_key, u64, probe_last, FLOW_ENTRIES);
 BPF_PERCPU_ARRAY(state_count, u64, STATE_SLOTS);
 BPF_PERCPU_ARRAY(probe_count, u64, 2);      /* [0] seen, [1] sent */
 

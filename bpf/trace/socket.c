@@ -67,7 +67,7 @@ struct sock_seen {
     __u32 pad;
 };
 
-BPF_LRU_HASH(seen, u64, struct sock_seen, FLOW_ENTRIES);
+BPF_TABLE("lru_hash", u64, struct sock_seen, seen, FLOW_ENTRIES);
 BPF_PERCPU_ARRAY(state_count, u64, STATE_SLOTS);
 BPF_PERCPU_ARRAY(drop_count, u64, 3);       /* indexed by SOCK_RCVQUEUE_FULL, ... */
 
