@@ -62,6 +62,16 @@ EXAMPLES = {
         netctl monitor --type drop,retrans,cong --port 443 --timeout 30
         netctl monitor --type socket --count 20
         ip netns exec lab netctl monitor --type policy""",
+    "top": """
+        netctl top                                   # busiest rules, drops, retransmits
+        netctl top --interval 5 --limit 20
+        netctl top --iterations 3 -o json | jq '.kernel_drops'
+        ip netns exec lab netctl top --no-kernel""",
+    "exporter": """
+        netctl exporter                              # http://127.0.0.1:9433/metrics
+        netctl exporter --listen 0.0.0.0:9433        # every address: metrics name flows
+        netctl exporter --once | grep netctl_drops   # one scrape on stdout
+        ip netns exec lab netctl exporter --listen 127.0.0.1:9500""",
     "lab": """
         netctl lab run                               # policies/web-server.yaml
         netctl lab run policies/dual-stack.yaml --count 50""",
@@ -151,6 +161,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.add_argument("--hook", choices=("fentry", "tracepoint", "kprobe"),
                    help="force the kernel tracers' hook instead of the best available")
+
+    p = verb("top", "a refreshing table of the busiest rules, datapath drop reasons, routes, "
+             "kernel drops (reason and location) and TCP retransmits, as rates and totals")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes "
+                   "(default 1)")
+    p.add_argument("--iterations", type=int, help="stop after this many refreshes")
+    p.add_argument("--limit", type=int, default=10, help="rows per table (default 10)")
+    p.add_argument("--no-kernel", action="store_true",
+                   help="datapath counters only, no kernel tracers")
+
+    p = verb("exporter", "serve Prometheus metrics: the datapath's counters and the kernel "
+             "tracers' drop and retransmit counts")
+    p.add_argument("--listen", default="127.0.0.1:9433", metavar="HOST:PORT",
+                   help="address to serve /metrics on (default 127.0.0.1:9433, loopback: "
+                        "metrics name hosts and flows)")
+    p.add_argument("--once", action="store_true",
+                   help="print one scrape in the text exposition format and exit")
+    p.add_argument("--no-kernel", action="store_true",
+                   help="datapath metrics only, no kernel tracers")
 
     verb("conntrack", "list the flows tracked for stateful: true (5-tuple as this host "
          "started it, state, age, packets), with table size and evictions")
@@ -572,7 +601,22 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return monitor(types, filters, args.output, args.count, args.timeout, args.hook)
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from .top import top
+
+    return top(args.interval, args.iterations, args.limit, args.output, not args.no_kernel)
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from .exporter import serve
+
+    kinds = () if args.no_kernel else ("drop", "retrans")
+    return serve(args.listen, kinds, once=args.once)
+
+
 HANDLERS = {
+    "top": cmd_top,
+    "exporter": cmd_exporter,
     "monitor": cmd_monitor,
     "conntrack": cmd_conntrack,
     "lab": cmd_lab,
