@@ -21,18 +21,21 @@ import sys
 import time
 from pathlib import Path
 
-from bench import costs, forwarding, harness
+from bench import costs, forwarding, harness, tracers
 from bench.rulesets import rules
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 MODES = {
     "full": {"ns": [1, 100, 1000, 10000, 100000], "seconds": 4.0, "cost_ns": None,
-             "apply_ns": [1000, 10000, 100000], "repeat": 1_000_000, "forward_n": 10000},
+             "apply_ns": [1000, 10000, 100000], "repeat": 1_000_000, "forward_n": 10000,
+             "tracer_rounds": 7, "tracer_seconds": 3.0, "event_rates": tracers.RATES},
     "quick": {"ns": [1, 1000, 10000], "seconds": 2.0, "cost_ns": None,
-              "apply_ns": [10000], "repeat": 1_000_000, "forward_n": 10000},
+              "apply_ns": [10000], "repeat": 1_000_000, "forward_n": 10000,
+              "tracer_rounds": 3, "tracer_seconds": 2.0, "event_rates": (10_000, 60_000)},
     "smoke": {"ns": [1, 100], "seconds": 0.5, "cost_ns": None, "apply_ns": [100],
-              "repeat": 1000, "forward_n": 100},
+              "repeat": 1000, "forward_n": 100, "tracer_rounds": 1, "tracer_seconds": 1.0,
+              "event_rates": (1000,)},
 }
 # Linear filters are measured up to where a run stays reasonable (their load and per-packet
 # cost grow with N; the trend is plain long before).
@@ -212,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     apply_rows = costs.apply_costs(cfg["apply_ns"])
     say("bench: forwarding")
     forward_rows = forwarding.run(cfg["forward_n"], cfg["seconds"], say)
+    tracer_result = tracers.run(cfg["tracer_seconds"], cfg["tracer_rounds"], say,
+                                cfg["event_rates"])
     result = {"mode": mode, "machine": machine(), "ns": cfg["ns"], "seconds": cfg["seconds"],
               "throughput": through, "per_packet": cost_rows, "apply": apply_rows,
-              "forwarding": forward_rows, "elapsed_s": time.monotonic() - started}
+              "forwarding": forward_rows, "tracers": tracer_result,
+              "elapsed_s": time.monotonic() - started}
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in (f"{stamp}-{mode}.json", f"latest-{mode}.json"):
@@ -224,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     say(table(result))
     say("")
     say(forwarding.table(forward_rows))
+    say("")
+    say(tracers.table(tracer_result))
     say(f"\nresults: {args.out}/latest-{mode}.json, {args.out}/throughput-{mode}.png "
         f"({result['elapsed_s']:.0f} s)")
     return 0

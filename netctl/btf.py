@@ -1,7 +1,9 @@
 """A minimal reader of BTF, the kernel's type information (/sys/kernel/btf/vmlinux).
 
 Just enough to find a kernel function's BTF type id by name, which an fentry/fexit program
-needs as ``attach_btf_id`` when it is loaded.  The format (Documentation/bpf/btf.rst):
+needs as ``attach_btf_id`` when it is loaded, and the byte offset of a struct member (the
+drop tracer reads a few `struct sk_buff` fields, whose offsets in the running kernel the
+installed headers may not know).  The format (Documentation/bpf/btf.rst):
 
 * a header: magic 0xEB9F, version, flags, ``hdr_len``, then the offsets (relative to the
   end of the header) and lengths of the type section and the string section;
@@ -73,6 +75,7 @@ class Btf:
         self.strings = data[str_start:str_start + str_len]
         kinds = [0]
         name_offs = [0]
+        positions = [0]
         pos, end = type_start, type_start + type_len
         unpack = _TYPE.unpack_from
         while pos < end:
@@ -80,6 +83,7 @@ class Btf:
             kind = (info >> 24) & 0x1F
             if kind not in _KNOWN:
                 raise BtfError(f"type id {len(kinds)}: unknown kind {kind}")
+            positions.append(pos)
             pos += 12 + _FIXED.get(kind, 0) + _PER_ITEM.get(kind, 0) * (info & 0xFFFF)
             kinds.append(kind)
             name_offs.append(name_off)
@@ -87,6 +91,8 @@ class Btf:
             raise BtfError("type section does not end on a type boundary")
         self.kinds = kinds
         self.name_offs = name_offs
+        self._data = data
+        self._positions = positions
 
     @classmethod
     def from_file(cls, path: str = VMLINUX) -> Btf:
@@ -129,6 +135,50 @@ class Btf:
     def func_id(self, name: str) -> int | None:
         """The BTF id of the kernel function ``name`` (a BTF_KIND_FUNC), or None."""
         return self.find(name, KIND_FUNC)
+
+    def member_offset(self, struct_name: str, member: str) -> int | None:
+        """The byte offset of ``member`` in ``struct struct_name``, looking through
+        anonymous struct and union members (as C does), or None when there is no such
+        member, or it is a bit field."""
+        type_id = self.find(struct_name, KIND_STRUCT)
+        if type_id is None:
+            return None
+        return self._member_offset(type_id, member, 0)
+
+    def _member_offset(self, type_id: int, member: str, depth: int) -> int | None:
+        if depth > 8:
+            return None
+        pos = self._positions[type_id]
+        _name_off, info, _size = _TYPE.unpack_from(self._data, pos)
+        bitfields = bool(info >> 31)
+        for i in range(info & 0xFFFF):
+            name_off, mtype, moff = struct.unpack_from("=III", self._data, pos + 12 + 12 * i)
+            bits = moff & 0xFFFFFF if bitfields else moff
+            if bitfields and moff >> 24:
+                continue   # a bit field
+            if name_off == 0:   # anonymous struct or union: its members are ours
+                inner = self._resolve(mtype)
+                if self.kinds[inner] in (KIND_STRUCT, KIND_UNION):
+                    found = self._member_offset(inner, member, depth + 1)
+                    if found is not None and bits % 8 == 0:
+                        return bits // 8 + found
+                continue
+            if self._name_at(name_off) == member:
+                return bits // 8 if bits % 8 == 0 else None
+        return None
+
+    def _resolve(self, type_id: int) -> int:
+        """Through typedefs and qualifiers to the type they name."""
+        for _ in range(16):
+            if self.kinds[type_id] not in (KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST,
+                                           KIND_RESTRICT, KIND_TYPE_TAG):
+                break
+            type_id = _TYPE.unpack_from(self._data, self._positions[type_id])[2]
+        return type_id
+
+    def _name_at(self, off: int) -> str:
+        end = self.strings.find(b"\0", off)
+        return self.strings[off:end if end >= 0 else None].decode(errors="replace")
 
 
 @cache

@@ -87,8 +87,20 @@ class PolicySource:
         live, _why = _open_live(ns, state)
         if live is None:
             return None
-        return cls(RingReader(live.maps["events"]), live, state,
-                   start_stats=live.stats())
+        source = cls(RingReader(live.maps["events"]), live, state, start_stats=live.stats())
+        source._learn_names()
+        return source
+
+    def _learn_names(self) -> None:
+        """Interface names of the attached interfaces, resolved now: the first lookup
+        loads the netlink library, which takes long enough for a busy ring to fill."""
+        from .datapath.attach import Links
+
+        with Links() as links:
+            for name in self.state.get("interfaces", {}):
+                info = links.find(name)
+                if info is not None:
+                    self.names[info.index] = info.name
 
     def describe(self) -> str:
         gen = self.datapath.active

@@ -16,7 +16,7 @@ bin_link=/usr/local/bin/netctl
 packages=(
     python3-bpfcc bpfcc-tools libbpf1 linux-headers-amd64
     python3-venv python3-pip python3-yaml
-    iproute2 iputils-ping tcpdump ethtool
+    iproute2 iputils-ping tcpdump ethtool iperf3
     nftables iptables ipset xdp-tools netsniff-ng
 )
 

@@ -17,7 +17,15 @@
  * Constants (-D, from netctl/trace): DROP_EVENT_SIZE, DROP_SIG, REASON_NOT_DROPPED_YET and
  * REASON_CONSUMED (values of enum skb_drop_reason in the running kernel's BTF; not defined
  * when the kernel has no such value), TP_HAS_REASON (the tracepoint record has `reason`),
- * STACK_ENTRIES, LOCATION_ENTRIES.
+ * STACK_ENTRIES, LOCATION_ENTRIES; SKB_OFF_HEAD, SKB_OFF_NETWORK_HEADER,
+ * SKB_OFF_TRANSPORT_HEADER, SKB_OFF_PROTOCOL (offsets of those struct sk_buff members in
+ * the running kernel, from its BTF; not defined when BTF lacks one: then events carry no
+ * addresses).
+ *
+ * The flow (addresses, protocol, ports) is read from the packet's headers through
+ * skb->head + skb->network_header with bpf_probe_read_kernel; only IPv4 and IPv6, ports
+ * only for TCP and UDP in a first fragment.  A header the kernel had not parsed yet
+ * (network_header unset) leaves the flow empty.
  */
 #include <uapi/linux/ptrace.h>
 #include <net/sock.h>
@@ -36,7 +44,14 @@ struct drop_event {
     __u8 has_protocol;
     __u8 pad;
     __s32 stack_id;     /* in `stacks`, or a negative errno */
-    __u32 pad2;
+    __u16 family;       /* NETCTL_AF_INET(6), or 0: no flow read */
+    __u8 l4proto;
+    __u8 pad2;
+    __u16 sport;        /* host order; 0: none */
+    __u16 dport;
+    __u32 pad3;
+    __u8 saddr[16];
+    __u8 daddr[16];
 };
 _Static_assert(sizeof(struct drop_event) == DROP_EVENT_SIZE,
                "struct drop_event differs from its mirror in netctl/trace/_events.py");
@@ -65,6 +80,61 @@ static __always_inline void count_location(u64 location)
         by_location.update(&location, &one);
 }
 
+#if defined(SKB_OFF_HEAD) && defined(SKB_OFF_NETWORK_HEADER) && \
+    defined(SKB_OFF_TRANSPORT_HEADER) && defined(SKB_OFF_PROTOCOL)
+#define HEADER_UNSET 0xffff
+static __always_inline void read_flow(struct drop_event *ev, u64 skb)
+{
+    unsigned char *head = 0;
+    u16 nh = HEADER_UNSET, th = HEADER_UNSET;
+    __be16 proto = 0;
+    u32 l4off = 0;
+    u8 l4 = 0;
+
+    bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + SKB_OFF_HEAD));
+    bpf_probe_read_kernel(&nh, sizeof(nh), (void *)(skb + SKB_OFF_NETWORK_HEADER));
+    bpf_probe_read_kernel(&th, sizeof(th), (void *)(skb + SKB_OFF_TRANSPORT_HEADER));
+    bpf_probe_read_kernel(&proto, sizeof(proto), (void *)(skb + SKB_OFF_PROTOCOL));
+    if (!head || nh == HEADER_UNSET)
+        return;
+    if (proto == bpf_htons(0x0800)) {
+        u8 ip[20];
+        if (bpf_probe_read_kernel(ip, sizeof(ip), head + nh) || (ip[0] >> 4) != 4)
+            return;
+        ev->family = NETCTL_AF_INET;
+        __builtin_memcpy(ev->saddr, &ip[12], 4);
+        __builtin_memcpy(ev->daddr, &ip[16], 4);
+        l4 = ip[9];
+        if (((ip[6] & 0x1f) << 8 | ip[7]) != 0)
+            l4off = 0;      /* not the first fragment: no ports */
+        else
+            l4off = nh + (ip[0] & 0xf) * 4;
+    } else if (proto == bpf_htons(0x86DD)) {
+        u8 ip6[40];
+        if (bpf_probe_read_kernel(ip6, sizeof(ip6), head + nh) || (ip6[0] >> 4) != 6)
+            return;
+        ev->family = NETCTL_AF_INET6;
+        __builtin_memcpy(ev->saddr, &ip6[8], 16);
+        __builtin_memcpy(ev->daddr, &ip6[24], 16);
+        l4 = ip6[6];
+        l4off = nh + 40;
+    } else {
+        return;
+    }
+    ev->l4proto = l4;
+    if ((l4 == IPPROTO_TCP || l4 == IPPROTO_UDP) && l4off) {
+        u16 ports[2];
+        u32 off = th != HEADER_UNSET && th > nh ? th : l4off;
+        if (!bpf_probe_read_kernel(ports, sizeof(ports), head + off)) {
+            ev->sport = bpf_ntohs(ports[0]);
+            ev->dport = bpf_ntohs(ports[1]);
+        }
+    }
+}
+#else
+static __always_inline void read_flow(struct drop_event *ev, u64 skb) {}
+#endif
+
 static __always_inline int drop_seen(void *ctx, u64 skbaddr, u32 reason, u64 location,
                                      u16 protocol, u8 has_protocol)
 {
@@ -89,6 +159,7 @@ static __always_inline int drop_seen(void *ctx, u64 skbaddr, u32 reason, u64 loc
     ev.protocol = protocol;
     ev.has_protocol = has_protocol;
     ev.stack_id = stacks.get_stackid(ctx, 0);
+    read_flow(&ev, skbaddr);
     emit(&ev, sizeof(ev));
     return 0;
 }

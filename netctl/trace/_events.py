@@ -33,7 +33,14 @@ class DropEvent(ctypes.Structure):
         ("has_protocol", c_uint8),
         ("pad", c_uint8),
         ("stack_id", c_int32),
-        ("pad2", c_uint32),
+        ("family", c_uint16),
+        ("l4proto", c_uint8),
+        ("pad2", c_uint8),
+        ("sport", c_uint16),
+        ("dport", c_uint16),
+        ("pad3", c_uint32),
+        ("saddr", c_uint8 * 16),
+        ("daddr", c_uint8 * 16),
     ]
 
 

@@ -386,6 +386,17 @@ def btf_function(name: str) -> int | None:
         return None
 
 
+def skb_offset(member: str) -> int | None:
+    """The byte offset of ``member`` in the running kernel's struct sk_buff (from its BTF),
+    or None when BTF is missing or has no such member."""
+    from ..btf import BtfError, vmlinux
+
+    try:
+        return vmlinux().member_offset("sk_buff", member)
+    except (OSError, BtfError):
+        return None
+
+
 def kprobe_support() -> str | None:
     """None when the kernel can attach kprobes, else why not."""
     if os.path.exists(KPROBE_PMU):

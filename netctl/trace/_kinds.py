@@ -38,7 +38,7 @@ HOOKS = ("fentry", "tracepoint", "kprobe")
 
 RINGBUF_PAGES = 64                  # 256 KiB per tracer
 FLOW_ENTRIES = 16384                # per-flow / per-socket hashes
-STACK_ENTRIES = 16384               # distinct drop stacks kept
+STACK_ENTRIES = 4096                # distinct drop stacks kept (~1 KiB each, preallocated)
 LOCATION_ENTRIES = 4096             # distinct drop locations counted
 PROBE_INTERVAL_NS = 100_000_000     # tcp_probe: at most one event per flow per 100 ms
 
@@ -178,6 +178,10 @@ class DropKind(Kind):
             "STACK_ENTRIES": STACK_ENTRIES,
             "LOCATION_ENTRIES": LOCATION_ENTRIES,
         }
+        for member in ("head", "network_header", "transport_header", "protocol"):
+            offset = kernel.skb_offset(member)
+            if offset is not None:
+                out[f"SKB_OFF_{member.upper()}"] = offset
         if reasons.not_dropped_yet is not None:
             out["REASON_NOT_DROPPED_YET"] = reasons.not_dropped_yet
         if reasons.consumed is not None:
@@ -205,18 +209,24 @@ class DropKind(Kind):
                                    stack[0] if stack else None)
         out["stack"] = stack
         out["skbaddr"] = f"0x{ev.skbaddr:x}"
+        src = _addr(ev.family, ev.saddr)
+        out["src"], out["dst"] = src, _addr(ev.family, ev.daddr)
+        out["proto"] = ev.l4proto if src else None
+        ports = src is not None and ev.l4proto in (6, 17) and (ev.sport or ev.dport)
+        out["sport"] = ev.sport if ports else None
+        out["dport"] = ev.dport if ports else None
         return out
 
     def counts(self, tracer: Tracer) -> dict:
         names = kernel.drop_reasons().names
         by_reason: dict[str, int] = {}
         table = tracer.table("by_reason")
-        for key in table.keys():
+        for key in table:
             name = names.get(key.value, str(key.value))
             by_reason[name] = by_reason.get(name, 0) + _sum(table, key)
         by_location: dict[str, int] = {}
         table = tracer.table("by_location")
-        for key in table.keys():
+        for key in table:
             where = tracer.ksym(key.value)
             by_location[where] = by_location.get(where, 0) + _sum(table, key)
         return {"reason": by_reason, "location": by_location}
@@ -254,7 +264,7 @@ class RetransKind(Kind):
         flows: dict[Flow, int] = {}
         sockets: dict[str, int] = {}
         table = tracer.table("flows")
-        for key in table.keys():
+        for key in table:
             n = _sum(table, key)
             if key.family:
                 flow = Flow("tcp", _addr(key.family, key.saddr) or "", key.sport,

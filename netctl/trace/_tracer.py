@@ -14,6 +14,13 @@ bcc behaviours this module works around (bcc 0.26):
   open) to fd 2, so both are captured around every compile, load and attach.
 * Every ``BPF`` object registers its cleanup with ``atexit``, which keeps it alive until
   the process ends; ``close()`` unregisters it so a closed tracer's memory goes.
+* ``ring_buffer_poll`` (libbpf's ring_buffer__poll) consumes for as long as records keep
+  coming, which under a drop flood is forever; the callback ends a poll after a batch.
+* bcc rewrites map operations only in the main file of a compile, so the kind's source is
+  handed over with its quoted includes inlined (``translation_unit``, as the datapath's
+  loader does); bcc also refuses map operations inside macros and, in 0.26, has no
+  ``BPF_LRU_HASH`` and an ``increment()`` that never creates a per-CPU hash entry (the C
+  spells these out).
 """
 
 from __future__ import annotations
@@ -107,11 +114,13 @@ def _compile(kind: Kind, plan: dict[str, list[Program] | str], hooks: Iterable[s
     text = translation_unit(kind.path)
     bpf = None
     with _stderr_captured() as err:
-        with contextlib.suppress(Exception):
+        try:
             bpf = _bpf_class()(text=text, cflags=flags)
+        except Exception as exc:  # bcc raises a bare Exception; the reasons are on fd 2
+            failure = str(exc)
     if bpf is None:
         raise LoadError(f"bcc could not compile bpf/trace/{kind.source} "
-                        f"({' '.join(flags)})", err.text)
+                        f"({' '.join(flags)}): {failure}", err.text)
     return bpf
 
 
@@ -133,7 +142,7 @@ def _compiled(bpf, programs: list[Program]) -> bool:
     return all(lib.bpf_function_start(bpf.module, p.fn.encode()) for p in programs)
 
 
-def _load(bpf, kind: Kind, hook: str, programs: list[Program]) -> None:
+def _load(bpf, hook: str, programs: list[Program]) -> None:
     """Load (not attach) the hook's programs: the kernel's verdict on the program type."""
     prog_type = _prog_type(hook)
     for p in programs:
@@ -157,9 +166,9 @@ def _load(bpf, kind: Kind, hook: str, programs: list[Program]) -> None:
         raise _HookFailed("load", text, failed, err.text)
 
 
-def _attach(bpf, kind: Kind, hook: str, programs: list[Program]) -> None:
+def _attach(bpf, hook: str, programs: list[Program]) -> None:
     """Load and attach every program of the hook; on failure detach what was attached."""
-    _load(bpf, kind, hook, programs)
+    _load(bpf, hook, programs)
     done: list[Program] = []
     for p in programs:
         with _stderr_captured() as err:
@@ -358,7 +367,7 @@ def _open_one(name: str, hook: str | None) -> Tracer:
                 tried.append(f"{h} unavailable ({programs})")
                 continue
             try:
-                _attach(bpf, kind, h, programs)
+                _attach(bpf, h, programs)
             except _HookFailed as exc:
                 if hook:
                     raise HookError(name, h, exc.errno, exc.text, exc.log) from None
@@ -423,7 +432,7 @@ def probe_hooks(kinds: Iterable[str] = KINDS) -> dict[str, dict]:
                           "compiled": _compiled(bpf, programs), "loaded": False,
                           "targets": [p.target for p in programs]}
                 try:
-                    _attach(bpf, kind, h, programs)
+                    _attach(bpf, h, programs)
                 except _HookFailed as exc:
                     result.update(why=exc.text, errno=exc.errno, loaded=exc.stage != "load")
                 else:

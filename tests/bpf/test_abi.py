@@ -86,7 +86,10 @@ def test_constants_match_the_header():
         assert f"#define NETCTL_CFG_CT_{name} (NETCTL_CFG_STATEFUL + {offset})" in text
         assert getattr(plan, f"CFG_CT_{name}") == CFG_STATEFUL + offset
     assert "#define NETCTL_CFG_ROUTES (NETCTL_CFG_CT_ICMP + 1)" in text
-    assert plan.CFG_ROUTES == plan.CFG_CT_ICMP + 1 and plan.CFG_SIZE == plan.CFG_ROUTES + 1
+    assert plan.CFG_ROUTES == plan.CFG_CT_ICMP + 1
+    assert "#define NETCTL_CFG_EVENT_SAMPLE (NETCTL_CFG_ROUTES + 1)" in text
+    assert plan.CFG_EVENT_SAMPLE == plan.CFG_ROUTES + 1
+    assert plan.CFG_SIZE == plan.CFG_EVENT_SAMPLE + 1
     for name in ("FWD_LOCAL", "FWD_TTL", "FWD_OPTIONS", "FWD_UNRESOLVED"):
         assert defines[f"NETCTL_STAT_{name}"] == getattr(abi, f"STAT_{name}")
     for name in ("CT_REPLY", "CT_NEW", "CT_EXPIRED"):

@@ -154,3 +154,21 @@ def wait_for(predicate, timeout: float = 3.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def finish(proc, timeout: float = 60) -> tuple[str, str]:
+    """Wait for a process whose first line was read with readline() and return the rest of
+    its stdout and its stderr.  (communicate() would read the pipes beneath the text
+    wrappers and lose what readline() buffered.)  Its stderr must stay small."""
+    import threading
+
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        with proc.stdout, proc.stderr:
+            out = proc.stdout.read()
+            err = proc.stderr.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+    return out, err

@@ -36,5 +36,10 @@ def test_bench_smoke_run_measures_every_system(tmp_path):
             "bare xdp redirect", "netctl (default hook: tc)", "netctl (XDP)"} <= set(forwarded)
     assert not [r for r in report["forwarding"] if "error" in r]
     assert all(r["pps"] > 0 for r in report["forwarding"]), report["forwarding"]
+    over = report["tracers"]["overhead"]
+    assert over["off_median"] > 0 and over["on_median"] > 0
+    assert any(s.startswith("cong: tracepoint") for s in over["sources"]), over["sources"]
+    assert report["tracers"]["event_rate"][0]["shown"] > 0
+    assert "tracer overhead" in result.stdout
     assert "Throughput" in result.stdout and "Per-packet" in result.stdout
     assert namespaces() == before

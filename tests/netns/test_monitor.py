@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import pytest
-from lab import DUT4, GEN4, NETCTL, lab
+from lab import DUT4, GEN4, NETCTL, finish, lab
 
 POLICY = """
 version: 1
@@ -38,7 +38,7 @@ def test_policy_drop_and_logged_match_appear_with_rule_and_flow(the_lab):
                     "--timeout", "20")
     assert the_lab.udp(2, dport=5555) == 0
     assert the_lab.udp(1, dport=6000) == 1
-    out, err = proc.communicate(timeout=30)
+    out, err = finish(proc, 30)
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]
     assert len(events) == 3, out
@@ -57,7 +57,7 @@ def test_text_output_filters_and_sampling_counts(the_lab):
     the_lab.apply(POLICY.replace("rules:", "log_sample: 1000000\nrules:"))
     proc = _monitor(the_lab, "--type", "policy", "--timeout", "3", "--port", "5555")
     assert the_lab.udp(20, dport=5555) == 0
-    out, err = proc.communicate(timeout=30)
+    out, err = finish(proc, 30)
     assert proc.returncode == 0
     lines = out.splitlines()
     assert lines[0].startswith("TIME") and len(lines) <= 2   # 1 in a million got through

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from lab import DUT4, GEN4, NETCTL, lab, wait_for
+from lab import DUT4, GEN4, NETCTL, finish, lab, wait_for
 from nsutil import inside, run
 
 POLICY = """
@@ -69,7 +69,7 @@ def test_monitor_shows_a_kernel_drop_with_its_reason(the_lab):
     sender = threading.Thread(target=traffic)
     sender.start()
     try:
-        out, err = proc.communicate(timeout=60)
+        out, err = finish(proc, 60)
     finally:
         stop.set()
         sender.join()
@@ -80,7 +80,8 @@ def test_monitor_shows_a_kernel_drop_with_its_reason(the_lab):
     assert event["location"] and event["stack"]
 
 
-def test_monitor_shows_retransmits_of_a_flow_the_policy_starves(the_lab):
+def test_retransmits_and_loss_while_the_policy_starves_a_flow_then_it_completes(the_lab):
+    payload = 300_000
     with inside(the_lab.dut):
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with inside(the_lab.gen):
@@ -91,21 +92,34 @@ def test_monitor_shows_retransmits_of_a_flow_the_policy_starves(the_lab):
         client.connect((DUT4, 7000))
         peer, _ = server.accept()
         with peer:
+            peer.settimeout(30)
             the_lab.apply(STARVE)
-            proc = _spawn(the_lab, "monitor", "--type", "retrans", "--dst", DUT4, "--port",
-                          "7000", "-o", "json", "--count", "2", "--timeout", "30")
+            proc = _spawn(the_lab, "monitor", "--type", "retrans,cong", "--dst", DUT4,
+                          "--port", "7000", "-o", "json", "--timeout", "6")
             assert json.loads(proc.stdout.readline() or "{}").get("type") == "start", \
                 proc.stderr.read()
-            client.send(b"x" * 1000)      # never acknowledged: the DUT drops it
-            out, err = proc.communicate(timeout=60)
+            sender = threading.Thread(target=client.sendall, args=(b"x" * payload,))
+            sender.start()                 # mid-stream: the DUT drops every segment
+            time.sleep(3)
+            the_lab.apply(POLICY)          # the starving rule goes: the transfer resumes
+            got = 0
+            while got < payload:
+                chunk = peer.recv(65536)
+                assert chunk, f"connection closed after {got} bytes"
+                got += len(chunk)
+            sender.join(timeout=30)
+            out, err = finish(proc, 60)
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]
-    assert len(events) == 2, (out, err)
-    for e in events:
-        assert e["type"] == "retrans"
+    retrans = [e for e in events if e["type"] == "retrans"]
+    assert len(retrans) >= 2, (out, err)
+    for e in retrans:
         assert (e["saddr"], e["daddr"], e["dport"]) == (GEN4, DUT4, 7000), e
         assert e["state"] == "ESTABLISHED"
-    assert the_lab.rule("starve-7000")["packets"] >= 2
+    states = [e["state"] for e in events if e["type"] == "cong" and e["event"] == "state"]
+    assert "Loss" in states, (states, out)
+    assert got == payload
+    assert the_lab.rule("udp-6000")["packets"] == 0      # POLICY is live again
 
 
 def test_top_reports_rule_rates_and_kernel_drops(the_lab):
@@ -121,7 +135,7 @@ def test_top_reports_rule_rates_and_kernel_drops(the_lab):
     sender = threading.Thread(target=traffic)
     sender.start()
     try:
-        out, err = proc.communicate(timeout=90)
+        out, err = finish(proc, 90)
     finally:
         stop.set()
         sender.join()
@@ -193,7 +207,7 @@ def test_exporter_serves_metrics_that_agree_with_status(the_lab):
             socket.create_connection((DUT4, 9561), timeout=2).close()
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        _, err = finish(proc, 30)
     assert proc.returncode == 0, err
 
 

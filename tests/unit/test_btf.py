@@ -117,3 +117,48 @@ def test_vmlinux_returns_none_for_nonsense_and_for_non_functions():
     assert btf.func_id("netctl_no_such_function_xyzzy") is None
     assert btf.func_id("sk_buff") is None  # a struct, not a function
     assert btf.vmlinux().find("sk_buff", btf.KIND_STRUCT) is not None
+
+
+# ---- struct member offsets ------------------------------------------------------------------
+
+MSTRINGS = b"\0int\0outer\0first\0deep\0flags\0named\0"
+MOFF = {n: MSTRINGS.index(b"\0" + n.encode() + b"\0") + 1
+        for n in ("int", "outer", "first", "deep", "flags", "named")}
+
+
+def _nested() -> bytes:
+    """struct outer { int first; union { struct { int pad; int deep; }; int named; };
+    int flags:3 (a bit field, at bit 128) }: deep at byte 8 through two anonymous levels."""
+    types = [
+        _type(MOFF["int"], btf.KIND_INT, 0, 4) + struct.pack("=I", 32),          # 1
+        # 2: anonymous struct { int (unnamed pad); int deep; }
+        _type(0, btf.KIND_STRUCT, 2, 8) + struct.pack("=III", MOFF["first"] + 100, 1, 0)
+        + struct.pack("=III", MOFF["deep"], 1, 32),
+        # 3: anonymous union { struct 2; int named; }
+        _type(0, btf.KIND_UNION, 2, 8) + struct.pack("=III", 0, 2, 0)
+        + struct.pack("=III", MOFF["named"], 1, 0),
+        # 4: struct outer, kind_flag set (bit-field encoding of offsets)
+        struct.pack("=III", MOFF["outer"], (1 << 31) | (btf.KIND_STRUCT << 24) | 3, 20)
+        + struct.pack("=III", MOFF["first"], 1, 0)
+        + struct.pack("=III", 0, 3, 32)
+        + struct.pack("=III", MOFF["flags"], 1, (3 << 24) | 128),
+    ]
+    return _blob(types, MSTRINGS + b"\0" * 120)
+
+
+def test_member_offsets_through_anonymous_structs_and_unions():
+    parsed = Btf(_nested())
+    assert parsed.member_offset("outer", "first") == 0
+    assert parsed.member_offset("outer", "deep") == 4 + 4
+    assert parsed.member_offset("outer", "named") == 4
+    assert parsed.member_offset("outer", "flags") is None        # a bit field
+    assert parsed.member_offset("outer", "missing") is None
+    assert parsed.member_offset("nothing", "first") is None
+
+
+def test_vmlinux_sk_buff_members_the_drop_tracer_reads():
+    offsets = {m: btf.vmlinux().member_offset("sk_buff", m)
+               for m in ("head", "data", "network_header", "transport_header", "protocol")}
+    assert all(v is not None for v in offsets.values()), offsets
+    assert len(set(offsets.values())) == len(offsets)
+    assert offsets["data"] == offsets["head"] + 8    # adjacent pointers in every release
