@@ -165,6 +165,10 @@ def soak(seconds: float, period: float = 3.0, say=print) -> dict:
                 monitor.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 monitor.kill()
+                monitor.wait(timeout=15)
+            threads[0].join(timeout=5)   # the reader sees end of file, then its pipes close
+            for pipe in (monitor.stdout, monitor.stderr):
+                pipe.close()
             sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
     first, last = report["samples"][1], report["samples"][-1]   # [0]: still settling
     report["growth"] = {k: last[k] - first[k] for k in first if k != "t"}
