@@ -28,8 +28,9 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from . import bpfsys
+from . import bpfsys, privilege
 from .paths import PIN_ROOT
+from .privilege import CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN
 
 MIN_KERNEL = (5, 10)
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -52,11 +53,6 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 TC_INGRESS = "ffff:fff2"
 TCA_BPF_FLAG_ACT_DIRECT = 1
 HELPER_RINGBUF_OUTPUT = 130
-
-CAP_NET_ADMIN = 12
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
 
 _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 PERF_TYPE_TRACEPOINT = 2
@@ -96,7 +92,7 @@ class Context:
     """What every probe needs to know: privileges and the mount table."""
 
     def __init__(self) -> None:
-        self.caps = _effective_caps()
+        self.caps = privilege.effective()
         self.privileged = (CAP_NET_ADMIN in self.caps
                            and (CAP_BPF in self.caps or CAP_SYS_ADMIN in self.caps))
         self.mounts = _mounts()
@@ -130,18 +126,6 @@ class Context:
             return (f" (this process runs in network namespace {self.netns_name}: `ip netns "
                     "exec` remounts /sys in a mount namespace of its own)")
         return ""
-
-
-def _effective_caps() -> set[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    mask = int(line.split()[1], 16)
-                    return {bit for bit in range(64) if mask >> bit & 1}
-    except OSError:
-        pass
-    return set()
 
 
 def _unescape(field: str) -> str:

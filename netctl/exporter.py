@@ -42,7 +42,7 @@ class Collector:
         from .datapath.control import status
 
         with self.lock:
-            report: dict[str, Any] = status()
+            report: dict[str, Any] = status(verify=False)
         up = GaugeMetricFamily("netctl_datapath_up", "1 when a netctl datapath is live in "
                                "this network namespace and intact")
         up.add_metric([], 1.0 if report["applied"] and not report["problems"] else 0.0)
@@ -129,7 +129,7 @@ def serve(listen: str = DEFAULT_LISTEN, kinds=("drop", "retrans"), once: bool = 
     from . import trace
     from .datapath.control import require_privilege
 
-    require_privilege()
+    require_privilege("exporter")
     host, port = parse_listen(listen)
     tracers = []
     try:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from . import privilege
 from .errors import NetctlError
 from .policy.evaluate import evaluate
 from .policy.explain import describe_packet
@@ -146,9 +147,8 @@ def run(policy: Policy, path: str, count: int = 10, out=print) -> int:
     from .cli import format_status
     from .datapath.frames import Unrepresentable, frame_for
 
-    if os.geteuid() != 0:
-        raise NetctlError("the lab needs root: it creates network namespaces and loads BPF "
-                          "programs")
+    # namespaces and mounts (CAP_SYS_ADMIN), veths (CAP_NET_ADMIN), programs (CAP_BPF)
+    privilege.require("lab", privilege.CAP_SYS_ADMIN, *privilege.DATAPATH)
     if not policy.tests:
         raise NetctlError(f"{path}: the lab sends the policy's tests: packets, and it has none")
     started = time.monotonic()

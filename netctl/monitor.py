@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -220,10 +219,9 @@ def monitor(types: list[str], filters: Filters, output: str = "text", count: int
     if unknown:
         raise NetctlError(f"--type: unknown {', '.join(unknown)} (choose from "
                           f"{', '.join(TYPES)})")
-    if os.geteuid() != 0:
-        from .errors import PrivilegeError
+    from . import privilege
 
-        raise PrivilegeError("netctl monitor needs CAP_BPF and CAP_PERFMON (run it as root)")
+    privilege.require("monitor", *privilege.TRACING)
     policy = PolicySource.open() if "policy" in types else None
     tracers = []
     try:

@@ -11,14 +11,14 @@ refused.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
 from collections import Counter
 from typing import Any
 
-from .errors import NetctlError, PrivilegeError
+from . import privilege
+from .errors import NetctlError
 
 KINDS = ("drop", "retrans")
 
@@ -112,8 +112,7 @@ def top(interval: float = 1.0, iterations: int | None = None, limit: int = 10,
         raise NetctlError("--interval must be greater than 0")
     if iterations is not None and iterations < 1:
         raise NetctlError("--iterations must be at least 1")
-    if os.geteuid() != 0:
-        raise PrivilegeError("netctl top needs CAP_BPF and CAP_PERFMON (run it as root)")
+    privilege.require("top", *privilege.TRACING)
     tracers: list = []
     try:
         if kernel:
@@ -123,7 +122,7 @@ def top(interval: float = 1.0, iterations: int | None = None, limit: int = 10,
                 print(f"netctl top: kernel tracers unavailable ({exc}); showing the datapath "
                       "only", file=err)
         clear = output == "text" and out.isatty()
-        report = status()
+        report = status(verify=False)
         first = prev = snapshot(report, tracers)
         last = time.monotonic()
         done = 0
@@ -131,7 +130,7 @@ def top(interval: float = 1.0, iterations: int | None = None, limit: int = 10,
             time.sleep(interval)
             for t in tracers:   # keep the rings drained; top reads the maps, not the events
                 t.poll(0)
-            report = status()
+            report = status(verify=False)
             now = snapshot(report, tracers)
             moment = time.monotonic()
             table = rows(first, prev, now, moment - last, limit)

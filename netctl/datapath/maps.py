@@ -15,6 +15,7 @@ by it until the flip of the one-word ``active`` map.
 from __future__ import annotations
 
 import errno
+import hashlib
 from array import array
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
@@ -238,6 +239,17 @@ def read_generation(maps: Mapping[str, RawMap], gen: int,
         else:
             stride = abi.array_stride(name, constants)
             out[name] = _decode_array(name, m.read_array(gen * stride, stride), constants)
+    return out
+
+
+def contents_digests(contents: Mapping[str, Mapping[Any, Any]]) -> dict[str, str]:
+    """Per map, a fingerprint of one generation's contents in canonical form, whatever the
+    order they were written or read in: what status compares to tell a map changed by hand
+    from the one netctl applied (a plan's ``maps()`` and ``read_generation`` agree on it)."""
+    out = {}
+    for name in MAP_NAMES:
+        lines = sorted(repr(item) for item in contents.get(name, {}).items())
+        out[name] = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:20]
     return out
 
 

@@ -167,6 +167,12 @@ class Namespace:
             pickle.dump(plan, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, self.state_dir / f"gen{gen}.plan")
 
+    def forget_plan(self, gen: int) -> None:
+        """Before generation ``gen`` is rewritten: until the new plan is saved, nothing vouches
+        for what it holds (an apply killed half-way leaves a mix that must be read back)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.state_dir / f"gen{gen}.plan")
+
     def load_plan(self, gen: int, digest: str | None):
         """The plan recorded for generation ``gen`` if its digest is ``digest`` (what the state
         file says the generation holds), else None: the caller reads the maps instead."""
