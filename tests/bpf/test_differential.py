@@ -7,6 +7,7 @@ direction.  The verdict, the deciding rule (read from the counter the packet mov
 reason must equal `netctl.policy.frame.frame_verdict`, the reference parser plus the
 reference evaluator.  Inputs: hypothesis policies with packets aimed at their edges,
 random well-formed frames (VLAN, options, extension chains, fragments), mutated frames,
+frames from scapy's fuzz() (header fields at random, lengths and checksums included),
 and the named malformed cases (truncated at every offset, bad IHL, versions, too many
 VLAN tags or extension headers, tiny fragments).  In all, well over 10,000 packets.
 """
@@ -101,6 +102,46 @@ def test_programs_agree_on_random_and_mutated_frames(sandbox, policy):
         if len(frame) < frames.MIN_TEST_RUN_LEN:
             continue
         check(sandbox, policy, frame, HOOKS[i % 3])
+
+
+def _scapy_fuzzed_frames(seed: int, count: int) -> list[bytes]:
+    """Frames from scapy's fuzz(): every field not pinned here (lengths, IHL, flags, offsets,
+    checksums, options, next headers, ports, types) drawn at random, so headers lie about
+    themselves in ways no hand-made case does.  Seeded: the same frames in every run."""
+    from scapy.all import (ICMP, IP, TCP, UDP, Dot1Q, Ether, ICMPv6EchoRequest, IPv6,
+                           IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, Raw, fuzz)
+
+    random.seed(seed)
+    stacks = [
+        lambda: Ether() / fuzz(IP()) / fuzz(TCP()),
+        lambda: Ether() / fuzz(IP()) / fuzz(UDP()) / Raw(b"x" * 8),
+        lambda: Ether() / fuzz(IP(version=4)) / fuzz(ICMP()),
+        lambda: Ether() / IP() / fuzz(TCP()),
+        lambda: Ether() / Dot1Q() / fuzz(IP()) / fuzz(UDP()),
+        lambda: Ether() / fuzz(IPv6()) / fuzz(TCP()),
+        lambda: Ether() / IPv6() / fuzz(IPv6ExtHdrHopByHop()) / fuzz(UDP()),
+        lambda: Ether() / IPv6() / fuzz(IPv6ExtHdrFragment()) / fuzz(TCP()),
+        lambda: Ether() / IPv6() / fuzz(ICMPv6EchoRequest()),
+        lambda: fuzz(Ether(type=0x0800)) / fuzz(IP()),
+    ]
+    out = []
+    while len(out) < count:
+        try:
+            frame = bytes(stacks[len(out) % len(stacks)]())
+        except Exception:  # noqa: S112 - scapy cannot build some drawn combinations
+            continue
+        if len(frame) >= frames.MIN_TEST_RUN_LEN:
+            out.append(frame)
+    return out
+
+
+@settings(max_examples=15, **SETTINGS)
+@given(policies(max_rules=8))
+def test_programs_agree_on_scapy_fuzzed_frames(sandbox, policy):
+    sandbox.load(compile_policy(policy, LIMITS))
+    seed = len(policy.rules) * 104729 + sum(len(r.name) for r in policy.rules)
+    for i, frame in enumerate(_scapy_fuzzed_frames(seed, 200)):
+        check(sandbox, policy, frame, HOOKS[i % 3], "scapy fuzz()")
 
 
 def test_malformed_frames_are_dropped_under_their_reason(sandbox):
