@@ -248,9 +248,20 @@ def contents_digests(contents: Mapping[str, Mapping[Any, Any]]) -> dict[str, str
     from the one netctl applied (a plan's ``maps()`` and ``read_generation`` agree on it)."""
     out = {}
     for name in MAP_NAMES:
-        lines = sorted(repr(item) for item in contents.get(name, {}).items())
+        items = contents.get(name, {}).items()
+        if name in ARRAY_MAPS:   # their zero entries are never read back
+            items = [(k, v) for k, v in items if not _all_zero(v)]
+        lines = sorted(repr(item) for item in items)
         out[name] = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:20]
     return out
+
+
+def _all_zero(value: Any) -> bool:
+    if isinstance(value, int):
+        return value == 0
+    if isinstance(value, (tuple, list)):
+        return all(_all_zero(v) for v in value)
+    return False
 
 
 def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,

@@ -108,8 +108,20 @@ def _scapy_fuzzed_frames(seed: int, count: int) -> list[bytes]:
     """Frames from scapy's fuzz(): every field not pinned here (lengths, IHL, flags, offsets,
     checksums, options, next headers, ports, types) drawn at random, so headers lie about
     themselves in ways no hand-made case does.  Seeded: the same frames in every run."""
-    from scapy.all import (ICMP, IP, TCP, UDP, Dot1Q, Ether, ICMPv6EchoRequest, IPv6,
-                           IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, Raw, fuzz)
+    from scapy.all import (
+        ICMP,
+        IP,
+        TCP,
+        UDP,
+        Dot1Q,
+        Ether,
+        ICMPv6EchoRequest,
+        IPv6,
+        IPv6ExtHdrFragment,
+        IPv6ExtHdrHopByHop,
+        Raw,
+        fuzz,
+    )
 
     random.seed(seed)
     stacks = [

@@ -27,6 +27,7 @@ from netctl.bpfsys import BpfError
 from netctl.datapath.instance import contents_plan
 from netctl.datapath.maps import (
     MemoryMap,
+    contents_digests,
     encode,
     map_kind,
     memory_maps,
@@ -224,6 +225,22 @@ def test_round_trip(real_plans, name, gen):
     assert read_generation(maps, gen, constants) == canonical(plan)
     assert read_generation(maps, 1 - gen, constants) == {n: {} for n in MAP_NAMES}
     assert read_active(maps) == 0   # nothing flipped
+    # What status compares: the plan's fingerprints and those of what was read back.
+    assert contents_digests(read_generation(maps, gen, constants)) == \
+        contents_digests(plan.maps())
+
+
+def test_contents_digests_name_the_map_changed_by_hand(real_plans):
+    plan = real_plans["web-server"]
+    constants = plan.constants()
+    maps = memory_maps(constants)
+    write_plan(maps, 0, plan)
+    want = contents_digests(plan.maps())
+    words = list(read_generation(maps, 0, constants)["config"][0])
+    words[0] ^= 1
+    maps["config"].update(abi.pack_u32(0), abi.pack_config(tuple(words)))
+    have = contents_digests(read_generation(maps, 0, constants))
+    assert [name for name in MAP_NAMES if have[name] != want[name]] == ["config"]
 
 
 def test_round_trip_exercises_the_edge_values(real_plans):
@@ -602,11 +619,14 @@ def test_any_plan_over_any_plan(bystander, a, b, gen):
     write_plan(maps, gen, plan_a)
     held = read_generation(maps, gen, constants)
     assert held == canonical(plan_a)
+    assert contents_digests(held) == contents_digests(plan_a.maps())
     change = diff(contents_plan(held, plan_b), plan_b)
     assert change.entries() == diff(plan_a, plan_b).entries()
     for name, map_change in change.maps.items():
         write_diff(maps, name, gen, map_change, constants)
 
     assert read_generation(maps, gen, constants) == canonical(plan_b)
+    assert contents_digests(read_generation(maps, gen, constants)) == \
+        contents_digests(plan_b.maps())
     assert_only_gen_written(before, maps, gen, [plan_a, plan_b], [bystander], constants)
     assert read_active(maps) == 1 - gen
