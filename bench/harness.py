@@ -150,9 +150,14 @@ def flood(topo: Topology, counter: Callable[[], int], seconds: float,
         c0, t0 = counter(), time.monotonic()
         time.sleep(seconds)
         c1, t1 = counter(), time.monotonic()
-        out, _ = proc.communicate(timeout=run_for + 30)
+        # Wait for the process, not for the end of its output: a worker that outlives its
+        # parent keeps the pipe open (then only the sent count is lost, not the figure).
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=run_for + 30)
     finally:
         stop_group(proc)
+        out = proc.stdout.read()
+        proc.stdout.close()
         os.unlink(conf)
     total = run_for
     match = re.search(r"(\d+) packets outgoing", out)

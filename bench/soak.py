@@ -113,6 +113,11 @@ def soak(seconds: float, period: float = 3.0, say=print) -> dict:
         monitor = subprocess.Popen(["ip", "netns", "exec", topo.dut, *NETCTL, "monitor",
                                     "--type", "policy,drop,retrans,socket", "-o", "json"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The soak starts when the monitor is up (its first line): compiling its tracers
+        # takes seconds on a busy machine, and what it loads must not count as growth.
+        first = monitor.stdout.readline()
+        if not first:
+            raise RuntimeError(f"netctl monitor did not start: {monitor.stderr.read()}")
         stop = threading.Event()
 
         def count_events():
@@ -134,7 +139,7 @@ def soak(seconds: float, period: float = 3.0, say=print) -> dict:
             t.start()
         cookie_dir = None
         try:
-            time.sleep(2)  # the monitor compiles its tracers
+            time.sleep(1)
             status = json.loads(sh(*NETCTL, "status", "-o", "json", ns=topo.dut).stdout)
             cookie_dir = f"/run/netctl/bpf/ns{status['cookie']}"
             started = time.monotonic()

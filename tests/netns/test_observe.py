@@ -80,6 +80,39 @@ def test_monitor_shows_a_kernel_drop_with_its_reason(the_lab):
     assert event["location"] and event["stack"]
 
 
+def test_a_flooded_udp_socket_shows_receive_buffer_drops_for_its_port(the_lab):
+    """A UDP socket with the smallest receive buffer, never read, flooded from the other
+    namespace: the kernel drops what does not fit, under its own reason, for that flow."""
+    the_lab.apply(POLICY)
+    proc = _spawn(the_lab, "monitor", "--type", "drop,socket", "--port", "6002", "-o",
+                  "json", "--count", "3", "--timeout", "30")
+    start = json.loads(proc.stdout.readline() or "{}")
+    assert start.get("type") == "start", proc.stderr.read()
+    with inside(the_lab.dut):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            _send_udp(the_lab.gen, 20, 6002)
+    with rx:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)   # the kernel's minimum
+        rx.bind((DUT4, 6002))
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            out, err = finish(proc, 60)
+        finally:
+            stop.set()
+            sender.join()
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert len(events) == 3, (events, err)
+    for event in events:
+        assert event["type"] == "drop" and event["reason"] == "SOCKET_RCVBUFF", event
+        assert (event["src"], event["dst"], event["dport"]) == (GEN4, DUT4, 6002), event
+
+
 def test_retransmits_and_loss_while_the_policy_starves_a_flow_then_it_completes(the_lab):
     payload = 300_000
     with inside(the_lab.dut):
