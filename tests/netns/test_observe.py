@@ -201,16 +201,14 @@ def _scrape(ns: str, port: int) -> str:
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        metric, _, rest = key.partition("{")
-        got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
-        if metric == name and got == want:
-            return float(value)
-    raise AssertionError(f"{name}{{{want}}} not in scrape:\n{text}")
+    """One sample of a scrape, read with prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} not in scrape:\n{text}")
 
 
 def test_exporter_serves_metrics_that_agree_with_status(the_lab):
