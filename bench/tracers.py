@@ -209,10 +209,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tracers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 s windows, 3 rounds")
+    parser.add_argument("--per-kind", action="store_true",
+                        help="the overhead of each kind of event alone (5 rounds each)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.tracers needs root (namespaces, BPF)", file=sys.stderr)
         return 1
+    if args.per_kind:
+        say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        print("tracer overhead per kind (TCP, iperf3, medians of 5 alternating rounds)")
+        with topology("t") as topo, tempfile.TemporaryDirectory() as tmp:
+            _apply(topo, tmp)
+            try:
+                for kind in ALL_TYPES.split(","):
+                    say(f"bench: {kind}")
+                    r = overhead(topo, 3.0, 5, say, kind)
+                    print(f"  {kind:<8} off {r['off_median'] / 1e9:6.2f} Gbit/s, on "
+                          f"{r['on_median'] / 1e9:6.2f} Gbit/s, ratio {r['ratio']:.3f}",
+                          flush=True)
+            finally:
+                sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
+        return 0
     result = run(2.0 if args.quick else 3.0, 3 if args.quick else 7,
                  say=lambda m: print(m, file=sys.stderr, flush=True))
     print(table(result))
