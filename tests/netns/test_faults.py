@@ -187,3 +187,26 @@ def test_a_policy_too_big_for_the_rule_table_changes_nothing(the_lab):
     assert "rule_table" in out.stderr and "Traceback" not in out.stderr
     assert _which_policy(the_lab) == "A"
     assert json.loads(the_lab.netctl("status", "-o", "json").stdout)["problems"] == []
+
+
+@pytest.mark.parametrize("hook", ["tc", "xdp"])
+def test_programs_removed_by_hand_are_reported_and_reattached(the_lab, hook):
+    mode = ("--xdp-mode", "generic") if hook == "xdp" else ()
+    the_lab.apply(POLICY_A, *mode)
+    assert _which_policy(the_lab) == "A"
+    if hook == "xdp":
+        run("ip", "link", "set", "dev", the_lab.dut_if, "xdpgeneric", "off", ns=the_lab.dut)
+        expected = "XDP program missing"
+    else:
+        run("tc", "filter", "del", "dev", the_lab.dut_if, "ingress", ns=the_lab.dut)
+        expected = "tc ingress filter missing"
+    assert _which_policy(the_lab) == "mix 1111:2 2222:2"   # nothing filters now
+    status = the_lab.status()
+    assert any(expected in p for p in status["problems"]), status["problems"]
+    out = the_lab.netctl("status", check=False)
+    assert out.returncode == 1 and expected in out.stdout + out.stderr
+    # The same policy again is not a no-op: it attaches what is missing.
+    result = the_lab.apply(POLICY_A, *mode)
+    assert result["unchanged"] is False
+    assert _which_policy(the_lab) == "A"
+    assert the_lab.status()["problems"] == []

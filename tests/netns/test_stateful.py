@@ -154,3 +154,42 @@ def test_conntrack_entries_survive_a_policy_change_and_detach_clears_them(the_la
     assert "40111" in out.stdout and "of 65536 entries" in out.stdout
     the_lab.netctl("detach", "--all")
     assert the_lab.leftovers() == []
+
+
+SMALL_TABLE = """
+version: 1
+defaults: {ingress: drop, egress: accept}
+stateful: true
+conntrack: {size: 64, udp: 60}
+rules: []
+"""
+
+
+def test_a_full_table_evicts_and_counts_it(the_lab):
+    """More flows than the table holds: the least recently used go, every one counted;
+    the table never holds more than its size and new flows still get in."""
+    the_lab.apply(SMALL_TABLE)
+    flows = 300
+    with inside(the_lab.dut):
+        for i in range(flows):   # a distinct source port each: a distinct flow each
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind((DUT4, 20000 + i))
+                s.sendto(b"x", (GEN4, 7000))
+    ct = the_lab.status()["conntrack"]
+    assert ct["capacity"] == 64, ct
+    assert ct["created"] >= flows and 0 < ct["entries"] <= ct["capacity"], ct
+    assert ct["evicted"] >= flows - ct["capacity"], ct
+    assert ct["evicted"] == ct["created"] - ct["expired"] - ct["entries"], ct
+    # The newest flow is tracked: its reply is let in although ingress drops by default.
+    with inside(the_lab.dut):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with inside(the_lab.gen):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, server:
+        server.bind((GEN4, 7001))
+        rx.bind((DUT4, 0))
+        rx.settimeout(2)
+        rx.sendto(b"ping", (GEN4, 7001))
+        data, peer = server.recvfrom(100)
+        server.sendto(b"pong", peer)
+        assert rx.recv(100) == b"pong"
