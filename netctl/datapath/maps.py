@@ -207,39 +207,33 @@ def read_generation(maps: Mapping[str, RawMap], gen: int,
     for name in MAP_NAMES:
         m = maps[name]
         if name in LPM_MAPS:
-            contents = {}
-            for key in list(m.keys()):
-                g, plen, network = abi.unpack_lpm_key(key)
-                if g != gen:
-                    continue
-                value = m.lookup(key)
-                if value is not None:
-                    contents[(plen, network)] = abi.unpack_classes(value)
-            out[name] = contents
+            out[name] = _read_trie(m, gen, _lpm_key, abi.unpack_classes)
         elif name in ROUTE_MAPS:
-            contents = {}
-            for key in list(m.keys()):
-                g, plen, network = abi.unpack_lpm_key(key)
-                if g != gen:
-                    continue
-                value = m.lookup(key)
-                if value is not None:
-                    contents[(plen, network)] = abi.unpack_u32(value)
-            out[name] = contents
-        elif name == "rule_table":  # an LPM trie: no batch operations
-            contents = {}
-            for key in list(m.keys()):
-                g, rest = abi.unpack_rule_key(key)
-                if g != gen:
-                    continue
-                value = m.lookup(key)
-                if value is not None:
-                    contents[rest] = abi.unpack_u32(value)
-            out[name] = contents
+            out[name] = _read_trie(m, gen, _lpm_key, abi.unpack_u32)
+        elif name == "rule_table":
+            out[name] = _read_trie(m, gen, abi.unpack_rule_key, abi.unpack_u32)
         else:
             stride = abi.array_stride(name, constants)
             out[name] = _decode_array(name, m.read_array(gen * stride, stride), constants)
     return out
+
+
+def _lpm_key(key: bytes) -> tuple[int, tuple[int, Any]]:
+    g, plen, network = abi.unpack_lpm_key(key)
+    return g, (plen, network)
+
+
+def _read_trie(m: RawMap, gen: int, unpack_key, unpack_value) -> dict:
+    """One generation of an LPM trie, entry by entry (tries have no batch operations)."""
+    contents = {}
+    for key in list(m.keys()):
+        g, canonical = unpack_key(key)
+        if g != gen:
+            continue
+        value = m.lookup(key)
+        if value is not None:
+            contents[canonical] = unpack_value(value)
+    return contents
 
 
 def contents_digests(contents: Mapping[str, Mapping[Any, Any]]) -> dict[str, str]:
