@@ -77,12 +77,12 @@ class PolicySource:
 
     @classmethod
     def open(cls) -> PolicySource | None:
-        from .datapath.control import _open_live
+        from .datapath.control import _open_live, live_state
         from .datapath.netns import Namespace
         from .ringbuf import RingReader
 
         ns = Namespace.current()
-        state = ns.read_state()
+        state, _notes = live_state(ns)
         live, _why = _open_live(ns, state)
         if live is None:
             return None

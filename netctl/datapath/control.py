@@ -21,6 +21,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,8 @@ def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
     if state.get("request") != request or state["build"].get("constants") != \
             plan_constants(limits) or state["build"].get("source") != source_digest():
         return None
+    if state.get("pending") or _stale_builds(ns, state["build"]):
+        return None                     # an apply was killed: a full one cleans up after it
     live, _ = _open_live(ns, state)
     if live is None:
         return None
@@ -359,6 +362,59 @@ def _open_live(ns: Namespace, state: dict | None) -> tuple[Datapath | None, str 
         return None, str(exc)
 
 
+def live_state(ns: Namespace) -> tuple[dict | None, list[str]]:
+    """The state file as it describes what runs, and what it had to correct.
+
+    A rebuild records its new build as pending, attaches its programs, then records it as
+    the build.  A kill between the two leaves interfaces running the pending build: then it
+    is what judges their traffic, and what status, conntrack and the monitor must read."""
+    state = ns.read_state()
+    pending = (state or {}).get("pending")
+    if not pending:
+        return state, []
+    build = pending["build"]
+    try:
+        dp = Datapath.open(ns.build_dir(build["id"]), build["constants"],
+                           ct_pin=ns.ct_pin(build["constants"]))
+    except PinsMissing:
+        return state, []
+    with dp:
+        ids = dp.prog_ids()
+    with att.Links() as links:
+        running = [name for name in pending["interfaces"] if _runs_any(links, name, ids)]
+    if not running:
+        return state, []
+    record = pending["generation"]
+    interfaces = dict(state.get("interfaces", {}))
+    interfaces.update((name, pending["interfaces"][name]) for name in running)
+    note = (f"an apply of {record['policy']} was killed after attaching its new programs to "
+            f"{', '.join(running)} and before recording them: they are live (any hook still "
+            "on the old programs is listed below); 'netctl apply' completes the apply")
+    return dict(state, build=build, generations={"0": record, "1": record},
+                interfaces=interfaces), [note]
+
+
+def _runs_any(links: att.Links, name: str, ids: dict[str, int]) -> bool:
+    """Whether any hook of the interface runs one of these programs."""
+    link = links.find(name)
+    if link is None:
+        return False
+    if link.xdp_prog_id is not None and link.xdp_prog_id == ids.get("xdp"):
+        return True
+    return any(f.ours and f.prog_id == ids.get(f"tc_{direction}")
+               for direction in ("ingress", "egress") for f in links.filters(link, direction))
+
+
+CRASH_POINTS = ("built", "written", "attached", "recorded", "flipped")
+
+
+def _crash_point(name: str) -> None:
+    """Die here, as a kill -9 would, when NETCTL_CRASH_AT names this point: the fault tests
+    use it to hit each step of an apply exactly, besides killing it at random times."""
+    if os.environ.get("NETCTL_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _reusable(state: dict | None, plan: MapPlan) -> bool:
     build = (state or {}).get("build") or {}
     return build.get("constants") == plan.constants() and build.get("source") == source_digest()
@@ -414,6 +470,9 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
             # written afresh into the other generation, and this one is no longer vouched for.
             if not _changed_maps(dp, active, gens[str(active)]):
                 dp.close()
+                _remove_stale_builds(ns, state["build"])
+                if state.pop("pending", None):
+                    ns.write_state(state)
                 return ApplyResult(policy.source, active, False, diff(plan, plan),
                                    dict(state.get("interfaces", {})), unchanged=True)
             tampered = active
@@ -426,11 +485,23 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         dp.write_nexthops(gen, [n["packed"] for n in nexthops])
         dp.set_local_addresses(_local_keys(links))
         ns.save_plan(gen, plan)
+        _crash_point("written")
         build = state["build"]
 
+    record = dict(_generation_record(policy, plan), nexthops=_public(nexthops))
+    if reload:
+        # Attaching the new build's programs is what makes it live, and a kill may land
+        # between that and the state write below: so the build is recorded as pending first,
+        # and status believes the programs the interfaces actually run.
+        ns.write_state(dict(state, pending={
+            "build": build, "generation": record,
+            "interfaces": {t.name: _interface_record(t, link, hooks, False)
+                           for t, link, hooks in found}}))
+        _crash_point("built")
     undo: list = []
     try:
         interfaces = _attach_all(links, dp, found, state, undo)
+        _crash_point("attached")
     except BaseException:
         for step in reversed(undo):
             try:
@@ -440,6 +511,10 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         if reload:
             dp.close()
             ns.remove_build(build["id"])
+            if state:
+                ns.write_state(state)
+            else:
+                ns.state_file.unlink(missing_ok=True)
         elif old is not None:
             old.close()
         raise
@@ -447,7 +522,7 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
     previous = state.get("generations", {})
     old_active = None if reload else dp.active
     generations = {} if reload else dict(previous)
-    generations[str(gen)] = dict(_generation_record(policy, plan), nexthops=_public(nexthops))
+    generations[str(gen)] = record
     if tampered is not None:   # its saved plan is not what it holds: read it back next time
         generations[str(tampered)] = dict(generations[str(tampered)], digest=None,
                                           contents=None)
@@ -456,8 +531,11 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
     carried = _carried_before(state, reload)
     new_state = dict(state, build=build, generations=generations, interfaces=interfaces,
                      carried=carried, netns=netns_name())
+    new_state.pop("pending", None)
     ns.write_state(new_state)           # the new generation is described ...
+    _crash_point("recorded")
     dp.flip(gen)                        # ... then made live, in one word
+    _crash_point("flipped")
     warnings: list[str] = []
     detached = _detach_removed(links, state, interfaces, warnings)
     _sync_kernel_routes(links, policy, nexthops, warnings)
@@ -471,17 +549,27 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         old.close()
     elif old_active is not None:
         _carry(carried, previous.get(str(old_active)), dp, old_active)
-    # Builds no state refers to: the old one after a rebuild, or one an apply killed half
-    # way left behind (its programs are no longer attached anywhere: this apply re-attached).
-    for stale in ns.builds():
-        if stale != build["id"] and stale != os.path.basename(ns.ct_pin(build["constants"])):
-            ns.remove_build(stale)
+    _remove_stale_builds(ns, build)
     keep = set(plan.rule_names)
     carried["rules"] = {k: v for k, v in carried["rules"].items() if k in keep}
     new_state["carried"] = carried
     ns.write_state(new_state)
     dp.close()
     return ApplyResult(policy.source, gen, reload, change, interfaces, detached, warnings)
+
+
+def _stale_builds(ns: Namespace, build: dict) -> list[str]:
+    """Builds no state refers to: the old one after a rebuild, or one an apply killed half
+    way left behind."""
+    keep = (build["id"], os.path.basename(ns.ct_pin(build["constants"])))
+    return [b for b in ns.builds() if b not in keep]
+
+
+def _remove_stale_builds(ns: Namespace, build: dict) -> None:
+    """Remove the stale builds (their programs are attached nowhere: the live build's are,
+    or this apply has just attached them)."""
+    for stale in _stale_builds(ns, build):
+        ns.remove_build(stale)
 
 
 def _carried_before(state: dict, reload: bool) -> dict[str, Any]:
@@ -685,10 +773,10 @@ def status(verify: bool = True) -> dict[str, Any]:
     from what netctl applied (about 3 s at 100,000 rules; top and the exporter skip it)."""
     require_privilege("status")
     ns = Namespace.current()
-    state = ns.read_state()
+    state, notes = live_state(ns)
     out: dict[str, Any] = {"netns": netns_name(), "cookie": ns.cookie, "applied": False,
                            "interfaces": [], "rules": [], "defaults": {}, "drops": [],
-                           "problems": []}
+                           "problems": list(notes)}
     if not state or "build" not in state:
         return out
     live, why = _open_live(ns, state)
@@ -804,7 +892,7 @@ def conntrack() -> dict[str, Any]:
     """The tracked flows of this namespace's datapath (`netctl conntrack -o json`)."""
     require_privilege("conntrack")
     ns = Namespace.current()
-    state = ns.read_state()
+    state, _notes = live_state(ns)
     live, why = _open_live(ns, state)
     if live is None:
         return {"netns": netns_name(), "entries": [], "problem": why}

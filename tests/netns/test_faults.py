@@ -21,7 +21,7 @@ import pytest
 from lab import NETCTL, lab, wait_for
 from nsutil import netns_cookie, run
 
-from netctl.paths import PIN_ROOT
+from netctl.paths import PIN_ROOT, STATE_ROOT
 
 # A and B disagree on two probe ports: A drops 1111 and passes 2222, B the other way round.
 POLICY_A = """
@@ -113,10 +113,51 @@ def test_kill_minus_9_at_fifty_points_never_leaves_a_mix(the_lab):
     assert len([b for b in builds if b.startswith("b")]) == 1, builds
 
 
+# Each step of an apply, hit exactly (NETCTL_CRASH_AT kills the apply there as kill -9
+# would): what the traffic must say afterwards, for a rule change and for a rebuild.
+CRASHES = [("change", "written", "A"), ("change", "attached", "A"), ("change", "recorded", "A"),
+           ("change", "flipped", "B"), ("rebuild", "built", "A"), ("rebuild", "attached", "B"),
+           ("rebuild", "recorded", "B"), ("rebuild", "flipped", "B")]
+
+
+@pytest.mark.parametrize(("kind", "point", "expected"), CRASHES,
+                         ids=[f"{k}-{p}" for k, p, _ in CRASHES])
+def test_a_crash_at_each_step_leaves_one_policy_and_status_says_which(the_lab, kind, point,
+                                                                      expected):
+    from netctl.datapath.control import CRASH_POINTS
+
+    assert point in CRASH_POINTS
+    paths = {"A": the_lab.policy(POLICY_A, "a.yaml"), "B": the_lab.policy(POLICY_B, "b.yaml")}
+    the_lab.netctl("apply", paths["A"], "--dev", the_lab.dut_if)
+    env = dict(os.environ, NETCTL_CRASH_AT=point)
+    if kind == "rebuild":
+        env["NETCTL_EXTRA_CFLAGS"] = "-DNETCTL_REBUILD_TRIAL=1"
+    crashed = subprocess.run(["ip", "netns", "exec", the_lab.dut, NETCTL, "apply", paths["B"],
+                              "--dev", the_lab.dut_if], env=env, capture_output=True)
+    assert crashed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), crashed
+    assert _which_policy(the_lab) == expected
+    assert _status_policy(the_lab, paths) == expected
+    if (kind, point) == ("rebuild", "attached"):
+        assert any("was killed after attaching" in p for p in the_lab.status()["problems"])
+    # The next apply completes whatever the crash left, and leaves one build behind: also
+    # an apply of the policy that survived, which has nothing to write.
+    if expected == "A":
+        again = the_lab.netctl("apply", paths["A"], "--dev", the_lab.dut_if, "-o", "json")
+        assert json.loads(again.stdout)["reload"] is False
+        assert _status_policy(the_lab, paths) == "A"
+        assert the_lab.status()["problems"] == []
+    the_lab.netctl("apply", paths["B"], "--dev", the_lab.dut_if)
+    assert _which_policy(the_lab) == "B"
+    assert the_lab.status()["problems"] == []
+    builds = os.listdir(f"{PIN_ROOT}/ns{netns_cookie(the_lab.dut)}")
+    assert len([b for b in builds if b.startswith("b")]) == 1, builds
+    with open(f"{STATE_ROOT}/ns{netns_cookie(the_lab.dut)}/state.json") as f:
+        state = json.load(f)
+    assert "pending" not in state
+
+
 def test_applies_are_serialised_by_the_lock(the_lab):
     import fcntl
-
-    from netctl.paths import STATE_ROOT
 
     a, b = the_lab.policy(POLICY_A, "a.yaml"), the_lab.policy(POLICY_B, "b.yaml")
     the_lab.apply(POLICY_A)
