@@ -26,8 +26,6 @@ from .errors import NetctlError
 
 TYPES = ("policy", "drop", "retrans", "cong", "socket")
 DEFAULT_TYPES = ("policy", "drop")
-DRAIN_INTERVAL_S = 0.05     # how often the ring buffers are read (256 KiB hold ~2,000 events)
-BUSY_BATCH = 1024           # a batch this big means the rings are filling: read again now
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
@@ -242,12 +240,12 @@ def monitor(types: list[str], filters: Filters, output: str = "text", count: int
         shown = 0
         deadline = time.monotonic() + timeout if timeout else None
         try:
-            # The rings are drained every DRAIN_INTERVAL_S (nothing in the kernel wakes this
-            # process per event), and each batch is written with one flush.
             while True:
-                events = policy.poll(0) if policy else []
+                events = []
+                if policy:
+                    events += policy.poll(50 if tracers else 200)
                 for t in tracers:
-                    events += t.poll(0)
+                    events += t.poll(10)
                 events.sort(key=lambda e: e["time"])
                 for e in events:
                     if not filters.match(e):
@@ -258,11 +256,11 @@ def monitor(types: list[str], filters: Filters, output: str = "text", count: int
                     if count and shown >= count:
                         out.flush()
                         return 0
-                out.flush()
+                out.flush()                     # once per batch, not per event
                 if deadline and time.monotonic() >= deadline:
                     return 0
-                if len(events) < BUSY_BATCH:    # else more is waiting: no pause
-                    time.sleep(DRAIN_INTERVAL_S)
+                if not policy and not tracers:
+                    time.sleep(0.2)
         except KeyboardInterrupt:
             return 0
         finally:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import mmap
 import select
 import struct
-import time
 from collections.abc import Iterator
 
 from .bpfsys import Map
@@ -24,7 +23,6 @@ from .bpfsys import Map
 _BUSY = 1 << 31
 _DISCARD = 1 << 30
 _HDR = 8
-WAIT_SLICE_S = 0.02     # how often wait() looks for data
 
 
 class RingReader:
@@ -68,17 +66,10 @@ class RingReader:
             self._set_consumer(cons)
 
     def wait(self, timeout_ms: int) -> bool:
-        """Wait until the buffer has data (or the timeout passes).  The datapath writes
-        without waking readers, so this looks every few milliseconds; a poll of the map
-        (level-triggered: it says whether data is there) is the sleep."""
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            if self._consumer_pos() < self._producer_pos():
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._poll.poll(min(left, WAIT_SLICE_S) * 1000)
+        """Wait until the buffer has data (or the timeout passes)."""
+        if self._consumer_pos() < self._producer_pos():
+            return True
+        return bool(self._poll.poll(timeout_ms))
 
     def close(self) -> None:
         self._consumer.close()

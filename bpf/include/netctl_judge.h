@@ -257,9 +257,7 @@ static __always_inline void netctl_emit(struct netctl_pkt *p, struct netctl_verd
     e.gen = v->gen;
     __builtin_memcpy(e.saddr, p->src.v6.addr, 16);
     __builtin_memcpy(e.daddr, p->dst.v6.addr, 16);
-    /* No wakeup: the reader (netctl monitor) drains the ring on a short timer, so a logged
-     * flood costs no context switch per event. */
-    if (events.ringbuf_output(&e, sizeof(e), 1 /* BPF_RB_NO_WAKEUP */) < 0)
+    if (events.ringbuf_output(&e, sizeof(e), 0) < 0)
         netctl_count_stat(NETCTL_STAT_EVENTS_LOST, p->len);
     else
         netctl_count_stat(NETCTL_STAT_EVENTS, p->len);

@@ -52,9 +52,7 @@ struct trace_head {
 };
 
 /* Events go to user space through one ring buffer per tracer; an event the ring buffer
- * cannot take is counted here (per CPU) and reported by Tracer.lost().  No event wakes the
- * reader (BPF_RB_NO_WAKEUP): readers drain the rings on a short timer (Tracer.poll), so a
- * busy host pays no context switch per event; the ring holds the events in between. */
+ * cannot take is counted here (per CPU) and reported by Tracer.lost(). */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 
@@ -72,7 +70,7 @@ static __always_inline void trace_head_fill(struct trace_head *h, __u32 what)
 
 static __always_inline void emit(void *event, __u32 size)
 {
-    if (events.ringbuf_output(event, size, 1 /* BPF_RB_NO_WAKEUP */) != 0) {
+    if (events.ringbuf_output(event, size, 0) != 0) {
         int zero = 0;
         u64 *n = lost.lookup(&zero);
         if (n)

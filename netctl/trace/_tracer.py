@@ -219,12 +219,10 @@ class Tracer:
     timeout for the first), ``counts()`` the aggregates the BPF side keeps (exact even when
     the ring buffer dropped events, which ``lost()`` counts), ``close()`` detaches."""
 
-    # At most this many events per poll(): libbpf's ring_buffer__consume keeps consuming
-    # while records keep arriving, which under a flood would be forever; the rest waits for
-    # the next poll (and what the ring buffer cannot hold meanwhile is counted by lost()).
+    # At most this many events per poll(): libbpf's ring_buffer__poll keeps consuming while
+    # records keep arriving, which under a flood would be forever; the rest waits for the
+    # next poll (and what the ring buffer cannot hold meanwhile is counted by lost()).
     max_batch = 4096
-    consume_budget_s = 0.05     # and no longer than this decoding them
-    wait_slice_s = 0.02
 
     def __init__(self, kind: Kind, bpf, hook: str, why: str):
         self.kind = kind.name
@@ -270,24 +268,18 @@ class Tracer:
 
     def poll(self, timeout_ms: int) -> list[dict]:
         """Events since the last poll, waiting up to ``timeout_ms`` for one to arrive; at
-        most ``max_batch`` of them (the rest come with the next poll).
-
-        The kernel side never wakes the reader (netctl_trace.h), so waiting is looking
-        every ``wait_slice_s``; a caller that drains on its own timer passes 0."""
+        most ``max_batch`` of them, and no more than fit in the timeout (the rest come with
+        the next poll)."""
         if self._bpf is None:
             return []
-        deadline = time.monotonic() + max(0, timeout_ms) / 1000
-        while True:
-            self._deadline = time.monotonic() + self.consume_budget_s
-            self._bpf.ring_buffer_consume()
-            events, self._pending = self._pending, []
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            left = deadline - time.monotonic()
-            if events or left <= 0:
-                return events
-            time.sleep(min(left, self.wait_slice_s))
+        timeout_ms = max(0, int(timeout_ms))
+        self._deadline = time.monotonic() + max(timeout_ms, 10) / 1000
+        self._bpf.ring_buffer_poll(timeout_ms)
+        events, self._pending = self._pending, []
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return events
 
     def lost(self) -> int:
         """Events the ring buffer could not take (it was full)."""
