@@ -167,6 +167,36 @@ class Btf:
                 return bits // 8 if bits % 8 == 0 else None
         return None
 
+    def raw_tracepoint_args(self, event: str) -> list[str] | None:
+        """What a raw tracepoint program gets in ``args[]`` for ``event``: per argument the
+        struct a pointer argument points to ("sock", "sk_buff"), or "" for anything else;
+        None when the kernel has no such tracepoint.  From the ``btf_trace_<event>``
+        typedef, a pointer to the prototype whose first parameter is the tracepoint's
+        private data (not passed to the program)."""
+        typedef = self.find(f"btf_trace_{event}", KIND_TYPEDEF)
+        if typedef is None:
+            return None
+        ptr = self._resolve(typedef)
+        if self.kinds[ptr] != KIND_PTR:
+            return None
+        proto = self._resolve(_TYPE.unpack_from(self._data, self._positions[ptr])[2])
+        if self.kinds[proto] != KIND_FUNC_PROTO:
+            return None
+        pos = self._positions[proto]
+        vlen = _TYPE.unpack_from(self._data, pos)[1] & 0xFFFF
+        out = []
+        for i in range(1, vlen):   # parameter 0: the tracepoint's data pointer
+            _name_off, ptype = struct.unpack_from("=II", self._data, pos + 12 + 8 * i)
+            target = self._resolve(ptype)
+            name = ""
+            if self.kinds[target] == KIND_PTR:
+                pointee = self._resolve(_TYPE.unpack_from(self._data,
+                                                          self._positions[target])[2])
+                if self.kinds[pointee] == KIND_STRUCT:
+                    name = self.name(pointee)
+            out.append(name)
+        return out
+
     def _resolve(self, type_id: int) -> int:
         """Through typedefs and qualifiers to the type they name."""
         for _ in range(16):

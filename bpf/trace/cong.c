@@ -12,11 +12,15 @@
  * probes seen and sent are counted.
  *
  * Hooks (netctl_trace.h explains the variants):
- *   tracepoint  tcp:tcp_cong_state_set and tcp:tcp_probe
+ *   tracepoint  tcp:tcp_cong_state_set and tcp:tcp_probe, or tcp_probe as a raw
+ *               tracepoint where BTF gives the offsets it reads (WITH_RAW_PROBE): the
+ *               kernel then copies nothing for the ACKs that are not sampled
  *   fentry      tcp_set_ca_state(sk, ca_state)  (state changes only: cwnd and the
  *   kprobe      tcp_set_ca_state                  addresses live in struct fields)
  *
- * Constants (-D): CONG_EVENT_SIZE, PROBE_INTERVAL_NS, FLOW_ENTRIES.
+ * Constants (-D): CONG_EVENT_SIZE, PROBE_INTERVAL_NS, FLOW_ENTRIES; for the raw
+ * tcp_probe WITH_RAW_PROBE, CA_CWR, CA_RECOVERY and the SK_OFF_*, TP_OFF_*, SKB_OFF_*
+ * offsets (netctl/trace/_kinds.py RAW_PROBE_FIELDS).
  */
 #include <uapi/linux/ptrace.h>
 #include <net/sock.h>
@@ -61,9 +65,10 @@ struct probe_key {
 };
 
 BPF_TABLE("lru_hash", u64, u8, last_state, FLOW_ENTRIES);
-#if TP_PROBE_HAS_SKADDR
+#if TP_PROBE_HAS_SKADDR || defined(WITH_RAW_PROBE)
 BPF_TABLE("lru_hash", u64, u64, probe_last_sk, FLOW_ENTRIES);
-#else
+#endif
+#if !TP_PROBE_HAS_SKADDR
 BPF_TABLE("lru_hash", struct probe_key, u64, probe_last, FLOW_ENTRIES);
 #endif
 BPF_PERCPU_ARRAY(state_count, u64, STATE_SLOTS);
@@ -171,6 +176,82 @@ int netctl_cong_probe_tp(struct tracepoint__tcp__tcp_probe *args)
     ev.data_len = args->data_len;
     ev.snd_nxt = args->snd_nxt;
     ev.snd_una = args->snd_una;
+    emit(&ev, sizeof(ev));
+    return 0;
+}
+#endif
+
+#if WITH_TRACEPOINT && defined(WITH_RAW_PROBE)
+static __always_inline u32 read_u32(u64 base, int off)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+    return v;
+}
+
+/* tcp_probe as a raw tracepoint: args[0] is the socket, args[1] the skb.  An ACK that is
+ * not sampled costs a clock read and one lookup; a sample reads its fields at the BTF
+ * offsets, with the tracepoint's meaning: srtt in microseconds (srtt_us >> 3), ssthresh as
+ * tcp_current_ssthresh() gives it (the CA state is this tracer's own record of the socket,
+ * Open when it has none), data_len the bytes after the TCP header (not cut to the
+ * tracepoint's 16 bits).  sock_cookie is the socket's cookie if one was ever made (the
+ * tracepoint makes one), else 0. */
+int netctl_cong_probe_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 sk = ctx->args[0];
+    u64 skb = ctx->args[1];
+    u64 now = bpf_ktime_get_ns();
+
+    probe_counted(0);
+    u64 *seen = probe_last_sk.lookup(&sk);
+    if (seen && now - *seen < PROBE_INTERVAL_NS)
+        return 0;
+    probe_last_sk.update(&sk, &now);
+    probe_counted(1);
+
+    struct cong_event ev = {};
+    u16 family = 0, num = 0, dport = 0;
+    trace_head_fill(&ev.head, CONG_PROBE);
+    ev.skaddr = sk;
+    bpf_probe_read_kernel(&family, sizeof(family), (void *)(sk + SK_OFF_FAMILY));
+    bpf_probe_read_kernel(&num, sizeof(num), (void *)(sk + SK_OFF_NUM));
+    bpf_probe_read_kernel(&dport, sizeof(dport), (void *)(sk + SK_OFF_DPORT));
+    ev.family = family;
+    ev.sport = num;                         /* skc_num: host order already */
+    ev.dport = __builtin_bswap16(dport);    /* skc_dport: network order (x86 host) */
+    if (family == NETCTL_AF_INET) {
+        bpf_probe_read_kernel(ev.saddr, 4, (void *)(sk + SK_OFF_RCV_SADDR));
+        bpf_probe_read_kernel(ev.daddr, 4, (void *)(sk + SK_OFF_DADDR));
+    } else {
+        bpf_probe_read_kernel(ev.saddr, 16, (void *)(sk + SK_OFF_V6_RCV_SADDR));
+        bpf_probe_read_kernel(ev.daddr, 16, (void *)(sk + SK_OFF_V6_DADDR));
+    }
+    bpf_probe_read_kernel(&ev.sock_cookie, sizeof(ev.sock_cookie),
+                          (void *)(sk + SK_OFF_COOKIE));
+
+    u32 cwnd = read_u32(sk, TP_OFF_SND_CWND);
+    u32 ssthresh = read_u32(sk, TP_OFF_SND_SSTHRESH);
+    u8 *state = last_state.lookup(&sk);
+    if (!state || (*state != CA_CWR && *state != CA_RECOVERY)) {
+        u32 floor = (cwnd >> 1) + (cwnd >> 2);
+        if (floor > ssthresh)
+            ssthresh = floor;
+    }
+    ev.snd_cwnd = cwnd;
+    ev.ssthresh = ssthresh;
+    ev.srtt_us = read_u32(sk, TP_OFF_SRTT_US) >> 3;
+    ev.snd_wnd = read_u32(sk, TP_OFF_SND_WND);
+    ev.rcv_wnd = read_u32(sk, TP_OFF_RCV_WND);
+    ev.snd_nxt = read_u32(sk, TP_OFF_SND_NXT);
+    ev.snd_una = read_u32(sk, TP_OFF_SND_UNA);
+
+    u32 len = read_u32(skb, SKB_OFF_LEN);
+    u64 data = 0;
+    u8 doff = 0;
+    bpf_probe_read_kernel(&data, sizeof(data), (void *)(skb + SKB_OFF_DATA));
+    bpf_probe_read_kernel(&doff, sizeof(doff), (void *)(data + 12));
+    u32 hdr = (doff >> 4) * 4;
+    ev.data_len = len > hdr ? len - hdr : 0;
     emit(&ev, sizeof(ev));
     return 0;
 }

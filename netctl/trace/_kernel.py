@@ -389,10 +389,26 @@ def btf_function(name: str) -> int | None:
 def skb_offset(member: str) -> int | None:
     """The byte offset of ``member`` in the running kernel's struct sk_buff (from its BTF),
     or None when BTF is missing or has no such member."""
+    return struct_offset("sk_buff", member)
+
+
+def struct_offset(struct_name: str, member: str) -> int | None:
+    """The byte offset of ``member`` in the running kernel's ``struct struct_name``, or None
+    when BTF is missing or has no such member (or it is a bit field)."""
     from ..btf import BtfError, vmlinux
 
     try:
-        return vmlinux().member_offset("sk_buff", member)
+        return vmlinux().member_offset(struct_name, member)
+    except (OSError, BtfError):
+        return None
+
+
+def raw_tracepoint_args(event: str) -> list[str] | None:
+    """The structs a raw tracepoint's pointer arguments point to (btf.Btf), or None."""
+    from ..btf import BtfError, vmlinux
+
+    try:
+        return vmlinux().raw_tracepoint_args(event)
     except (OSError, BtfError):
         return None
 

@@ -46,10 +46,16 @@ PROBE_INTERVAL_NS = 100_000_000     # tcp_probe: at most one event per flow per 
 @dataclass(frozen=True)
 class Program:
     """One entry function of a compiled tracer and where it attaches: a tracepoint
-    ("skb:kfree_skb") or a kernel function (fentry, kprobe)."""
+    ("skb:kfree_skb"), a raw tracepoint ("raw:tcp_probe") or a kernel function (fentry,
+    kprobe)."""
 
     fn: str
     target: str
+
+    @property
+    def raw(self) -> str | None:
+        """The raw tracepoint's name, for a raw tracepoint program."""
+        return self.target.removeprefix("raw:") if self.target.startswith("raw:") else None
 
 
 class Flow(NamedTuple):
@@ -126,6 +132,11 @@ class Kind:
         else:
             plan["kprobe"] = [Program(self.kprobe_fn, func)]
         return plan
+
+    def variants(self, hook: str, programs: list[Program]) -> list[list[Program]]:
+        """The ways to attach the hook's programs, best first (a kind may offer a raw
+        tracepoint before the tracepoint it replaces)."""
+        return [programs]
 
     def cflags(self, hooks: set[str]) -> list[str]:
         flags = {
@@ -301,11 +312,44 @@ class CongKind(Kind):
     def function(self) -> str | None:
         return "tcp_set_ca_state"
 
+    # tcp_probe fires for every ACK.  As a tracepoint the kernel first copies a dozen
+    # fields and two sockaddrs for the program; as a raw tracepoint the program gets the
+    # socket and the skb and reads those fields itself, only for the samples it sends.
+    raw_probe = True
+
+    def raw_probe_offsets(self) -> dict[str, int] | None:
+        """The struct offsets (from BTF) the raw tcp_probe program reads, or None when
+        they, or the raw tracepoint's (sock, sk_buff) arguments, are not all known."""
+        if not self.raw_probe or kernel.raw_tracepoint_args("tcp_probe") != ["sock",
+                                                                              "sk_buff"]:
+            return None
+        common = kernel.struct_offset("sock", "__sk_common")
+        out: dict[str, int] = {}
+        for macro, (struct_name, member) in RAW_PROBE_FIELDS.items():
+            offset = kernel.struct_offset(struct_name, member)
+            if offset is None or common is None:
+                return None
+            out[macro] = offset + (common if struct_name == "sock_common" else 0)
+        return out
+
+    def variants(self, hook: str, programs: list[Program]) -> list[list[Program]]:
+        if hook != "tracepoint" or self.raw_probe_offsets() is None:
+            return [programs]
+        raw = [Program("netctl_cong_probe_raw", "raw:tcp_probe") if p.target == "tcp:tcp_probe"
+               else p for p in programs]
+        return [raw, programs]
+
     def constants(self) -> dict[str, int]:
         fmt = kernel.tracepoint_format("tcp", "tcp_probe")
-        return {"PROBE_INTERVAL_NS": PROBE_INTERVAL_NS,
-                "TP_PROBE_HAS_SKADDR": int(bool(fmt and fmt.has("skaddr"))),
-                "TP_PROBE_HAS_COOKIE": int(bool(fmt and fmt.has("sock_cookie")))}
+        out = {"PROBE_INTERVAL_NS": PROBE_INTERVAL_NS,
+               "TP_PROBE_HAS_SKADDR": int(bool(fmt and fmt.has("skaddr"))),
+               "TP_PROBE_HAS_COOKIE": int(bool(fmt and fmt.has("sock_cookie")))}
+        offsets = self.raw_probe_offsets()
+        states = {name: number for number, name in kernel.ca_states().items()}
+        if offsets is not None and "CWR" in states and "Recovery" in states:
+            out.update(offsets, WITH_RAW_PROBE=1, CA_CWR=states["CWR"],
+                       CA_RECOVERY=states["Recovery"])
+        return out
 
     def decode(self, ev: CongEvent, tracer: Tracer) -> dict:
         out = tracer.base(ev.head)
@@ -330,6 +374,28 @@ class CongKind(Kind):
         return {"state": _array_counts(tracer.table("state_count"), kernel.ca_states()),
                 "probe": {"seen": _sum(probes, ctypes.c_int(0)),
                           "sampled": _sum(probes, ctypes.c_int(1))}}
+
+
+# What the raw tcp_probe program reads: macro -> (struct, member).
+RAW_PROBE_FIELDS = {
+    "SK_OFF_FAMILY": ("sock_common", "skc_family"),
+    "SK_OFF_NUM": ("sock_common", "skc_num"),
+    "SK_OFF_DPORT": ("sock_common", "skc_dport"),
+    "SK_OFF_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
+    "SK_OFF_DADDR": ("sock_common", "skc_daddr"),
+    "SK_OFF_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
+    "SK_OFF_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "SK_OFF_COOKIE": ("sock_common", "skc_cookie"),
+    "TP_OFF_SND_CWND": ("tcp_sock", "snd_cwnd"),
+    "TP_OFF_SND_SSTHRESH": ("tcp_sock", "snd_ssthresh"),
+    "TP_OFF_SRTT_US": ("tcp_sock", "srtt_us"),
+    "TP_OFF_SND_WND": ("tcp_sock", "snd_wnd"),
+    "TP_OFF_RCV_WND": ("tcp_sock", "rcv_wnd"),
+    "TP_OFF_SND_NXT": ("tcp_sock", "snd_nxt"),
+    "TP_OFF_SND_UNA": ("tcp_sock", "snd_una"),
+    "SKB_OFF_LEN": ("sk_buff", "len"),
+    "SKB_OFF_DATA": ("sk_buff", "data"),
+}
 
 
 # ---- socket -------------------------------------------------------------------------------

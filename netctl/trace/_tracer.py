@@ -130,9 +130,11 @@ def _dispose(bpf) -> None:
     atexit.unregister(bpf.cleanup)
 
 
-def _prog_type(hook: str) -> int:
+def _prog_type(hook: str, program: Program) -> int:
     from bcc import BPF
 
+    if program.raw:
+        return BPF.RAW_TRACEPOINT
     return {"fentry": BPF.TRACING, "tracepoint": BPF.TRACEPOINT, "kprobe": BPF.KPROBE}[hook]
 
 
@@ -144,11 +146,10 @@ def _compiled(bpf, programs: list[Program]) -> bool:
 
 def _load(bpf, hook: str, programs: list[Program]) -> None:
     """Load (not attach) the hook's programs: the kernel's verdict on the program type."""
-    prog_type = _prog_type(hook)
     for p in programs:
         with _stderr_captured() as err:
             try:
-                bpf.load_func(p.fn, prog_type)
+                bpf.load_func(p.fn, _prog_type(hook, p))
                 failed = None
             except Exception:
                 failed = ctypes.get_errno()
@@ -173,7 +174,9 @@ def _attach(bpf, hook: str, programs: list[Program]) -> None:
     for p in programs:
         with _stderr_captured() as err:
             try:
-                if hook == "tracepoint":
+                if p.raw:
+                    bpf.attach_raw_tracepoint(tp=p.raw, fn_name=p.fn)
+                elif hook == "tracepoint":
                     bpf.attach_tracepoint(tp=p.target, fn_name=p.fn)
                 elif hook == "fentry":
                     bpf.attach_kfunc(fn_name=p.fn)
@@ -194,10 +197,29 @@ def _attach(bpf, hook: str, programs: list[Program]) -> None:
         raise _HookFailed("attach", text, failed, err.text)
 
 
+def _attach_first(bpf, kind: Kind, hook: str, programs: list[Program]) -> list[Program]:
+    """Attach the first of the kind's variants of the hook's programs that loads and
+    attaches (a raw tracepoint before its tracepoint, where the kind has one); the programs
+    attached, or _HookFailed saying why each variant failed."""
+    failures: list[_HookFailed] = []
+    for variant in kind.variants(hook, programs):
+        try:
+            _attach(bpf, hook, variant)
+            return variant
+        except _HookFailed as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    last = failures[-1]
+    raise _HookFailed(last.stage, "; ".join(f.text for f in failures), last.errno, last.log)
+
+
 def _detach(bpf, hook: str, programs: list[Program]) -> None:
     for p in programs:
         with contextlib.suppress(Exception):
-            if hook == "tracepoint":
+            if p.raw:
+                bpf.detach_raw_tracepoint(tp=p.raw)
+            elif hook == "tracepoint":
                 bpf.detach_tracepoint(p.target)
             elif hook == "fentry":
                 bpf.detach_kfunc(p.fn)
@@ -367,13 +389,13 @@ def _open_one(name: str, hook: str | None) -> Tracer:
                 tried.append(f"{h} unavailable ({programs})")
                 continue
             try:
-                _attach(bpf, h, programs)
+                attached = _attach_first(bpf, kind, h, programs)
             except _HookFailed as exc:
                 if hook:
                     raise HookError(name, h, exc.errno, exc.text, exc.log) from None
                 tried.append(f"{h} {exc.text}")
                 continue
-            return Tracer(kind, bpf, h, "; ".join([*tried, _what(h, programs)]))
+            return Tracer(kind, bpf, h, "; ".join([*tried, _what(h, attached)]))
         raise HookError(name, "any", None, "no hook attaches: " + "; ".join(tried))
     except BaseException:
         _dispose(bpf)
@@ -431,15 +453,17 @@ def probe_hooks(kinds: Iterable[str] = KINDS) -> dict[str, dict]:
                 result = {"ok": False, "why": "", "errno": None,
                           "compiled": _compiled(bpf, programs), "loaded": False,
                           "targets": [p.target for p in programs]}
+                attached = programs
                 try:
-                    _attach(bpf, h, programs)
+                    attached = _attach_first(bpf, kind, h, programs)
                 except _HookFailed as exc:
                     result.update(why=exc.text, errno=exc.errno, loaded=exc.stage != "load")
                 else:
-                    result.update(ok=True, loaded=True,
-                                  why=f"loads and attaches to {', '.join(result['targets'])}")
+                    result.update(ok=True, loaded=True, targets=[p.target for p in attached],
+                                  why=f"loads and attaches to "
+                                      f"{', '.join(p.target for p in attached)}")
                 finally:
-                    _detach(bpf, h, programs)
+                    _detach(bpf, h, attached)
                 entry[h] = result
         finally:
             _dispose(bpf)

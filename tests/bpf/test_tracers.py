@@ -323,6 +323,73 @@ def test_retransmits_and_congestion_while_the_receiver_drops(opened, hook):
     assert sampling["seen"] > sampling["sampled"] >= len(probes), sampling
 
 
+PROBE_FIELDS = ("family", "snd_cwnd", "ssthresh", "srtt", "snd_wnd", "rcv_wnd", "snd_nxt",
+                "snd_una", "data_len")
+
+
+def test_raw_tcp_probe_samples_exactly_what_the_tracepoint_gives(report, monkeypatch):
+    """tcp_probe as a raw tracepoint (fields read at BTF offsets) and as a tracepoint (fields
+    the kernel copies) sample the first ACK of each socket alike: every field equal."""
+    from netctl.trace._kinds import CongKind
+
+    if not report["cong"]["tracepoint"]["ok"]:
+        pytest.skip(f"cong via tracepoint does not attach here: "
+                    f"{report['cong']['tracepoint']['why']}")
+    assert CongKind().raw_probe_offsets() is not None, "BTF is here: the offsets must be"
+    raw = open_tracers(["cong"], "tracepoint")[0]
+    try:
+        monkeypatch.setattr(CongKind, "raw_probe", False)
+        classic = open_tracers(["cong"], "tracepoint")[0]
+    except BaseException:
+        raw.close()
+        raise
+    tracers = {"raw": raw, "classic": classic}
+    try:
+        assert raw.why.endswith("raw:tcp_probe") and classic.why.endswith("tcp:tcp_probe")
+        with netns("pa") as ns_a, netns("pb") as ns_b, \
+                veth_pair(ns_a, ns_b, f"{CLIENT}/24", f"{SERVER}/24"):
+            with inside(ns_b):
+                listener = socket.create_server((SERVER, PORT))
+            with listener:
+                with inside(ns_a):
+                    client = socket.create_connection((SERVER, PORT), timeout=10)
+                conn, _ = listener.accept()
+                with client, conn:
+                    sport = client.getsockname()[1]
+                    client.sendall(b"q" * 20_000)
+                    got = 0
+                    while got < 20_000:
+                        got += len(conn.recv(65536))
+                    conn.sendall(b"r" * 20_000)
+                    got = 0
+                    while got < 20_000:
+                        got += len(client.recv(65536))
+
+                    def both_sides(ev):
+                        return all(len(_first_probes(ev[k], sport)) == 2 for k in ev)
+
+                    events = _collect(tracers, both_sides, 5.0)
+    finally:
+        raw.close()
+        classic.close()
+    firsts = {k: _first_probes(v, sport) for k, v in events.items()}
+    assert set(firsts["raw"]) == set(firsts["classic"]) and len(firsts["raw"]) == 2, firsts
+    for flow, sample in firsts["raw"].items():
+        theirs = firsts["classic"][flow]
+        assert {f: sample[f] for f in PROBE_FIELDS} == {f: theirs[f] for f in PROBE_FIELDS}, \
+            (flow, sample, theirs)
+        assert sample["skaddr"] == theirs["skaddr"]
+
+
+def _first_probes(events: list[dict], sport: int) -> dict[tuple, dict]:
+    """The first tcp_probe sample of each direction of the connection from ``sport``."""
+    out: dict[tuple, dict] = {}
+    for e in events:
+        if e["event"] == "probe" and {e["sport"], e["dport"]} == {sport, PORT}:
+            out.setdefault((e["saddr"], e["sport"], e["daddr"], e["dport"]), e)
+    return out
+
+
 # ---- socket -----------------------------------------------------------------------------------
 
 

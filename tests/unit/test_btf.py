@@ -162,3 +162,48 @@ def test_vmlinux_sk_buff_members_the_drop_tracer_reads():
     assert all(v is not None for v in offsets.values()), offsets
     assert len(set(offsets.values())) == len(offsets)
     assert offsets["data"] == offsets["head"] + 8    # adjacent pointers in every release
+
+
+RSTRINGS = b"\0sock\0sk_buff\0btf_trace_probe\0btf_trace_odd\0int\0"
+ROFF = {n: RSTRINGS.index(b"\0" + n.encode() + b"\0") + 1
+        for n in ("sock", "sk_buff", "btf_trace_probe", "btf_trace_odd", "int")}
+
+
+def _raw_tracepoints() -> bytes:
+    """typedef void (*btf_trace_probe)(void *, struct sock *, const struct sk_buff *), and
+    btf_trace_odd taking (void *, int, struct sock *)."""
+    types = [
+        _type(ROFF["int"], btf.KIND_INT, 0, 4) + struct.pack("=I", 32),           # 1
+        _type(ROFF["sock"], btf.KIND_STRUCT, 0, 8),                               # 2
+        _type(ROFF["sk_buff"], btf.KIND_STRUCT, 0, 8),                            # 3
+        _type(0, btf.KIND_PTR, 0, 0),                                             # 4 void *
+        _type(0, btf.KIND_PTR, 0, 2),                                             # 5 sock *
+        _type(0, btf.KIND_CONST, 0, 3),                                           # 6
+        _type(0, btf.KIND_PTR, 0, 6),                                             # 7
+        _type(0, btf.KIND_FUNC_PROTO, 3, 0)                                       # 8
+        + struct.pack("=IIIIII", 0, 4, 0, 5, 0, 7),
+        _type(0, btf.KIND_PTR, 0, 8),                                             # 9
+        _type(ROFF["btf_trace_probe"], btf.KIND_TYPEDEF, 0, 9),                   # 10
+        _type(0, btf.KIND_FUNC_PROTO, 3, 0)                                       # 11
+        + struct.pack("=IIIIII", 0, 4, 0, 1, 0, 5),
+        _type(0, btf.KIND_PTR, 0, 11),                                            # 12
+        _type(ROFF["btf_trace_odd"], btf.KIND_TYPEDEF, 0, 12),                    # 13
+    ]
+    return _blob(types, RSTRINGS)
+
+
+def test_raw_tracepoint_arguments_are_the_structs_pointed_to():
+    parsed = Btf(_raw_tracepoints())
+    assert parsed.raw_tracepoint_args("probe") == ["sock", "sk_buff"]     # through const
+    assert parsed.raw_tracepoint_args("odd") == ["", "sock"]
+    assert parsed.raw_tracepoint_args("missing") is None
+
+
+def test_vmlinux_tcp_probe_and_the_fields_the_raw_cong_probe_reads():
+    from netctl.trace._kinds import RAW_PROBE_FIELDS
+
+    assert btf.vmlinux().raw_tracepoint_args("tcp_probe") == ["sock", "sk_buff"]
+    offsets = {macro: btf.vmlinux().member_offset(*where)
+               for macro, where in RAW_PROBE_FIELDS.items()}
+    assert all(v is not None for v in offsets.values()), offsets
+    assert offsets["SK_OFF_DADDR"] + 4 == offsets["SK_OFF_RCV_SADDR"]     # skc_addrpair
