@@ -7,7 +7,7 @@ PYTEST  := $(PY) -m pytest
 NETCTL  := $(VENV)/bin/netctl
 EXAMPLE ?= policies/web-server.yaml
 
-.PHONY: help setup test test-unit test-bpf test-netns demo lint fuzz bench bench-quick soak clean require-root
+.PHONY: help setup test test-unit test-bpf test-netns demo lint fuzz fuzz-atheris bench bench-quick soak clean require-root
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ lint:  ## ruff over the package and tests
 
 fuzz:  ## long loader fuzzing run (100,000 inputs, fresh random examples)
 	NETCTL_HYPOTHESIS=explore NETCTL_FUZZ_EXAMPLES=100000 $(PYTEST) tests/unit/test_load_fuzz.py -q -p no:cacheprovider
+
+fuzz-atheris:  ## coverage-guided loader fuzzing with atheris (100,000 inputs from policies/)
+	rm -rf build/atheris-corpus && mkdir -p build/atheris-corpus && cp policies/*.yaml build/atheris-corpus/
+	$(PY) tests/fuzz/atheris_loader.py -runs=100000 -max_len=4096 build/atheris-corpus
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
