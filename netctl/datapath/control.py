@@ -326,7 +326,7 @@ def _interface_record(t: Target, link: att.LinkInfo, hooks: Hooks,
 
 def _dry_run(ns: Namespace, plan: MapPlan, policy: Policy, found, warnings,
              started) -> ApplyResult:
-    state = ns.read_state()
+    state, _notes = live_state(ns)
     live, _ = _open_live(ns, state)
     reload = True
     try:
@@ -436,7 +436,9 @@ def _generation_record(policy: Policy, plan: MapPlan) -> dict[str, Any]:
 
 def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan,
                   found, extra_cflags, nexthops: list[dict]) -> ApplyResult:
-    state = ns.read_state() or {}
+    # What runs: after a rebuild killed once its programs were attached, that pending build
+    # is the live one, and this apply completes it (no rebuild when it can be reused).
+    state = live_state(ns)[0] or {}
     live, _why = _open_live(ns, state)
     reload = live is None or not _reusable(state, plan) or bool(extra_cflags)
     old = live
