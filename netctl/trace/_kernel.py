@@ -392,6 +392,7 @@ def skb_offset(member: str) -> int | None:
     return struct_offset("sk_buff", member)
 
 
+@cache
 def struct_offset(struct_name: str, member: str) -> int | None:
     """The byte offset of ``member`` in the running kernel's ``struct struct_name``, or None
     when BTF is missing or has no such member (or it is a bit field)."""
@@ -403,14 +404,16 @@ def struct_offset(struct_name: str, member: str) -> int | None:
         return None
 
 
-def raw_tracepoint_args(event: str) -> list[str] | None:
+@cache
+def raw_tracepoint_args(event: str) -> tuple[str, ...] | None:
     """The structs a raw tracepoint's pointer arguments point to (btf.Btf), or None."""
     from ..btf import BtfError, vmlinux
 
     try:
-        return vmlinux().raw_tracepoint_args(event)
+        args = vmlinux().raw_tracepoint_args(event)
     except (OSError, BtfError):
         return None
+    return None if args is None else tuple(args)
 
 
 def kprobe_support() -> str | None:

@@ -320,8 +320,8 @@ class CongKind(Kind):
     def raw_probe_offsets(self) -> dict[str, int] | None:
         """The struct offsets (from BTF) the raw tcp_probe program reads, or None when
         they, or the raw tracepoint's (sock, sk_buff) arguments, are not all known."""
-        if not self.raw_probe or kernel.raw_tracepoint_args("tcp_probe") != ["sock",
-                                                                              "sk_buff"]:
+        if not self.raw_probe or kernel.raw_tracepoint_args("tcp_probe") != ("sock",
+                                                                              "sk_buff"):
             return None
         common = kernel.struct_offset("sock", "__sk_common")
         out: dict[str, int] = {}
