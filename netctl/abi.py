@@ -33,11 +33,10 @@ ETH_P_8021AD = 0x88A8
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 VLAN_TPIDS = (ETH_P_8021Q, ETH_P_8021AD)
-# IPv6 extension headers the datapath walks: hop-by-hop, routing, fragment, AH, destination
-# options.  Anything else (ESP, no-next-header, mobility...) is the upper-layer protocol.
-IPV6_EXT_HDRS = frozenset({0, 43, 44, 51, 60})
+# IPv6 extension headers the datapath walks: hop-by-hop, routing, fragment, destination
+# options.  Anything else (AH, ESP, no-next-header, mobility...) is the upper-layer protocol.
+IPV6_EXT_HDRS = frozenset({0, 43, 44, 60})
 IPV6_FRAGMENT = 44
-IPV6_AH = 51
 
 
 class DropReason(enum.IntEnum):
@@ -95,6 +94,7 @@ STAT_FWD_UNRESOLVED = 45    # forwarding (XDP): next hop's MAC unknown, left to 
 STAT_EVENTS = 46            # events written to the ring buffer
 STAT_EVENTS_LOST = 47       # events a full ring buffer refused
 STAT_EVENTS_SAMPLED_OUT = 48  # events left out by log_sample
+STAT_FWD_NOT_UNICAST = 53    # forwarding: multicast, broadcast or link-local, left to the kernel
 STAT_MAX = 56
 HOOK_NAMES = {0: "xdp", 1: "tc"}
 EVENTS_BYTES = 256 * 1024
@@ -160,8 +160,8 @@ class CtEntry(ctypes.Structure):
 class Nexthop(ctypes.Structure):
     _fields_ = [("ifindex", ctypes.c_uint32), ("family", ctypes.c_uint8),
                 ("resolved", ctypes.c_uint8), ("smac", ctypes.c_uint8 * 6),
-                ("dmac", ctypes.c_uint8 * 6), ("pad", ctypes.c_uint8 * 2),
-                ("via", ctypes.c_uint8 * 16)]
+                ("dmac", ctypes.c_uint8 * 6), ("judge_egress", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8), ("via", ctypes.c_uint8 * 16)]
 
 
 class LocalKey(ctypes.Structure):
@@ -295,7 +295,7 @@ def unpack_ct(key: bytes, value: bytes) -> dict:
             "created_ns": created, "seen_ns": seen, "packets_out": out, "packets_in": inn}
 
 
-_NEXTHOP = struct.Struct("<IBB6s6s2x16s")
+_NEXTHOP = struct.Struct("<IBB6s6sBx16s")
 _LOCAL_KEY = struct.Struct("<B3x16s")
 
 
@@ -304,10 +304,12 @@ def _mac(text: str | None) -> bytes:
 
 
 def pack_nexthop(ifindex: int, family: int, via: int, smac: str | None,
-                 dmac: str | None) -> bytes:
-    """A route's next hop; resolved when both MACs are known (the XDP path needs them)."""
+                 dmac: str | None, judge_egress: bool = False) -> bytes:
+    """A route's next hop; resolved when both MACs are known (the XDP path needs them).
+    ``judge_egress``: netctl enforces egress rules on the route's interface, so the XDP
+    path (whose redirect skips that interface's tc egress hook) judges them itself."""
     resolved = int(bool(smac and dmac))
-    return _NEXTHOP.pack(ifindex, family, resolved, _mac(smac), _mac(dmac),
+    return _NEXTHOP.pack(ifindex, family, resolved, _mac(smac), _mac(dmac), int(judge_egress),
                          via.to_bytes(ADDR_BYTES[family], "big").ljust(16, b"\0"))
 
 

@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sport", help="source port (default 12345 for tcp/udp)")
     p.add_argument("--dport", help="destination port (default 0 for tcp/udp)")
     p.add_argument("--icmp-type", help="ICMP type name or number")
+    p.add_argument("--icmp-code", type=int, help="ICMP code, 0-255 (default 0)")
+    p.add_argument("--ttl", type=int, help="IPv4 TTL or IPv6 hop limit, 0-255 (default 255 "
+                   "for neighbour discovery, else 64)")
     p.add_argument("--fragment", action="store_true", help="a non-first fragment (no ports)")
     p.add_argument("--direction", choices=("ingress", "egress"), default="ingress")
 
@@ -301,7 +304,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def packet_from_args(args: argparse.Namespace):
     """Build a Packet from explain's options, reporting bad values like a policy would."""
     from .policy.load import _Loader
-    from .policy.model import ICMP_PROTOS, PORT_PROTOS, Packet
+    from .policy.model import ICMP_PROTOS, PORT_PROTOS, Packet, default_ttl
 
     reader = _Loader("command line")
     src = reader.address(args.src, None, "--src")
@@ -342,10 +345,18 @@ def packet_from_args(args: argparse.Namespace):
             types = reader.icmp_types(int(text) if text.isdigit() else text, None, [family],
                                       "--icmp-type")
             icmp_type = types[0][1] if types else 0
-        fields["icmp_type"], fields["icmp_code"] = icmp_type, 0
-    elif args.icmp_type is not None:
-        reader.error(None, f"--icmp-type needs --proto {'icmp' if family == 4 else 'icmpv6'} "
-                     f"for IPv{family} addresses")
+        code = args.icmp_code if args.icmp_code is not None else 0
+        if not 0 <= code <= 255:
+            reader.error(None, "--icmp-code must be 0-255")
+        fields["icmp_type"], fields["icmp_code"] = icmp_type, code
+    elif args.icmp_type is not None or args.icmp_code is not None:
+        reader.error(None, f"--icmp-type/--icmp-code need --proto "
+                     f"{'icmp' if family == 4 else 'icmpv6'} for IPv{family} addresses")
+    ttl = args.ttl if args.ttl is not None else default_ttl(family, proto,
+                                                               fields.get("icmp_type"))
+    if not 0 <= ttl <= 255:
+        reader.error(None, "--ttl must be 0-255")
+    fields["ttl"] = ttl
     if reader.problems:
         raise PolicyError(reader.problems)
     return Packet(src=src, dst=dst, proto=proto, **fields)  # type: ignore[arg-type]

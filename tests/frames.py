@@ -11,6 +11,13 @@ compares what they do with `netctl.policy.frame.frame_verdict`, the reference:
   at every offset (cuts past the headers the parser reads are well-formed on purpose: no
   length field beyond the spec is checked), bad IHLs, version mismatches, too many VLAN tags
   or extension headers, tiny first fragments, lengths running past the end...
+* `branch_frames()`: every branch of the IPv6 extension-header walk: each header type
+  (hop-by-hop, routing, destination options, first and non-first fragment) at each length
+  class (short, around the end of the header window, past it, the largest) followed by each
+  kind of next protocol (transport, ICMP, AH, ESP, no-next-header, another extension
+  header), whole and cut short.
+* `l3(frame)`: a frame without its Ethernet header and VLAN tags, as a device without a
+  link-layer header (tun, WireGuard) carries it.
 * `mutate(rng, frame)`: a changed copy (bit flips, inserted/deleted bytes, cuts, poked
   length, version and next-header fields, extra VLAN tags).
 
@@ -48,15 +55,16 @@ MIN_TEST_RUN_LEN = 14  # ETH_HLEN: BPF_PROG_TEST_RUN returns EINVAL below it
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_ARP = 0x0800, 0x86DD, 0x0806
 TPID_8021Q, TPID_8021AD = 0x8100, 0x88A8
-EXT_NUMBERS = {"hop": 0, "routing": 43, "frag": 44, "ah": 51, "dest": 60}
+EXT_NUMBERS = {"hop": 0, "routing": 43, "frag": 44, "dest": 60}
 
 PORT_EDGES = [0, 1, 22, 53, 80, 443, 1023, 1024, 8080, 65534, 65535]
 ICMP4_TYPES = [0, 3, 5, 8, 11, 13, 255]
 ICMP6_TYPES = [1, 2, 3, 4, 128, 129, 133, 134, 135, 136, 137, 143, 255]
-# Not TCP, UDP or own-family ICMP; includes the other family's ICMP number, and in IPv4 the
-# numbers of IPv6 extension headers (walked only in IPv6).
+# Not TCP, UDP or own-family ICMP; includes the other family's ICMP number, AH (the protocol
+# in both families, never walked) and in IPv4 the numbers of IPv6 extension headers (walked
+# only in IPv6).
 OTHER_PROTOS = {4: [0, 2, 4, 41, 43, 47, 50, 51, 58, 60, 132, 255],
-                6: [1, 4, 41, 47, 50, 59, 103, 132, 135, 253, 255]}
+                6: [1, 4, 41, 47, 50, 51, 51, 59, 103, 132, 135, 253, 255]}
 SPECIAL_ADDRESSES = {4: ["0.0.0.0", "255.255.255.255", "127.0.0.1", "224.0.0.1"],
                      6: ["::", "::1", "fe80::1", "ff02::1",
                          "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]}
@@ -117,7 +125,13 @@ def _upper(rng: random.Random, family: int, kind: str, ports: list[int]) -> tupl
         icmp_type = rng.choice(ICMP6_TYPES) if rng.random() < 0.7 else rng.randrange(256)
         return 58, ICMPv6Unknown(type=icmp_type, code=rng.randrange(4),
                                  msgbody=_junk(rng, 4, 40))
-    return rng.choice(OTHER_PROTOS[family]), Raw(_junk(rng))
+    proto = rng.choice(OTHER_PROTOS[family])
+    if proto == 51:  # AH, as IPsec sends it: the transport header follows it
+        icv = rng.randbytes(rng.choice([4, 12, 0, 8]))
+        inner = TCP(sport=_port(rng, ports), dport=_port(rng, ports))
+        return 51, AH(nh=6, payloadlen=len(icv) // 4 + 1, spi=rng.getrandbits(32),
+                      icv=icv) / inner / Raw(_junk(rng))
+    return proto, Raw(_junk(rng))
 
 
 def _ipv4(rng: random.Random, src: str, dst: str, upper_kind: str,
@@ -145,19 +159,15 @@ def _ext(rng: random.Random, kind: str, nh: int) -> Packet:
     if kind == "routing":
         hops = [_address(rng, 6, []) for _ in range(rng.randint(0, 3))]
         return IPv6ExtHdrRouting(nh=nh, addresses=hops, segleft=rng.randint(0, len(hops)))
-    if kind == "frag":  # a first fragment here; non-first ones are built by the caller
-        return IPv6ExtHdrFragment(nh=nh, offset=0, m=rng.randrange(2),
-                                  id=rng.getrandbits(32))
-    icv = rng.randbytes(rng.choice([4, 4, 12, 0, 8]))  # 0 and 8: valid to the parser only
-    return AH(nh=nh, payloadlen=len(icv) // 4 + 1, spi=rng.getrandbits(32),
-              seq=rng.getrandbits(32), icv=icv)
+    # a first fragment here; non-first ones are built by the caller
+    return IPv6ExtHdrFragment(nh=nh, offset=0, m=rng.randrange(2), id=rng.getrandbits(32))
 
 
 def _ipv6(rng: random.Random, src: str, dst: str, upper_kind: str,
           ports: list[int]) -> Packet:
     proto, upper = _upper(rng, 6, upper_kind, ports)
     count = 0 if rng.random() < 0.45 else rng.randint(1, MAX_EXT_HDRS)
-    kinds = [rng.choice(["hop", "routing", "dest", "dest", "frag", "ah"]) for _ in range(count)]
+    kinds = [rng.choice(["hop", "routing", "dest", "dest", "frag"]) for _ in range(count)]
     nonfirst = None
     if rng.random() < 0.15:  # the chain ends in a non-first fragment header
         nonfirst = rng.randrange(count) if count else 0
@@ -221,9 +231,12 @@ def _base_frames() -> list[tuple[str, bytes]]:
         "ipv6-tcp": e4 / IPv6(src=a6, dst=b6) / TCP(sport=22, dport=50000),
         "ipv6-icmpv6-ns": e4 / IPv6(src=a6, dst=b6, nh=58) / icmp6,
         "ipv6-ext-chain-udp": e4 / IPv6(src=a6, dst=b6, nh=0)
-        / IPv6ExtHdrHopByHop(nh=43) / IPv6ExtHdrRouting(nh=51, addresses=[b6])
-        / AH(nh=60, payloadlen=2, icv=bytes(4)) / IPv6ExtHdrDestOpt(nh=17)
-        / UDP(sport=7, dport=9),
+        / IPv6ExtHdrHopByHop(nh=43) / IPv6ExtHdrRouting(nh=60, addresses=[b6])
+        / IPv6ExtHdrDestOpt(nh=17) / UDP(sport=7, dport=9),
+        "ipv6-ah-tcp": e4 / IPv6(src=a6, dst=b6, nh=51) / AH(nh=6, payloadlen=2, icv=bytes(4))
+        / TCP(sport=22, dport=2222),
+        "ipv4-ah-udp": e4 / IP(src=a4, dst=b4, proto=51) / AH(nh=17, payloadlen=2, icv=bytes(4))
+        / UDP(sport=500, dport=500),
         "ipv6-first-fragment": e4 / IPv6(src=a6, dst=b6, nh=44)
         / IPv6ExtHdrFragment(nh=6, offset=0, m=1) / TCP(sport=3, dport=4),
         "ipv6-nonfirst-fragment": e4 / IPv6(src=a6, dst=b6, nh=44)
@@ -256,9 +269,9 @@ UDP_HDR = struct.pack("!HHHH", 1234, 53, 8, 0)
 
 
 def malformed_frames() -> Iterator[tuple[str, bytes]]:
-    """Named cases (unique names).  Every case except those named ``BASE/cutN`` and
-    ``ipv6-tcp-inside-window`` is malformed under the parser's spec; cuts are whatever the
-    spec makes of them."""
+    """Named cases (unique names).  Every case except those named ``BASE/cutN``,
+    ``ipv6-tcp-inside-window`` and ``ipv6-ah-is-the-protocol-*`` is malformed under the
+    parser's spec; cuts are whatever the spec makes of them."""
     for name, frame in _base_frames():
         for n in range(len(frame)):
             yield f"{name}/cut{n}", frame[:n]
@@ -295,8 +308,11 @@ def malformed_frames() -> Iterator[tuple[str, bytes]]:
     yield "ipv6-ext-7-bytes", e6 + _ipv6_raw(0, _opt_hdr(6)[:7])
     yield "ipv6-hbh-len-past-end", e6 + _ipv6_raw(0, bytes([6, 255]) + bytes(6) + TCP_HDR)
     yield "ipv6-routing-len-past-end", e6 + _ipv6_raw(43, bytes([6, 3]) + bytes(22))
-    yield "ipv6-ah-len-past-end", e6 + _ipv6_raw(51, bytes([6, 255]) + bytes(10) + TCP_HDR)
-    yield "ipv6-ah-len1-tcp-cut", e6 + _ipv6_raw(51, bytes([6, 1]) + bytes(10) + TCP_HDR[:19])
+    # AH ends the walk: its length byte and what follows it are never read
+    yield "ipv6-ah-is-the-protocol-len255", e6 + _ipv6_raw(51, bytes([6, 255]) + bytes(10)
+                                                            + TCP_HDR)
+    yield "ipv6-ah-is-the-protocol-tcp-cut", e6 + _ipv6_raw(51, bytes([6, 1]) + bytes(10)
+                                                             + TCP_HDR[:19])
     yield "ipv6-fragment-header-cut", e6 + _ipv6_raw(44, bytes([6, 0, 0, 1]))
     yield "ipv6-tiny-first-fragment", e6 + _ipv6_raw(44, bytes([17, 0, 0, 1, 0, 0, 0, 9])
                                                      + UDP_HDR[:4])
@@ -313,9 +329,59 @@ def malformed_frames() -> Iterator[tuple[str, bytes]]:
     yield "ipv6-dest-opts-2048-bytes", e6 + _ipv6_raw(60, _opt_hdr(6, 255) + TCP_HDR)
     yield "ipv6-tcp-past-window", e6 + _ipv6_raw(60, _opt_hdr(6, 56) + TCP_HDR)
     yield "ipv6-tcp-inside-window", e6 + _ipv6_raw(60, _opt_hdr(6, 53) + TCP_HDR)
+    # a header longer than the window itself, then a protocol with no transport fields: the
+    # window check must not wrap around (an unsigned WINDOW - n) and let it be classified
+    yield "ipv6-520-byte-ext-then-esp", e6 + _ipv6_raw(60, _opt_hdr(50, 64) + bytes(16))
+    yield "ipv6-2048-byte-ext-then-no-next", e6 + _ipv6_raw(0, _opt_hdr(59, 255))
+    yield "ipv6-1024-byte-routing-then-ah", e6 + _ipv6_raw(43, _opt_hdr(51, 127) + bytes(12))
     # too short for BPF_PROG_TEST_RUN: for callers that compare through another path
     yield "empty", b""
     yield "ethernet-13", _eth(ETH_P_IP)[:13]
+
+
+# ---- every branch of the extension-header walk --------------------------------------
+
+# (units of 8 bytes beyond the first 8) of a header: short ones, around the end of the
+# 512-byte window (after 14 + 40 bytes, units 56 ends the header at byte 518), longer than
+# the window itself (64 and up: 520 bytes or more), and the largest
+EXT_UNITS = [0, 1, 2, 53, 54, 55, 56, 57, 62, 63, 64, 65, 100, 127, 128, 200, 255]
+# what follows: transport and ICMP headers (read), protocols with no fields (AH, ESP,
+# no-next-header, GRE, the other family's ICMP) and more extension headers (walked)
+NEXT_PROTOS = [6, 17, 58, 1, 51, 50, 59, 47, 0, 43, 44, 60]
+_NEXT_BYTES = {6: TCP_HDR, 17: UDP_HDR, 58: bytes([128, 0, 0, 0, 0, 1, 0, 1]),
+               44: bytes([6, 0, 0, 0, 0, 0, 0, 1]) + TCP_HDR}
+
+
+def branch_frames() -> Iterator[tuple[str, bytes]]:
+    """Named frames that take every branch of the parser's extension-header walk: each
+    header type, each length class, each kind of next protocol; each whole (with what
+    follows the header) and cut at the header's end (nothing follows) and inside it."""
+    e6 = _eth(ETH_P_IPV6)
+    for kind, number in (("hop", 0), ("routing", 43), ("dest", 60)):
+        for units in EXT_UNITS:
+            for nh in NEXT_PROTOS:
+                header = _opt_hdr(nh, units)
+                after = _NEXT_BYTES.get(nh, _opt_hdr(6) + TCP_HDR if nh in (0, 43, 60)
+                                        else bytes(24))
+                name = f"{kind}{units}-then-{nh}"
+                yield name, e6 + _ipv6_raw(number, header + after)
+                yield f"{name}-nothing-after", e6 + _ipv6_raw(number, header)
+                yield f"{name}-cut-inside", e6 + _ipv6_raw(number, header[:len(header) // 2 + 1])
+    for nh in NEXT_PROTOS:  # fragment headers are always 8 bytes; first and non-first
+        after = _NEXT_BYTES.get(nh, _opt_hdr(6) + TCP_HDR if nh in (0, 43, 60) else bytes(24))
+        for offset, more in ((0, 0), (0, 1), (1, 0), (8191, 1)):
+            frag = bytes([nh, 0]) + struct.pack("!HI", offset << 3 | more, 7)
+            name = f"frag{offset}m{more}-then-{nh}"
+            yield name, e6 + _ipv6_raw(44, frag + after)
+            yield f"{name}-nothing-after", e6 + _ipv6_raw(44, frag)
+            yield f"{name}-cut-inside", e6 + _ipv6_raw(44, frag[:5])
+
+
+def l3(frame: bytes) -> bytes:
+    """The frame as a device without a link-layer header carries it: from the IP header on
+    (after the Ethernet header and any VLAN tags); frames too short for that lose all."""
+    off, _ethertype = _l3_offset(frame)
+    return frame[off:]
 
 
 # ---- mutations -----------------------------------------------------------------------

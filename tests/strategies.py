@@ -43,7 +43,7 @@ PLENS = {4: [0, 1, 8, 9, 16, 17, 23, 24, 25, 31, 32],
          6: [0, 1, 16, 32, 33, 48, 64, 112, 127, 128]}
 PORT_ANCHORS = [0, 1, 21, 22, 23, 80, 443, 1023, 1024, 8000, 8080, 65534, 65535]
 ICMP_TYPES = [0, 3, 8, 11, 128, 129, 133, 134, 135, 136, 137, 255]
-OTHER_PROTOS = [0, 47, 132, 255]
+OTHER_PROTOS = [47, 51, 132, 255]   # 0, 43, 44, 60: IPv6 extension headers, refused
 PROTO_CHOICES = [1, 6, 17, 58, *OTHER_PROTOS]
 
 
@@ -93,7 +93,7 @@ def rules(draw, index: int, families=(4, 6)):
     src = draw(st.none() | address_lists(fams))
     dst = draw(st.none() | address_lists(fams))
     kind = draw(st.sampled_from(["none", "proto", "ports", "icmp"]))
-    proto = sport = dport = icmp_type = None
+    proto = sport = dport = icmp_type = icmp_code = None
     if kind == "proto":
         proto = tuple(draw(st.lists(st.sampled_from(PROTO_CHOICES), min_size=1, max_size=3,
                                     unique=True)))
@@ -111,11 +111,14 @@ def rules(draw, index: int, families=(4, 6)):
         icmp_fams = sorted(ICMP_PROTOS[p] for p in proto if ICMP_PROTOS[p] in family_set)
         if not icmp_fams:
             return None
-        types = draw(st.lists(st.sampled_from(ICMP_TYPES) | st.integers(0, 255), min_size=1,
-                              max_size=3, unique=True))
-        # a name may exist in one family only: sometimes keep a type for one family only
-        only = draw(st.none() | st.sampled_from(icmp_fams))
-        icmp_type = tuple((f, t) for f in icmp_fams for t in types if only in (None, f))
+        codes = draw(st.none() | st.lists(code_ranges(), min_size=1, max_size=2, unique=True))
+        icmp_code = tuple(codes) if codes else None
+        if icmp_code is None or draw(st.integers(0, 3)):
+            types = draw(st.lists(st.sampled_from(ICMP_TYPES) | st.integers(0, 255),
+                                  min_size=1, max_size=3, unique=True))
+            # a name may exist in one family only: sometimes keep a type for one family only
+            only = draw(st.none() | st.sampled_from(icmp_fams))
+            icmp_type = tuple((f, t) for f in icmp_fams for t in types if only in (None, f))
     if not family_set:
         return None
     return Rule(
@@ -123,7 +126,14 @@ def rules(draw, index: int, families=(4, 6)):
         direction=draw(st.sampled_from([Direction.INGRESS, Direction.EGRESS])),
         action=draw(st.sampled_from([Action.ACCEPT, Action.DROP])),
         src=src, dst=dst, proto=proto, sport=sport, dport=dport, icmp_type=icmp_type,
-        log=draw(st.booleans()), families=family_set)
+        icmp_code=icmp_code, log=draw(st.booleans()), families=family_set)
+
+
+@st.composite
+def code_ranges(draw):
+    lo = draw(st.sampled_from([0, 1, 3, 4, 255]) | st.integers(0, 255))
+    hi = draw(st.sampled_from([lo, min(lo + 1, 255), 255]) | st.integers(lo, 255))
+    return PortRange(lo, hi)
 
 
 @st.composite
@@ -210,24 +220,33 @@ def packets(draw, policy: Policy, edges: _Edges | None = None):
     else:
         proto = draw(st.sampled_from([6, 17, 1, 58, *OTHER_PROTOS]) | st.integers(0, 255))
     fragment = draw(st.integers(0, 7)) == 0
-    sport = dport = icmp_type = None
+    sport = dport = icmp_type = icmp_code = None
     types = st.sampled_from(ICMP_TYPES) | st.integers(0, 255)
     if target is not None and target.icmp_type and draw(st.booleans()):
         types = st.sampled_from([t for _, t in target.icmp_type])
+    codes = st.sampled_from([0, 1, 4, 255]) | st.integers(0, 255)
+    if target is not None and target.icmp_code and draw(st.booleans()):
+        codes = st.sampled_from(sorted({c for r in target.icmp_code
+                                        for c in (r.lo, r.hi, max(r.lo - 1, 0),
+                                                  min(r.hi + 1, 255))}))
     if not fragment and proto in PORT_PROTOS:
         sport = _port(draw, edges, target.sport if target else None)
         dport = _port(draw, edges, target.dport if target else None)
     elif not fragment and ICMP_PROTOS.get(proto) == family:
-        icmp_type = draw(types)
+        icmp_type, icmp_code = draw(types), draw(codes)
     elif draw(st.integers(0, 3)) == 0:
         # fields the datapath never reads here (fragment, wrong family): must be ignored
         if proto in PORT_PROTOS:
             sport, dport = _port(draw, edges, None), _port(draw, edges, None)
         else:
-            icmp_type = draw(types)
+            icmp_type, icmp_code = draw(types), draw(codes)
+    # neighbour discovery is exempt only with hop limit 255: draw both sides of that
+    ttl = draw(st.sampled_from([64, 255, 255, 1]) | st.integers(0, 255))
+    if family == 6 and draw(st.integers(0, 9)) == 0:
+        src = int(ipaddress.IPv6Address("fe80::1"))   # a link-local router (redirects)
     return Packet(src=make(src), dst=make(dst), proto=proto, sport=sport, dport=dport,
-                  icmp_type=icmp_type, icmp_code=0 if icmp_type is not None else None,
-                  fragment=fragment), target
+                  icmp_type=icmp_type, icmp_code=icmp_code, fragment=fragment,
+                  ttl=ttl), target
 
 
 directions = st.sampled_from([Direction.INGRESS, Direction.EGRESS])

@@ -57,7 +57,7 @@
 #define NETCTL_CFG_EVENT_SAMPLE (NETCTL_CFG_ROUTES + 1)
 
 #define NETCTL_PORT_INDEX 65536    /* port slot stride: tcp 0, udp 1 */
-#define NETCTL_ICMP_INDEX 256      /* icmp slot stride: ICMP 0, ICMPv6 1 */
+#define NETCTL_ICMP_INDEX 65536    /* icmp slot stride: ICMP 0, ICMPv6 1; type << 8 | code */
 
 /* IPv6 extension headers walked before giving up (more: NETCTL_DROP_EXT_LIMIT). */
 #define NETCTL_MAX_EXT_HDRS 6
@@ -99,6 +99,7 @@ enum netctl_drop {
 #define NETCTL_STAT_EVENTS 46           /* events written to the ring buffer */
 #define NETCTL_STAT_EVENTS_LOST 47      /* events the full ring buffer refused */
 #define NETCTL_STAT_EVENTS_SAMPLED_OUT 48 /* events left out by sampling */
+#define NETCTL_STAT_FWD_NOT_UNICAST 53  /* multicast, broadcast, link-local: left to the kernel */
 #define NETCTL_STAT_MAX 56
 
 struct netctl_lpm4_key {
@@ -181,7 +182,8 @@ struct netctl_nexthop {
     __u8 resolved;       /* the MACs below are known */
     __u8 smac[6];
     __u8 dmac[6];
-    __u8 pad[2];
+    __u8 judge_egress;   /* XDP: judge the egress rules here (the redirect skips tc egress) */
+    __u8 pad;
     __u8 via[16];        /* IPv4 in the first 4 bytes */
 };
 

@@ -5,13 +5,21 @@
  * The kernel keeps what it does best: packets to this host's own addresses, packets whose
  * TTL or hop limit would expire (the kernel answers with ICMP time exceeded), IPv4 packets
  * with options and VLAN-tagged frames are left to it, and so is an XDP packet whose next
- * hop's MAC is not known yet.  Everything else has its TTL (IPv4, with an incremental
- * checksum update) or hop limit (IPv6) decremented and is redirected:
+ * hop's MAC is not known yet.  What a router must never forward is left to the kernel too
+ * (which delivers or drops it): frames sent to a link-layer multicast or broadcast address
+ * or to another host's MAC, multicast, broadcast, loopback and unspecified destinations,
+ * and link-local sources or destinations (IPv6 neighbour discovery among them).  Everything
+ * else has its TTL (IPv4, with an incremental checksum update) or hop limit (IPv6)
+ * decremented and is redirected:
  *   - tc: bpf_redirect_neigh() to the next hop, so the kernel's neighbour table supplies
  *     the MACs (and resolves an unknown next hop itself);
  *   - XDP: MACs rewritten from the nexthops map (read from the neighbour table at apply
  *     time), then bpf_redirect().  A veth receiving XDP_REDIRECT needs NAPI on its peer
  *     (an XDP program there, or GRO on), or the frames are dropped (docs/datapath.md).
+ *     A redirected frame never meets the egress interface's tc egress hook, where tc's
+ *     redirect would have it judged: so when netctl enforces egress rules there (the next
+ *     hop's judge_egress), the XDP path judges them (and tracks the flow) before the
+ *     redirect, and both hooks give the same verdict.
  *
  * Include after netctl_maps.h, netctl_stats.h and netctl_parse.h.
  */
@@ -25,6 +33,31 @@
 static long (*netctl_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int plen,
                                      __u64 flags) = (void *)152;
 
+/* Whether a router may forward the packet: unicast, global or private scope, both ways.
+ * IPv4: not 0/8, 127/8, 169.254/16 (either address), 224/4 or above (multicast, reserved,
+ * broadcast) as destination.  IPv6: not ::, ::1, fe80::/10 (either address), ff00::/8. */
+static __always_inline int netctl_unicast(struct netctl_pkt *p)
+{
+    __u8 *s = p->src.v6.addr, *d = p->dst.v6.addr;
+    if (p->family == 4) {
+        if (d[0] == 0 || d[0] == 127 || d[0] >= 224)
+            return 0;
+        if ((d[0] == 169 && d[1] == 254) || (s[0] == 169 && s[1] == 254))
+            return 0;
+        return 1;
+    }
+    if (d[0] == 0xff)
+        return 0;
+    if ((d[0] == 0xfe && (d[1] & 0xc0) == 0x80) || (s[0] == 0xfe && (s[1] & 0xc0) == 0x80))
+        return 0;
+    __u64 hi, lo;
+    __builtin_memcpy(&hi, d, 8);
+    __builtin_memcpy(&lo, d + 8, 8);
+    if (hi == 0 && (lo == 0 || lo == bpf_htonll(1)))
+        return 0;
+    return 1;
+}
+
 /* The route and next hop of an accepted ingress packet, or NULL when it is not for this
  * path (counting why, where it matters). */
 static __always_inline struct netctl_nexthop *
@@ -33,6 +66,10 @@ netctl_route(struct netctl_pkt *p, __u32 gen, struct netctl_config *cfg, __u32 l
 {
     if (!cfg->word[NETCTL_CFG_ROUTES])
         return 0;
+    if (!netctl_unicast(p)) {
+        netctl_count_stat(NETCTL_STAT_FWD_NOT_UNICAST, len);
+        return 0;
+    }
     struct netctl_local_key local = {};
     local.family = p->family;
     __builtin_memcpy(local.addr, p->dst.v6.addr, 16);
@@ -85,12 +122,31 @@ static __always_inline int netctl_forward_xdp(struct netctl_pkt *p, __u32 gen,
                                               __u8 *data, void *end)
 {
     __u32 route_index;
+    if (!cfg->word[NETCTL_CFG_ROUTES] || (void *)(data + 6) > end)
+        return NETCTL_NOT_FORWARDED;
+    if (data[0] & 1) {   /* to a link-layer multicast or broadcast address */
+        netctl_count_stat(NETCTL_STAT_FWD_NOT_UNICAST, len);
+        return NETCTL_NOT_FORWARDED;
+    }
     struct netctl_nexthop *nh = netctl_route(p, gen, cfg, len, &route_index);
     if (!nh)
         return NETCTL_NOT_FORWARDED;
     if (!nh->resolved) {
         netctl_count_stat(NETCTL_STAT_FWD_UNRESOLVED, len);
         return NETCTL_NOT_FORWARDED;
+    }
+    if (nh->judge_egress) {
+        struct netctl_verdict ev = { .rule = NETCTL_NO_RULE, .gen = gen,
+                                     .sample = cfg->word[NETCTL_CFG_EVENT_SAMPLE] };
+        __u32 out_ifindex = nh->ifindex;
+        netctl_decide(p, gen, cfg, NETCTL_DIR_EGRESS, len, &ev);
+        netctl_emit(p, &ev, out_ifindex, NETCTL_HOOK_XDP, NETCTL_DIR_EGRESS);
+        if (ev.drop)
+            return XDP_DROP;
+        /* the lookups above may have moved the nexthop value: look it up again */
+        nh = nexthops.lookup(&route_index);
+        if (!nh)
+            return NETCTL_NOT_FORWARDED;
     }
     __u32 off = p->l3_off;
     if (off > 64)
@@ -122,6 +178,12 @@ static __always_inline int netctl_forward_tc(struct __sk_buff *skb, struct netct
                                              __u32 gen, struct netctl_config *cfg, __u32 len)
 {
     __u32 route_index;
+    /* PACKET_HOST: sent to this interface's MAC, not to a multicast or broadcast address or
+     * to another host */
+    if (skb->pkt_type != 0 && cfg->word[NETCTL_CFG_ROUTES]) {
+        netctl_count_stat(NETCTL_STAT_FWD_NOT_UNICAST, len);
+        return NETCTL_NOT_FORWARDED;
+    }
     struct netctl_nexthop *nh = netctl_route(p, gen, cfg, len, &route_index);
     if (!nh)
         return NETCTL_NOT_FORWARDED;

@@ -3,7 +3,9 @@
  *
  * Precedence (the reference model's, netctl/policy/evaluate.py):
  *   1. malformed frames are dropped under their reason; non-IP frames pass;
- *   2. ICMPv6 neighbour discovery (133-137, not a fragment) is accepted when allowed;
+ *   2. ICMPv6 neighbour discovery (133-137, not a fragment) with hop limit 255 (RFC 4861:
+ *      anything else was forwarded and receivers discard it), and for a redirect (137) a
+ *      link-local source, is accepted when allowed; other ND goes through the rules;
  *   3. with stateful: true, at ingress, a reply to a tracked flow is accepted
  *      (netctl_conntrack.h); at egress, an accepted packet is tracked after step 4 or 5;
  *   4. the first rule of the packet's direction that matches decides;
@@ -56,9 +58,9 @@ netctl_port_classes(__u32 gen, __u32 port_slot, __u16 port, int dst)
 }
 
 static __always_inline struct netctl_classes *
-netctl_icmp_classes(__u32 gen, __u32 icmp_slot, __u8 type)
+netctl_icmp_classes(__u32 gen, __u32 icmp_slot, __u32 type_code)
 {
-    __u32 index = gen * NETCTL_ICMP_INTERVAL_ENTRIES + icmp_slot * NETCTL_ICMP_INDEX + type;
+    __u32 index = gen * NETCTL_ICMP_INTERVAL_ENTRIES + icmp_slot * NETCTL_ICMP_INDEX + type_code;
     __u32 *iid = icmp_interval.lookup(&index);
     if (!iid || !*iid)
         return 0;
@@ -99,7 +101,9 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
         netctl_load_classes(&cp->sport, netctl_port_classes(gen, port_slot, p->sport, 0));
         netctl_load_classes(&cp->dport, netctl_port_classes(gen, port_slot, p->dport, 1));
     } else if (p->l4 == NETCTL_L4_ICMP) {
-        netctl_load_classes(&cp->icmp, netctl_icmp_classes(gen, p->family == 6, p->icmp_type));
+        netctl_load_classes(&cp->icmp, netctl_icmp_classes(gen, p->family == 6,
+                                                           ((__u32)p->icmp_type << 8) |
+                                                           p->icmp_code));
     }
 
     __u32 bitmap = cfg->word[dir == NETCTL_DIR_INGRESS ? NETCTL_CFG_SLOTS_INGRESS
@@ -153,11 +157,73 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
     return best;
 }
 
-/* Judge the frame whose header window is at `data` (see netctl_parse; `len`: the whole
- * frame's length). */
+/* Whether the packet is neighbour discovery that a host would process (RFC 4861 7.1.1,
+ * 8.1): types 133-137 with hop limit 255, and a redirect only from a link-local router. */
+static __always_inline int netctl_is_ndp(struct netctl_pkt *p)
+{
+    if (p->family != 6 || p->l4 != NETCTL_L4_ICMP || p->icmp_type < 133 || p->icmp_type > 137)
+        return 0;
+    if (p->ttl != 255)
+        return 0;
+    if (p->icmp_type == 137)
+        return p->src.v6.addr[0] == 0xfe && (p->src.v6.addr[1] & 0xc0) == 0x80;
+    return 1;
+}
+
+/* Decide an IP packet that netctl_parse filled in `pp`, by generation `gen` (whose config
+ * is `cfg`), in direction `dir`: steps 2-5 of the precedence above, counted.  `v` comes
+ * with the generation and sampling filled in. */
+static __always_inline void netctl_decide(struct netctl_pkt *pp, __u32 gen,
+                                          struct netctl_config *cfg, int dir, __u32 len,
+                                          struct netctl_verdict *v)
+{
+    v->ip = 1;
+    if (cfg->word[NETCTL_CFG_ALLOW_NDP] && netctl_is_ndp(pp)) {
+        netctl_count_stat(NETCTL_STAT_NDP, len);
+        return;
+    }
+    int stateful = cfg->word[NETCTL_CFG_STATEFUL];
+    if (stateful && dir == NETCTL_DIR_INGRESS && netctl_ct_reply(pp, cfg, len))
+        return;
+
+#ifdef NETCTL_TEST_VERIFIER_REJECT
+    /* Test-only (tests/netns): a read at an unbounded offset, which the verifier refuses,
+     * to show that a refused program leaves the live datapath untouched. */
+    if (((volatile __u32 *)cfg->word)[pp->len] == 0x4e43)
+        return;
+#endif
+    __u32 rule = netctl_classify(pp, gen, cfg, dir);
+    if (rule != NETCTL_NO_RULE) {
+        __u32 index = gen * NETCTL_RULES_ENTRIES + rule;
+        struct netctl_rule *r = rules.lookup(&index);
+        netctl_count(counters.lookup(&index), len);
+        v->rule = rule;
+        v->log = r && (r->flags & NETCTL_FLAG_LOG);
+        if (r && r->action == NETCTL_ACTION_DROP) {
+            v->drop = 1;
+            v->reason = NETCTL_DROP_POLICY_RULE;
+        } else if (stateful && dir == NETCTL_DIR_EGRESS) {
+            netctl_ct_track(pp, len);
+        }
+        return;
+    }
+    __u32 action = cfg->word[dir == NETCTL_DIR_INGRESS ? NETCTL_CFG_DEFAULT_INGRESS
+                                                       : NETCTL_CFG_DEFAULT_EGRESS] & 1;
+    netctl_count_stat(NETCTL_STAT_DEFAULT + dir * 2 + action, len);
+    if (action == NETCTL_ACTION_DROP) {
+        v->drop = 1;
+        v->reason = NETCTL_DROP_POLICY_DEFAULT;
+    } else if (stateful && dir == NETCTL_DIR_EGRESS) {
+        netctl_ct_track(pp, len);
+    }
+}
+
+/* Judge the frame whose header window is at `data` (see netctl_parse for the window, `l3`,
+ * `l3_type` and `vlans`; `len`: the whole frame's length). */
 static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end, int is_pkt,
                                                           __u32 len, int dir,
-                                                          struct netctl_pkt *pp)
+                                                          struct netctl_pkt *pp, int l3,
+                                                          __u16 l3_type, __u8 vlans)
 {
     struct netctl_verdict v = { .drop = 0, .reason = 0, .ip = 0, .rule = NETCTL_NO_RULE };
     __u32 zero = 0;
@@ -173,7 +239,7 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
     v.sample = cfg->word[NETCTL_CFG_EVENT_SAMPLE];
 
     pp->len = len;
-    int parsed = netctl_parse(data, end, is_pkt, pp);
+    int parsed = netctl_parse(data, end, is_pkt, pp, l3, l3_type, vlans);
     if (parsed == NETCTL_PARSED_NON_IP) {
         netctl_count_stat(NETCTL_STAT_NON_IP, len);
         return v;
@@ -184,47 +250,7 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         netctl_count_stat(parsed & (NETCTL_DROP_MAX - 1), len);
         return v;
     }
-    v.ip = 1;
-
-    if (cfg->word[NETCTL_CFG_ALLOW_NDP] && pp->family == 6 && pp->l4 == NETCTL_L4_ICMP &&
-        pp->icmp_type >= 133 && pp->icmp_type <= 137) {
-        netctl_count_stat(NETCTL_STAT_NDP, len);
-        return v;
-    }
-    int stateful = cfg->word[NETCTL_CFG_STATEFUL];
-    if (stateful && dir == NETCTL_DIR_INGRESS && netctl_ct_reply(pp, cfg, len))
-        return v;
-
-#ifdef NETCTL_TEST_VERIFIER_REJECT
-    /* Test-only (tests/netns): a read at an unbounded offset, which the verifier refuses,
-     * to show that a refused program leaves the live datapath untouched. */
-    if (((volatile __u32 *)cfg->word)[pp->len] == 0x4e43)
-        return v;
-#endif
-    __u32 rule = netctl_classify(pp, gen, cfg, dir);
-    if (rule != NETCTL_NO_RULE) {
-        __u32 index = gen * NETCTL_RULES_ENTRIES + rule;
-        struct netctl_rule *r = rules.lookup(&index);
-        netctl_count(counters.lookup(&index), len);
-        v.rule = rule;
-        v.log = r && (r->flags & NETCTL_FLAG_LOG);
-        if (r && r->action == NETCTL_ACTION_DROP) {
-            v.drop = 1;
-            v.reason = NETCTL_DROP_POLICY_RULE;
-        } else if (stateful && dir == NETCTL_DIR_EGRESS) {
-            netctl_ct_track(pp, len);
-        }
-        return v;
-    }
-    __u32 action = cfg->word[dir == NETCTL_DIR_INGRESS ? NETCTL_CFG_DEFAULT_INGRESS
-                                                       : NETCTL_CFG_DEFAULT_EGRESS] & 1;
-    netctl_count_stat(NETCTL_STAT_DEFAULT + dir * 2 + action, len);
-    if (action == NETCTL_ACTION_DROP) {
-        v.drop = 1;
-        v.reason = NETCTL_DROP_POLICY_DEFAULT;
-    } else if (stateful && dir == NETCTL_DIR_EGRESS) {
-        netctl_ct_track(pp, len);
-    }
+    netctl_decide(pp, gen, cfg, dir, len, &v);
     return v;
 }
 

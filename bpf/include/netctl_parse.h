@@ -8,11 +8,15 @@
  * the linear area, and a parser limited to linear data would let them through unclassified.
  *
  * The rules (and the reference parser netctl/policy/frame.py, which tests hold this code
- * to) are: up to NETCTL_MAX_VLAN VLAN tags are skipped; IPv4 options are skipped; IPv6
- * extension headers (hop-by-hop, routing, fragment, AH, destination options) are walked,
- * at most NETCTL_MAX_EXT_HDRS of them; a non-first fragment has no transport fields; a
- * header the frame ends inside is a drop under its own reason, and headers that reach past
- * the window are dropped as NETCTL_DROP_HDR_TOO_LONG.
+ * to) are: on an Ethernet device, up to NETCTL_MAX_VLAN VLAN tags are skipped (a tag the
+ * kernel already moved into the skb's metadata counts as one); on a device without a
+ * link-layer header (tun, WireGuard, IP tunnels) the frame starts at the IP header and the
+ * family comes from the skb's protocol (tc) or the version nibble (XDP); IPv4 options are
+ * skipped; IPv6 extension headers (hop-by-hop, routing, fragment, destination options) are
+ * walked, at most NETCTL_MAX_EXT_HDRS of them, and anything else, AH included, is the
+ * upper-layer protocol (as in IPv4, where AH is a protocol like any other); a non-first
+ * fragment has no transport fields; a header the frame ends inside is a drop under its own
+ * reason, and headers that reach past the window are dropped as NETCTL_DROP_HDR_TOO_LONG.
  */
 #ifndef NETCTL_PARSE_H
 #define NETCTL_PARSE_H
@@ -35,13 +39,15 @@ struct netctl_pkt {
     __u16 sport;         /* host byte order */
     __u16 dport;
     __u8 icmp_type;
-    __u8 tcp_flags;      /* TCP: the flags byte (FIN 1, SYN 2, RST 4, ACK 16) */
+    __u8 icmp_code;
     __u16 icmp_id;       /* ICMP echo request/reply: the identifier (host order) */
+    __u8 tcp_flags;      /* TCP: the flags byte (FIN 1, SYN 2, RST 4, ACK 16) */
+    __u8 pad1;
     __u16 l3_off;        /* offset of the IP header (forwarding rewrites it) */
     __u8 vlans;          /* VLAN tags before it */
     __u8 ttl;            /* IPv4 TTL or IPv6 hop limit */
     __u8 ip_options;     /* IPv4 header longer than 20 bytes */
-    __u8 pad2[3];
+    __u8 pad2[1];
     union {
         struct netctl_lpm4_key v4;
         struct netctl_lpm6_key v6;
@@ -53,22 +59,25 @@ static __always_inline __u16 netctl_be16(const __u8 *b)
     return ((__u16)b[0] << 8) | b[1];
 }
 
+/* The IPv6 extension headers the parser walks past.  AH (51) is not one of them: it ends
+ * the walk and is the packet's protocol, as it is in IPv4. */
 static __always_inline int netctl_is_ext_hdr(__u8 nh)
 {
-    return nh == 0 || nh == 43 || nh == 44 || nh == 51 || nh == 60;
+    return nh == 0 || nh == 43 || nh == 44 || nh == 60;
 }
 
 /* "Need n bytes at off" (and point h at them), in a window of header bytes that starts at
  * the frame's first byte.  Reads go through h: the verifier learns the bounds of that very
- * pointer from the last test.  In order: the frame ends before (the header's truncation reason); the bytes lie
- * beyond NETCTL_HDR_WINDOW (NETCTL_DROP_HDR_TOO_LONG); and, for packet memory, the
- * verifier's bounds check against data_end (equal to the first test there: the callers
- * pass packet memory only when the window is all linear). */
+ * pointer from the last test.  In order: the frame ends before (the header's truncation
+ * reason); the bytes lie beyond NETCTL_HDR_WINDOW (NETCTL_DROP_HDR_TOO_LONG: a header longer
+ * than the window itself is tested first, since WINDOW - n would wrap); and, for packet
+ * memory, the verifier's bounds check against data_end (equal to the first test there: the
+ * callers pass packet memory only when the window is all linear). */
 #define NETCTL_NEED(h, off, n, trunc)                                                 \
     do {                                                                             \
         if ((off) + (n) > p->len)                                                    \
             return (trunc);                                                          \
-        if ((off) > NETCTL_HDR_WINDOW - (n))                                         \
+        if ((n) > NETCTL_HDR_WINDOW || (off) > NETCTL_HDR_WINDOW - (n))              \
             return NETCTL_DROP_HDR_TOO_LONG;                                         \
         (h) = data + (off);                                                          \
         if (is_pkt && (void *)((h) + (n)) > end)                                     \
@@ -98,6 +107,7 @@ static __always_inline int netctl_parse_l4(__u8 *data, void *end, int is_pkt,
     } else if (p->proto == own_icmp) {
         NETCTL_NEED(h, off, 4, NETCTL_DROP_TRUNC_L4);
         p->icmp_type = h[0];
+        p->icmp_code = h[1];
         p->l4 = NETCTL_L4_ICMP;
         /* Echo request and reply carry an identifier (connection tracking reads it): their
          * header is 8 bytes. */
@@ -161,7 +171,7 @@ static __always_inline int netctl_parse_ipv6(__u8 *data, void *end, int is_pkt,
             off += 8;
             continue;
         }
-        __u32 hlen = nh == 51 ? ((__u32)ext[1] + 2) * 4 : ((__u32)ext[1] + 1) * 8;
+        __u32 hlen = ((__u32)ext[1] + 1) * 8;
         nh = ext[0];
         NETCTL_NEED(h, off, hlen, NETCTL_DROP_TRUNC_IPV6);
         off += hlen;
@@ -174,28 +184,46 @@ static __always_inline int netctl_parse_ipv6(__u8 *data, void *end, int is_pkt,
 
 /* Parse the window [data, data + min(p->len, NETCTL_HDR_WINDOW)).  `is_pkt` (a constant at
  * each call site): the window is packet memory ending at `end`, else a copy in a map value
- * of NETCTL_HDR_WINDOW bytes.  Returns NETCTL_PARSED_IP, NETCTL_PARSED_NON_IP or a drop
- * reason. */
+ * of NETCTL_HDR_WINDOW bytes.  `l3` (a constant at each call site): the frame starts at the
+ * IP header (a device without a link-layer header), and `l3_type` is its ethertype (tc: the
+ * skb's protocol; 0: read the IP version nibble, as XDP must).  `vlans`: tags the kernel
+ * has already taken out of the frame (tc: the skb's VLAN metadata).  Returns
+ * NETCTL_PARSED_IP, NETCTL_PARSED_NON_IP or a drop reason. */
 static __always_inline int netctl_parse(__u8 *data, void *end, int is_pkt,
-                                        struct netctl_pkt *p)
+                                        struct netctl_pkt *p, int l3, __u16 l3_type,
+                                        __u8 vlans)
 {
     __u32 off = 0;
+    __u16 type;
     __u8 *h;
 
-    NETCTL_NEED(h, off, 14, NETCTL_DROP_TRUNC_L2);
-    __u16 type = netctl_be16(h + 12);
-    off = 14;
+    if (l3) {
+        type = l3_type;
+        if (!type) {
+            if (p->len < 1)
+                return NETCTL_PARSED_NON_IP;
+            NETCTL_NEED(h, 0, 1, NETCTL_DROP_TRUNC_IPV4);
+            type = (h[0] >> 4) == 4 ? 0x0800 : (h[0] >> 4) == 6 ? 0x86dd : 0;
+        }
+    } else {
+        NETCTL_NEED(h, off, 14, NETCTL_DROP_TRUNC_L2);
+        type = netctl_be16(h + 12);
+        off = 14;
+        p->vlans = vlans;
 #pragma unroll
-    for (int i = 0; i < NETCTL_MAX_VLAN; i++) {
-        if (type != 0x8100 && type != 0x88a8)
-            break;
-        NETCTL_NEED(h, off, 4, NETCTL_DROP_TRUNC_L2);
-        type = netctl_be16(h + 2);
-        off += 4;
-        p->vlans += 1;
+        for (int i = 0; i < NETCTL_MAX_VLAN; i++) {
+            if (type != 0x8100 && type != 0x88a8)
+                break;
+            if (p->vlans >= NETCTL_MAX_VLAN)
+                return NETCTL_DROP_VLAN_DEPTH;
+            NETCTL_NEED(h, off, 4, NETCTL_DROP_TRUNC_L2);
+            type = netctl_be16(h + 2);
+            off += 4;
+            p->vlans += 1;
+        }
+        if (type == 0x8100 || type == 0x88a8)
+            return NETCTL_DROP_VLAN_DEPTH;
     }
-    if (type == 0x8100 || type == 0x88a8)
-        return NETCTL_DROP_VLAN_DEPTH;
     if (type == 0x0800)
         return netctl_parse_ipv4(data, end, is_pkt, p, off);
     if (type == 0x86dd)

@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* tc (clsact, direct action) ingress and egress: one body, two directions; ingress also
+/* tc (clsact, direct action) ingress and egress: one body, two directions, each for
+ * Ethernet devices and for devices without a link-layer header (tun, WireGuard, IP
+ * tunnels: the frame starts at the IP header and skb->protocol says which); ingress also
  * forwards what a route takes.
  *
  * An accepted packet returns TC_ACT_UNSPEC, not TC_ACT_OK: the next filter on the hook (one
@@ -14,7 +16,7 @@
 #include "netctl_judge.h"
 #include "netctl_forward.h"
 
-static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
+static __always_inline int netctl_tc(struct __sk_buff *skb, int dir, int l3)
 {
     void *data = (void *)(long)skb->data;
     void *end = (void *)(long)skb->data_end;
@@ -22,9 +24,14 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
     __u32 linear = end - data;
     struct netctl_pkt p = {};
     struct netctl_verdict v;
+    /* The kernel takes a frame's outer VLAN tag out of the data into the skb before tc
+     * ingress sees it (and egress may carry one there too): it counts as a tag, as on XDP,
+     * where it is still in the frame. */
+    __u8 vlans = skb->vlan_present ? 1 : 0;
+    __u16 l3_type = l3 ? bpf_ntohs(skb->protocol) : 0;
 
     if (linear >= len || linear >= NETCTL_HDR_WINDOW) {
-        v = netctl_judge(data, end, 1, len, dir, &p);
+        v = netctl_judge(data, end, 1, len, dir, &p, l3, l3_type, vlans);
     } else {
         /* Headers beyond the linear area (e.g. frames from a packet socket's TX ring):
          * copy the window with one call instead of reading past data_end. */
@@ -37,12 +44,13 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
             n = 1;
         if (bpf_skb_load_bytes(skb, 0, copy->b, n) < 0)
             return TC_ACT_SHOT;
-        v = netctl_judge(copy->b, copy->b + n, 0, len, dir, &p);
+        v = netctl_judge(copy->b, copy->b + n, 0, len, dir, &p, l3, l3_type, vlans);
     }
     netctl_emit(&p, &v, skb->ifindex, NETCTL_HOOK_TC, dir);
     if (v.drop)
         return TC_ACT_SHOT;
-    if (dir == NETCTL_DIR_INGRESS && v.ip) {
+    /* Forwarding from devices without a link-layer header is left to the kernel. */
+    if (dir == NETCTL_DIR_INGRESS && v.ip && !l3) {
         __u32 gen = v.gen;
         struct netctl_config *cfg = config.lookup(&gen);
         if (cfg) {
@@ -56,10 +64,20 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir)
 
 int netctl_tc_ingress(struct __sk_buff *skb)
 {
-    return netctl_tc(skb, NETCTL_DIR_INGRESS);
+    return netctl_tc(skb, NETCTL_DIR_INGRESS, 0);
 }
 
 int netctl_tc_egress(struct __sk_buff *skb)
 {
-    return netctl_tc(skb, NETCTL_DIR_EGRESS);
+    return netctl_tc(skb, NETCTL_DIR_EGRESS, 0);
+}
+
+int netctl_tc_ingress_l3(struct __sk_buff *skb)
+{
+    return netctl_tc(skb, NETCTL_DIR_INGRESS, 1);
+}
+
+int netctl_tc_egress_l3(struct __sk_buff *skb)
+{
+    return netctl_tc(skb, NETCTL_DIR_EGRESS, 1);
 }

@@ -1,7 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* XDP ingress: judge each frame before the kernel builds an skb (on drivers with native
  * XDP), and forward what a route takes.  On veth and other virtual devices XDP starts from
- * an skb it must copy, so `xdp: auto` uses tc ingress there instead (DESIGN.md, measured).
+ * an skb it must copy, so `xdp: auto` uses tc ingress there instead (measured: see
+ * docs/performance.md).
+ *
+ * Two entry points over one body: netctl_xdp_ingress for Ethernet devices, and
+ * netctl_xdp_ingress_l3 for devices without a link-layer header (tun, WireGuard, IP
+ * tunnels), whose frames start at the IP header; attach picks one by the device's type.
  *
  * The program is loaded without the multi-buffer (frags) flag, so the kernel only runs it
  * on frames that are wholly linear: the header window is always packet memory. */
@@ -14,16 +19,19 @@
 #include "netctl_judge.h"
 #include "netctl_forward.h"
 
-int netctl_xdp_ingress(struct xdp_md *ctx)
+static __always_inline int netctl_xdp(struct xdp_md *ctx, int l3)
 {
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
     struct netctl_pkt p = {};
-    struct netctl_verdict v = netctl_judge(data, end, 1, end - data, NETCTL_DIR_INGRESS, &p);
+    struct netctl_verdict v = netctl_judge(data, end, 1, end - data, NETCTL_DIR_INGRESS, &p,
+                                           l3, 0, 0);
     netctl_emit(&p, &v, ctx->ingress_ifindex, NETCTL_HOOK_XDP, NETCTL_DIR_INGRESS);
     if (v.drop)
         return XDP_DROP;
-    if (v.ip) {
+    /* Forwarding rewrites MACs: only frames that have them (routes never leave by a device
+     * without a link-layer header: apply refuses those). */
+    if (v.ip && !l3) {
         __u32 gen = v.gen;
         struct netctl_config *cfg = config.lookup(&gen);
         if (cfg) {
@@ -35,4 +43,14 @@ int netctl_xdp_ingress(struct xdp_md *ctx)
         }
     }
     return XDP_PASS;
+}
+
+int netctl_xdp_ingress(struct xdp_md *ctx)
+{
+    return netctl_xdp(ctx, 0);
+}
+
+int netctl_xdp_ingress_l3(struct xdp_md *ctx)
+{
+    return netctl_xdp(ctx, 1);
 }

@@ -3,8 +3,9 @@
 What is netctl's is recognised by name and position, so that other people's programs,
 qdiscs and filters are never touched:
 
-* XDP: the program attached to the interface is netctl's when its kernel name is
-  ``XDP_PROG_NAME``.  A foreign XDP program makes the attach fail (an interface holds one).
+* XDP: the program attached to the interface is netctl's when its kernel name is one of
+  ``XDP_PROG_NAMES`` (the Ethernet and the L3 variant).  A foreign XDP program makes the
+  attach fail (an interface holds one).
 * tc: a clsact qdisc (created when missing, and removed on detach only if netctl created
   it and nothing else uses it), with one direct-action bpf filter per direction at
   ``TC_PRIO``/``TC_HANDLE`` named ``netctl_ingress``/``netctl_egress``.  Replacing that
@@ -46,12 +47,26 @@ XDP_FLAGS_REPLACE = 16
 XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 _ATTACHED_MODE = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload"}
 
-XDP_PROG_NAME = KERNEL_NAMES["xdp"]
+XDP_PROG_NAMES = frozenset({KERNEL_NAMES["xdp"], KERNEL_NAMES["xdp_l3"]})
 TC_PROG_NAMES = {"ingress": KERNEL_NAMES["tc_ingress"], "egress": KERNEL_NAMES["tc_egress"]}
 TC_PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
 TC_PRIO = 0x4E43          # "NC": away from tc's automatic 49152 and the usual 1
 TC_HANDLE = 1
 ETH_P_ALL = 0x0003
+
+# Link types (ARPHRD_*, the kernel's if_arp.h) by the header their frames start with.  Those
+# with an Ethernet header (the loopback device has one too, zeroed); those that start at the
+# IP header, with no header_ops of their own that could put a link-layer header in front at
+# egress: tun and WireGuard (NONE), raw-IP modems, PPP, ipip, ip6tnl and sit.  Any other type
+# is refused at apply: a frame netctl cannot parse must never pass unjudged.
+ETHERNET_LINK_TYPES = {1: "ether", 772: "loopback"}
+L3_LINK_TYPES = {65534: "none", 519: "rawip", 512: "ppp", 768: "ipip", 769: "ip6tnl",
+                 776: "sit"}
+LINK_TYPE_NAMES = {**ETHERNET_LINK_TYPES, **L3_LINK_TYPES, 778: "ipgre", 823: "ip6gre",
+                   32: "infiniband", 280: "can", 801: "ieee80211", 803: "ieee80211-radiotap",
+                   804: "ieee802154"}
+LAYER_ETHERNET = "ethernet"
+LAYER_L3 = "l3"
 
 
 @dataclass(frozen=True)
@@ -63,10 +78,25 @@ class LinkInfo:
     xdp_mode: str | None       # native / generic / offload, or None
     xdp_prog_id: int | None
     mac: str | None = None
+    link_type: int = 1            # ARPHRD_*: what the device's frames start with
 
     @property
     def virtual(self) -> bool:
         return self.kind is not None or self.name == "lo"
+
+    @property
+    def layer(self) -> str | None:
+        """LAYER_ETHERNET, LAYER_L3 (frames start at the IP header), or None when netctl has
+        no parser for this device's frames."""
+        if self.link_type in ETHERNET_LINK_TYPES:
+            return LAYER_ETHERNET
+        if self.link_type in L3_LINK_TYPES:
+            return LAYER_L3
+        return None
+
+    @property
+    def link_type_name(self) -> str:
+        return LINK_TYPE_NAMES.get(self.link_type, f"type {self.link_type}")
 
 
 @dataclass(frozen=True)
@@ -128,7 +158,7 @@ class Links:
             prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if mode else None
         return LinkInfo(index=index, name=msg.get_attr("IFLA_IFNAME"), kind=kind,
                         up=bool(msg["flags"] & 1), xdp_mode=mode, xdp_prog_id=prog_id,
-                        mac=msg.get_attr("IFLA_ADDRESS"))
+                        mac=msg.get_attr("IFLA_ADDRESS"), link_type=msg["ifi_type"])
 
     # -- neighbours and addresses (forwarding)
     def neighbour(self, index: int, address: str) -> str | None:
@@ -185,7 +215,7 @@ class Links:
 
     # -- XDP
     def xdp_is_ours(self, link: LinkInfo) -> bool:
-        return link.xdp_prog_id is not None and prog_name(link.xdp_prog_id) == XDP_PROG_NAME
+        return link.xdp_prog_id is not None and prog_name(link.xdp_prog_id) in XDP_PROG_NAMES
 
     def attach_xdp(self, link: LinkInfo, fd: int, mode: str) -> None:
         """Attach (or atomically replace netctl's own program) in ``mode``."""

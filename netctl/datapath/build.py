@@ -85,16 +85,22 @@ class Programs:
         self.fds = {}
 
 
+# Each role in two variants: for Ethernet devices, and (suffix _l3) for devices whose frames
+# start at the IP header (tun, WireGuard, IP tunnels); attach picks one by the link type.
 ROLES = {
     "xdp": (XDP_SOURCE, "netctl_xdp_ingress"),
     "tc_ingress": (TC_SOURCE, "netctl_tc_ingress"),
     "tc_egress": (TC_SOURCE, "netctl_tc_egress"),
+    "xdp_l3": (XDP_SOURCE, "netctl_xdp_ingress_l3"),
+    "tc_ingress_l3": (TC_SOURCE, "netctl_tc_ingress_l3"),
+    "tc_egress_l3": (TC_SOURCE, "netctl_tc_egress_l3"),
 }
 # Kernel names (15 characters at most): how attach tells netctl's programs from others.
 KERNEL_NAMES = {"xdp": "netctl_xdp", "tc_ingress": "netctl_ingress",
-                "tc_egress": "netctl_egress"}
-PROG_TYPES = {"xdp": bpfsys.PROG_XDP, "tc_ingress": bpfsys.PROG_SCHED_CLS,
-              "tc_egress": bpfsys.PROG_SCHED_CLS}
+                "tc_egress": "netctl_egress", "xdp_l3": "netctl_xdp_l3",
+                "tc_ingress_l3": "netctl_ingr_l3", "tc_egress_l3": "netctl_egr_l3"}
+PROG_TYPES = {role: bpfsys.PROG_XDP if role.startswith("xdp") else bpfsys.PROG_SCHED_CLS
+              for role in ROLES}
 # The kernel accepts the programs only under a GPL-compatible license string; the BPF
 # sources are dual-licensed (SPDX lines in bpf/).
 LICENSE = "Dual BSD/GPL"

@@ -193,9 +193,14 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
             if link is None:
                 raise AttachError(t.name, errno.ENODEV, "no such interface in this network "
                                   f"namespace ({netns_name() or 'unnamed'})")
+            if link.layer is None:
+                raise AttachError(t.name, errno.EOPNOTSUPP, f"link type {link.link_type_name} "
+                                  f"(ARPHRD {link.link_type}): netctl parses frames that start "
+                                  "with an Ethernet header or at the IP header only, and will "
+                                  "not attach where it would let frames pass unjudged")
             found.append((t, link, decide_hooks(link, t)))
         warnings = _coverage_warnings(policy, found)
-        nexthops = resolve_routes(links, policy, warnings)
+        nexthops = resolve_routes(links, policy, warnings, found)
         if dry_run:
             return _dry_run(ns, plan, policy, found, warnings, started)
         ensure_pin_root()
@@ -221,17 +226,26 @@ def _available_cc() -> set[str]:
         return set()
 
 
-def resolve_routes(links: att.Links, policy: Policy, warnings: list[str]) -> list[dict]:
+def resolve_routes(links: att.Links, policy: Policy, warnings: list[str],
+                   found=()) -> list[dict]:
     """Each route's next hop: egress interface, the next hop's MAC from the neighbour table
     (asking the kernel to resolve it when unknown), and the packed map value.  A missing
-    interface or an unknown congestion control is an error before anything changes."""
+    interface, one without an Ethernet header or an unknown congestion control is an error
+    before anything changes.  ``found`` (target, link, hooks) says where netctl enforces
+    egress rules: the XDP path judges them before redirecting there."""
     out = []
     available = None
+    egress_judged = {link.index for _t, link, hooks in found if hooks.egress == HOOK_TC}
     for route in policy.routes:
         link = links.find(route.dev)
         if link is None:
             raise AttachError(route.dev, errno.ENODEV, f"route to {route.dst} (line "
                               f"{route.line}): no such interface in this network namespace")
+        if link.layer != att.LAYER_ETHERNET:
+            raise AttachError(route.dev, errno.EOPNOTSUPP, f"route to {route.dst} (line "
+                              f"{route.line}): {route.dev} has no Ethernet header (link type "
+                              f"{link.link_type_name}); the forwarding fast path rewrites "
+                              "MACs, so leave this route to the kernel's routing table")
         if route.cc:
             available = available if available is not None else _available_cc()
             if route.cc not in available:
@@ -247,8 +261,9 @@ def resolve_routes(links: att.Links, policy: Policy, warnings: list[str]) -> lis
                             "until an apply finds it (the tc path resolves it itself)")
         out.append({"dst": str(route.dst), "via": via, "dev": route.dev,
                     "ifindex": link.index, "smac": link.mac, "dmac": dmac, "cc": route.cc,
+                    "judge_egress": link.index in egress_judged,
                     "packed": abi.pack_nexthop(link.index, route.via.version, int(route.via),
-                                               link.mac, dmac)})
+                                               link.mac, dmac, link.index in egress_judged)})
     return out
 
 
@@ -321,7 +336,15 @@ def _coverage_warnings(policy: Policy, found) -> list[str]:
 def _interface_record(t: Target, link: att.LinkInfo, hooks: Hooks,
                       created_clsact: bool) -> dict[str, Any]:
     return {"name": t.name, "ifindex": link.index, "kind": link.kind, "ingress": hooks.ingress,
-            "egress": hooks.egress, "why": hooks.why, "created_clsact": created_clsact}
+            "egress": hooks.egress, "why": hooks.why, "created_clsact": created_clsact,
+            "link": link.layer}
+
+
+def role(rec: dict, base: str) -> str:
+    """The program role (build.ROLES) that runs ``base`` (xdp, tc_ingress, tc_egress) on the
+    interface of record ``rec``: the L3 variant where frames start at the IP header.
+    Records from before link layers were told apart are Ethernet."""
+    return f"{base}_l3" if rec.get("link") == att.LAYER_L3 else base
 
 
 def _dry_run(ns: Namespace, plan: MapPlan, policy: Policy, found, warnings,
@@ -399,9 +422,10 @@ def _runs_any(links: att.Links, name: str, ids: dict[str, int]) -> bool:
     link = links.find(name)
     if link is None:
         return False
-    if link.xdp_prog_id is not None and link.xdp_prog_id == ids.get("xdp"):
+    if link.xdp_prog_id is not None and link.xdp_prog_id in (ids.get("xdp"), ids.get("xdp_l3")):
         return True
-    return any(f.ours and f.prog_id == ids.get(f"tc_{direction}")
+    tc_ids = {ids.get(r) for r in ("tc_ingress", "tc_egress", "tc_ingress_l3", "tc_egress_l3")}
+    return any(f.ours and f.prog_id in tc_ids
                for direction in ("ingress", "egress") for f in links.filters(link, direction))
 
 
@@ -634,11 +658,12 @@ def _attach_all(links: att.Links, dp: Datapath, found, state: dict,
     for t, link, hooks in found:
         prev = previous.get(t.name, {})
         created = bool(prev.get("created_clsact")) and prev.get("ifindex") == link.index
+        suffix = "_l3" if link.layer == att.LAYER_L3 else ""
         # ingress
         if hooks.ingress in (HOOK_XDP_NATIVE, HOOK_XDP_GENERIC):
             mode = "native" if hooks.ingress == HOOK_XDP_NATIVE else "generic"
             undo.append(_xdp_restorer(links, link))
-            links.attach_xdp(link, dp.programs["xdp"], mode)
+            links.attach_xdp(link, dp.programs["xdp" + suffix], mode)
             if any(f.ours for f in links.filters(link, "ingress")):
                 undo.append(_tc_restorer(links, link, "ingress"))
                 links.detach_tc(link, "ingress")
@@ -646,7 +671,7 @@ def _attach_all(links: att.Links, dp: Datapath, found, state: dict,
             if hooks.ingress == HOOK_TC:
                 created |= _ensure_clsact(links, link, undo)
                 undo.append(_tc_restorer(links, link, "ingress"))
-                links.attach_tc(link, dp.programs["tc_ingress"], "ingress")
+                links.attach_tc(link, dp.programs["tc_ingress" + suffix], "ingress")
             elif any(f.ours for f in links.filters(link, "ingress")):
                 undo.append(_tc_restorer(links, link, "ingress"))
                 links.detach_tc(link, "ingress")
@@ -657,7 +682,7 @@ def _attach_all(links: att.Links, dp: Datapath, found, state: dict,
         if hooks.egress == HOOK_TC:
             created |= _ensure_clsact(links, link, undo)
             undo.append(_tc_restorer(links, link, "egress"))
-            links.attach_tc(link, dp.programs["tc_egress"], "egress")
+            links.attach_tc(link, dp.programs["tc_egress" + suffix], "egress")
         elif any(f.ours for f in links.filters(link, "egress")):
             undo.append(_tc_restorer(links, link, "egress"))
             links.detach_tc(link, "egress")
@@ -752,7 +777,7 @@ def _attachment_problems(links: att.Links, name: str, rec: dict,
     ingress, egress = rec.get("ingress"), rec.get("egress")
     if ingress in (HOOK_XDP_NATIVE, HOOK_XDP_GENERIC):
         want_mode = "native" if ingress == HOOK_XDP_NATIVE else "generic"
-        if link.xdp_prog_id != ids.get("xdp"):
+        if link.xdp_prog_id != ids.get(role(rec, "xdp")):
             problems.append("XDP program is not netctl's live one"
                             if link.xdp_prog_id else "XDP program missing")
         elif link.xdp_mode != want_mode:
@@ -763,7 +788,7 @@ def _attachment_problems(links: att.Links, name: str, rec: dict,
         ours = [f for f in links.filters(link, direction) if f.ours]
         if not ours:
             problems.append(f"tc {direction} filter missing")
-        elif ours[0].prog_id != ids.get(f"tc_{direction}"):
+        elif ours[0].prog_id != ids.get(role(rec, f"tc_{direction}")):
             problems.append(f"tc {direction} filter runs another program")
     return problems
 
@@ -799,10 +824,10 @@ def status(verify: bool = True) -> dict[str, Any]:
                     rec, live=not problems, problems=problems,
                     xdp_prog_id=link.xdp_prog_id if link else None,
                     xdp_mode=link.xdp_mode if link else None,
-                    prog_ids={role: ids[role] for role in ("xdp", "tc_ingress", "tc_egress")
-                              if (role == "xdp" and (rec.get("ingress") or "").startswith("xdp"))
-                              or (role == "tc_ingress" and rec.get("ingress") == HOOK_TC)
-                              or (role == "tc_egress" and rec.get("egress") == HOOK_TC)}))
+                    prog_ids={r: ids[role(rec, r)] for r in ("xdp", "tc_ingress", "tc_egress")
+                              if (r == "xdp" and (rec.get("ingress") or "").startswith("xdp"))
+                              or (r == "tc_ingress" and rec.get("ingress") == HOOK_TC)
+                              or (r == "tc_egress" and rec.get("egress") == HOOK_TC)}))
                 out["problems"].extend(f"{name}: {p}" for p in problems)
         if record is None:
             out["problems"].append(f"generation {gen} is live but the state file does not "
@@ -870,7 +895,8 @@ def status(verify: bool = True) -> dict[str, Any]:
         out["forwarding"] = {"left_to_kernel": {
             "local": stats[abi.STAT_FWD_LOCAL][0], "ttl": stats[abi.STAT_FWD_TTL][0],
             "options_or_vlan": stats[abi.STAT_FWD_OPTIONS][0],
-            "unresolved": stats[abi.STAT_FWD_UNRESOLVED][0]}}
+            "unresolved": stats[abi.STAT_FWD_UNRESOLVED][0],
+            "not_unicast": stats[abi.STAT_FWD_NOT_UNICAST][0]}}
         out.update(applied=True, policy=record["policy"], digest=record["digest"],
                    policy_sha256=record.get("policy_sha256"),
                    generation=gen, applied_at=record["applied_at"], build=state["build"]["id"],

@@ -14,7 +14,7 @@ SRC_MAC, DST_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 class Unrepresentable(ValueError):
     """No frame carries this packet: in IPv6 an extension-header number (hop-by-hop,
-    routing, fragment, AH, destination options) as the upper-layer protocol of a packet that
+    routing, fragment, destination options) as the upper-layer protocol of a packet that
     is not a non-first fragment would itself be walked as an extension header."""
 
 
@@ -41,12 +41,12 @@ def frame_for(packet: Packet) -> bytes:
     else:
         payload = Raw(b"\0" * 16)
     if family == 4:
-        ip = IP(src=str(packet.src), dst=str(packet.dst), proto=packet.proto,
+        ip = IP(src=str(packet.src), dst=str(packet.dst), proto=packet.proto, ttl=packet.ttl,
                 frag=FRAGMENT_OFFSET if packet.fragment else 0)
         return bytes(Ether(src=SRC_MAC, dst=DST_MAC) / ip / payload)
     if packet.fragment:
-        ip = IPv6(src=str(packet.src), dst=str(packet.dst)) / IPv6ExtHdrFragment(
-            nh=packet.proto, offset=FRAGMENT_OFFSET)
+        ip = IPv6(src=str(packet.src), dst=str(packet.dst), hlim=packet.ttl) / \
+            IPv6ExtHdrFragment(nh=packet.proto, offset=FRAGMENT_OFFSET)
     else:
-        ip = IPv6(src=str(packet.src), dst=str(packet.dst), nh=packet.proto)
+        ip = IPv6(src=str(packet.src), dst=str(packet.dst), nh=packet.proto, hlim=packet.ttl)
     return bytes(Ether(src=SRC_MAC, dst=DST_MAC) / ip / payload)

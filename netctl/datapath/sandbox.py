@@ -110,8 +110,8 @@ class Sandbox:
                     from None
             raise
         after = self._snapshot()
-        dropped = result.retval == (XDP_DROP if hook == "xdp" else TC_ACT_SHOT)
-        passed = result.retval == (XDP_PASS if hook == "xdp" else TC_ACT_UNSPEC)
+        dropped = result.retval == (XDP_DROP if hook.startswith("xdp") else TC_ACT_SHOT)
+        passed = result.retval == (XDP_PASS if hook.startswith("xdp") else TC_ACT_UNSPEC)
         if not (dropped or passed):
             raise AssertionError(f"{hook} returned {result.retval}")
         verdict = Action.DROP if dropped else Action.ACCEPT

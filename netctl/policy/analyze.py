@@ -32,6 +32,7 @@ from .model import (
     Policy,
     Rule,
     TcHook,
+    icmp_ranges,
 )
 
 MAX_BOXES = 2048          # fragments a single rule's check may create before giving up
@@ -74,7 +75,8 @@ def _ranges(networks, family: int) -> list[tuple[int, int]]:
 
 def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tuple, tuple]]:
     """Split the rule's protocols into groups with the same L4 shape, as
-    (protocols, sport range(s), dport range(s), icmp type range(s))."""
+    (protocols, sport range(s), dport range(s), ICMP range(s) on the ``type << 8 | code``
+    axis the datapath uses; -1 stands for "no such header", e.g. a non-first fragment)."""
     own_icmp = _ICMP_OF[family]
     protos = _ALL_PROTOS if rule.proto is None else frozenset(rule.proto)
     # icmp (1) exists only in IPv4 and icmpv6 (58) only in IPv6 under a named protocol.
@@ -89,11 +91,11 @@ def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tupl
         dp = tuple((r.lo, r.hi) for r in rule.dport) if rule.dport else ((0, 65535),)
         if ports:
             parts.append((ports, sp, dp, no_port))
-    elif rule.icmp_type is not None:
-        types = sorted(t for f, t in rule.icmp_type if f == family)
+    elif rule.has_icmp:
+        ranges = icmp_ranges(rule, family)
         icmp = protos & own_icmp
-        if icmp and types:
-            parts.append((icmp, no_port, no_port, tuple((t, t) for t in types)))
+        if icmp and ranges:
+            parts.append((icmp, no_port, no_port, ranges))
     else:
         ports = protos & PORT_PROTOS
         icmp = protos & own_icmp
@@ -101,7 +103,7 @@ def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tupl
         if ports:
             parts.append((ports, any_port, any_port, no_port))
         if icmp:
-            parts.append((icmp, no_port, no_port, ((-1, 255),)))
+            parts.append((icmp, no_port, no_port, ((-1, 65535),)))
         if other:
             parts.append((other, no_port, no_port, no_port))
     return parts
@@ -290,7 +292,7 @@ def _ndp_findings(policy: Policy) -> list[Finding]:
         for icmp_type in sorted(NDP_TYPES):
             packet = Packet(src=ipaddress.ip_address("fe80::1"),
                             dst=ipaddress.ip_address("ff02::1"),
-                            proto=PROTO_ICMPV6, icmp_type=icmp_type, icmp_code=0)
+                            proto=PROTO_ICMPV6, icmp_type=icmp_type, icmp_code=0, ttl=255)
             decision = evaluate(policy, packet, direction)
             if decision.verdict is Action.DROP:
                 by = f"rule '{decision.rule.name}'" if decision.rule else "the default"

@@ -27,7 +27,7 @@ from collections import defaultdict
 from itertools import combinations, product
 
 from ..errors import CompileError, MapFullError
-from .model import ICMP_PROTOS, PORT_PROTOS, Action, Direction, Policy, Rule
+from .model import ICMP_PROTOS, PORT_PROTOS, Action, Direction, Policy, Rule, icmp_ranges
 from .plan import (
     ACTION_ACCEPT,
     ACTION_DROP,
@@ -186,7 +186,7 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
 def _rule_info(rule: Rule, intern: dict) -> _Info | None:
     """The rule in integers, or None when it can match no packet at all."""
     ports = rule.sport is not None or rule.dport is not None
-    icmp = rule.icmp_type is not None
+    icmp = rule.has_icmp
     if ports and icmp:
         return None  # ports never match ICMP
     src = _prefixes(rule.src)
@@ -198,11 +198,13 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
                 dst is not None and all(p[0] != family for p in dst)):
             continue
         if icmp:
-            types = sorted({t for f, t in rule.icmp_type if f == family})
             proto = _ICMP_PROTO_OF[family]
-            if not types or (rule.proto is not None and proto not in rule.proto):
+            if rule.proto is not None and proto not in rule.proto:
                 continue
-            icmp_types.append((family, tuple((t, t) for t in types)))
+            ranges = icmp_ranges(rule, family)
+            if not ranges:
+                continue
+            icmp_types.append((family, ranges))
             protos.append((family, (proto,)))
         elif ports:
             given = PORT_PROTOS if rule.proto is None else PORT_PROTOS.intersection(rule.proto)
@@ -525,7 +527,7 @@ def _value_classes(name, field, shapes, slot_rules, capacity, inverted):
     each elementary interval gets, per slot, the set of that slot's groups covering it, so
     the sweep costs intervals x distinct range lists, not intervals x rules.
     """
-    domain = 256 if field == FIELD_ICMP else 65536
+    domain = 65536   # ports, or ICMP type << 8 | code
     subs = ((4, 0), (6, 1)) if field == FIELD_ICMP else ((6, 0), (17, 1))
     intervals = []   # (sub, lo, hi_exclusive, per slot its class id or 0)
     for key, sub in subs:

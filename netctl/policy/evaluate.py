@@ -5,7 +5,9 @@ unit tests, the real programs through BPF_PROG_TEST_RUN and traffic in namespace
 written from the semantics in DESIGN.md, never from the compiler, and it favours being
 obviously right over being fast:
 
-1. ICMPv6 neighbour discovery (types 133-137) is accepted first unless ``allow_ndp: false``.
+1. ICMPv6 neighbour discovery (types 133-137) that a host would process (hop limit 255, a
+   redirect only from a link-local source: ``model.ndp_exempt``) is accepted first unless
+   ``allow_ndp: false``.
 2. Rules of the packet's direction are tried in order; the first whose every given field
    matches decides.  List items are ORed, fields ANDed, an omitted field matches anything.
 3. Otherwise the direction's default action decides.
@@ -17,9 +19,7 @@ from typing import NamedTuple
 
 from .model import (
     ICMP_PROTOS,
-    NDP_TYPES,
     PORT_PROTOS,
-    PROTO_ICMPV6,
     Action,
     Address,
     Direction,
@@ -28,6 +28,7 @@ from .model import (
     Policy,
     PortRange,
     Rule,
+    ndp_exempt,
 )
 
 
@@ -38,13 +39,7 @@ class Decision(NamedTuple):
 
 
 def evaluate(policy: Policy, packet: Packet, direction: Direction) -> Decision:
-    if (
-        policy.allow_ndp
-        and packet.family == 6
-        and packet.proto == PROTO_ICMPV6
-        and not packet.fragment
-        and packet.icmp_type in NDP_TYPES
-    ):
+    if policy.allow_ndp and ndp_exempt(packet):
         return Decision(Action.ACCEPT, None, "ndp")
     for rule in policy.rules:
         if rule.direction is direction and rule_matches(rule, packet):
@@ -59,7 +54,7 @@ def rule_matches(rule: Rule, packet: Packet) -> bool:
         and _proto_matches(rule, packet)
         and _ports_match(rule.sport, packet, packet.sport)
         and _ports_match(rule.dport, packet, packet.dport)
-        and _icmp_type_matches(rule, packet)
+        and _icmp_matches(rule, packet)
     )
 
 
@@ -86,10 +81,15 @@ def _ports_match(ranges: tuple[PortRange, ...] | None, packet: Packet, port: int
     return any(port in r for r in ranges)
 
 
-def _icmp_type_matches(rule: Rule, packet: Packet) -> bool:
-    if rule.icmp_type is None:
+def _icmp_matches(rule: Rule, packet: Packet) -> bool:
+    if rule.icmp_type is None and rule.icmp_code is None:
         return True
     is_own_icmp = ICMP_PROTOS.get(packet.proto) == packet.family
     if packet.fragment or not is_own_icmp or packet.icmp_type is None:
         return False
-    return (packet.family, packet.icmp_type) in rule.icmp_type
+    if rule.icmp_type is not None and (packet.family, packet.icmp_type) not in rule.icmp_type:
+        return False
+    if rule.icmp_code is not None:
+        return packet.icmp_code is not None and any(packet.icmp_code in r
+                                                    for r in rule.icmp_code)
+    return True

@@ -83,6 +83,15 @@ def check_fields(rule: Rule, packet: Packet) -> list[FieldCheck]:
             ok = packet.icmp_type in types
             checks.append(FieldCheck("icmp_type", ok, f"type {packet.icmp_type} is "
                                      f"{'' if ok else 'not '}in {_list(types) or 'none'}"))
+    if rule.icmp_code is not None:
+        if packet.fragment:
+            checks.append(FieldCheck("icmp_code", False, "a non-first fragment has no ICMP code"))
+        elif ICMP_PROTOS.get(packet.proto) != packet.family or packet.icmp_code is None:
+            checks.append(FieldCheck("icmp_code", False, "the packet is not ICMP of its family"))
+        else:
+            ok = any(packet.icmp_code in r for r in rule.icmp_code)
+            checks.append(FieldCheck("icmp_code", ok, f"code {packet.icmp_code} is "
+                                     f"{'' if ok else 'not '}in {_list(rule.icmp_code)}"))
     return checks
 
 

@@ -1,7 +1,7 @@
 """The reference frame parser: a raw Ethernet frame -> what the datapath classifies.
 
 This is the pure-Python reference for the parse step of the XDP/tc programs, which are
-tested against it frame for frame.  The numbered comments (steps 1-7) below are the spec,
+tested against it frame for frame.  The numbered comments (steps 0-7) below are the spec,
 and the spec is part of the contract (docs/policy.md cites it): change it only together
 with the C parser.  All multi-byte fields are big-endian; "need n at off" means "if fewer
 than n bytes remain from off, the frame is malformed under the named reason".
@@ -17,7 +17,6 @@ from ..abi import (
     ETH_P_IP,
     ETH_P_IPV6,
     HDR_WINDOW,
-    IPV6_AH,
     IPV6_EXT_HDRS,
     IPV6_FRAGMENT,
     MAX_EXT_HDRS,
@@ -100,36 +99,55 @@ def _be16(data: bytes, off: int) -> int:
     return int.from_bytes(data[off:off + 2], "big")
 
 
-def parse_frame(data: bytes) -> Parsed:
+LINK_ETHERNET = "ethernet"
+LINK_L3 = "l3"
+
+
+def parse_frame(data: bytes, link: str = LINK_ETHERNET, l3_type: int = 0,
+                vlans: int = 0) -> Parsed:
+    """Parse a frame as it reaches the datapath.  ``link``: LINK_ETHERNET, or LINK_L3 for a
+    device whose frames start at the IP header (tun, WireGuard, IP tunnels), where
+    ``l3_type`` is the ethertype the skb carries (tc) or 0 (XDP: none is known).  ``vlans``:
+    tags the kernel already took out of the frame into the skb (tc)."""
     try:
-        return _parse(bytes(data))
+        return _parse(bytes(data), link, l3_type, vlans)
     except _Drop as drop:
         return Malformed(drop.reason)
 
 
-def _parse(data: bytes) -> Parsed:
-    # 1. Ethernet: need 14 at 0 else TRUNC_L2; the ethertype is bytes 12-13.
-    _need(data, 0, ETH_HLEN, DropReason.TRUNC_L2)
-    ethertype = _be16(data, 12)
-    off = ETH_HLEN
+def _parse(data: bytes, link: str, l3_type: int, vlans: int) -> Parsed:
+    if link == LINK_L3:
+        # 0. No link-layer header: the IP header is at 0.  Its ethertype is the skb's
+        #    protocol when there is one; else (XDP) the version nibble says: 4 is IPv4, 6 is
+        #    IPv6, anything else (or an empty frame) is not IP.
+        ethertype, off = l3_type, 0
+        if not ethertype:
+            nibble = data[0] >> 4 if data else 0
+            ethertype = {4: ETH_P_IP, 6: ETH_P_IPV6}.get(nibble, 0)
+    else:
+        # 1. Ethernet: need 14 at 0 else TRUNC_L2; the ethertype is bytes 12-13.
+        _need(data, 0, ETH_HLEN, DropReason.TRUNC_L2)
+        ethertype = _be16(data, 12)
+        off = ETH_HLEN
 
-    # 2. Up to MAX_VLAN tags (TPID 0x8100 or 0x88a8): need 4 else TRUNC_L2; the inner
-    #    ethertype is the tag's bytes 2-3.  A tag still left after that: VLAN_DEPTH.
-    for _ in range(MAX_VLAN):
-        if ethertype not in VLAN_TPIDS:
-            break
-        _need(data, off, VLAN_HLEN, DropReason.TRUNC_L2)
-        ethertype = _be16(data, off + 2)
-        off += VLAN_HLEN
-    if ethertype in VLAN_TPIDS:
-        raise _Drop(DropReason.VLAN_DEPTH)
+        # 2. Up to MAX_VLAN tags (TPID 0x8100 or 0x88a8), counting those the kernel already
+        #    took out of the frame: need 4 else TRUNC_L2; the inner ethertype is the tag's
+        #    bytes 2-3.  A tag beyond MAX_VLAN: VLAN_DEPTH.
+        seen = vlans
+        while ethertype in VLAN_TPIDS:
+            if seen >= MAX_VLAN:
+                raise _Drop(DropReason.VLAN_DEPTH)
+            _need(data, off, VLAN_HLEN, DropReason.TRUNC_L2)
+            ethertype = _be16(data, off + 2)
+            off += VLAN_HLEN
+            seen += 1
 
     if ethertype == ETH_P_IP:
         src, dst, proto, fragment, l4 = _ipv4(data, off)
-        family_icmp = PROTO_ICMP
+        family_icmp, ttl = PROTO_ICMP, data[off + 8]
     elif ethertype == ETH_P_IPV6:
         src, dst, proto, fragment, l4 = _ipv6(data, off)
-        family_icmp = PROTO_ICMPV6
+        family_icmp, ttl = PROTO_ICMPV6, data[off + 7]
     else:
         # 5. Any other ethertype: not IP, passes unclassified.
         return NonIp()
@@ -154,7 +172,7 @@ def _parse(data: bytes) -> Parsed:
 
     # 7. The classified fields; None for the absent ones.
     return Ip(Packet(src=src, dst=dst, proto=proto, sport=sport, dport=dport,
-                     icmp_type=icmp_type, icmp_code=icmp_code, fragment=fragment))
+                     icmp_type=icmp_type, icmp_code=icmp_code, fragment=fragment, ttl=ttl))
 
 
 def _ipv4(data: bytes, off: int) -> _L3:
@@ -185,8 +203,9 @@ def _ipv6(data: bytes, off: int) -> _L3:
     off += IPV6_HLEN
     fragment = False
 
-    # Walk at most MAX_EXT_HDRS extension headers (IPV6_EXT_HDRS); any other next header
-    # (TCP, UDP, ICMPv6, ESP, no-next-header...) ends the walk and is the upper protocol.
+    # Walk at most MAX_EXT_HDRS extension headers (IPV6_EXT_HDRS: hop-by-hop, routing,
+    # fragment, destination options); any other next header (TCP, UDP, ICMPv6, AH, ESP,
+    # no-next-header...) ends the walk and is the upper protocol.
     for _ in range(MAX_EXT_HDRS):
         if nh not in IPV6_EXT_HDRS:
             break
@@ -200,7 +219,7 @@ def _ipv6(data: bytes, off: int) -> _L3:
                 break
             off += IPV6_EXT_MIN_HLEN
         else:
-            hlen = _ext_hdr_len(nh, data[off + 1])
+            hlen = (data[off + 1] + 1) * 8  # 8-byte units, not counting the first 8
             _need(data, off, hlen, DropReason.TRUNC_IPV6)
             nh = data[off]
             off += hlen
@@ -211,15 +230,10 @@ def _ipv6(data: bytes, off: int) -> _L3:
     return src, dst, nh, fragment, off
 
 
-def _ext_hdr_len(nh: int, length_byte: int) -> int:
-    if nh == IPV6_AH:
-        return (length_byte + 2) * 4  # AH counts 4-byte words, minus 2
-    return (length_byte + 1) * 8  # the others count 8-byte words, minus 1
-
-
-def frame_verdict(policy: Policy, data: bytes, direction: Direction) -> FrameVerdict:
+def frame_verdict(policy: Policy, data: bytes, direction: Direction,
+                  link: str = LINK_ETHERNET, l3_type: int = 0, vlans: int = 0) -> FrameVerdict:
     """What the datapath does with a frame: parse it, then evaluate the policy on it."""
-    parsed = parse_frame(data)
+    parsed = parse_frame(data, link, l3_type, vlans)
     if isinstance(parsed, NonIp):
         return FrameVerdict(Action.ACCEPT, None, "non-ip", DropReason.NONE)
     if isinstance(parsed, Malformed):

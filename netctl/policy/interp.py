@@ -7,14 +7,16 @@ programs against both.
 
 Per packet (after VLAN tags and IPv6 extension headers):
 
-1. ``config[0]``.  IPv6, next header 58, not a non-first fragment, ICMPv6 type 133-137 and
-   allow_ndp: accept ("ndp").
+1. ``config[0]``.  Neighbour discovery a host would process (``model.ndp_exempt``: ICMPv6
+   133-137, not a non-first fragment, hop limit 255, a redirect from a link-local source)
+   and allow_ndp: accept ("ndp").
 2. The family's ``src_*`` and ``dst_*`` class tries (longest prefix; a miss is all class
    0); only the fields some slot classifies (``CFG_CLASSIFY``) have entries.
 3. TCP/UDP and not a fragment: ``sport_interval``/``dport_interval`` at
    ``port_slot * 65536 + port``, then ``sport_classes``/``dport_classes`` at that id.
    ICMP in IPv4 or ICMPv6 in IPv6, not a fragment: ``icmp_interval`` at
-   ``icmp_slot * 256 + type``, then ``icmp_classes``.  Otherwise those classes are all 0.
+   ``icmp_slot * 65536 + (type << 8 | code)``, then ``icmp_classes``.  Otherwise those
+   classes are all 0.
 4. For each slot in the direction's bitmap: its directly looked-up address field is dst
    when its ``CFG_DIRECT_DST`` bit is set, else src if the shape has it, else none.  Skip
    the slot when a field it classifies has class 0 there; else look up ``rule_table``, an
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .model import Action, Direction, Packet
+from .model import Action, Direction, Packet, ndp_exempt
 from .plan import (
     ACTION_DROP,
     CFG_ALLOW_NDP,
@@ -54,7 +56,6 @@ from .plan import (
 )
 
 _ICMP_OF_FAMILY = {4: 1, 6: 58}
-_NDP = range(133, 138)
 _BITS = {4: 32, 6: 128}
 
 
@@ -93,8 +94,7 @@ def interpret(plan: MapPlan, packet: Packet, direction: Direction) -> PlanDecisi
     family = packet.family
     fragment = packet.fragment
     proto = packet.proto
-    if (cfg[CFG_ALLOW_NDP] and family == 6 and proto == 58 and not fragment
-            and packet.icmp_type in _NDP):
+    if cfg[CFG_ALLOW_NDP] and ndp_exempt(packet):
         return PlanDecision(Action.ACCEPT, None, "ndp")
 
     bits = _BITS[family]
@@ -110,7 +110,8 @@ def interpret(plan: MapPlan, packet: Packet, direction: Direction) -> PlanDecisi
             iid = maps["dport_interval"].get(base + packet.dport, 0)
             dport = maps["dport_classes"].get(iid, ZERO_CLASSES)
     elif not fragment and proto == _ICMP_OF_FAMILY[family] and packet.icmp_type is not None:
-        iid = maps["icmp_interval"].get(ICMP_SLOTS[family] * 256 + packet.icmp_type, 0)
+        value = packet.icmp_type << 8 | (packet.icmp_code or 0)
+        iid = maps["icmp_interval"].get(ICMP_SLOTS[family] * 65536 + value, 0)
         icmp = maps["icmp_classes"].get(iid, ZERO_CLASSES)
 
     dir_code = DIR_INGRESS if direction is Direction.INGRESS else DIR_EGRESS

@@ -40,6 +40,7 @@ from .model import (
     Rule,
     TcHook,
     XdpMode,
+    default_ttl,
 )
 from .yamlsrc import YMap, YSeq, compose, to_pos
 
@@ -94,7 +95,11 @@ TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "conntrack", "allow
             "log_sample", "rules", "routes",
             "tests")
 RULE_KEYS = ("name", "direction", "action", "src", "dst", "proto", "sport", "dport",
-             "icmp_type", "log")
+             "icmp_type", "icmp_code", "log")
+ICMP_KEYS = ("icmp_type", "icmp_code")
+# IPv6 extension headers the datapath walks past: never a packet's protocol.
+EXT_HEADER_NAMES = {0: "hop-by-hop options", 43: "routing", 44: "fragment",
+                    60: "destination options"}
 INTERFACE_KEYS = ("name", "xdp", "tc")
 ROUTE_KEYS = ("dst", "via", "dev", "cc")
 ROUTE_REQUIRED = ("dst", "via", "dev")
@@ -102,7 +107,8 @@ CONNTRACK_KEYS = ("size", "tcp_established", "tcp_closing", "udp", "icmp")
 CONNTRACK_SIZE_MAX = 1 << 24
 TIMEOUT_MAX = 1 << 31  # seconds; the datapath keeps them in 32 bits
 TEST_KEYS = ("packet", "direction", "expect")
-PACKET_KEYS = ("src", "dst", "proto", "sport", "dport", "icmp_type", "icmp_code", "fragment")
+PACKET_KEYS = ("src", "dst", "proto", "sport", "dport", "icmp_type", "icmp_code", "ttl",
+               "fragment")
 RULE_NAME_MAX = 64
 
 _DIGITS = re.compile(r"[0-9]+\Z")  # ASCII only: str.isdigit() also takes '٨'
@@ -294,18 +300,24 @@ class _Loader:
         self.error(pos, f"{what}: {value!r} is not an IP address")
         return None
 
-    def ports(self, value: object, pos: Pos, what: str) -> tuple[PortRange, ...] | None:
+    def ports(self, value: object, pos: Pos, what: str,
+              top: int = 65535) -> tuple[PortRange, ...] | None:
         items = self.as_list(value, pos, what)
         if items is None:
             return None
         result: list[PortRange] = []
         for item, ipos in items:
-            port_range = self.port_range(item, ipos, what)
+            port_range = self.port_range(item, ipos, what, top)
             if port_range is not None:
                 result.append(port_range)
         return tuple(dict.fromkeys(result)) if len(result) == len(items) else None
 
-    def port_range(self, item: object, pos: Pos, what: str) -> PortRange | None:
+    def icmp_codes(self, value: object, pos: Pos, what: str) -> tuple[PortRange, ...] | None:
+        return self.ports(value, pos, what, top=255)
+
+    def port_range(self, item: object, pos: Pos, what: str,
+                   top: int = 65535) -> PortRange | None:
+        noun = "port" if top == 65535 else "code"
         if isinstance(item, int) and not isinstance(item, bool):
             lo = hi = item
         elif isinstance(item, str):
@@ -314,15 +326,15 @@ class _Loader:
             if not dash:
                 hi_text = lo_text
             if not (_DIGITS.match(lo_text.strip()) and _DIGITS.match(hi_text.strip())):
-                self.error(pos, f"{what}: {item!r} is not a port or a range 'lo-hi'")
+                self.error(pos, f"{what}: {item!r} is not a {noun} or a range 'lo-hi'")
                 return None
             lo, hi = int(lo_text), int(hi_text)
         else:
-            self.error(pos, f"{what}: {item!r} is not a port or a range 'lo-hi'")
+            self.error(pos, f"{what}: {item!r} is not a {noun} or a range 'lo-hi'")
             return None
         for port in (lo, hi):
-            if not 0 <= port <= 65535:
-                self.error(pos, f"{what}: port {port} is outside 0-65535")
+            if not 0 <= port <= top:
+                self.error(pos, f"{what}: {noun} {port} is outside 0-{top}")
                 return None
         if lo > hi:
             self.error(pos, f"{what}: range {lo}-{hi} has its low end above its high end")
@@ -344,6 +356,11 @@ class _Loader:
         if isinstance(item, str) and _DIGITS.match(item.strip()):
             item = int(item)  # a quoted number, as ports allow
         if isinstance(item, int) and not isinstance(item, bool):
+            if item in EXT_HEADER_NAMES:
+                self.error(pos, f"{what}: {item} is the IPv6 {EXT_HEADER_NAMES[item]} "
+                           "extension header, never a packet's protocol: netctl walks past "
+                           "it to the protocol that follows (match that one)")
+                return None
             if 0 <= item <= 255:
                 return item
             self.error(pos, f"{what}: protocol number {item} is outside 0-255")
@@ -588,12 +605,14 @@ class _Loader:
         proto = field(node, "proto", self.protocols)
         sport = field(node, "sport", self.ports)
         dport = field(node, "dport", self.ports)
+        icmp_code = field(node, "icmp_code", self.icmp_codes)
         if (
             (src is None and "src" in node)
             or (dst is None and "dst" in node)
             or (proto is None and "proto" in node)
             or (sport is None and "sport" in node)
             or (dport is None and "dport" in node)
+            or (icmp_code is None and "icmp_code" in node)
         ):
             return None  # a field is unreadable: cross-field checks would only add noise
         proto, icmp_type, families = self.rule_constraints(node, src, dst, proto)
@@ -601,7 +620,7 @@ class _Loader:
             return None
         return Rule(name=name, index=index, line=to_pos(pos)[0], direction=direction,
                     action=action, src=src, dst=dst, proto=proto, sport=sport, dport=dport,
-                    icmp_type=icmp_type, log=log, families=families)
+                    icmp_type=icmp_type, icmp_code=icmp_code, log=log, families=families)
 
     def field(self, node: YMap, key: str, reader: Callable):
         """Read one match field.  Big policies repeat values (ports, protocols, prefixes):
@@ -633,13 +652,13 @@ class _Loader:
         # Ports need tcp/udp and icmp_type needs icmp/icmpv6.  Walk the keys in file order
         # and report the first one that makes the combination impossible.
         has_ports = "sport" in node or "dport" in node
-        if "icmp_type" not in node and (not has_ports or proto is None
-                                        or PORT_PROTOS.issuperset(proto)):
+        has_icmp = "icmp_type" in node or "icmp_code" in node
+        if not has_icmp and (not has_ports or proto is None or PORT_PROTOS.issuperset(proto)):
             if has_ports and proto is None:
                 proto = (PROTO_TCP, PROTO_UDP)  # ports without proto mean tcp and udp
             l4_keys = []  # nothing can conflict: skip the walk (the common case)
         else:
-            l4_keys = sorted((k for k in ("proto", "sport", "dport", "icmp_type") if k in node),
+            l4_keys = sorted((k for k in ("proto", "sport", "dport", *ICMP_KEYS) if k in node),
                              key=lambda k: to_pos(keypos[k]))
         port_key = icmp_seen = None
         for key in l4_keys:
@@ -653,18 +672,19 @@ class _Loader:
                 elif icmp_seen:
                     names = _names_not_in(proto, ICMP_PROTOS)
                     if names:
-                        message = f"icmp_type needs proto icmp or icmpv6; proto also has {names}"
-            elif key == "icmp_type":
-                icmp_seen = key
+                        message = (f"{icmp_seen} needs proto icmp or icmpv6; proto also has "
+                                   f"{names}")
+            elif key in ICMP_KEYS:
+                icmp_seen = icmp_seen or key
                 if port_key:
-                    message = f"icmp_type and {port_key} cannot match the same packet"
+                    message = f"{key} and {port_key} cannot match the same packet"
                 elif "proto" in l4_keys[: l4_keys.index(key)]:
                     names = _names_not_in(proto, ICMP_PROTOS)
                     if names:
-                        message = f"icmp_type needs proto icmp or icmpv6; proto also has {names}"
+                        message = f"{key} needs proto icmp or icmpv6; proto also has {names}"
             else:
                 if icmp_seen:
-                    message = f"icmp_type and {key} cannot match the same packet"
+                    message = f"{icmp_seen} and {key} cannot match the same packet"
                 elif port_key is None and "proto" in l4_keys[: l4_keys.index(key)]:
                     names = _names_not_in(proto, PORT_PROTOS)
                     if names:
@@ -676,7 +696,7 @@ class _Loader:
                 break
         else:
             if icmp_seen and "proto" not in node:
-                self.error(keypos["icmp_type"], "icmp_type needs proto icmp or icmpv6")
+                self.error(keypos[icmp_seen], f"{icmp_seen} needs proto icmp or icmpv6")
         if port_key and proto is None:
             proto = (PROTO_TCP, PROTO_UDP)  # ports without proto mean tcp and udp
         # Families: each of src, dst and proto may restrict the IP versions a packet can have.
@@ -828,6 +848,12 @@ class _Loader:
                 self.error(node.valmarks.get("icmp_code", pos), "icmp_code must be 0-255")
                 return None
             fields["icmp_code"] = code
+        ttl = node.get("ttl", default_ttl(family, proto, fields.get("icmp_type")))
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= 255:
+            self.error(node.valmarks.get("ttl", pos), "ttl (the IPv4 TTL or IPv6 hop limit) "
+                       "must be 0-255")
+            return None
+        fields["ttl"] = ttl
         return Packet(src=src, dst=dst, proto=proto, **fields)  # type: ignore[arg-type]
 
     def expectation(self, value: object, pos: Pos, direction: Direction | None

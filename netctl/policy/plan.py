@@ -11,8 +11,8 @@ it in pure Python.  The layout, per map (``maps()`` gives exactly these names):
 ``sport_interval``, ``dport_interval`` (arrays of ``PORT_INDEX_SIZE``)
     index ``port_slot * 65536 + port`` (port slots: tcp 0, udp 1), value an interval id.
 ``icmp_interval`` (array of ``ICMP_INDEX_SIZE``)
-    index ``icmp_slot * 256 + type`` (icmp slots: ICMP in IPv4 0, ICMPv6 1), value an
-    interval id.
+    index ``icmp_slot * 65536 + (type << 8 | code)`` (icmp slots: ICMP in IPv4 0, ICMPv6
+    1), value an interval id.
 ``sport_classes``, ``dport_classes``, ``icmp_classes`` (arrays)
     index an interval id, value a tuple of ``MAX_SHAPES`` class ids.  Interval id 0 is
     "no range of any rule covers the value" and its classes are all 0.
@@ -74,8 +74,8 @@ DIR_EGRESS = 1
 PORT_SLOTS = {6: 0, 17: 1}          # protocol -> port slot (tcp, udp)
 ICMP_SLOTS = {4: 0, 6: 1}           # family -> icmp slot (ICMP proto 1, ICMPv6 proto 58)
 PORT_INDEX_SIZE = 2 * 65536
-ICMP_INDEX_SIZE = 2 * 256
-ICMP_INTERVALS = ICMP_INDEX_SIZE + 1  # capacity of icmp_classes: can never be exceeded
+ICMP_INDEX_SIZE = 2 * 65536          # type << 8 | code, per icmp slot
+ICMP_INTERVALS = 4096                # capacity of icmp_classes (distinct class vectors)
 
 # Positions in the config entry.
 CFG_DEFAULT_INGRESS = 0   # ACTION_*
@@ -149,7 +149,8 @@ def map_specs(limits: Limits) -> dict[str, MapSpec]:
                       PORT_INDEX_SIZE),
               MapSpec("dport_interval", "array", "u32 port_slot*65536+port", "u32 interval id",
                       PORT_INDEX_SIZE),
-              MapSpec("icmp_interval", "array", "u32 icmp_slot*256+type", "u32 interval id",
+              MapSpec("icmp_interval", "array", "u32 icmp_slot*65536+(type<<8|code)",
+                      "u32 interval id",
                       ICMP_INDEX_SIZE),
               MapSpec("sport_classes", "array", "u32 interval id", vec, limits.port_intervals),
               MapSpec("dport_classes", "array", "u32 interval id", vec, limits.port_intervals),

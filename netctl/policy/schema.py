@@ -8,6 +8,7 @@ descriptions so an editor's hover text tells the whole contract.
 from __future__ import annotations
 
 from .load import (
+    EXT_HEADER_NAMES,
     ICMP_TYPES,
     INTERFACE_KEYS,
     PACKET_KEYS,
@@ -32,7 +33,12 @@ def policy_schema() -> dict:
     ]}
     proto = {"oneOf": [
         {"type": "string", "enum": sorted(PROTOCOLS)},
+        {"type": "integer", "minimum": 0, "maximum": 255,
+         "not": {"enum": sorted(EXT_HEADER_NAMES)}},
+    ]}
+    code = {"oneOf": [
         {"type": "integer", "minimum": 0, "maximum": 255},
+        {"type": "string", "pattern": r"^\s*\d{1,3}\s*(-\s*\d{1,3}\s*)?$"},
     ]}
     icmp_names = sorted({name for names in ICMP_TYPES.values() for name in names})
     icmp_type = {"oneOf": [
@@ -51,8 +57,9 @@ def policy_schema() -> dict:
         "required": ["name", "action"],
         "description": "Rules are ordered: the first matching rule of the packet's direction "
                        "decides. Fields are ANDed, list items ORed, an omitted field matches "
-                       "anything. Ports need proto tcp/udp (default both); icmp_type needs "
-                       "proto icmp/icmpv6; src, dst and proto must allow a common IP version.",
+                       "anything. Ports need proto tcp/udp (default both); icmp_type and "
+                       "icmp_code need proto icmp/icmpv6; src, dst and proto must allow a "
+                       "common IP version.",
         "properties": {
             "name": {"type": ["string", "integer"], "description":
                      f"unique, 1-{RULE_NAME_MAX} characters without spaces"},
@@ -61,10 +68,12 @@ def policy_schema() -> dict:
             "src": _one_or_many(address, "source address(es); omitted = any"),
             "dst": _one_or_many(address, "destination address(es); omitted = any"),
             "proto": _one_or_many(proto, "protocol name or number; icmp is IPv4-only, "
-                                  "icmpv6 IPv6-only"),
+                                  "icmpv6 IPv6-only; the IPv6 extension headers 0, 43, 44 "
+                                  "and 60 are walked past, never a protocol"),
             "sport": _one_or_many(port, "source port, 'lo-hi' or a list (tcp/udp only)"),
             "dport": _one_or_many(port, "destination port, 'lo-hi' or a list (tcp/udp only)"),
             "icmp_type": _one_or_many(icmp_type, "ICMP/ICMPv6 type name or number"),
+            "icmp_code": _one_or_many(code, "ICMP/ICMPv6 code, 'lo-hi' or a list (0-255)"),
             "log": {**boolean, "description": "matches also go to `netctl monitor` (sampled)"},
         },
     }
@@ -108,6 +117,9 @@ def policy_schema() -> dict:
             "dport": {"type": "integer", "minimum": 0, "maximum": 65535},
             "icmp_type": icmp_type,
             "icmp_code": {"type": "integer", "minimum": 0, "maximum": 255},
+            "ttl": {"type": "integer", "minimum": 0, "maximum": 255, "description":
+                    "IPv4 TTL or IPv6 hop limit (default 255 for neighbour discovery, "
+                    "else 64)"},
             "fragment": boolean,
         },
     }
@@ -140,7 +152,8 @@ def policy_schema() -> dict:
                            "description": "one in this many policy drops and log: true "
                            "matches goes to netctl monitor (random sampling)"},
             "allow_ndp": {**boolean, "description": "accept ICMPv6 neighbour discovery "
-                          "(types 133-137) before any rule; default true"},
+                          "(types 133-137) with hop limit 255 (a redirect only from a "
+                          "link-local source) before any rule; default true"},
             "rules": {"type": ["array", "null"], "items": rule},
             "routes": {"type": ["array", "null"], "items": route},
             "tests": {"type": ["array", "null"], "items": test},

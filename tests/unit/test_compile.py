@@ -38,14 +38,15 @@ IN, OUT = Direction.INGRESS, Direction.EGRESS
 
 
 def pkt(src, dst="192.0.2.1", proto=6, sport=None, dport=None, icmp_type=None,
-        fragment=False) -> Packet:
+        fragment=False, icmp_code=None, ttl=64) -> Packet:
     src = ipaddress.ip_address(src)
     if src.version == 6 and dst == "192.0.2.1":
         dst = "2001:db8:ffff::1"
     if proto in (6, 17) and not fragment:
         sport = 40000 if sport is None else sport
         dport = 80 if dport is None else dport
-    return Packet(src=src, dst=ipaddress.ip_address(dst), proto=proto, sport=sport,
+    return Packet(src=src, dst=ipaddress.ip_address(dst), proto=proto, sport=sport, ttl=ttl,
+                  icmp_code=icmp_code if icmp_code is not None or icmp_type is None else 0,
                   dport=dport, icmp_type=icmp_type, fragment=fragment)
 
 
@@ -200,13 +201,32 @@ def test_icmp_is_ipv4_only_and_icmpv6_ipv6_only_but_any_proto_matches_both():
 def test_ndp_is_accepted_first_unless_disabled():
     specs = ({"name": "no-icmp6", "action": "drop", "proto": 58},)
     policy, plan = compiled(*specs)
-    ns = pkt("fe80::1", dst="ff02::1", proto=58, icmp_type=135)
+    ns = pkt("fe80::1", dst="ff02::1", proto=58, icmp_type=135, ttl=255)
     assert decide(plan, policy, ns) == "ndp"
-    assert decide(plan, policy, pkt("fe80::1", proto=58, icmp_type=138)) == "no-icmp6"
-    assert decide(plan, policy, pkt("fe80::1", proto=58, icmp_type=135,
+    assert decide(plan, policy, pkt("fe80::1", proto=58, icmp_type=138, ttl=255)) == "no-icmp6"
+    assert decide(plan, policy, pkt("fe80::1", proto=58, icmp_type=135, ttl=255,
                                     fragment=True)) == "no-icmp6"
     policy, plan = compiled(*specs, allow_ndp=False)
     assert decide(plan, policy, ns) == "no-icmp6"
+
+
+def test_ndp_takes_the_implicit_accept_only_as_a_host_would_process_it():
+    # RFC 4861: receivers discard ND whose hop limit is not 255 (it was forwarded), and
+    # redirects from a source that is not link-local: those meet the rules.
+    policy, plan = compiled({"name": "no-icmp6", "action": "drop", "proto": 58})
+    for icmp_type in range(133, 138):
+        assert decide(plan, policy, pkt("fe80::1", dst="ff02::1", proto=58,
+                                        icmp_type=icmp_type, ttl=255)) == "ndp"
+        for ttl in (0, 1, 64, 254):
+            assert decide(plan, policy, pkt("fe80::1", dst="ff02::1", proto=58,
+                                            icmp_type=icmp_type, ttl=ttl)) == "no-icmp6"
+    assert decide(plan, policy, pkt("2001:db8::1", proto=58, icmp_type=135,
+                                    ttl=255)) == "ndp"
+    assert decide(plan, policy, pkt("2001:db8::1", proto=58, icmp_type=137,
+                                    ttl=255)) == "no-icmp6"
+    assert decide(plan, policy, pkt("febf::1", proto=58, icmp_type=137, ttl=255)) == "ndp"
+    assert decide(plan, policy, pkt("fec0::1", proto=58, icmp_type=137,
+                                    ttl=255)) == "no-icmp6"
 
 
 def test_protocol_number_equals_its_name():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import random
+import re
 import struct
 
 import frames
@@ -30,12 +31,19 @@ from scapy.layers.inet6 import (
     PadN,
     _ICMPv6,
 )
-from scapy.layers.ipsec import AH
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
-from scapy.packet import NoPayload, Raw
+from scapy.packet import Raw
 
 from netctl.abi import IPV6_EXT_HDRS, DropReason
-from netctl.policy.frame import FrameVerdict, Ip, Malformed, NonIp, frame_verdict, parse_frame
+from netctl.policy.frame import (
+    LINK_L3,
+    FrameVerdict,
+    Ip,
+    Malformed,
+    NonIp,
+    frame_verdict,
+    parse_frame,
+)
 from netctl.policy.model import Action, Direction, Packet, Policy, PortRange, Rule
 
 R = DropReason
@@ -64,8 +72,8 @@ def ipv4(proto: int, *, ihl: int = 5, version: int = 4, frag: int = 0, options: 
         + options
 
 
-def ipv6(nh: int, *, version: int = 6) -> bytes:
-    return struct.pack("!IHBB", version << 28, 0, nh, 64) + ipaddress.IPv6Address(A6).packed \
+def ipv6(nh: int, *, version: int = 6, hlim: int = 64) -> bytes:
+    return struct.pack("!IHBB", version << 28, 0, nh, hlim) + ipaddress.IPv6Address(A6).packed \
         + ipaddress.IPv6Address(B6).packed
 
 
@@ -207,12 +215,13 @@ CASES = [
      pkt6(58, icmp_type=2, icmp_code=0)),
     ("destination options then icmpv6 cut", E6 + ipv6(60) + opt(58) + b"\x80", R.TRUNC_L4),
     ("destination options then esp", E6 + ipv6(60) + opt(50) + bytes(8), pkt6(50)),
-    ("ah len 1 (12 bytes) then tcp", E6 + ipv6(51) + ah(6, 1) + tcp(), TCP6),
-    ("ah len 4 (24 bytes) then udp", E6 + ipv6(51) + ah(17, 4) + udp(), UDP6),
-    ("ah len 0 (8 bytes) then udp", E6 + ipv6(51) + ah(17, 0) + udp(), UDP6),
-    ("ah len 1, 8 bytes there", E6 + ipv6(51) + ah(6, 1)[:8], R.TRUNC_IPV6),
-    ("ah 7 bytes", E6 + ipv6(51) + ah(6, 1)[:7], R.TRUNC_IPV6),
-    ("ah len 255 past the end", E6 + ipv6(51) + ah(6, 255)[:64], R.TRUNC_IPV6),
+    # AH is the protocol, as in IPv4: the walk ends there and nothing after it is read
+    ("ah then tcp: ah is the protocol", E6 + ipv6(51) + ah(6, 1) + tcp(), pkt6(51)),
+    ("ah then udp", E6 + ipv6(51) + ah(17, 4) + udp(), pkt6(51)),
+    ("ah, nothing after", E6 + ipv6(51), pkt6(51)),
+    ("ah 7 bytes", E6 + ipv6(51) + ah(6, 1)[:7], pkt6(51)),
+    ("ah len 255 past the end", E6 + ipv6(51) + ah(6, 255)[:64], pkt6(51)),
+    ("ah after destination options", E6 + ipv6(60) + opt(51) + ah(6) + tcp(), pkt6(51)),
     ("fragment header 7 bytes", E6 + ipv6(44) + frag6(6, 0)[:7], R.TRUNC_IPV6),
     ("first fragment then tcp", E6 + ipv6(44) + frag6(6, 0, more=1) + tcp(), TCP6),
     ("first fragment, offset bits 0 but res/M set", E6 + ipv6(44) + b"\x06\x00\x00\x07"
@@ -229,13 +238,15 @@ CASES = [
      pkt6(0, fragment=True)),
     ("non-first fragment after routing", E6 + ipv6(43) + opt(44, 1) + frag6(17, 100),
      pkt6(17, fragment=True)),
-    ("chain hop/routing/ah/first frag/dest then udp",
-     E6 + ipv6(0) + opt(43) + opt(51, 1) + ah(44, 2) + frag6(60, 0, more=1) + opt(17) + udp(),
-     UDP6),
+    ("chain hop/routing/first frag/dest then udp",
+     E6 + ipv6(0) + opt(43) + opt(44, 1) + frag6(60, 0, more=1) + opt(17) + udp(), UDP6),
+    ("chain hop/routing then ah", E6 + ipv6(0) + opt(43) + opt(51, 1) + ah(6) + tcp(),
+     pkt6(51)),
     # 4. the extension header limit
     ("6 extension headers then tcp", E6 + ipv6(60) + opt(60) * 5 + opt(6) + tcp(), TCP6),
-    ("6 mixed headers then tcp", E6 + ipv6(0) + opt(43) + opt(51) + ah(44) + frag6(60, 0)
+    ("6 mixed headers then tcp", E6 + ipv6(0) + opt(43) + opt(60) + opt(44) + frag6(60, 0)
      + opt(60) + opt(6) + tcp(), TCP6),
+    ("6 headers then ah", E6 + ipv6(60) + opt(60) * 5 + opt(51) + ah(6), pkt6(51)),
     ("7 extension headers", E6 + ipv6(60) + opt(60) * 6 + opt(6) + tcp(), R.EXT_LIMIT),
     ("6 headers, the 7th missing", E6 + ipv6(60) + opt(60) * 5 + opt(0), R.EXT_LIMIT),
     ("6 headers, the 6th a first fragment", E6 + ipv6(60) + opt(60) * 4 + opt(44)
@@ -249,7 +260,62 @@ CASES = [
     ("a 2048-byte extension header", E6 + ipv6(60) + opt(6, 255) + tcp(), R.HDR_TOO_LONG),
     ("a 2048-byte header cut short: truncation first", E6 + ipv6(60) + opt(6, 255)[:600],
      R.TRUNC_IPV6),
+    # headers longer than the window itself: too long, whatever protocol follows
+    ("a 520-byte header then esp", E6 + ipv6(60) + opt(50, 64) + bytes(16), R.HDR_TOO_LONG),
+    ("a 520-byte header then ah", E6 + ipv6(43) + opt(51, 64) + ah(6), R.HDR_TOO_LONG),
+    ("a 2048-byte header then no next header", E6 + ipv6(0) + opt(59, 255), R.HDR_TOO_LONG),
+    ("a 512-byte header then gre", E6 + ipv6(60) + opt(47, 63), R.HDR_TOO_LONG),
 ]
+
+# Devices without a link-layer header (tun, WireGuard): (name, frame, the skb's protocol at
+# tc or 0 at XDP, expected).
+L3_CASES = [
+    ("xdp ipv4 tcp", ipv4(6) + tcp(), 0, TCP4),
+    ("xdp ipv6 udp", ipv6(17) + udp(), 0, UDP6),
+    ("xdp empty: not ip", b"", 0, NonIp()),
+    ("xdp version 5: not ip", bytes([0x50]) + ipv4(6)[1:] + tcp(), 0, NonIp()),
+    ("xdp version 0: not ip", bytes(40), 0, NonIp()),
+    ("xdp ipv4 cut", ipv4(6)[:19], 0, R.TRUNC_IPV4),
+    ("xdp one byte of ipv6", b"\x60", 0, R.TRUNC_IPV6),
+    ("xdp ipv4 ihl 4", ipv4(6, ihl=4) + tcp(), 0, R.BAD_IPV4),
+    ("xdp ipv4 tcp cut", ipv4(6) + tcp()[:10], 0, R.TRUNC_L4),
+    ("xdp an ethernet frame: read as ipv4 garbage", E4 + ipv4(6) + tcp(), 0, NonIp()),
+    ("tc ipv4 by protocol", ipv4(6) + tcp(), 0x0800, TCP4),
+    ("tc ipv6 by protocol", ipv6(17) + udp(), 0x86DD, UDP6),
+    ("tc protocol ipv4, version 6", ipv6(17) + udp(), 0x0800, R.BAD_IPV4),
+    ("tc protocol ipv6, version 4", ipv4(6) + tcp(), 0x86DD, R.BAD_IPV6),
+    ("tc protocol ipv6, empty", b"", 0x86DD, R.TRUNC_IPV6),
+    ("tc protocol arp: not ip", bytes(28), 0x0806, NonIp()),
+    ("tc no vlan parsing", struct.pack("!HH", 5, 0x0800) + ipv4(6), 0x8100, NonIp()),
+]
+
+
+@pytest.mark.parametrize(("data", "l3_type", "want"), [c[1:] for c in L3_CASES],
+                         ids=[c[0] for c in L3_CASES])
+def test_l3_link(data, l3_type, want):
+    if isinstance(want, DropReason):
+        want = Malformed(want)
+    elif isinstance(want, Packet):
+        want = Ip(want)
+    assert parse_frame(data, LINK_L3, l3_type) == want
+
+
+def test_l3_link_is_the_ethernet_parse_without_the_ethernet_header():
+    rng = random.Random(11)
+    for _ in range(300):
+        data = frames.random_frame(rng)
+        ethertype = 0x0800 if isinstance(scapy_view(data).src, ipaddress.IPv4Address) else 0x86DD
+        for l3_type in (0, ethertype):
+            assert parse_frame(frames.l3(data), LINK_L3, l3_type) == parse_frame(data)
+
+
+def test_vlan_tags_taken_out_by_the_kernel_count():
+    # tc sees the outer tag in the skb's metadata, XDP in the frame: the same limit
+    one_tag = eth(0x8100, 0x0800) + ipv4(6) + tcp()
+    two_tags = eth(0x8100, 0x8100, 0x0800) + ipv4(6) + tcp()
+    assert parse_frame(one_tag, vlans=1) == Ip(TCP4)
+    assert parse_frame(two_tags, vlans=1) == Malformed(R.VLAN_DEPTH)
+    assert parse_frame(E4 + ipv4(6) + tcp(), vlans=1) == Ip(TCP4)
 
 
 @pytest.mark.parametrize(("data", "want"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -294,8 +360,11 @@ def test_frame_verdict():
     # a non-first fragment carries no ports: the port rules cannot match it
     assert frame_verdict(POLICY, E4 + ipv4(6, frag=3), IN) == FrameVerdict(
         Action.DROP, None, "default", R.POLICY_DEFAULT)
-    ns = E6 + ipv6(58) + icmp(135, 0)
+    ns = E6 + ipv6(58, hlim=255) + icmp(135, 0)
     assert frame_verdict(POLICY, ns, IN) == FrameVerdict(Action.ACCEPT, None, "ndp", R.NONE)
+    # neighbour discovery that was forwarded (hop limit below 255) meets the rules
+    assert frame_verdict(POLICY, E6 + ipv6(58) + icmp(135, 0), IN) == FrameVerdict(
+        Action.DROP, None, "default", R.POLICY_DEFAULT)
     assert frame_verdict(POLICY, eth(0x0806) + bytes(28), IN) == FrameVerdict(
         Action.ACCEPT, None, "non-ip", R.NONE)
     assert frame_verdict(POLICY, E4 + ipv4(6) + tcp()[:5], OUT) == FrameVerdict(
@@ -306,17 +375,9 @@ def test_frame_verdict():
 
 # ---- scapy: the independent dissection -----------------------------------------------
 
+# AH is not among them: the parser takes it as the protocol, in IPv6 as in IPv4.
 V6_EXT_LAYERS = (IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrSegmentRouting,
-                 IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, AH)
-
-
-def _after_ah(layer: AH):
-    """Scapy leaves what follows AH undissected (it belongs to IPsec): dissect it as scapy
-    dissects what follows any other IPv6 extension header with that next header."""
-    raw = bytes(layer.payload)
-    if not raw:
-        return NoPayload()
-    return IPv6ExtHdrDestOpt(nh=layer.nh).guess_payload_class(raw)(raw)
+                 IPv6ExtHdrDestOpt, IPv6ExtHdrFragment)
 
 
 def _has_code(layer) -> bool:
@@ -332,14 +393,16 @@ def scapy_view(data: bytes) -> Packet | None:
         layer = layer.payload
     if isinstance(layer, IP):
         proto, fragment, upper, own_icmp = layer.proto, layer.frag != 0, layer.payload, ICMP
+        ttl = layer.ttl
     elif isinstance(layer, IPv6):
         proto, fragment, upper, own_icmp = layer.nh, False, layer.payload, _ICMPv6
+        ttl = layer.hlim
         while isinstance(upper, V6_EXT_LAYERS):
             proto = upper.nh
             if isinstance(upper, IPv6ExtHdrFragment) and upper.offset != 0:
                 fragment = True
                 break
-            upper = _after_ah(upper) if isinstance(upper, AH) else upper.payload
+            upper = upper.payload
     else:
         return None
     fields = {}
@@ -348,7 +411,7 @@ def scapy_view(data: bytes) -> Packet | None:
     elif not fragment and isinstance(upper, own_icmp) and _has_code(upper):
         fields = dict(icmp_type=upper.type, icmp_code=upper.code)
     return Packet(ipaddress.ip_address(layer.src), ipaddress.ip_address(layer.dst), proto,
-                  fragment=fragment, **fields)
+                  fragment=fragment, ttl=ttl, **fields)
 
 
 def assert_not_vacuous(want: Packet) -> None:
@@ -365,8 +428,8 @@ def assert_not_vacuous(want: Packet) -> None:
 SCAPY_ICMP6_TYPES = [1, 2, 3, 4, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 141, 142,
                      144, 145, 146, 147, 155]
 OTHER = {4: [0, 2, 4, 41, 43, 44, 47, 50, 51, 58, 60, 132, 255],
-         6: [1, 4, 41, 47, 50, 59, 103, 132, 253, 255]}
-EXT_NUMBER = {"hop": 0, "routing": 43, "frag": 44, "ah": 51, "dest": 60}
+         6: [1, 4, 41, 47, 50, 51, 59, 103, 132, 253, 255]}
+EXT_NUMBER = {"hop": 0, "routing": 43, "frag": 44, "dest": 60}
 payloads = st.binary(max_size=24)
 
 
@@ -414,7 +477,7 @@ def ipv4_part(draw):
     if options and draw(st.booleans()):
         options.append(IPOption_EOL())
     header = IP(src=src, dst=dst, proto=proto, flags=flags, frag=frag,
-                id=draw(st.integers(0, 65535)), options=options)
+                id=draw(st.integers(0, 65535)), options=options, ttl=draw(st.integers(0, 255)))
     segments = [(len(bytes(header)), R.TRUNC_IPV4)]
     return header / upper, segments, need
 
@@ -426,10 +489,7 @@ def _ext_header(draw, kind: str, nh: int):
     if kind == "routing":
         hops = draw(st.lists(addresses(6), max_size=3))
         return IPv6ExtHdrRouting(nh=nh, addresses=hops, segleft=0)
-    if kind == "frag":
-        return IPv6ExtHdrFragment(nh=nh, offset=0, m=draw(st.integers(0, 1)))
-    icv = bytes(draw(st.sampled_from([0, 4, 8, 12, 20])))
-    return AH(nh=nh, payloadlen=len(icv) // 4 + 1, icv=icv)
+    return IPv6ExtHdrFragment(nh=nh, offset=0, m=draw(st.integers(0, 1)))
 
 
 @st.composite
@@ -447,7 +507,8 @@ def ipv6_part(draw):
     if nonfirst:
         headers[-1] = IPv6ExtHdrFragment(nh=proto, offset=draw(st.integers(1, 8191)),
                                          m=draw(st.integers(0, 1)))
-    pkt = IPv6(src=draw(addresses(6)), dst=draw(addresses(6)), nh=[*numbers, proto][0])
+    pkt = IPv6(src=draw(addresses(6)), dst=draw(addresses(6)), nh=[*numbers, proto][0],
+               hlim=draw(st.sampled_from([0, 1, 64, 254, 255])))
     segments = [(40, R.TRUNC_IPV6)]
     for header in headers:
         segments.append((len(bytes(header)), R.TRUNC_IPV6))
@@ -603,14 +664,17 @@ MALFORMED = {
     "ipv6-version7": R.BAD_IPV6, "ipv6-ethertype-ipv4-packet": R.BAD_IPV6,
     "ipv6-39": R.TRUNC_IPV6, "ipv6-tcp-19": R.TRUNC_L4, "ipv6-icmpv6-3": R.TRUNC_L4,
     "ipv6-ext-7-bytes": R.TRUNC_IPV6, "ipv6-hbh-len-past-end": R.TRUNC_IPV6,
-    "ipv6-routing-len-past-end": R.TRUNC_IPV6, "ipv6-ah-len-past-end": R.TRUNC_IPV6,
-    "ipv6-ah-len1-tcp-cut": R.TRUNC_L4, "ipv6-fragment-header-cut": R.TRUNC_IPV6,
+    "ipv6-routing-len-past-end": R.TRUNC_IPV6, "ipv6-fragment-header-cut": R.TRUNC_IPV6,
     "ipv6-tiny-first-fragment": R.TRUNC_L4, "ipv6-seven-ext-headers": R.EXT_LIMIT,
     "ipv6-seventh-ext-header-missing": R.EXT_LIMIT, "ipv6-seven-fragment-headers": R.EXT_LIMIT,
     "ipv6-six-ext-then-tcp-cut": R.TRUNC_L4, "empty": R.TRUNC_L2, "ethernet-13": R.TRUNC_L2,
     "ipv6-dest-opts-2048-bytes": R.HDR_TOO_LONG, "ipv6-tcp-past-window": R.HDR_TOO_LONG,
+    "ipv6-520-byte-ext-then-esp": R.HDR_TOO_LONG,
+    "ipv6-2048-byte-ext-then-no-next": R.HDR_TOO_LONG,
+    "ipv6-1024-byte-routing-then-ah": R.HDR_TOO_LONG,
 }
-WELL_FORMED = {"ipv6-tcp-inside-window"}
+WELL_FORMED = {"ipv6-tcp-inside-window", "ipv6-ah-is-the-protocol-len255",
+               "ipv6-ah-is-the-protocol-tcp-cut"}
 
 
 def test_malformed_frames():
@@ -644,3 +708,25 @@ def test_mutate():
         longer += len(out) > len(data)
         check_consistent(parse_frame(out))
     assert shorter > 50 and longer > 50
+
+
+def test_branch_frames_take_every_branch():
+    outcomes: dict[str, set] = {}
+    names = set()
+    for name, data in frames.branch_frames():
+        assert name not in names
+        names.add(name)
+        got = parse_frame(data)
+        check_consistent(got)
+        kind = re.match("[a-z]+", name).group(0)
+        outcomes.setdefault(kind, set()).add(got.reason if isinstance(got, Malformed)
+                                             else type(got))
+    for kind in ("hop", "routing", "dest"):
+        assert outcomes[kind] == {Ip, R.TRUNC_IPV6, R.TRUNC_L4, R.HDR_TOO_LONG}, kind
+    assert {Ip, R.TRUNC_IPV6, R.TRUNC_L4} <= outcomes["frag"]
+    # every header longer than the window is too long, whatever follows it
+    for name, data in frames.branch_frames():
+        match = re.match(r"(hop|routing|dest)(\d+)-", name)
+        if match and int(match.group(2)) >= 64 and "cut-inside" not in name \
+                and "nothing-after" not in name:
+            assert parse_frame(data) == Malformed(R.HDR_TOO_LONG), name

@@ -37,7 +37,7 @@ def fewest_slots(policy) -> int:
     """The fewest shape slots the policy can be compiled into: one per kind of L4 fields
     (none, sport, dport, both, ICMP type).  Compiling into that many merges every other
     shape difference away, widening src, dst and proto as far as they go."""
-    kinds = {(r.sport is not None, r.dport is not None, r.icmp_type is not None)
+    kinds = {(r.sport is not None, r.dport is not None, r.has_icmp)
              for r in policy.rules}
     return max(1, len(kinds))
 

@@ -1221,9 +1221,55 @@ def test_protocol_names_and_numbers():
     rule = load("""\
         version: 1
         rules:
-          - {name: a, action: drop, proto: [TCP, udp, 6, icmp, 47, sctp, esp, ah, gre, 0, 255]}
+          - {name: a, action: drop, proto: [TCP, udp, 6, icmp, 47, sctp, esp, ah, gre, 59, 255]}
         """).rules[0]
-    assert rule.proto == (6, 17, 1, 47, 132, 50, 51, 0, 255)
+    assert rule.proto == (6, 17, 1, 47, 132, 50, 51, 59, 255)
+
+
+@pytest.mark.parametrize("number", [0, 43, 44, 60])
+def test_ipv6_extension_header_numbers_are_no_protocol(number):
+    # The datapath walks past these headers: no packet has one as its protocol, so a rule
+    # naming one could never match an IPv6 packet although validate would accept it.
+    found = problems(f"""\
+        version: 1
+        rules:
+          - name: a
+            action: drop
+            proto: [tcp, {number}]
+        """)
+    assert [(p.line, p.column) for p in found] == [(5, 18)]
+    assert "extension header, never a packet's protocol" in found[0].message
+
+
+def test_icmp_code_ranges():
+    rules = load("""\
+        version: 1
+        rules:
+          - {name: frag-needed, action: accept, proto: icmp, icmp_type: 3, icmp_code: 4}
+          - {name: codes, action: drop, proto: icmpv6, icmp_type: 1, icmp_code: ["0-2", 5]}
+          - {name: any-type, action: drop, proto: icmp, icmp_code: 0-15}
+        """).rules
+    assert rules[0].icmp_code == (PortRange(4, 4),)
+    assert rules[1].icmp_code == (PortRange(0, 2), PortRange(5, 5))
+    assert rules[2].icmp_type is None and rules[2].icmp_code == (PortRange(0, 15),)
+
+
+@pytest.mark.parametrize(("line", "where", "message"), [
+    ("{name: a, action: drop, proto: icmp, icmp_code: 256}", (3, 53), "code 256 is outside 0-255"),
+    ("{name: a, action: drop, proto: icmp, icmp_code: 9-3}", (3, 53), "low end above"),
+    ("{name: a, action: drop, icmp_code: 3}", (3, 29), "icmp_code needs proto icmp or icmpv6"),
+    ("{name: a, action: drop, proto: tcp, icmp_code: 3}", (3, 41),
+     "icmp_code needs proto icmp or icmpv6; proto also has tcp"),
+    ("{name: a, action: drop, proto: icmp, icmp_code: 3, dport: 1}", (3, 56),
+     "icmp_code and dport cannot match the same packet"),
+])
+def test_icmp_code_errors(line, where, message):
+    found = problems(f"""\
+        version: 1
+        rules:
+          - {line}
+        """)
+    assert message in found[0].message and (found[0].line, found[0].column) == where
 
 
 def test_icmp_type_names_resolved_per_family():
