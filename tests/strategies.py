@@ -295,11 +295,14 @@ def make_rule(index: int, *, name: str | None = None, direction: str = "ingress"
               action: str = "drop", src=None, dst=None, proto=None, sport=None, dport=None,
               icmp_type=None, log: bool = False) -> Rule:
     """A Rule in normal form from short specs: addresses as strings, ports as 22 or
-    "80-90", proto as numbers, icmp_type as (family, type) pairs."""
+    "80-90", proto as numbers or names, icmp_type as (family, type) pairs."""
     src, dst = _nets(src), _nets(dst)
     sport, dport = _ranges(sport), _ranges(dport)
     if proto is not None:
+        from netctl.policy.load import PROTOCOLS
+
         proto = tuple(proto) if isinstance(proto, list | tuple) else (proto,)
+        proto = tuple(PROTOCOLS[p] if isinstance(p, str) else p for p in proto)
     elif sport is not None or dport is not None:
         proto = (6, 17)
     families = _families_of(src) & _families_of(dst)

@@ -84,6 +84,16 @@ def targets(policy: Policy, devs: list[str] | None, xdp_mode: str | None) -> lis
     return wanted
 
 
+def check_link_layer(link: att.LinkInfo) -> None:
+    """Refuse a device whose frames netctl cannot parse: it must never attach where frames
+    would pass unjudged (as non-IP)."""
+    if link.layer is None:
+        raise AttachError(link.name, errno.EOPNOTSUPP, f"link type {link.link_type_name} "
+                          f"(ARPHRD {link.link_type}): netctl parses frames that start with "
+                          "an Ethernet header or at the IP header only, and will not attach "
+                          "where it would let frames pass unjudged")
+
+
 def decide_hooks(link: att.LinkInfo, target: Target) -> Hooks:
     tc_in = TcHook.INGRESS in target.tc
     egress = HOOK_TC if TcHook.EGRESS in target.tc else None
@@ -193,11 +203,7 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
             if link is None:
                 raise AttachError(t.name, errno.ENODEV, "no such interface in this network "
                                   f"namespace ({netns_name() or 'unnamed'})")
-            if link.layer is None:
-                raise AttachError(t.name, errno.EOPNOTSUPP, f"link type {link.link_type_name} "
-                                  f"(ARPHRD {link.link_type}): netctl parses frames that start "
-                                  "with an Ethernet header or at the IP header only, and will "
-                                  "not attach where it would let frames pass unjudged")
+            check_link_layer(link)
             found.append((t, link, decide_hooks(link, t)))
         warnings = _coverage_warnings(policy, found)
         nexthops = resolve_routes(links, policy, warnings, found)

@@ -98,6 +98,11 @@ class Sandbox:
     def _snapshot(self) -> tuple[bytes, bytes]:
         return self.dp.maps["counters"].read_array(), self.dp.maps["stats"].read_array()
 
+    def snapshot(self) -> tuple[bytes, bytes]:
+        """The counters now, for ``observe`` after a packet went through another way (a
+        program of this sandbox attached to an interface)."""
+        return self._snapshot()
+
     def run(self, frame: bytes, hook: str) -> Outcome:
         if len(frame) < 14:
             raise ValueError("BPF_PROG_TEST_RUN needs at least an Ethernet header (14 bytes)")
@@ -109,18 +114,30 @@ class Sandbox:
                 raise TestRunRefused(f"{hook}: test run refused a {len(frame)}-byte frame") \
                     from None
             raise
-        after = self._snapshot()
         dropped = result.retval == (XDP_DROP if hook.startswith("xdp") else TC_ACT_SHOT)
         passed = result.retval == (XDP_PASS if hook.startswith("xdp") else TC_ACT_UNSPEC)
         if not (dropped or passed):
             raise AssertionError(f"{hook} returned {result.retval}")
-        verdict = Action.DROP if dropped else Action.ACCEPT
+        outcome = self.observe(before)
+        if outcome is None:
+            raise AssertionError("the packet moved no counter")
+        if outcome.verdict is not (Action.DROP if dropped else Action.ACCEPT):
+            raise AssertionError(f"{hook} returned {result.retval}, its counters say {outcome}")
+        return Outcome(outcome.verdict, outcome.why, outcome.rule, outcome.reason,
+                       result.retval, outcome.tracked)
+
+    def observe(self, before: tuple[bytes, bytes]) -> Outcome | None:
+        """What one packet did since ``before`` (a ``snapshot``), read from the counters it
+        moved alone; None when it moved none (it has not reached the program yet)."""
+        after = self._snapshot()
         moved = _moved(before[0], after[0], self.dp.maps["counters"].value_size)
         stat = _moved(before[1], after[1], self.dp.maps["stats"].value_size)
         # Connection tracking counts a new or expired entry besides the decision.
         tracked = abi.STAT_CT_NEW in stat
         # ... and events (to monitor) besides the decision.
         stat = [s for s in stat if s not in _SIDE_STATS]
+        if not moved and not stat:
+            return None
         if len(moved) + len(stat) != 1:
             raise AssertionError(f"one packet moved {len(moved)} rule and {len(stat)} stat "
                                  "counters, expected exactly one")
@@ -129,20 +146,25 @@ class Sandbox:
             gen, rule = divmod(moved[0], stride)
             if gen != self.dp.active:
                 raise AssertionError(f"counted in generation {gen}, not the active one")
+            assert self.plan is not None
+            dropped = self.plan.rules[rule][0] == 1
+            verdict = Action.DROP if dropped else Action.ACCEPT
             reason = abi.DropReason.POLICY_RULE if dropped else abi.DropReason.NONE
-            return Outcome(verdict, "rule", rule, reason, result.retval, tracked)
+            return Outcome(verdict, "rule", rule, reason, -1, tracked)
         slot = stat[0]
         if slot < abi.DROP_MAX:
-            return Outcome(verdict, "malformed", None, abi.DropReason(slot), result.retval)
+            return Outcome(Action.DROP, "malformed", None, abi.DropReason(slot), -1)
         if slot == abi.STAT_NON_IP:
-            return Outcome(verdict, "non-ip", None, abi.DropReason.NONE, result.retval)
+            return Outcome(Action.ACCEPT, "non-ip", None, abi.DropReason.NONE, -1)
         if slot == abi.STAT_NDP:
-            return Outcome(verdict, "ndp", None, abi.DropReason.NONE, result.retval)
+            return Outcome(Action.ACCEPT, "ndp", None, abi.DropReason.NONE, -1)
         if slot == abi.STAT_CT_REPLY:
-            return Outcome(verdict, "conntrack", None, abi.DropReason.NONE, result.retval)
+            return Outcome(Action.ACCEPT, "conntrack", None, abi.DropReason.NONE, -1)
         if abi.STAT_DEFAULT <= slot < abi.STAT_DEFAULT + 4:
+            dropped = (slot - abi.STAT_DEFAULT) % 2 == 1
             reason = abi.DropReason.POLICY_DEFAULT if dropped else abi.DropReason.NONE
-            return Outcome(verdict, "default", None, reason, result.retval, tracked)
+            return Outcome(Action.DROP if dropped else Action.ACCEPT, "default", None, reason,
+                           -1, tracked)
         raise AssertionError(f"unexpected stat slot {slot}")
 
 
