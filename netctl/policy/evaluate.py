@@ -2,7 +2,7 @@
 
 This is the oracle the compiled datapath is tested against (the map-plan interpreter in
 unit tests, the real programs through BPF_PROG_TEST_RUN and traffic in namespaces).  It is
-written from the semantics in DESIGN.md, never from the compiler, and it favours being
+written from the semantics in docs/policy.md, never from the compiler, and it favours being
 obviously right over being fast:
 
 1. ICMPv6 neighbour discovery (types 133-137) that a host would process (hop limit 255, a

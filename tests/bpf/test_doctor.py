@@ -1,4 +1,4 @@
-"""`netctl doctor` tells the truth about these machines (DESIGN.md, "These machines").
+"""`netctl doctor` tells the truth about the machine it runs on.
 
 Measured here: kernel 6.18 with BTF, root; XDP, sched_cls, tracepoint and raw tracepoint
 programs load; BPF_PROG_TEST_RUN and the ring buffer work; veths take native XDP and a

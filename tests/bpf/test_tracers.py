@@ -1,6 +1,6 @@
 """netctl's kernel tracers (netctl.trace) on the real kernel, with real traffic.
 
-These machines (DESIGN.md, "These machines"): tracepoints attach, fentry loads get EPERM and
+On the development machines (kernel 6.18): tracepoints attach, fentry loads get EPERM and
 there is no kprobe PMU (CONFIG_KPROBES off).  probe_hooks() must find exactly that by
 trying, the fentry and kprobe variants must still compile (and the kprobe program type
 load), and every scenario runs once per hook: here the fentry and kprobe runs skip, saying

@@ -8,9 +8,13 @@ detach leaves no trace.
 
 from __future__ import annotations
 
+import json
+import socket
+import time
+
 import pytest
 from lab import lab, wait_for
-from nsutil import run
+from nsutil import inside, run
 
 ACCEPT_ALL = """
 version: 1
@@ -116,6 +120,51 @@ rules:
     assert status["defaults"]["ingress"]["action"] == "drop"
     assert status["passed"]["ndp"] >= 1
     assert the_lab.rule("ping6")["packets"] >= 1
+
+
+@pytest.mark.parametrize("xdp_mode", ["off", "native"])
+def test_only_neighbour_discovery_a_host_would_process_takes_the_implicit_accept(
+        the_lab, xdp_mode):
+    # RFC 4861: ND with a hop limit below 255 was forwarded and is discarded by receivers,
+    # and a redirect comes from a link-local router: anything else meets the rules.
+    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6ND_Redirect, IPv6
+    from scapy.layers.l2 import Ether
+
+    the_lab.apply("""
+version: 1
+defaults: {ingress: drop, egress: accept}
+""", "--xdp-mode", xdp_mode)
+    dut_mac = json.loads(run("ip", "-j", "link", "show", the_lab.dut_if,
+                             ns=the_lab.dut).stdout)[0]["address"]
+    target = "fd00:123::2"
+
+    def send(*packets):
+        with inside(the_lab.gen):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        with sock:
+            sock.bind((the_lab.gen_if, 0))
+            for packet in packets:
+                sock.send(bytes(Ether(dst=dut_mac) / packet))
+        time.sleep(0.3)
+
+    def counts():
+        status = the_lab.status()
+        return status["passed"]["ndp"], status["defaults"]["ingress"]["drop"]["packets"]
+
+    ndp0, dropped0 = counts()
+    send(*[IPv6(src="fe80::1", dst=target, hlim=255) / ICMPv6ND_NS(tgt=target)] * 3)
+    ndp1, dropped1 = counts()   # (the host's own ND exchange with the sender counts too)
+    assert ndp1 - ndp0 >= 3 and dropped1 == dropped0
+    send(*[IPv6(src="fe80::1", dst=target, hlim=hlim) / ICMPv6ND_NS(tgt=target)
+           for hlim in (254, 64, 1, 0)],
+         IPv6(src="fd00:123::1", dst=target, hlim=255) / ICMPv6ND_Redirect(tgt="fd00::9",
+                                                                          dst="fd00::8"))
+    ndp2, dropped2 = counts()
+    assert dropped2 - dropped1 == 5
+    send(IPv6(src="fe80::1", dst=target, hlim=255) / ICMPv6ND_Redirect(tgt="fd00::9",
+                                                                       dst="fd00::8"))
+    ndp3, dropped3 = counts()
+    assert ndp3 - ndp2 >= 1 and dropped3 == dropped2
 
 
 def test_rule_changes_write_maps_without_rebuilding(the_lab):

@@ -1,4 +1,4 @@
-"""The policy loader against the v1 contract (DESIGN.md "Policy v1"): every rejection names
+"""The policy loader against the v1 contract (docs/policy.md): every rejection names
 the exact line (and says what is wrong), all problems come at once, and an accepted policy
 is in the normal forms documented in netctl.policy.model."""
 
