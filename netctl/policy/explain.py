@@ -29,6 +29,8 @@ def describe_packet(packet: Packet) -> str:
     elif ICMP_PROTOS.get(packet.proto) == packet.family and packet.icmp_type is not None:
         names = [n for n, t in ICMP_TYPES[packet.family].items() if t == packet.icmp_type]
         text += f" type {packet.icmp_type}" + (f" ({names[0]})" if names else "")
+        if packet.icmp_code:
+            text += f" code {packet.icmp_code}"
     return text
 
 

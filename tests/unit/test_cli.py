@@ -89,6 +89,30 @@ def test_explain_icmp_type_infers_protocol_and_ndp(capsys, policy_file):
                        "--dst", "ff02::1", "--icmp-type", "neighbor-solicitation", "-o", "json")
     data = json.loads(out)
     assert data["verdict"] == "accept" and data["why"] == "ndp"
+    # forwarded neighbour discovery (hop limit below 255) is judged by the rules
+    code, out, _ = run(capsys, "explain", str(policy_file), "--src", "fe80::1",
+                       "--dst", "ff02::1", "--icmp-type", "neighbor-solicitation", "--ttl",
+                       "64", "-o", "json")
+    assert json.loads(out)["why"] != "ndp"
+
+
+def test_explain_icmp_code(capsys, tmp_path):
+    path = tmp_path / "codes.yaml"
+    path.write_text("""
+version: 1
+defaults: {ingress: drop}
+rules:
+  - {name: frag-needed, action: accept, proto: icmp, icmp_type: 3, icmp_code: 4}
+""")
+    base = ["explain", str(path), "--src", "192.0.2.1", "--dst", "192.0.2.2",
+            "--icmp-type", "destination-unreachable", "-o", "json"]
+    _, out, _ = run(capsys, *base, "--icmp-code", "4")
+    assert json.loads(out)["rule"]["name"] == "frag-needed"
+    _, out, _ = run(capsys, *base, "--icmp-code", "3")
+    data = json.loads(out)
+    assert data["why"] == "default"
+    assert data["near_misses"][0]["failed"][0]["field"] == "icmp_code"
+    assert data["packet"].endswith("code 3")
 
 
 @pytest.mark.parametrize("args, message", [
