@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -118,9 +119,16 @@ MAX_RULES = 131072
 MAX_FILE_BYTES = 64 << 20
 
 
+STDIN = "-"                 # the file name that means standard input
+STDIN_SOURCE = "<stdin>"    # how problems (and apply's record) name it
+
+
 def load_policy(path: str | os.PathLike[str]) -> Policy:
-    """Load and validate a policy file; raise PolicyError naming every problem."""
+    """Load and validate a policy file, or standard input when `path` is `-` (problems then
+    name <stdin>); raise PolicyError naming every problem."""
     source = os.fspath(path)
+    if source == STDIN:
+        return _load_checked(_read_stdin(), STDIN_SOURCE)
     try:
         size = os.path.getsize(source)
     except OSError as exc:
@@ -136,6 +144,33 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         raise PolicyError([Problem(source, 0, None, f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(source, 0, None, f"not UTF-8 text: {exc.reason}")]) from None
+    return _load_checked(text, source)
+
+
+def _read_stdin() -> str:
+    """Standard input as a file would be read: UTF-8, newlines translated, size-limited."""
+    def refuse(message: str) -> PolicyError:
+        return PolicyError([Problem(STDIN_SOURCE, 0, None, message)])
+
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None or sys.stdin.closed:
+        raise refuse("cannot read: standard input is closed")
+    try:
+        data = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise refuse(f"more than {MAX_FILE_BYTES >> 20} MiB on standard input; policies are "
+                     f"limited to {MAX_FILE_BYTES >> 20} MiB (the datapath holds at most "
+                     f"{MAX_RULES:,} rules)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(f"not UTF-8 text: {exc.reason}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")   # as open() reads a file
+
+
+def _load_checked(text: str, source: str) -> Policy:
     # Before parsing (which costs seconds and gigabytes for a million rules): every rule has
     # a name, so a file with far more `name:` keys than the datapath holds rules is refused
     # at once.  The exact count is checked again after parsing.
