@@ -22,7 +22,8 @@ EXAMPLES = {
     "validate": """
         netctl validate policies/web-server.yaml
         netctl validate -o json policy.yaml | jq .errors
-        netctl validate --no-warnings big-blocklist.yaml""",
+        netctl validate --no-warnings big-blocklist.yaml
+        render-policy | netctl validate -           # standard input, named <stdin>""",
     "explain": """
         netctl explain policies/web-server.yaml --src 198.51.100.7 --dst 192.0.2.10 --dport 22
         netctl explain policy.yaml --src 2001:db8::1 --dst 2001:db8::2 --proto icmpv6 \\
@@ -44,6 +45,7 @@ EXAMPLES = {
         netctl apply policy.yaml --dev eth0 --dev eth1
         netctl apply policy.yaml --dry-run          # the map changes, nothing written
         netctl apply policy.yaml --xdp-mode generic -o json
+        render-policy | netctl apply - --dev eth0   # from standard input
         ip netns exec lab netctl apply policy.yaml --dev veth0""",
     "status": """
         netctl status
@@ -102,13 +104,13 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     p = verb("validate", "check a policy file; print every problem as FILE:LINE: message")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the policy file, or - for standard input")
     p.add_argument("--no-warnings", action="store_true",
                    help="skip the analysis for rules that can never match")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 2)")
 
     p = verb("explain", "show the verdict a policy gives one packet, the deciding rule and why")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the policy file, or - for standard input")
     p.add_argument("--src", required=True, help="source address")
     p.add_argument("--dst", required=True, help="destination address")
     p.add_argument("--proto", help="tcp, udp, icmp, icmpv6 or a number (default: tcp with "
@@ -124,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verb("test", "run the policy's tests: section on the reference model and the "
              "compiled maps")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the policy file, or - for standard input")
 
     p = verb("schema", "print the JSON Schema of policy v1 (for editors)")
     p.set_defaults(output="json")
@@ -134,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verb("apply", "compile a policy into the datapath of this network namespace and "
              "attach it to its interfaces (atomically replacing the live policy)")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="the policy file, or - for standard input")
     p.add_argument("--dev", action="append", metavar="IF",
                    help="interface to enforce on (repeatable); replaces the policy's list")
     p.add_argument("--xdp-mode", choices=("auto", "native", "generic", "off"),
@@ -232,33 +234,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .policy.analyze import analyze
     from .policy.load import load_policy
 
+    name = _shown(args.file)
     try:
         policy = load_policy(args.file)
     except PolicyError as exc:
         if args.output == "json":
-            _emit_json({"file": args.file, "valid": False,
+            _emit_json({"file": name, "valid": False,
                         "errors": [_problem_dict(p) for p in exc.problems], "warnings": []})
         else:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
-            print(f"{args.file}: invalid ({len(exc.problems)} error"
+            print(f"{name}: invalid ({len(exc.problems)} error"
                   f"{'s' if len(exc.problems) != 1 else ''})", file=sys.stderr)
         return EXIT_INVALID
     findings = [] if args.no_warnings else analyze(policy)
     if args.output == "json":
         _emit_json({
-            "file": args.file, "valid": not (args.strict and findings), "errors": [],
+            "file": name, "valid": not (args.strict and findings), "errors": [],
             "warnings": [{"line": f.line, "message": f.message, "rule": f.rule,
                           "covered_by": list(f.covered_by)} for f in findings],
             "rules": len(policy.rules), "tests": len(policy.tests),
         })
     else:
         for f in findings:
-            where = f"{args.file}:{f.line}" if f.line else args.file
+            where = f"{name}:{f.line}" if f.line else name
             print(f"{where}: warning: {f.message}", file=sys.stderr)
-        print(f"{args.file}: valid ({len(policy.rules)} rules, {len(policy.tests)} tests, "
+        print(f"{name}: valid ({len(policy.rules)} rules, {len(policy.tests)} tests, "
               f"{len(findings)} warning{'s' if len(findings) != 1 else ''})")
     return EXIT_INVALID if args.strict and findings else EXIT_OK
+
+
+def _shown(file: str) -> str:
+    """How messages name the policy: `-` is standard input."""
+    from .policy.load import STDIN, STDIN_SOURCE
+
+    return STDIN_SOURCE if file == STDIN else file
 
 
 def _problem_dict(p: Problem) -> dict:
@@ -282,7 +292,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"packet:    {describe_packet(packet)} ({args.direction})")
     print(f"verdict:   {d.verdict.value.upper()}")
     if d.why == "rule":
-        print(f"decided by rule '{d.rule.name}' ({args.file}:{d.rule.line}), "
+        print(f"decided by rule '{d.rule.name}' ({policy.source}:{d.rule.line}), "
               f"the first {args.direction} rule that matches:")
         for check in result.matched:
             print(f"  {check.field:<9} {check.detail}")
@@ -380,17 +390,17 @@ def cmd_test(args: argparse.Namespace) -> int:
     failed = [r for r in results if not r.passed]
     if args.output == "json":
         _emit_json({
-            "file": args.file, "passed": len(results) - len(failed), "failed": len(failed),
+            "file": policy.source, "passed": len(results) - len(failed), "failed": len(failed),
             "engines": results[0].engines if results else [],
             "results": [r.as_dict() for r in results],
         })
         return EXIT_FAIL if failed else EXIT_OK
     if not results:
-        print(f"{args.file}: no tests: section (add tests: to check the policy's intent)")
+        print(f"{policy.source}: no tests: section (add tests: to check the policy's intent)")
         return EXIT_OK
     for r in results:
         status = "ok  " if r.passed else "FAIL"
-        line = (f"{status} {args.file}:{r.test.line}: {describe_packet(r.test.packet)} "
+        line = (f"{status} {policy.source}:{r.test.line}: {describe_packet(r.test.packet)} "
                 f"{r.test.direction.value}: expected {r.test.expect}, got {r.got}")
         print(line)
         for problem in r.problems:
@@ -427,13 +437,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from .datapath.control import already_live, apply
-    from .policy.load import load_policy
+    from .policy.load import STDIN, load_policy
 
     if not args.dry_run:   # refused before the file is even read
         privilege.require("apply", *privilege.DATAPATH)
     extra = tuple(os.environ.get("NETCTL_EXTRA_CFLAGS", "").split())
-    if not args.dry_run and not extra:
+    if not args.dry_run and not extra and args.file != STDIN:
         # The same file, applied the same way, live and intact: nothing to load or compile.
+        # (Standard input is no file to compare: it is always loaded, compiled and diffed.)
         live = already_live(args.file, args.dev, args.xdp_mode)
         if live is not None:
             return _report_already_live(args, live)
@@ -451,15 +462,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if result.dry_run:
         head = "would build and attach the programs, then write" if result.reload \
             else "would write"
-        print(f"{args.file}: {head} {change.entries()} map entries")
+        print(f"{policy.source}: {head} {change.entries()} map entries")
         for name, d in change.maps.items():
             if d:
                 print(f"  {name:<15} +{len(d.added)} ~{len(d.changed)} -{len(d.removed)}")
     elif result.unchanged:
-        print(f"{args.file}: already live (generation {result.generation}); nothing to do")
+        print(f"{policy.source}: already live (generation {result.generation}); nothing to do")
     else:
         built = "programs built and attached; " if result.reload else ""
-        print(f"{args.file}: live as generation {result.generation} ({built}"
+        print(f"{policy.source}: live as generation {result.generation} ({built}"
               f"{change.entries()} map entries written in {result.seconds:.2f} s)")
     for name, rec in result.interfaces.items():
         print(f"  {name}: ingress {rec['ingress'] or 'not enforced'}, egress "
@@ -576,8 +587,12 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import lab
-    from .policy.load import load_policy
+    from .policy.load import STDIN, load_policy
 
+    if args.file == STDIN:   # the lab applies the file from inside its namespace
+        print("netctl lab run: give the policy as a file; the lab does not read standard "
+              "input", file=sys.stderr)
+        return EXIT_INVALID
     path = args.file or str(Path(__file__).resolve().parents[1] / "policies" /
                             "web-server.yaml")
     return lab.run(load_policy(path), path, count=max(1, args.count))

@@ -131,15 +131,47 @@ def _without_routes(policy: Policy, path: str) -> str:
         return path
     import tempfile
 
+    with open(path, encoding="utf-8") as f:
+        text = policy_text_without_routes(f.read())
+    fd, copy = tempfile.mkstemp(prefix="netctl-lab-", suffix=".yaml")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return copy
+
+
+def policy_text_without_routes(text: str) -> str:
+    """A valid policy's text without its `routes:`, meaning exactly what `text` means.
+
+    The text is read the way the loader reads it (yamlsrc: plain decimal integers, nulls,
+    and strings for everything else) and written back with every string double-quoted, so
+    nothing is read differently the second time: a YAML 1.1 reader would have turned the
+    plain `xdp: off` into false, `010` into eight and `1:2:3:4:5:6:7:8` into a number."""
     import yaml
 
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+    from .policy.yamlsrc import YMap, YSeq, compose
+
+    root, problems = compose(text)
+    if problems or not isinstance(root, YMap):
+        raise NetctlError("the lab rewrites only valid policies")
+
+    def plain(node: object) -> object:
+        if isinstance(node, YMap):
+            return {key: plain(value) for key, value in node.items()}
+        if isinstance(node, YSeq):
+            return [plain(item) for item in node]
+        return node
+
+    class QuotingDumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: object) -> bool:
+            return True   # an alias's target is written out again: no anchors to resolve
+
+    QuotingDumper.add_representer(
+        str, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value,
+                                                           style='"'))
+    data = plain(root)
     data.pop("routes", None)
-    fd, copy = tempfile.mkstemp(prefix="netctl-lab-", suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(data, f)
-    return copy
+    return yaml.dump(data, Dumper=QuotingDumper, sort_keys=False, allow_unicode=True,
+                     width=1 << 20)
 
 
 def run(policy: Policy, path: str, count: int = 10, out=print) -> int:

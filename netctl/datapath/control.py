@@ -29,6 +29,7 @@ from typing import Any
 from .. import abi, privilege
 from ..errors import AttachError, NetctlError
 from ..policy.compile import compile_policy
+from ..policy.load import STDIN_SOURCE
 from ..policy.model import Direction, Interface, Policy, TcHook, XdpMode
 from ..policy.plan import Limits, MapPlan, PlanDiff, diff
 from ..policy.plan import constants as plan_constants
@@ -453,7 +454,7 @@ def _reusable(state: dict | None, plan: MapPlan) -> bool:
 def _generation_record(policy: Policy, plan: MapPlan) -> dict[str, Any]:
     source = policy.source
     file_hash = None
-    if os.path.isfile(source):
+    if source != STDIN_SOURCE and os.path.isfile(source):   # standard input has no file
         with open(source, "rb") as f:
             file_hash = hashlib.sha256(f.read()).hexdigest()
         source = os.path.abspath(source)

@@ -1,4 +1,5 @@
-"""Warnings about a valid policy: rules that can never match, and settings that bite.
+"""Warnings about a valid policy: rules that can never match, and settings that bite
+(neighbour discovery cut, fragmented replies dropped under stateful: true, missing hooks).
 
 Shadowed rules.  A rule can never match when every packet it matches is matched first by
 earlier rules of the same direction (one covering rule, or several together).  Each rule is
@@ -25,7 +26,10 @@ from .model import (
     ICMP_PROTOS,
     NDP_TYPES,
     PORT_PROTOS,
+    PROTO_ICMP,
     PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
     Action,
     Direction,
     Packet,
@@ -59,6 +63,7 @@ Box = tuple
 def analyze(policy: Policy) -> list[Finding]:
     findings = shadowed_rules(policy)
     findings += _ndp_findings(policy)
+    findings += _fragment_findings(policy)
     findings += _hook_findings(policy)
     return sorted(findings, key=lambda f: f.line)
 
@@ -302,6 +307,40 @@ def _ndp_findings(policy: Policy) -> list[Finding]:
     return [Finding(0, "allow_ndp is false and IPv6 neighbour discovery would be dropped: "
                     + ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else "")
                     + "; hosts on the link may become unreachable")]
+
+
+# What connection tracking follows (TCP, UDP, ICMP echo), as (name, protocol, family).
+_TRACKED = (("tcp", PROTO_TCP, 4), ("tcp", PROTO_TCP, 6), ("udp", PROTO_UDP, 4),
+            ("udp", PROTO_UDP, 6), ("icmp", PROTO_ICMP, 4), ("icmpv6", PROTO_ICMPV6, 6))
+
+
+def _fragment_findings(policy: Policy) -> list[Finding]:
+    """stateful: true accepts replies by their ports (or echo identifier), which only a
+    packet's first fragment carries: the other fragments of a reply meet the rules.  Under
+    a default ingress drop they are dropped unless a rule without ports accepts them."""
+    if not policy.stateful or policy.default_ingress is not Action.DROP:
+        return []
+    missing: dict[str, list[int]] = {}
+    for name, proto, family in _TRACKED:
+        accepted = any(
+            r.direction is Direction.INGRESS and r.action is Action.ACCEPT
+            and r.sport is None and r.dport is None and r.icmp_type is None
+            and family in r.families and (r.proto is None or proto in r.proto)
+            for r in policy.rules)
+        if not accepted:
+            missing.setdefault(name, []).append(family)
+    if not missing:
+        return []
+    names = [name if len(families) > 1 or name.startswith("icmp")
+             else f"{name} over IPv{families[0]}" for name, families in missing.items()]
+    what = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return [Finding(0, "stateful: true with a default ingress drop drops fragmented replies: "
+                    "their non-first fragments carry no ports, so they match no tracked flow "
+                    f"and meet the rules, and no ingress rule without ports accepts fragments "
+                    f"of {what}. Accept them from the peers whose replies may be fragmented "
+                    "(a rule without ports, e.g. {name: peer-fragments, action: accept, "
+                    "src: PEERS, proto: udp}), or ignore this warning if no reply is "
+                    "fragmented (large UDP replies such as DNS with EDNS often are)")]
 
 
 def _hook_findings(policy: Policy) -> list[Finding]:

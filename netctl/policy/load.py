@@ -9,12 +9,12 @@ it is reported at the later of the two: the key that made the rule impossible.
 
 from __future__ import annotations
 
-import difflib
 import gc
 import ipaddress
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -125,9 +125,16 @@ MAX_RULES = 131072
 MAX_FILE_BYTES = 64 << 20
 
 
+STDIN = "-"                 # the file name that means standard input
+STDIN_SOURCE = "<stdin>"    # how problems (and apply's record) name it
+
+
 def load_policy(path: str | os.PathLike[str]) -> Policy:
-    """Load and validate a policy file; raise PolicyError naming every problem."""
+    """Load and validate a policy file, or standard input when `path` is `-` (problems then
+    name <stdin>); raise PolicyError naming every problem."""
     source = os.fspath(path)
+    if source == STDIN:
+        return _load_checked(_read_stdin(), STDIN_SOURCE)
     try:
         size = os.path.getsize(source)
     except OSError as exc:
@@ -143,6 +150,33 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         raise PolicyError([Problem(source, 0, None, f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(source, 0, None, f"not UTF-8 text: {exc.reason}")]) from None
+    return _load_checked(text, source)
+
+
+def _read_stdin() -> str:
+    """Standard input as a file would be read: UTF-8, newlines translated, size-limited."""
+    def refuse(message: str) -> PolicyError:
+        return PolicyError([Problem(STDIN_SOURCE, 0, None, message)])
+
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None or sys.stdin.closed:
+        raise refuse("cannot read: standard input is closed")
+    try:
+        data = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise refuse(f"more than {MAX_FILE_BYTES >> 20} MiB on standard input; policies are "
+                     f"limited to {MAX_FILE_BYTES >> 20} MiB (the datapath holds at most "
+                     f"{MAX_RULES:,} rules)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(f"not UTF-8 text: {exc.reason}") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")   # as open() reads a file
+
+
+def _load_checked(text: str, source: str) -> Policy:
     # Before parsing (which costs seconds and gigabytes for a million rules): every rule has
     # a name, so a file with far more `name:` keys than the datapath holds rules is refused
     # at once.  The exact count is checked again after parsing.
@@ -226,8 +260,8 @@ class _Loader:
             return
         for key in node:
             if key not in allowed:
-                hint = difflib.get_close_matches(str(key), allowed, n=1)
-                suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+                hint = " or ".join(f"'{k}'" for k in closest_keys(str(key), allowed))
+                suggestion = f"; did you mean {hint}?" if hint else ""
                 self.error(node.keymarks[key], f"unknown key '{key}' in {what}{suggestion} "
                            f"(allowed: {', '.join(allowed)})")
 
@@ -250,19 +284,28 @@ class _Loader:
         self.error(pos, f"{what} must be one of {', '.join(choices)}, not {value!r}")
         return None
 
-    def as_list(self, value: object, pos: Pos, what: str) -> list[tuple[object, Pos]] | None:
-        """A scalar or a list of scalars, as (item, position) pairs."""
+    def as_list(self, value: object, pos: Pos, what: str, expected: str
+                ) -> list[tuple[object, Pos]] | None:
+        """A scalar or a list of scalars, as (item, position) pairs; None after reporting
+        every item that is not a scalar (`expected` says what an item should be)."""
         if isinstance(value, YSeq):
             if not value:
                 self.error(pos, f"{what}: empty list (omit the field to match anything)")
                 return None
             items = []
             for item, ipos in zip(value, value.itemmarks, strict=True):
-                if isinstance(item, (YMap, YSeq)):
-                    self.error(ipos, f"{what}: list items must be plain values")
+                if isinstance(item, YSeq):
+                    self.error(ipos, f"{what}: a list item must be {expected}, not a list "
+                               "(lists do not nest: write the items in one list)")
+                elif isinstance(item, YMap):
+                    self.error(ipos, f"{what}: a list item must be {expected}, not a mapping")
+                elif item is None:
+                    self.error(ipos, f"{what}: a list item is empty (expected {expected})")
                 else:
                     items.append((item, ipos))
-            return items
+            # All or nothing: a list with an unreadable item must not be read as a shorter
+            # (or empty) list that matches less than the user wrote.
+            return items if len(items) == len(value) else None
         if isinstance(value, YMap):
             self.error(pos, f"{what} must be a value or a list, not a mapping")
             return None
@@ -276,7 +319,7 @@ class _Loader:
             net = _parse_network(value.strip())
             if not isinstance(net, str):
                 return (net,)
-        items = self.as_list(value, pos, what)
+        items = self.as_list(value, pos, what, "an IP address or prefix")
         if items is None:
             return None
         result: list[Network] = []
@@ -302,7 +345,8 @@ class _Loader:
 
     def ports(self, value: object, pos: Pos, what: str,
               top: int = 65535) -> tuple[PortRange, ...] | None:
-        items = self.as_list(value, pos, what)
+        noun = "a port" if top == 65535 else "a code"
+        items = self.as_list(value, pos, what, f"{noun} or a range 'lo-hi'")
         if items is None:
             return None
         result: list[PortRange] = []
@@ -342,7 +386,7 @@ class _Loader:
         return PortRange(lo, hi)
 
     def protocols(self, value: object, pos: Pos, what: str) -> tuple[int, ...] | None:
-        items = self.as_list(value, pos, what)
+        items = self.as_list(value, pos, what, "a protocol name or number")
         if items is None:
             return None
         result: list[int] = []
@@ -373,7 +417,7 @@ class _Loader:
 
     def icmp_types(self, value: object, pos: Pos, families: list[int], what: str):
         """Resolve names/numbers into (family, type) pairs for the ICMP families given."""
-        items = self.as_list(value, pos, what)
+        items = self.as_list(value, pos, what, "an ICMP type name or number")
         if items is None:
             return None
         result: list[tuple[int, int]] = []
@@ -424,12 +468,10 @@ class _Loader:
     def policy(self, root: YMap) -> Policy:
         self.check_keys(root, TOP_KEYS, "the policy")
         fields: dict[str, object] = {"source": self.source}
-        version = root.get("version")
         if "version" not in root:
             self.error(root.mark, "missing 'version: 1'")
-        elif version != 1:
-            self.error(root.valmarks["version"], f"unsupported policy version {version!r} "
-                       "(this netctl reads version 1)")
+        else:
+            self.version(root["version"], root.valmarks["version"])
         if "interfaces" in root:
             fields["interfaces"] = self.section(root, "interfaces", self.interface)
             seen_ifaces: dict[str, int] = {}
@@ -472,6 +514,21 @@ class _Loader:
         if "tests" in root:
             fields["tests"] = self.section(root, "tests", lambda n, p, i: self.test(n, p))
         return Policy(**fields)  # type: ignore[arg-type]
+
+    def version(self, value: object, pos: Pos) -> None:
+        if value == 1 and type(value) is int:
+            return
+        if isinstance(value, str) and value.strip() == "1":
+            self.error(pos, "version must be the number 1, not a string: write 'version: 1' "
+                       "without quotes")
+        elif value is None:
+            self.error(pos, "version must be 1, and it is empty")
+        elif isinstance(value, (YMap, YSeq)):
+            kind = "a list" if isinstance(value, YSeq) else "a mapping"
+            self.error(pos, f"version must be 1, not {kind}")
+        else:
+            self.error(pos, f"unsupported policy version {value!r} (this netctl reads "
+                       "version 1)")
 
     def conntrack(self, root: YMap, fields: dict) -> None:
         node, pos = root["conntrack"], root.valmarks["conntrack"]
@@ -553,7 +610,7 @@ class _Loader:
             return ()
         if value is None or value == "off":
             return ()
-        items = self.as_list(value, pos, "tc")
+        items = self.as_list(value, pos, "tc", "ingress or egress")
         if items is None:
             return None
         hooks = [self.as_choice(item, ipos, "tc hook", TcHook) for item, ipos in items]
@@ -796,14 +853,23 @@ class _Loader:
         for key in ("src", "dst", "proto"):
             if key not in node:
                 self.error(pos, f"a test packet needs '{key}'")
-        src = self.address(node["src"], node.valmarks["src"], "src") if "src" in node else None
-        dst = self.address(node["dst"], node.valmarks["dst"], "dst") if "dst" in node else None
+        readable = set(node)
+        for key, noun in _PACKET_SCALARS.items():
+            value = node.get(key)
+            if isinstance(value, (YSeq, YMap)):
+                kind = "a list" if isinstance(value, YSeq) else "a mapping"
+                self.error(node.valmarks[key], f"{key}: a test packet has one {noun}, not {kind}")
+                readable.discard(key)
+        src = self.address(node["src"], node.valmarks["src"], "src") if "src" in readable \
+            else None
+        dst = self.address(node["dst"], node.valmarks["dst"], "dst") if "dst" in readable \
+            else None
         proto = None
-        if "proto" in node:
+        if "proto" in readable:
             proto = self.protocol(node["proto"], node.valmarks["proto"], "proto")
         fields: dict[str, object] = {}
         for key in ("sport", "dport"):
-            if key in node:
+            if key in readable:
                 port_range = self.port_range(node[key], node.valmarks[key], key)
                 if port_range is not None and port_range.lo != port_range.hi:
                     self.error(node.valmarks[key], f"{key}: a test packet has one port")
@@ -880,6 +946,10 @@ class _Loader:
 
 
 _BOTH = frozenset({4, 6})
+# Fields of a test packet that hold exactly one value (icmp_type reads like a rule's, and a
+# list of one type is accepted there).
+_PACKET_SCALARS = {"src": "address", "dst": "address", "proto": "protocol", "sport": "port",
+                   "dport": "port"}
 
 
 def _net_families(networks) -> frozenset[int]:
@@ -919,3 +989,33 @@ def _proto_name(number: int) -> str:
 
 def _family_words(families: set[int] | frozenset[int]) -> str:
     return " and ".join(f"IPv{f}" for f in sorted(families)) or "no IP version"
+
+
+def closest_keys(key: str, allowed: tuple[str, ...]) -> list[str]:
+    """The allowed keys nearest to a mistyped `key` (all of them on a tie, in `allowed`
+    order), or none when every key is too far: within 1 edit for a key of up to 4
+    characters, 2 up to 8, 3 beyond.  Case is ignored."""
+    typed = key.lower()
+    limit = 1 if len(typed) <= 4 else 2 if len(typed) <= 8 else 3
+    scored = [(distance, name) for name in allowed
+              if abs(len(name) - len(typed)) <= limit   # the distance is at least that
+              and (distance := edit_distance(typed, name)) <= limit]
+    best = min((distance for distance, _ in scored), default=None)
+    return [name for distance, name in scored if distance == best]
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment): an insertion, a deletion,
+    a substitution or a swap of two adjacent characters costs one edit each, so 'dprot' is
+    one edit from 'dport' and two from 'proto'."""
+    before: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, char_b in enumerate(b, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1,
+                             previous[j - 1] + (char_a != char_b))
+            if i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, previous = previous, current
+    return previous[-1]

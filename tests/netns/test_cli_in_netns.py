@@ -72,3 +72,49 @@ def test_namespace_and_veth_are_removed_even_when_the_body_fails():
     host_links = run("ip", "-o", "link").stdout
     for name in made:
         assert f" {name}@" not in host_links and f" {name}:" not in host_links
+
+
+def test_apply_from_standard_input(tmp_path):
+    """`netctl apply -` reads the policy from standard input: it goes live and status names
+    it <stdin> with no file digest; a file named `-` in the working directory, live and
+    unchanged, does not make it "already live"; bad input names <stdin>:LINE:COL and
+    changes nothing."""
+    from lab import lab
+
+    from_file = ("version: 1\nrules:\n"
+                 "  - {name: from-the-file, action: accept, proto: udp, dport: 5555}\n")
+    from_stdin = ("version: 1\nrules:\n"
+                  "  - {name: from-stdin, action: drop, proto: udp, dport: 5555}\n")
+    (tmp_path / "-").write_text(from_file)
+    with lab(tmp_path) as the_lab:
+        def apply(*args: str, text: str | None = None):
+            return run(NETCTL, "apply", *args, "--dev", the_lab.dut_if, ns=the_lab.dut,
+                       check=False, cwd=tmp_path, input=text)
+
+        for _ in range(2):   # the second takes the "same file, already live" shortcut
+            result = apply("./-")
+            assert result.returncode == 0, result.stdout + result.stderr
+        assert "./-: already live" in result.stdout
+        assert the_lab.udp(5) == 5
+
+        result = apply("-", text=from_stdin)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("<stdin>: live as generation ")
+        status = the_lab.status()
+        assert status["policy"] == "<stdin>" and status["policy_sha256"] is None
+        assert [r["name"] for r in status["rules"]] == ["from-stdin"]
+        assert status["problems"] == []
+        assert the_lab.udp(5) == 0 and the_lab.rule("from-stdin")["packets"] == 5
+
+        again = apply("-", text=from_stdin)   # compiled and diffed: nothing to write
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.startswith(f"<stdin>: already live (generation "
+                                       f"{status['generation']}); nothing to do")
+
+        bad = apply("-", text="version: 1\nrules:\n  - {name: x, action: block}\n")
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+        assert "<stdin>:3:23: action must be one of accept, drop" in bad.stderr
+        after = the_lab.status()
+        assert after["generation"] == status["generation"]
+        assert [r["name"] for r in after["rules"]] == ["from-stdin"]
+        assert the_lab.udp(3) == 0

@@ -79,6 +79,49 @@ def test_egress_rules_without_tc_egress_warn():
     assert any("no tc egress" in f.message and f.line == 3 for f in analyze(p))
 
 
+STATEFUL_DROP = "stateful: true\ndefaults: {ingress: drop}\n"
+
+
+def fragment_findings(p) -> list:
+    return [f for f in analyze(p) if "fragment" in f.message]
+
+
+def test_stateful_default_drop_warns_that_fragmented_replies_are_dropped():
+    p = policy("  - {name: web, action: accept, proto: tcp, dport: [80, 443]}\n"
+               "  - {name: ping, action: accept, proto: [icmp, icmpv6], icmp_type: 8}\n",
+               STATEFUL_DROP)
+    [finding] = fragment_findings(p)
+    message = finding.message
+    # what happens, why, and what to do
+    assert message.startswith("stateful: true with a default ingress drop drops fragmented "
+                              "replies: ")
+    assert "non-first fragments carry no ports" in message
+    assert "no ingress rule without ports accepts fragments of tcp, udp, icmp or icmpv6" \
+        in message
+    assert "action: accept, src: PEERS, proto: udp" in message
+    assert "ignore this warning if" in message
+
+
+def test_fragment_warning_names_only_what_no_rule_accepts():
+    p = policy("  - {name: peers, action: accept, src: [192.0.2.0/24, 2001:db8::/32], "
+               "proto: udp}\n"
+               "  - {name: v4-tcp, action: accept, src: 192.0.2.0/24, proto: tcp}\n"
+               "  - {name: out, action: accept, direction: egress}\n"
+               "  - {name: dns, action: accept, proto: [tcp, udp], sport: 53}\n",
+               STATEFUL_DROP)
+    [finding] = fragment_findings(p)
+    assert "accepts fragments of tcp over IPv6, icmp or icmpv6." in finding.message
+
+
+def test_no_fragment_warning_when_rules_accept_them_or_nothing_is_tracked():
+    peers = "  - {name: peers, action: accept, src: [192.0.2.0/24, 2001:db8::/32]}\n"
+    assert not fragment_findings(policy(peers, STATEFUL_DROP))
+    ports = "  - {name: web, action: accept, proto: tcp, dport: 80}\n"
+    assert not fragment_findings(policy(ports, "defaults: {ingress: drop}\n"))
+    assert not fragment_findings(policy(ports, "stateful: true\n"))
+    assert not fragment_findings(policy(ports, "stateful: true\ndefaults: {egress: drop}\n"))
+
+
 def _random_rule(rng: random.Random, i: int) -> str:
     fields = [f"name: r{i}", f"action: {rng.choice(['accept', 'drop'])}"]
     if rng.random() < 0.5:

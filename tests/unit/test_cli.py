@@ -158,3 +158,134 @@ def test_help_of_each_verb_shows_examples(capsys):
             main([verb, "--help"])
         assert exc.value.code == 0
         assert "examples:" in capsys.readouterr().out
+
+
+# -- `-`: the policy from standard input ---------------------------------------------------
+
+@pytest.fixture
+def stdin(monkeypatch):
+    """Give the CLI `data` (text or bytes) as its standard input."""
+    import io
+    import sys
+
+    def feed(data: str | bytes) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
+    return feed
+
+
+def test_validate_reads_standard_input(capsys, stdin):
+    stdin(POLICY)
+    code, out, err = run(capsys, "validate", "-")
+    assert code == 0 and "<stdin>: valid (3 rules, 2 tests, 1 warning)" in out
+    assert "<stdin>:13: warning: rule 'web-again'" in err
+    stdin(POLICY)
+    code, out, _ = run(capsys, "validate", "-o", "json", "-")
+    assert code == 0 and json.loads(out)["file"] == "<stdin>"
+
+
+def test_validate_errors_from_standard_input_name_stdin_line_and_column(capsys, stdin):
+    stdin("version: 1\nrules:\n  - name: a\n    action: block\n  - name: a\n    action: drop\n")
+    code, _, err = run(capsys, "validate", "-")
+    assert code == 2
+    assert "<stdin>:4:13: action must be one of accept, drop" in err
+    assert "<stdin>:5:5: duplicate rule name 'a' (first used at line 3)" in err
+    assert "<stdin>: invalid (2 errors)" in err
+    stdin("version: 1\nrules:\n  - {name: a, action: block}\n")
+    code, out, _ = run(capsys, "validate", "-o", "json", "-")
+    data = json.loads(out)
+    assert code == 2 and data["file"] == "<stdin>"
+    assert [(e["file"], e["line"]) for e in data["errors"]] == [("<stdin>", 3)]
+
+
+@pytest.mark.parametrize("data, message", [
+    ("", "<stdin>:1: the policy is empty"),
+    (b"version: 1\n\xff\n", "<stdin>: not UTF-8 text"),
+    ("version: 1\r\nrules:\r\n  - {name: a, action: block}\r\n", "<stdin>:3:23: action must"),
+])
+def test_standard_input_problems(capsys, stdin, data, message):
+    stdin(data)
+    code, _, err = run(capsys, "validate", "-")
+    assert code == 2 and message in err
+
+
+def test_standard_input_closed_or_too_big(capsys, stdin, monkeypatch):
+    import sys
+
+    import netctl.policy.load as load
+
+    monkeypatch.setattr(sys, "stdin", None)
+    code, _, err = run(capsys, "validate", "-")
+    assert code == 2 and "<stdin>: cannot read: standard input is closed" in err
+    monkeypatch.setattr(load, "MAX_FILE_BYTES", 2 << 20)
+    stdin(POLICY + "# padding\n" * ((3 << 20) // 10))
+    code, _, err = run(capsys, "validate", "-")
+    assert code == 2
+    assert "<stdin>: more than 2 MiB on standard input; policies are limited to 2 MiB" in err
+
+
+def test_explain_reads_standard_input(capsys, stdin):
+    stdin(POLICY)
+    code, out, _ = run(capsys, "explain", "-", "--src", "198.51.100.9", "--dst", "192.0.2.1",
+                       "--dport", "22")
+    assert code == 0 and "decided by rule 'ssh' (<stdin>:4)" in out
+
+
+def test_test_verb_reads_standard_input(capsys, stdin, monkeypatch):
+    import netctl.cli as cli
+
+    monkeypatch.setattr(cli, "_kernel_available", lambda: False)  # the model and the maps
+    stdin(POLICY)
+    code, out, _ = run(capsys, "test", "-")
+    assert code == 0 and "ok   <stdin>:18: " in out and "2 passed, 0 failed" in out
+    stdin(POLICY.replace("expect: drop", "expect: accept"))
+    code, out, _ = run(capsys, "test", "-o", "json", "-")
+    assert code == 1 and json.loads(out)["file"] == "<stdin>"
+
+
+def test_apply_from_standard_input_never_takes_the_same_file_shortcut(
+        capsys, stdin, monkeypatch, tmp_path):
+    """`already_live` compares a file's path and content with the live record; `-` is no
+    file (a file named `-` in the working directory is not what is applied)."""
+    import netctl.cli as cli
+    import netctl.datapath.control as control
+    from netctl.errors import NetctlError
+
+    (tmp_path / "-").write_text(POLICY.replace("name: ssh", "name: from-the-file"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.privilege, "require", lambda *a: None)
+    asked, applied = [], []
+    monkeypatch.setattr(control, "already_live", lambda *a: asked.append(a) or {})
+
+    def fake_apply(policy, **_kw):
+        applied.append(policy)
+        raise NetctlError("stopped here by the test")
+    monkeypatch.setattr(control, "apply", fake_apply)
+    stdin(POLICY)
+    code, _, err = run(capsys, "apply", "-", "--dev", "eth0")
+    assert code == 1 and "stopped here by the test" in err
+    assert asked == []
+    [policy] = applied
+    assert policy.source == "<stdin>" and policy.rules[0].name == "ssh"
+
+
+def test_generation_record_of_standard_input_has_no_file(tmp_path, monkeypatch):
+    from netctl.datapath.control import _generation_record
+    from netctl.policy.compile import compile_policy
+    from netctl.policy.load import load_policy_text
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "<stdin>").write_text(POLICY)   # a file that happens to bear the name
+    policy = load_policy_text(POLICY, "<stdin>")
+    record = _generation_record(policy, compile_policy(policy))
+    assert record["policy"] == "<stdin>" and record["policy_sha256"] is None
+    (tmp_path / "p.yaml").write_text(POLICY)
+    policy = load_policy_text(POLICY, "p.yaml")
+    record = _generation_record(policy, compile_policy(policy))
+    assert record["policy"] == str(tmp_path / "p.yaml") and record["policy_sha256"]
+
+
+def test_lab_refuses_standard_input_before_anything(capsys, stdin):
+    stdin(POLICY)
+    code, _, err = run(capsys, "lab", "run", "-")
+    assert code == 2 and "give the policy as a file" in err

@@ -89,6 +89,52 @@ def test_unknown_rule_key_with_suggestion():
     assert "did you mean 'dport'?" in p.message
 
 
+@pytest.mark.parametrize("typo, meant", [
+    ("dprot", "dport"),        # a transposition: one edit, not two
+    ("sprot", "sport"),
+    ("protp", "proto"),
+    ("dts", "dst"),
+    ("scr", "src"),
+    ("icmp_tpye", "icmp_type"),
+    ("Proto", "proto"),
+    ("acton", "action"),
+])
+def test_unknown_rule_key_suggests_the_closest_key(typo, meant):
+    p = problem(f"""\
+        version: 1
+        rules:
+          - name: web
+            action: accept
+            {typo}: 80
+        """)
+    assert (p.line, p.column) == (5, 5)
+    assert f"unknown key '{typo}' in a rule; did you mean '{meant}'?" in p.message
+
+
+@pytest.mark.parametrize("key", ["bandwidth", "colour", "xyz", "p"])
+def test_unknown_rule_key_far_from_every_key_gets_no_suggestion(key):
+    p = problem(f"""\
+        version: 1
+        rules:
+          - name: web
+            action: accept
+            {key}: 80
+        """)
+    assert f"unknown key '{key}' in a rule (allowed: name, direction" in p.message
+    assert "did you mean" not in p.message
+
+
+def test_unknown_key_equally_close_to_two_keys_names_both():
+    p = problem("""\
+        version: 1
+        rules:
+          - name: web
+            action: accept
+            port: 80
+        """)
+    assert "did you mean 'sport' or 'dport'?" in p.message
+
+
 def test_unknown_rule_key_in_flow_style():
     p = problem("""\
         version: 1
@@ -579,6 +625,77 @@ def test_bad_protocol(value, message):
     assert message in p.message
 
 
+# -- lists do not nest -------------------------------------------------------------------------
+
+NESTED = [
+    # (field and value as written, extra rule lines, (line, column), message)
+    ("src: [[10.0.0.0/8]]", "", (5, 11),
+     "src: a list item must be an IP address or prefix, not a list (lists do not nest: "
+     "write the items in one list)"),
+    ("dst: [10.0.0.0/8, [10.1.0.0/16]]", "", (5, 23),
+     "dst: a list item must be an IP address or prefix, not a list"),
+    ("src: [{net: 10.0.0.0/8}]", "", (5, 11),
+     "src: a list item must be an IP address or prefix, not a mapping"),
+    ("proto: [[tcp]]", "", (5, 13),
+     "proto: a list item must be a protocol name or number, not a list"),
+    ("dport: [[22]]", "", (5, 13),
+     "dport: a list item must be a port or a range 'lo-hi', not a list"),
+    ("sport: [[1024, 2048]]", "\n    proto: tcp", (5, 13),
+     "sport: a list item must be a port or a range 'lo-hi', not a list"),
+    ("icmp_type: [[8]]", "\n    proto: icmp", (5, 17),
+     "icmp_type: a list item must be an ICMP type name or number, not a list"),
+    ("src: [10.0.0.0/8, ]", "", None, None),   # a trailing comma is fine in YAML
+    ("dport: [22, ~]", "", (5, 17), "dport: a list item is empty (expected a port or a range "
+     "'lo-hi')"),
+]
+
+
+@pytest.mark.parametrize("field, extra, where, message", NESTED, ids=lambda v: str(v)[:24])
+def test_nested_lists_in_match_fields_are_one_clear_error(field, extra, where, message):
+    text = f"version: 1\nrules:\n  - name: a\n    action: drop\n    {field}{extra}\n"
+    if message is None:
+        load(text)
+        return
+    p = problem(text)
+    assert (p.line, p.column) == where
+    assert p.message.startswith(message), p.message
+    assert "IP version" not in p.message and "  " not in p.message
+    assert str(p).startswith(f"{SOURCE}:{where[0]}:{where[1]}: ")
+
+
+def test_nested_list_with_an_other_family_key_is_still_one_error():
+    # The unreadable src must not leave an empty address list behind for the family check.
+    p = problem("""\
+        version: 1
+        rules:
+          - name: a
+            action: drop
+            src: [[10.0.0.0/8]]
+            dst: 2001:db8::/32
+        """)
+    assert (p.line, p.column) == (5, 11) and p.message.startswith("src: a list item must be")
+
+
+def test_nested_lists_elsewhere_are_clear_errors():
+    found = problems("""\
+        version: 1
+        interfaces:
+          - {name: eth0, tc: [[ingress]]}
+        routes:
+          - {dst: [[10.2.0.0/16]], via: 10.1.0.2, dev: eth0}
+        tests:
+          - packet: {src: [[192.0.2.1]], dst: 10.0.0.1, proto: [[tcp]], dport: [[22]]}
+            expect: accept
+        """)
+    got = {(p.line, p.column): p.message for p in found}
+    assert got[(3, 23)].startswith("tc: a list item must be ingress or egress, not a list")
+    assert got[(5, 12)].startswith("dst: a list item must be an IP address or prefix, not a list")
+    assert got[(7, 19)] == "src: a test packet has one address, not a list"
+    assert got[(7, 56)] == "proto: a test packet has one protocol, not a list"
+    assert got[(7, 72)] == "dport: a test packet has one port, not a list"
+    assert len(found) == 5, [str(p) for p in found]
+
+
 # -- icmp_type ----------------------------------------------------------------------------------
 
 def test_icmp_type_without_proto():
@@ -1030,7 +1147,7 @@ def test_non_mapping_root_after_comments_is_reported_at_its_line():
     assert p.line == 3
 
 
-@pytest.mark.parametrize("value", ["2", "0", '"1"', "1.0", "v1", "~"])
+@pytest.mark.parametrize("value", ["2", "0", "1.0", "v1", '"2"'])
 def test_wrong_version(value):
     p = problem(f"""\
         # header
@@ -1038,6 +1155,29 @@ def test_wrong_version(value):
         """)
     assert p.line == 2
     assert "unsupported policy version" in p.message
+    assert "(this netctl reads version 1)" in p.message
+
+
+@pytest.mark.parametrize("value", ['"1"', "'1'", "!!str 1", '" 1"'])
+def test_version_one_as_a_string_says_to_drop_the_quotes(value):
+    p = problem(f"""\
+        # header
+        version: {value}
+        """)
+    assert (p.line, p.column) == (2, 10)
+    assert "version must be the number 1, not a string" in p.message
+    assert "write 'version: 1' without quotes" in p.message
+    assert "unsupported" not in p.message
+
+
+@pytest.mark.parametrize("value", ["~", "", "[1]", "{a: 1}"])
+def test_empty_or_structured_version(value):
+    p = problem(f"""\
+        # header
+        version: {value}
+        """)
+    assert p.line == 2
+    assert "version must be 1" in p.message
 
 
 def test_missing_version():
