@@ -180,7 +180,12 @@ class Event(ctypes.Structure):
                 ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16)]
 
 
-STRUCTS = {"netctl_event": Event, "netctl_nexthop": Nexthop, "netctl_local_key": LocalKey,
+class EventsCtl(ctypes.Structure):
+    _fields_ = [("until_ns", ctypes.c_uint64)]
+
+
+STRUCTS = {"netctl_event": Event, "netctl_events_ctl": EventsCtl, "netctl_nexthop": Nexthop,
+           "netctl_local_key": LocalKey,
            "netctl_lpm4_key": Lpm4Key, "netctl_lpm6_key": Lpm6Key, "netctl_classes": Classes,
            "netctl_rule_key": RuleKey, "netctl_rule": Rule, "netctl_config": Config,
            "netctl_counter": Counter, "netctl_ct_key": CtKey, "netctl_ct_entry": CtEntry}

@@ -74,6 +74,7 @@ class PolicySource:
     state: dict
     names: dict[int, str] = field(default_factory=dict)
     start_stats: list = field(default_factory=list)
+    _lease: Any = None
 
     @classmethod
     def open(cls) -> PolicySource | None:
@@ -87,6 +88,7 @@ class PolicySource:
         if live is None:
             return None
         source = cls(RingReader(live.maps["events"]), live, state, start_stats=live.stats())
+        source._lease = _Lease(ns, live)
         source._learn_names()
         return source
 
@@ -117,6 +119,8 @@ class PolicySource:
         return self.names[index]
 
     def poll(self, timeout_ms: int) -> list[dict]:
+        if self._lease is not None:
+            self._lease.renew()
         if not self.reader.wait(timeout_ms):
             return []
         out = []
@@ -142,8 +146,49 @@ class PolicySource:
                 - self.start_stats[abi.STAT_EVENTS_SAMPLED_OUT][0]}
 
     def close(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
         self.reader.close()
         self.datapath.close()
+
+
+class _Lease:
+    """A monitor's hold on the datapath's events (they are made only while one is held).
+
+    Renewed every second for LEASE_SECONDS, so a monitor killed outright stops costing
+    anything a few seconds later.  Monitors hold a shared lock on a file while they run; the
+    last to leave (the only one that can take the lock exclusively) ends the lease at once."""
+
+    LEASE_SECONDS = 5.0
+    RENEW_EVERY = 1.0
+
+    def __init__(self, ns, datapath) -> None:
+        import fcntl
+
+        ns.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._file = open(ns.state_dir / "monitor.lock", "a")  # noqa: SIM115 (held open)
+        fcntl.flock(self._file, fcntl.LOCK_SH)
+        self._datapath = datapath
+        self._renewed = 0.0
+        self.renew()
+
+    def renew(self) -> None:
+        now = time.monotonic()
+        if now - self._renewed >= self.RENEW_EVERY:
+            self._datapath.listen(self.LEASE_SECONDS)
+            self._renewed = now
+
+    def release(self) -> None:
+        import fcntl
+
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass                       # another monitor still listens
+        else:
+            self._datapath.stop_listening()
+        finally:
+            self._file.close()
 
 
 def _cfg_event_sample() -> int:

@@ -215,6 +215,12 @@ struct netctl_event {
     __u8 daddr[16];
 };
 
+/* The listeners' lease on events: until this CLOCK_MONOTONIC_COARSE time (ns) the datapath
+ * sends them (0: nobody listens). */
+struct netctl_events_ctl {
+    __u64 until_ns;
+};
+
 #define NETCTL_HOOK_XDP 0
 #define NETCTL_HOOK_TC 1
 #define NETCTL_EVENTS_BYTES (256 * 1024)

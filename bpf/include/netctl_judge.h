@@ -256,11 +256,18 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
 
 /* Send the packet to `netctl monitor` when it was dropped or its rule logs, one in
  * v->sample (random: bpf_get_prandom_u32), counting what was sent, refused by a full ring
- * buffer, or sampled out: nothing is lost without a count. */
+ * buffer, or sampled out: nothing is lost without a count.  Only while a monitor holds the
+ * lease in events_ctl: making an event costs about as much as judging the packet (the
+ * timestamp and the ring), so with nobody listening none is made; an unbroken lease is one
+ * map read, a stale one (a monitor killed) one coarse clock read. */
 static __always_inline void netctl_emit(struct netctl_pkt *p, struct netctl_verdict *v,
                                         __u32 ifindex, int hook, int dir)
 {
     if (!v->drop && !v->log)
+        return;
+    __u32 zero = 0;
+    struct netctl_events_ctl *ctl = events_ctl.lookup(&zero);
+    if (!ctl || !ctl->until_ns || bpf_ktime_get_coarse_ns() > ctl->until_ns)
         return;
     if (v->sample > 1 && bpf_get_prandom_u32() % v->sample) {
         netctl_count_stat(NETCTL_STAT_EVENTS_SAMPLED_OUT, p->len);

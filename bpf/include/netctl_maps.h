@@ -99,6 +99,11 @@ BPF_TABLE_PINNED("percpu_array", u32, struct netctl_pkt_classes, netctl_scratch,
 BPF_TABLE_PINNED("percpu_array", u32, struct netctl_window, netctl_window_copy, 1,
                  NETCTL_PIN(netctl_window_copy));
 
+/* Whether anyone listens for events: `netctl monitor` holds a lease, renewed while it runs
+ * (netctl_abi.h, struct netctl_events_ctl).  Nobody listening: no event is made at all. */
+BPF_TABLE_PINNED("array", u32, struct netctl_events_ctl, events_ctl, 1,
+                 NETCTL_PIN(events_ctl));
+
 /* Events for `netctl monitor`: a ring buffer (bcc's BPF_RINGBUF_OUTPUT, pinned). */
 struct events_table_t {
     int key;

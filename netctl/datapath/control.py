@@ -894,6 +894,7 @@ def status(verify: bool = True) -> dict[str, Any]:
         out["events"] = {"sent": stats[abi.STAT_EVENTS][0],
                          "lost": stats[abi.STAT_EVENTS_LOST][0],
                          "sampled_out": stats[abi.STAT_EVENTS_SAMPLED_OUT][0],
+                         "listening": live.listening(),
                          "sample": max(1, dp_cfg[CFG_EVENT_SAMPLE])}
         route_counts = live.route_counters(gen, len(record.get("nexthops", [])))
         out["routes"] = [dict(nh, packets=p, bytes=b)

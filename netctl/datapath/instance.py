@@ -19,8 +19,12 @@ from ..policy.plan import MAP_NAMES, MapPlan, PlanDiff, diff
 from . import maps as mapio
 from .build import ROLES, compile_programs
 
+# The clock bpf_ktime_get_coarse_ns() reads (Linux's clock id; Python's time module does
+# not name it).
+CLOCK_MONOTONIC_COARSE = 6
+
 ALL_MAPS = (*MAP_NAMES, "active", "counters", "stats", "nexthops", "route_counters",
-            "local_addrs")
+            "local_addrs", "events_ctl")
 
 
 class PinsMissing(NetctlError):
@@ -197,6 +201,21 @@ class Datapath:
 
     def conntrack_count(self) -> int:
         return sum(1 for _ in self.maps["conntrack"].keys())  # noqa: SIM118 (a BPF map)
+
+    # -- events: made only while someone listens
+    def listen(self, seconds: float) -> None:
+        """Hold (or renew) the lease on events for ``seconds`` (CLOCK_MONOTONIC_COARSE, the
+        clock the programs read); a listener renews it well before it runs out."""
+        until = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) + int(seconds * 1e9)
+        self.maps["events_ctl"].update(abi.pack_u32(0), until.to_bytes(8, "little"))
+
+    def stop_listening(self) -> None:
+        self.maps["events_ctl"].update(abi.pack_u32(0), bytes(8))
+
+    def listening(self) -> bool:
+        value = self.maps["events_ctl"].lookup(abi.pack_u32(0)) or bytes(8)
+        until = int.from_bytes(value[:8], "little")
+        return until > time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
     def stats(self) -> list[tuple[int, int]]:
         m = self.maps["stats"]
