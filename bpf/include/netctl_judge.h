@@ -4,8 +4,9 @@
  * Precedence (the reference model's, netctl/policy/evaluate.py):
  *   1. malformed frames are dropped under their reason; non-IP frames pass;
  *   2. ICMPv6 neighbour discovery (133-137, not a fragment) is accepted when allowed;
- *   3. with stateful: true, at ingress, a reply to a tracked flow is accepted
- *      (netctl_conntrack.h); at egress, an accepted packet is tracked after step 4 or 5;
+ *   3. with stateful: true, at ingress, a valid reply to a tracked flow, or an ICMP error
+ *      about one, is accepted (netctl_conntrack.h); at egress, an accepted packet is
+ *      tracked after step 4 or 5;
  *   4. the first rule of the packet's direction that matches decides;
  *   5. otherwise the direction's default.
  * Step 3 is a fixed number of lookups whatever the number of rules (docs/classification.md):
@@ -192,8 +193,11 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         return v;
     }
     int stateful = cfg->word[NETCTL_CFG_STATEFUL];
-    if (stateful && dir == NETCTL_DIR_INGRESS && netctl_ct_reply(pp, cfg, len))
+    if (stateful && dir == NETCTL_DIR_INGRESS &&
+        netctl_ct_ingress(data, end, is_pkt, pp, cfg, len))
         return v;
+    if (stateful && dir == NETCTL_DIR_EGRESS)
+        netctl_ct_prepare(data, end, is_pkt, pp);
 
 #ifdef NETCTL_TEST_VERIFIER_REJECT
     /* Test-only (tests/netns): a read at an unbounded offset, which the verifier refuses,
