@@ -6,14 +6,15 @@ a tuple starts it over; a RST or FIN outside the advertised window (window scale
 read from the SYN) changes nothing; a flood of unanswered flows evicts no confirmed one.
 Idle entries expire by their state's timeout; entries survive a policy change.
 
-The same scenarios run through the reference tracker (netctl.policy.conntrack), whose
-tables must equal the kernel's field for field (`same_tables`)."""
+Most scenarios run in lockstep with the reference tracker (netctl.policy.conntrack): the
+verdicts, the counts and both tables must equal the kernel's (tests/lockstep.py)."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+from lockstep import Lockstep
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
@@ -27,9 +28,8 @@ from scapy.layers.l2 import Ether
 from netctl import abi
 from netctl.datapath.sandbox import Sandbox, sandbox_limits
 from netctl.policy.compile import compile_policy
-from netctl.policy.conntrack import Tracker
 from netctl.policy.load import load_policy_text
-from netctl.policy.model import Action, Direction
+from netctl.policy.model import Action
 
 pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make setup)")
 
@@ -91,48 +91,9 @@ def flows(box) -> dict[tuple, dict]:
     return {(f["sport"], f["dport"], f["proto"]): f for f in box.dp.conntrack()}
 
 
-def kernel_tables(box) -> dict[str, dict]:
-    out = {}
-    for table in ("conntrack", "conntrack_unconfirmed"):
-        out[table] = {}
-        for key, value in box.dp.maps[table].items():
-            entry = abi.unpack_ct_entry(value)
-            for stamp in ("created_ns", "seen_ns"):
-                entry.pop(stamp)
-            out[table][abi.unpack_ct_key(key)] = entry
-    return out
-
-
-def reference_tables(tracker: Tracker) -> dict[str, dict]:
-    fields = ("packets_out", "packets_in", "state", "flags", "wscale", "our_start", "our_end",
-              "our_ack", "our_maxwin", "our_maxend")
-    return {table: {key: {f: getattr(e, f) for f in fields} for key, e in entries.items()}
-            for table, entries in (("conntrack", tracker.confirmed),
-                                   ("conntrack_unconfirmed", tracker.unconfirmed))}
-
-
-class Both:
-    """Runs each frame through one program and the reference tracker; verdicts, the
-    tracker's counts and both tables must agree after every frame."""
-
-    def __init__(self, box, policy_text: str = POLICY):
-        self.box = box
-        self.policy = load_policy_text(policy_text, "ct.yaml")
-        self.tracker = Tracker(self.policy.conntrack)
-
-    def run(self, frame: bytes, hook: str):
-        direction = Direction.EGRESS if hook == "tc_egress" else Direction.INGRESS
-        before = dict(self.tracker.counts)
-        want = self.tracker.judge(self.policy, frame, direction)
-        got = self.box.run(frame, hook)
-        assert (got.verdict, got.why) == (want.verdict, want.why), (hook, frame.hex())
-        moved = {k for k, v in self.tracker.counts.items() if v != before.get(k, 0)}
-        names = {abi.STAT_CT_NEW: "new", abi.STAT_CT_CONFIRMED: "confirmed",
-                 abi.STAT_CT_EXPIRED: "expired", abi.STAT_CT_INVALID: "invalid",
-                 abi.STAT_CT_UNCONFIRMED_EXPIRED: "unconfirmed_expired"}
-        assert {names[s] for s in got.ct} == moved - {"reply", "related"}, frame.hex()
-        assert kernel_tables(self.box) == reference_tables(self.tracker), frame.hex()
-        return got
+def Both(box):   # noqa: N802 - reads as the pair it is
+    """The real programs and the reference tracker in lockstep (tests/lockstep.py)."""
+    return Lockstep(box, load_policy_text(POLICY, "ct.yaml"))
 
 
 @pytest.mark.parametrize("ip_out,ip_in", [
