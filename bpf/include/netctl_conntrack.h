@@ -193,7 +193,7 @@ done:
  * classification's states of different parse paths as one.  Handed over in a per-CPU map
  * rather than in *p, where each of the walk's exits would leave a different value for the
  * verifier to carry through the classification (measured: the egress program's
- * verification 1.8 and 1.2 times as long). */
+ * verification 1.7 and 1.2 times as long). */
 static __always_inline void netctl_ct_prepare(__u8 *data, void *end, int is_pkt,
                                               struct netctl_pkt *p)
 {

@@ -149,10 +149,15 @@ def test_conntrack_entries_survive_a_policy_change_and_detach_clears_them(the_la
     the_lab.apply(POLICY.replace("rules: []", "rules:\n  - {name: web, action: accept, "
                                              "proto: tcp, dport: 80}"))
     after = json.loads(the_lab.netctl("conntrack", "-o", "json").stdout)
-    assert any(f["sport"] == 40111 for f in after["flows"])
-    assert after["capacity"] == 65536
-    out = the_lab.netctl("conntrack")
-    assert "40111" in out.stdout and "of 65536 entries" in out.stdout
+    (flow,) = [f for f in after["flows"] if f["sport"] == 40111]
+    assert flow["table"] == "unconfirmed"          # nobody answered it
+    assert (after["capacity"], after["unconfirmed"]["capacity"]) == (65536, 8192)
+    out = the_lab.netctl("conntrack").stdout
+    assert "40111" in out and "unconfirmed" in out
+    assert "confirmed: 0 of 65536 entries" in out and "unconfirmed: 1 of 8192 entries" in out
+    assert "related ICMP errors accepted" in out and "invalid" in out
+    status = the_lab.netctl("status").stdout
+    assert "0 of 65536 confirmed, 1 of 8192 unconfirmed" in status, status
     the_lab.netctl("detach", "--all")
     assert the_lab.leftovers() == []
 
