@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from lab import DUT4, DUT6, GEN4, GEN6, lab
+from lab import DUT4, DUT6, GEN4, GEN6, lab, wait_for
 from nsutil import inside, run
 
 POLICY = """
@@ -461,3 +461,38 @@ def test_a_spoofed_syn_flood_evicts_no_established_flow(the_lab):
         finally:
             for c in clients:
                 c.close()
+
+
+def _trafgen(ns: str, ifname: str, frame: bytes, count: int, tmp) -> None:
+    """Send ``frame`` ``count`` times from a packet socket's TX ring: it reaches tc with
+    only its Ethernet header in the linear area (the programs read a copy of the headers).
+    Through the qdisc path: trafgen bypasses it by default, and tc egress with it."""
+    conf = tmp / f"frame-{len(frame)}.trafgen"
+    conf.write_text("{ " + ", ".join(f"0x{b:02x}" for b in frame) + " }\n")
+    out = run("trafgen", "--dev", ifname, "--conf", str(conf), "--num", str(count),
+              "--cpus", "1", "--no-sock-mem", "--qdisc-path", ns=ns, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_what_the_tracker_reads_beyond_the_linear_area_is_read(the_lab, tmp_path):
+    """Frames from a TX ring: a SYN the DUT sends with a window scale option (egress) and
+    ICMP errors about its flow (ingress) are read through the programs' copy of the
+    headers: the shift is recorded and the errors are related."""
+    from scapy.layers.inet import ICMP, IP, TCP, IPerror, TCPerror
+    from scapy.layers.l2 import Ether
+
+    the_lab.apply(POLICY)
+    dut_mac, gen_mac = _mac(the_lab.dut, the_lab.dut_if), _mac(the_lab.gen, the_lab.gen_if)
+    syn = Ether(src=dut_mac, dst=gen_mac) / IP(src=DUT4, dst=GEN4) / TCP(
+        sport=40200, dport=9, flags="S", seq=1000,
+        options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
+                 ("WScale", 9)])
+    _trafgen(the_lab.dut, the_lab.dut_if, bytes(syn), 1, tmp_path)
+    (flow,) = _flows(the_lab, 9)
+    assert (flow["table"], flow["tcp"]["opened_by"], flow["tcp"]["wscale"]) == (
+        "unconfirmed", "syn", 9), flow
+    error = Ether(src=gen_mac, dst=dut_mac) / IP(src=GEN4, dst=DUT4) / ICMP(
+        type=3, code=1) / IPerror(src=DUT4, dst=GEN4) / TCPerror(sport=40200, dport=9)
+    before = the_lab.status()["conntrack"]["related_accepted"]
+    _trafgen(the_lab.gen, the_lab.gen_if, bytes(error), 20, tmp_path)
+    assert wait_for(lambda: the_lab.status()["conntrack"]["related_accepted"] == before + 20)
