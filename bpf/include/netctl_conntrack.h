@@ -45,7 +45,8 @@
 /* "Need n bytes at off" for the tracker's own reads (TCP options, the packet inside an
  * ICMP error), in the header window netctl_parse reads (see NETCTL_NEED there), of a frame
  * of `flen` bytes.  Bytes missing are no error of the packet: the statement `fail` runs
- * instead. */
+ * instead.  The empty asm pins the checked pointer: the compiler may otherwise recompute
+ * data + off for a later read into a register the verifier knows no bound for. */
 #define NETCTL_CT_READ(h, off, n, fail)                                               \
     do {                                                                             \
         if ((off) + (n) > flen || (off) > NETCTL_HDR_WINDOW - (n))                   \
@@ -53,6 +54,7 @@
         (h) = data + (off);                                                          \
         if (is_pkt && (void *)((h) + (n)) > end)                                     \
             fail;                                                                    \
+        asm volatile("" : "+r"(h));                                                  \
     } while (0)
 
 /* Sequence numbers compared modulo 2^32, as the kernel's before() and after(). */
@@ -164,10 +166,7 @@ static __always_inline __u8 netctl_ct_wscale(__u8 *data, void *end, int is_pkt,
         if (off >= stop)
             goto done;
         NETCTL_CT_READ(h, off, 3, goto done);
-        /* All three bytes now, through the checked pointer: left for later, the compiler
-         * may recompute the address into a register the verifier has no bound for. */
         __u64 kind = h[0], len1 = h[1], arg = h[2];
-        asm volatile("" : "+r"(kind), "+r"(len1), "+r"(arg));
         if (kind == 0)
             goto done;
         __u64 nop = ((kind ^ 1) - 1) >> 63;      /* 1 for a no-op, else 0 */
