@@ -94,12 +94,26 @@ STAT_FWD_UNRESOLVED = 45    # forwarding (XDP): next hop's MAC unknown, left to 
 STAT_EVENTS = 46            # events written to the ring buffer
 STAT_EVENTS_LOST = 47       # events a full ring buffer refused
 STAT_EVENTS_SAMPLED_OUT = 48  # events left out by log_sample
+STAT_CT_RELATED = 49         # an ICMP error about a tracked flow, accepted before the rules
+STAT_CT_INVALID = 50         # a tracked flow's packet refused as a reply: on to the rules
+STAT_CT_CONFIRMED = 51       # an unconfirmed entry confirmed by a reply: moved to conntrack
+STAT_CT_UNCONFIRMED_EXPIRED = 52  # a stale unconfirmed entry met by a packet: removed
 STAT_FWD_NOT_UNICAST = 53    # forwarding: multicast, broadcast or link-local, left to the kernel
 STAT_MAX = 56
 HOOK_NAMES = {0: "xdp", 1: "tc"}
 EVENTS_BYTES = 256 * 1024
 
 CT_STATES = {0: "new", 1: "established", 2: "closing"}
+# struct netctl_ct_entry flags: how this host's side of a TCP flow was first seen.
+CT_F_SYN = 1
+CT_F_SYNACK = 2
+CT_F_PICKUP = 4
+CT_F_ACKED = 8
+CT_MAX_WSCALE = 14
+CT_OPENED_BY = {CT_F_SYN: "syn", CT_F_SYNACK: "syn-ack", CT_F_PICKUP: "mid-stream"}
+# The conntrack tables' layout: part of their pin names, so that programs built for a new
+# layout never open a table pinned with an old one.
+CT_LAYOUT = 2
 
 
 def stat_default(direction: int, action: int) -> int:
@@ -154,7 +168,11 @@ class CtKey(ctypes.Structure):
 class CtEntry(ctypes.Structure):
     _fields_ = [("created_ns", ctypes.c_uint64), ("seen_ns", ctypes.c_uint64),
                 ("packets_out", ctypes.c_uint32), ("packets_in", ctypes.c_uint32),
-                ("state", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7)]
+                ("state", ctypes.c_uint8), ("flags", ctypes.c_uint8),
+                ("wscale", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 5),
+                ("our_start", ctypes.c_uint32), ("our_end", ctypes.c_uint32),
+                ("our_ack", ctypes.c_uint32), ("our_maxwin", ctypes.c_uint32),
+                ("our_maxend", ctypes.c_uint32), ("pad2", ctypes.c_uint32)]
 
 
 class Nexthop(ctypes.Structure):
@@ -282,22 +300,56 @@ def array_stride(name: str, constants: dict[str, int]) -> int:
 
 
 _CT_KEY = struct.Struct("<BBHHH16s16s")
-_CT_ENTRY = struct.Struct("<QQIIB7x")
+_CT_ENTRY = struct.Struct("<QQIIBBB5xIIIII4x")
+
+
+def unpack_ct_key(key: bytes) -> tuple[int, int, int, int, bytes, bytes]:
+    """-> (family, proto, sport, dport, saddr, daddr) as stored: the replies' tuple."""
+    family, proto, sport, dport, _, saddr, daddr = _CT_KEY.unpack(key)
+    return family, proto, sport, dport, saddr, daddr
+
+
+def pack_ct_key(family: int, proto: int, sport: int, dport: int, saddr: bytes,
+                daddr: bytes) -> bytes:
+    return _CT_KEY.pack(family, proto, sport, dport, 0, saddr.ljust(16, b"\0"),
+                        daddr.ljust(16, b"\0"))
+
+
+def unpack_ct_entry(value: bytes) -> dict:
+    """Every field of a conntrack entry, as in struct netctl_ct_entry."""
+    (created, seen, out, inn, state, flags, wscale, start, end, ack, maxwin,
+     maxend) = _CT_ENTRY.unpack(value)
+    return {"created_ns": created, "seen_ns": seen, "packets_out": out, "packets_in": inn,
+            "state": state, "flags": flags, "wscale": wscale, "our_start": start,
+            "our_end": end, "our_ack": ack, "our_maxwin": maxwin, "our_maxend": maxend}
 
 
 def unpack_ct(key: bytes, value: bytes) -> dict:
     """A conntrack entry as the flow this host started: (local -> remote), its state, ages
-    (from the kernel's monotonic clock, ns) and packet counts."""
-    family, proto, sport, dport, _, saddr, daddr = _CT_KEY.unpack(key)
-    created, seen, out, inn, state = _CT_ENTRY.unpack(value)
-    n = ADDR_BYTES.get(family, 16)
+    (from the kernel's monotonic clock, ns) and packet counts; for TCP also how this host's
+    side was first seen and what it sent (sequence numbers, window)."""
     import ipaddress
 
+    family, proto, sport, dport, saddr, daddr = unpack_ct_key(key)
+    entry = unpack_ct_entry(value)
+    n = ADDR_BYTES.get(family, 16)
     remote = ipaddress.ip_address(saddr[:n])
     local = ipaddress.ip_address(daddr[:n])
-    return {"family": family, "proto": proto, "src": str(local), "sport": dport,
-            "dst": str(remote), "dport": sport, "state": CT_STATES.get(state, str(state)),
-            "created_ns": created, "seen_ns": seen, "packets_out": out, "packets_in": inn}
+    out = {"family": family, "proto": proto, "src": str(local), "sport": dport,
+           "dst": str(remote), "dport": sport,
+           "state": CT_STATES.get(entry["state"], str(entry["state"])),
+           "created_ns": entry["created_ns"], "seen_ns": entry["seen_ns"],
+           "packets_out": entry["packets_out"], "packets_in": entry["packets_in"]}
+    if proto == 6:
+        flags = entry["flags"]
+        out["tcp"] = {
+            "opened_by": next((text for bit, text in CT_OPENED_BY.items() if flags & bit),
+                              None),
+            "wscale": entry["wscale"], "our_end": entry["our_end"],
+            "our_ack": entry["our_ack"] if flags & CT_F_ACKED else None,
+            "our_maxwin": entry["our_maxwin"],
+            "our_maxend": entry["our_maxend"] if flags & CT_F_ACKED else None}
+    return out
 
 
 _NEXTHOP = struct.Struct("<IBB6s6sBx16s")

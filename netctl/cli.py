@@ -557,9 +557,13 @@ def format_status(report: dict) -> str:
         lines.append("left to the kernel: " + ", ".join(f"{k} {v}" for k, v in kernel.items()))
     ct = report.get("conntrack")
     if ct and ct["enabled"]:
+        waiting = ct["unconfirmed"]
         lines.append("")
-        lines.append(f"conntrack {ct['entries']} of {ct['capacity']} entries, "
-                     f"{ct['replies_accepted']} replies accepted, {ct['evicted']} evicted")
+        lines.append(f"conntrack {ct['entries']} of {ct['capacity']} confirmed, "
+                     f"{waiting['entries']} of {waiting['capacity']} unconfirmed; "
+                     f"{ct['replies_accepted']} replies and {ct['related_accepted']} related "
+                     f"accepted, {ct['invalid']} invalid; evicted {ct['evicted']} confirmed, "
+                     f"{waiting['evicted']} unconfirmed")
     for problem in report["problems"]:
         lines.append(f"problem: {problem}")
     return "\n".join(lines)
@@ -612,17 +616,23 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
     if not report["enabled"]:
         print("connection tracking is off (the live policy has no stateful: true)")
     names = {v: k for k, v in PROTOCOLS.items()}
-    print(f"{'PROTO':<7} {'LOCAL':<41} {'REMOTE':<41} {'STATE':<12} {'AGE':>8} {'IDLE':>8} "
-          f"{'OUT':>7} {'IN':>7}")
+    print(f"{'PROTO':<7} {'LOCAL':<41} {'REMOTE':<41} {'STATE':<12} {'TABLE':<11} "
+          f"{'AGE':>8} {'IDLE':>8} {'OUT':>7} {'IN':>7}")
     for f in report["flows"]:
         local = f"{f['src']}:{f['sport']}" if f["family"] == 4 else f"[{f['src']}]:{f['sport']}"
         remote = f"{f['dst']}:{f['dport']}" if f["family"] == 4 else f"[{f['dst']}]:{f['dport']}"
         print(f"{names.get(f['proto'], str(f['proto'])):<7} {local:<41} {remote:<41} "
-              f"{f['state']:<12} {f['age_s']:>7.1f}s {f['idle_s']:>7.1f}s "
+              f"{f['state']:<12} {f['table']:<11} {f['age_s']:>7.1f}s {f['idle_s']:>7.1f}s "
               f"{f['packets_out']:>7} {f['packets_in']:>7}")
-    print(f"{report['entries']} of {report['capacity']} entries; {report['created']} created, "
-          f"{report['expired']} expired, {report['evicted']} evicted (table full), "
-          f"{report['replies_accepted']} replies accepted")
+    waiting = report["unconfirmed"]
+    print(f"confirmed: {report['entries']} of {report['capacity']} entries, "
+          f"{report['confirmed']} confirmed by a reply, {report['expired']} expired or "
+          f"ended by a new connection, {report['evicted']} evicted (table full)")
+    print(f"unconfirmed: {waiting['entries']} of {waiting['capacity']} entries, "
+          f"{report['created']} created, {waiting['expired']} expired, {waiting['evicted']} "
+          f"evicted (table full)")
+    print(f"{report['replies_accepted']} replies and {report['related_accepted']} related ICMP "
+          f"errors accepted, {report['invalid']} invalid (left to the rules)")
     return EXIT_OK
 
 

@@ -74,16 +74,33 @@ class Collector:
             yield drops
             ct = report.get("conntrack") or {}
             if ct.get("enabled"):
-                for name, help_text, value in (
-                        ("netctl_conntrack_entries", "tracked flows now", ct["entries"]),
-                        ("netctl_conntrack_capacity", "tracked flows at most", ct["capacity"])):
-                    g = GaugeMetricFamily(name, help_text)
-                    g.add_metric([], value)
+                waiting = ct["unconfirmed"]
+                for name, help_text, confirmed, unconfirmed in (
+                        ("netctl_conntrack_entries", "tracked flows now, by table",
+                         ct["entries"], waiting["entries"]),
+                        ("netctl_conntrack_capacity", "tracked flows at most, by table",
+                         ct["capacity"], waiting["capacity"])):
+                    g = GaugeMetricFamily(name, help_text, labels=["table"])
+                    g.add_metric(["confirmed"], confirmed)
+                    g.add_metric(["unconfirmed"], unconfirmed)
                     yield g
                 evicted = CounterMetricFamily("netctl_conntrack_evicted", "tracked flows "
-                                              "evicted by a full table")
-                evicted.add_metric([], ct["evicted"])
+                                              "evicted by a full table, by table",
+                                              labels=["table"])
+                evicted.add_metric(["confirmed"], ct["evicted"])
+                evicted.add_metric(["unconfirmed"], waiting["evicted"])
                 yield evicted
+                accepted = CounterMetricFamily("netctl_conntrack_accepted", "packets "
+                                               "connection tracking accepted before the "
+                                               "rules, by kind", labels=["kind"])
+                accepted.add_metric(["reply"], ct["replies_accepted"])
+                accepted.add_metric(["related"], ct["related_accepted"])
+                yield accepted
+                invalid = CounterMetricFamily("netctl_conntrack_invalid", "packets of "
+                                              "tracked flows refused as replies (left to "
+                                              "the rules)")
+                invalid.add_metric([], ct["invalid"])
+                yield invalid
             events = CounterMetricFamily("netctl_events", "datapath events for monitor, by "
                                          "outcome", labels=["outcome"])
             for outcome in ("sent", "lost", "sampled_out"):

@@ -452,3 +452,211 @@ def mutate(rng: random.Random, frame: bytes) -> bytes:
     while bytes(out) == frame:
         _mutate_once(rng, out)
     return bytes(out)
+
+
+# ---- connection tracking: conversations and ICMP errors ------------------------------
+
+CT_HOSTS = {4: "192.0.2.1", 6: "2001:db8::1"}
+CT_PEERS = {4: ["198.51.100.7", "198.51.100.8"], 6: ["2001:db8:ffff::7", "2001:db8:ffff::8"]}
+CT_HOST_PORTS = [40000, 40001, 22]
+CT_PEER_PORTS = [443, 50000]
+CT_ECHO_IDS = [0x4242, 0x4243]
+M32 = 0xFFFFFFFF
+
+
+def _ip(family: int, src: str, dst: str, **kw) -> Packet:
+    return IP(src=src, dst=dst, **kw) if family == 4 else IPv6(src=src, dst=dst)
+
+
+def _eth_frame(payload: Packet) -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / payload)
+
+
+def _ct_key(family: int, proto: int, sport: int, dport: int, saddr: str, daddr: str):
+    pack = ipaddress.ip_address
+    return (family, proto, sport, dport, pack(saddr).packed.ljust(16, b"\0"),
+            pack(daddr).packed.ljust(16, b"\0"))
+
+
+def _near(rng: random.Random, *anchors: int) -> int:
+    """A 32-bit number on or next to one of the anchors (the edges of a window), or any."""
+    if anchors and rng.random() < 0.85:
+        return (rng.choice(anchors) + rng.choice([-1, 0, 0, 1])) & M32
+    return rng.getrandbits(32)
+
+
+def _tcp_options(rng: random.Random) -> list:
+    return rng.choice([
+        [], [("WScale", rng.choice([0, 7, 14, 15, 255]))],
+        [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
+         ("WScale", rng.randrange(16))],
+        [("NOP", None)] * 9 + [("WScale", 3)],         # past the walk's steps: largest shift
+        [("MSS", 1460), ("NOP", None), ("NOP", None), ("EOL", None), ("WScale", 5)],
+        [("Timestamp", (5, 6)), ("NOP", None), ("NOP", None)],
+    ])
+
+
+def conntrack_step(rng: random.Random, tracker) -> tuple[str, bytes]:
+    """One packet between this host (CT_HOSTS) and its peers, for a stateful differential
+    test: ("egress" | "ingress", frame).  Tuples come from small pools so that flows meet
+    again; TCP sequence and acknowledgement numbers are aimed at the edges of what the
+    reference ``tracker`` holds for the tuple (window ends, the host's ISN and next byte)."""
+    family = rng.choice([4, 6])
+    host, peer = CT_HOSTS[family], rng.choice(CT_PEERS[family])
+    hport, pport = rng.choice(CT_HOST_PORTS), rng.choice(CT_PEER_PORTS)
+    kind = rng.choices(["tcp", "udp", "echo", "error"], weights=[8, 2, 1, 2])[0]
+    if kind == "error":
+        return "ingress", icmp_error(rng, family, tracker)
+    egress = rng.random() < 0.5
+    src, dst = (host, peer) if egress else (peer, host)
+    if kind == "udp":
+        sport, dport = (hport, pport) if egress else (pport, hport)
+        return ("egress" if egress else "ingress",
+                _eth_frame(_ip(family, src, dst) / UDP(sport=sport, dport=dport) / b"u"))
+    if kind == "echo":
+        ident = rng.choice(CT_ECHO_IDS)
+        if family == 4:
+            icmp = ICMP(type=8 if egress else 0, id=ident)
+        else:
+            from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest
+            icmp = (ICMPv6EchoRequest if egress else ICMPv6EchoReply)(id=ident)
+        return "egress" if egress else "ingress", _eth_frame(_ip(family, src, dst) / icmp)
+    key = _ct_key(family, 6, pport, hport, peer, host)
+    e = tracker.confirmed.get(key) or tracker.unconfirmed.get(key)
+    if egress:
+        flags = rng.choice(["S", "S", "SA", "A", "PA", "FA", "RA", "R", "A"])
+        anchors = (e.our_start, e.our_end) if e else ()
+        seq = _near(rng, *anchors)
+        ack = _near(rng, *((e.our_ack,) if e else ()))
+        tcp = TCP(sport=hport, dport=pport, flags=flags, seq=seq, ack=ack,
+                  window=rng.choice([0, 1, 300, 65535, rng.randrange(65536)]),
+                  options=_tcp_options(rng) if "S" in flags else [])
+    else:
+        flags = rng.choice(["SA", "SA", "A", "PA", "FA", "R", "RA", "S", "A"])
+        seqs = (e.our_ack, e.our_maxend, (e.our_ack - e.our_maxwin) & M32) if e else ()
+        acks = (e.our_end, e.our_start, (e.our_start + 1) & M32,
+                (e.our_end - (0xFFFF << 14)) & M32) if e else ()
+        tcp = TCP(sport=pport, dport=hport, flags=flags, seq=_near(rng, *seqs),
+                  ack=_near(rng, *acks), window=rng.randrange(65536))
+    payload = _junk(rng, 0, 60) if rng.random() < 0.4 else b""
+    return "egress" if egress else "ingress", _eth_frame(_ip(family, src, dst) / tcp / payload)
+
+
+ICMP_ERRORS = {4: [3, 11, 12], 6: [1, 2, 3, 4]}
+ICMP_NOT_ERRORS = {4: [0, 4, 5, 8], 6: [128, 129, 135]}
+
+
+def _icmp_error_frame(family: int, icmp_type: int, inner: bytes, to: str | None = None,
+                      outer_family: int | None = None) -> bytes:
+    """An ICMP error from a router to this host (or ``to``) carrying ``inner``."""
+    outer_family = outer_family or family
+    router = "192.0.2.254" if outer_family == 4 else "2001:db8::fe"
+    dst = to or CT_HOSTS[outer_family]
+    if outer_family == 4:
+        return _eth_frame(IP(src=router, dst=dst) / ICMP(type=icmp_type, code=4) / Raw(inner))
+    return _eth_frame(IPv6(src=router, dst=dst) / ICMPv6Unknown(
+        type=icmp_type, code=0, msgbody=b"\0\0\x05\x00" + inner))
+
+
+def _inner(family: int, what: str, peer: str, hport: int = 40000, pport: int = 443,
+           ident: int = CT_ECHO_IDS[0], **ip_kw) -> bytes:
+    """A packet this host sent (the start of it, as an ICMP error quotes it)."""
+    ip = _ip(family, CT_HOSTS[family], peer, **ip_kw)
+    if what == "tcp":
+        return bytes(ip / TCP(sport=hport, dport=pport, flags="A", seq=1001) / (b"d" * 40))
+    if what == "udp":
+        return bytes(ip / UDP(sport=hport, dport=pport) / b"q")
+    if what in ("echo", "echo-reply"):
+        request = what == "echo"
+        if family == 4:
+            return bytes(ip / ICMP(type=8 if request else 0, id=ident))
+        from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest
+        return bytes(ip / (ICMPv6EchoRequest if request else ICMPv6EchoReply)(id=ident))
+    return bytes(ip / Raw(b"\0" * 12)) if family == 6 else bytes(
+        IP(src=CT_HOSTS[4], dst=peer, proto=47, **ip_kw) / Raw(b"\0" * 12))
+
+
+def icmp_error(rng: random.Random, family: int, tracker) -> bytes:
+    """An ICMP error to this host, mostly about a tuple the tracker holds."""
+    keys = [k for k in (*tracker.confirmed, *tracker.unconfirmed) if k[0] == family]
+    what = rng.choice(["tcp", "udp", "echo"])
+    peer, hport, pport = rng.choice(CT_PEERS[family]), rng.choice(CT_HOST_PORTS), \
+        rng.choice(CT_PEER_PORTS)
+    if keys and rng.random() < 0.7:
+        _, proto, sport, dport, saddr, _ = rng.choice(keys)
+        peer = str(ipaddress.ip_address(saddr[:4] if family == 4 else saddr))
+        what = {6: "tcp", 17: "udp"}.get(proto, "echo")
+        hport, pport = dport, sport
+    inner = _inner(family, what, peer, hport, pport, ident=pport if what == "echo" else 0)
+    types = ICMP_ERRORS[family] if rng.random() < 0.85 else ICMP_NOT_ERRORS[family]
+    frame = _icmp_error_frame(family, rng.choice(types), inner)
+    if rng.random() < 0.2:
+        frame = frame[:rng.randrange(14, len(frame) + 1)]
+    return frame
+
+
+def icmp_error_frames() -> Iterator[tuple[str, bytes]]:
+    """Named ICMP errors about the flows `icmp_error_flows` sets up (and others): every
+    error type and some that are not errors, each inner protocol, inner packets that are
+    not the error's family, fragments, IPv4 options, an IPv6 extension header, the wrong
+    addressee, and every base case cut at every length."""
+    for family in (4, 6):
+        peer = CT_PEERS[family][0]
+        bases = {what: _inner(family, what, peer, pport=53 if what == "udp" else 443)
+                 for what in ("tcp", "udp", "echo", "echo-reply", "other")}
+        for what, inner in bases.items():
+            for icmp_type in ICMP_ERRORS[family] + ICMP_NOT_ERRORS[family]:
+                yield (f"v{family}-{what}-type{icmp_type}",
+                       _icmp_error_frame(family, icmp_type, inner))
+            frame = _icmp_error_frame(family, ICMP_ERRORS[family][0], inner)
+            for n in range(len(frame)):
+                yield f"v{family}-{what}/cut{n}", frame[:n]
+            yield (f"v{family}-{what}-to-another-host",
+                   _icmp_error_frame(family, ICMP_ERRORS[family][0], inner,
+                                     to=CT_PEERS[family][1]))
+            yield (f"v{family}-{what}-inside-v{10 - family}-error",
+                   _icmp_error_frame(family, ICMP_ERRORS[10 - family][0], inner,
+                                     outer_family=10 - family))
+        first = ICMP_ERRORS[family][0]
+        yield f"v{family}-other-peer", _icmp_error_frame(
+            family, first, _inner(family, "tcp", CT_PEERS[family][1]))
+        yield f"v{family}-other-port", _icmp_error_frame(
+            family, first, _inner(family, "tcp", peer, hport=40001))
+        yield f"v{family}-other-echo-id", _icmp_error_frame(
+            family, first, _inner(family, "echo", peer, ident=CT_ECHO_IDS[1]))
+    peer4, peer6 = CT_PEERS[4][0], CT_PEERS[6][0]
+    yield "v4-inner-options", _icmp_error_frame(4, 3, _inner(
+        4, "tcp", peer4, options=[IPOption_NOP()] * 4))
+    yield "v4-inner-first-fragment", _icmp_error_frame(4, 3, _inner(4, "udp", peer4,
+                                                                    pport=53, flags=1))
+    yield "v4-inner-nonfirst-fragment", _icmp_error_frame(4, 3, _inner(4, "udp", peer4,
+                                                                       pport=53, frag=7))
+    bad_ihl = bytearray(_inner(4, "tcp", peer4))
+    bad_ihl[0] = 0x44
+    yield "v4-inner-ihl4", _icmp_error_frame(4, 3, bytes(bad_ihl))
+    ext = bytes(IPv6(src=CT_HOSTS[6], dst=peer6) / IPv6ExtHdrHopByHop() /
+                TCP(sport=40000, dport=443, flags="A"))
+    yield "v6-inner-extension-header", _icmp_error_frame(6, 2, ext)
+    # Extension headers push the quoted packet past the header window the datapath reads:
+    # not related (and not malformed: the error's own headers lie inside it).
+    padding = IPv6ExtHdrDestOpt(nh=58, options=[PadN(optdata=bytes(253)),
+                                                PadN(optdata=bytes(189))])
+    yield "v6-inner-past-the-window", _eth_frame(
+        IPv6(src="2001:db8::fe", dst=CT_HOSTS[6]) / padding / ICMPv6Unknown(
+            type=2, code=0, msgbody=b"\0\0\x05\x00" + _inner(6, "tcp", peer6)))
+
+
+def icmp_error_flows() -> Iterator[tuple[str, bytes]]:
+    """(direction, frame) that make the flows icmp_error_frames is about: per family a TCP
+    connection confirmed by the peer's SYN-ACK, a UDP query and an echo request (left
+    unconfirmed)."""
+    for family in (4, 6):
+        host, peer = CT_HOSTS[family], CT_PEERS[family][0]
+        yield "egress", _eth_frame(_ip(family, host, peer) / TCP(sport=40000, dport=443,
+                                                                 flags="S", seq=1000))
+        yield "ingress", _eth_frame(_ip(family, peer, host) / TCP(
+            sport=443, dport=40000, flags="SA", seq=5000, ack=1001))
+        yield "egress", _eth_frame(_ip(family, host, peer) / UDP(sport=40000, dport=53))
+        ether = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02",
+                      type=ETH_P_IP if family == 4 else ETH_P_IPV6)
+        yield "egress", bytes(ether) + _inner(family, "echo", peer)

@@ -55,6 +55,8 @@
 #define NETCTL_CFG_ROUTES (NETCTL_CFG_CT_ICMP + 1)
 /* Events (policy drops, log: true matches): one in this many goes to the ring buffer. */
 #define NETCTL_CFG_EVENT_SAMPLE (NETCTL_CFG_ROUTES + 1)
+/* Connection tracking: idle timeout (seconds) of TCP before its handshake completed. */
+#define NETCTL_CFG_CT_TCP_UNCONFIRMED (NETCTL_CFG_EVENT_SAMPLE + 1)
 
 #define NETCTL_PORT_INDEX 65536    /* port slot stride: tcp 0, udp 1 */
 #define NETCTL_ICMP_INDEX 65536    /* icmp slot stride: ICMP 0, ICMPv6 1; type << 8 | code */
@@ -99,6 +101,13 @@ enum netctl_drop {
 #define NETCTL_STAT_EVENTS 46           /* events written to the ring buffer */
 #define NETCTL_STAT_EVENTS_LOST 47      /* events the full ring buffer refused */
 #define NETCTL_STAT_EVENTS_SAMPLED_OUT 48 /* events left out by sampling */
+#define NETCTL_STAT_CT_RELATED 49       /* an ICMP error about a tracked flow: accepted */
+#define NETCTL_STAT_CT_INVALID 50       /* a tracked flow's packet refused as a reply (a
+                                         * RST/FIN outside the window, a handshake reply
+                                         * acknowledging nothing sent): on to the rules */
+#define NETCTL_STAT_CT_CONFIRMED 51     /* an unconfirmed entry confirmed by a reply: moved
+                                         * to the table of confirmed flows */
+#define NETCTL_STAT_CT_UNCONFIRMED_EXPIRED 52 /* a stale unconfirmed entry met: removed */
 #define NETCTL_STAT_FWD_NOT_UNICAST 53  /* multicast, broadcast, link-local: left to the kernel */
 #define NETCTL_STAT_MAX 56
 
@@ -160,17 +169,37 @@ struct netctl_ct_key {
     __u8 daddr[16];
 };
 
-#define NETCTL_CT_NEW 0           /* TCP: SYN sent; UDP/ICMP: request sent */
-#define NETCTL_CT_ESTABLISHED 1   /* TCP: a reply came; UDP/ICMP: a reply came */
-#define NETCTL_CT_CLOSING 2       /* TCP: FIN or RST seen either way */
+#define NETCTL_CT_NEW 0           /* no valid reply yet (TCP: handshake not complete) */
+#define NETCTL_CT_ESTABLISHED 1   /* a valid reply came */
+#define NETCTL_CT_CLOSING 2       /* TCP: a FIN or RST seen either way */
 
+/* How this host's side of a TCP flow was first seen (netctl_ct_entry.flags). */
+#define NETCTL_CT_F_SYN 1         /* it sent the SYN: the window scale is known */
+#define NETCTL_CT_F_SYNACK 2      /* it sent a SYN-ACK: the window scale is known */
+#define NETCTL_CT_F_PICKUP 4      /* mid-stream: window scale assumed NETCTL_CT_MAX_WSCALE */
+#define NETCTL_CT_F_ACKED 8       /* it has sent an ACK: our_ack, our_maxend are set */
+#define NETCTL_CT_MAX_WSCALE 14
+
+/* A tracked flow.  Confirmed flows (a valid reply seen) live in `conntrack`, flows still
+ * waiting for one in `conntrack_unconfirmed`, a smaller table: a flood of unanswered flows
+ * can only push out other unanswered flows.  For TCP, the entry keeps what this host sent,
+ * enough to tell whether an incoming RST or FIN lies in the window it advertised (sequence
+ * numbers modulo 2^32, host byte order). */
 struct netctl_ct_entry {
     __u64 created_ns;    /* bpf_ktime_get_ns() */
     __u64 seen_ns;       /* last packet either way */
     __u32 packets_out;
     __u32 packets_in;
     __u8 state;          /* NETCTL_CT_* */
-    __u8 pad[7];
+    __u8 flags;          /* NETCTL_CT_F_* */
+    __u8 wscale;         /* this host's window scale (shift) */
+    __u8 pad[5];
+    __u32 our_start;     /* sequence number of the first segment seen (the ISN after a SYN) */
+    __u32 our_end;       /* highest sequence number sent, plus its length (SYN, FIN: 1) */
+    __u32 our_ack;       /* highest acknowledgement sent: what the peer sends next */
+    __u32 our_maxwin;    /* largest window advertised, scaled */
+    __u32 our_maxend;    /* highest our_ack + window advertised: the receive window's end */
+    __u32 pad2;
 };
 
 /* Where a route's packets go: the egress interface, the next hop's address (for the tc

@@ -139,7 +139,7 @@ static __always_inline int netctl_forward_xdp(struct netctl_pkt *p, __u32 gen,
         struct netctl_verdict ev = { .rule = NETCTL_NO_RULE, .gen = gen,
                                      .sample = cfg->word[NETCTL_CFG_EVENT_SAMPLE] };
         __u32 out_ifindex = nh->ifindex;
-        netctl_decide(p, gen, cfg, NETCTL_DIR_EGRESS, len, &ev);
+        netctl_decide(data, end, 1, p, gen, cfg, NETCTL_DIR_EGRESS, len, &ev);
         netctl_emit(p, &ev, out_ifindex, NETCTL_HOOK_XDP, NETCTL_DIR_EGRESS);
         if (ev.drop)
             return XDP_DROP;

@@ -6,8 +6,9 @@
  *   2. ICMPv6 neighbour discovery (133-137, not a fragment) with hop limit 255 (RFC 4861:
  *      anything else was forwarded and receivers discard it), and for a redirect (137) a
  *      link-local source, is accepted when allowed; other ND goes through the rules;
- *   3. with stateful: true, at ingress, a reply to a tracked flow is accepted
- *      (netctl_conntrack.h); at egress, an accepted packet is tracked after step 4 or 5;
+ *   3. with stateful: true, at ingress, a valid reply to a tracked flow, or an ICMP error
+ *      about one, is accepted (netctl_conntrack.h); at egress, an accepted packet is
+ *      tracked after step 4 or 5;
  *   4. the first rule of the packet's direction that matches decides;
  *   5. otherwise the direction's default.
  * Step 3 is a fixed number of lookups whatever the number of rules (docs/classification.md):
@@ -170,10 +171,12 @@ static __always_inline int netctl_is_ndp(struct netctl_pkt *p)
     return 1;
 }
 
-/* Decide an IP packet that netctl_parse filled in `pp`, by generation `gen` (whose config
- * is `cfg`), in direction `dir`: steps 2-5 of the precedence above, counted.  `v` comes
- * with the generation and sampling filled in. */
-static __always_inline void netctl_decide(struct netctl_pkt *pp, __u32 gen,
+/* Decide an IP packet that netctl_parse filled in `pp` from the header window at `data`
+ * (connection tracking reads further in it), by generation `gen` (whose config is `cfg`),
+ * in direction `dir`: steps 2-5 of the precedence above, counted.  `v` comes with the
+ * generation and sampling filled in. */
+static __always_inline void netctl_decide(__u8 *data, void *end, int is_pkt,
+                                          struct netctl_pkt *pp, __u32 gen,
                                           struct netctl_config *cfg, int dir, __u32 len,
                                           struct netctl_verdict *v)
 {
@@ -183,8 +186,11 @@ static __always_inline void netctl_decide(struct netctl_pkt *pp, __u32 gen,
         return;
     }
     int stateful = cfg->word[NETCTL_CFG_STATEFUL];
-    if (stateful && dir == NETCTL_DIR_INGRESS && netctl_ct_reply(pp, cfg, len))
+    if (stateful && dir == NETCTL_DIR_INGRESS &&
+        netctl_ct_ingress(data, end, is_pkt, pp, cfg, len))
         return;
+    if (stateful && dir == NETCTL_DIR_EGRESS)
+        netctl_ct_prepare(data, end, is_pkt, pp);
 
 #ifdef NETCTL_TEST_VERIFIER_REJECT
     /* Test-only (tests/netns): a read at an unbounded offset, which the verifier refuses,
@@ -250,7 +256,7 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
         netctl_count_stat(parsed & (NETCTL_DROP_MAX - 1), len);
         return v;
     }
-    netctl_decide(pp, gen, cfg, dir, len, &v);
+    netctl_decide(data, end, is_pkt, pp, gen, cfg, dir, len, &v);
     return v;
 }
 

@@ -75,12 +75,20 @@ BPF_TABLE_PINNED("hash", struct netctl_local_key, u32, local_addrs, 4096,
                  NETCTL_PIN(local_addrs));
 
 /* Tracked flows (netctl_conntrack.h).  Not per generation, and pinned outside the build
- * directory (NETCTL_CT_PIN), so that flows survive policy changes and program rebuilds. */
+ * directory (NETCTL_CT_PIN, NETCTL_CT_UNCONFIRMED_PIN), so that flows survive policy
+ * changes and program rebuilds.  Two tables: confirmed flows, and the smaller one of flows
+ * no valid reply has confirmed yet, which a flood of unanswered flows fills instead. */
 #ifndef NETCTL_CT_PIN
 #error "compile with -DNETCTL_CT_PIN='\"/path\"'"
 #endif
+#ifndef NETCTL_CT_UNCONFIRMED_PIN
+#error "compile with -DNETCTL_CT_UNCONFIRMED_PIN='\"/path\"'"
+#endif
 BPF_TABLE_PINNED("lru_hash", struct netctl_ct_key, struct netctl_ct_entry, conntrack,
                  NETCTL_CT_ENTRIES, NETCTL_CT_PIN);
+BPF_TABLE_PINNED("lru_hash", struct netctl_ct_key, struct netctl_ct_entry,
+                 conntrack_unconfirmed, NETCTL_CT_UNCONFIRMED_ENTRIES,
+                 NETCTL_CT_UNCONFIRMED_PIN);
 
 /* Per-CPU scratch space (programs run to completion on one CPU): the class vectors of the
  * packet being judged, and a copy of the header window for frames whose headers are not all
@@ -98,6 +106,12 @@ BPF_TABLE_PINNED("percpu_array", u32, struct netctl_pkt_classes, netctl_scratch,
                  NETCTL_PIN(netctl_scratch));
 BPF_TABLE_PINNED("percpu_array", u32, struct netctl_window, netctl_window_copy, 1,
                  NETCTL_PIN(netctl_window_copy));
+/* Connection tracking's per-packet scratch (netctl_conntrack.h, netctl_ct_prepare). */
+struct netctl_ct_scratch {
+    __u64 wscale;   /* an egress SYN's window scale, from netctl_ct_prepare to netctl_ct_track */
+};
+BPF_TABLE_PINNED("percpu_array", u32, struct netctl_ct_scratch, netctl_ct_scratch, 1,
+                 NETCTL_PIN(netctl_ct_scratch));
 
 /* Whether anyone listens for events: `netctl monitor` holds a lease, renewed while it runs
  * (netctl_abi.h, struct netctl_events_ctl).  Nobody listening: no event is made at all. */

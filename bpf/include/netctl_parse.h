@@ -52,6 +52,13 @@ struct netctl_pkt {
         struct netctl_lpm4_key v4;
         struct netctl_lpm6_key v6;
     } src, dst;
+    /* For connection tracking (netctl_conntrack.h), which reads further on its own: */
+    __u16 l4_off;        /* offset of the transport header (when l4 is not NONE) */
+    __u16 tcp_win;       /* TCP: the window field, unscaled */
+    __u32 tcp_seq;       /* TCP: sequence and acknowledgement numbers (host order) */
+    __u32 tcp_ack;
+    __u8 tcp_hlen;       /* TCP: header length in bytes, from the data offset field */
+    __u8 pad3[3];
 };
 
 static __always_inline __u16 netctl_be16(const __u8 *b)
@@ -93,11 +100,16 @@ static __always_inline int netctl_parse_l4(__u8 *data, void *end, int is_pkt,
 
     if (p->fragment)
         return NETCTL_PARSED_IP;
+    p->l4_off = off;
     if (p->proto == 6) {
         NETCTL_NEED(h, off, 20, NETCTL_DROP_TRUNC_L4);
         p->sport = netctl_be16(h);
         p->dport = netctl_be16(h + 2);
         p->tcp_flags = h[13];
+        p->tcp_seq = ((__u32)netctl_be16(h + 4) << 16) | netctl_be16(h + 6);
+        p->tcp_ack = ((__u32)netctl_be16(h + 8) << 16) | netctl_be16(h + 10);
+        p->tcp_win = netctl_be16(h + 14);
+        p->tcp_hlen = (h[12] >> 4) * 4;
         p->l4 = NETCTL_L4_PORTS;
     } else if (p->proto == 17) {
         NETCTL_NEED(h, off, 8, NETCTL_DROP_TRUNC_L4);

@@ -52,11 +52,19 @@ def _inline(path: Path, out: list[str], seen: set[Path]) -> None:
         out.append(f'#line {number + 1} "{path}"\n')
 
 
+def unconfirmed_pin(ct_pin: str) -> str:
+    """The pin of the table of unconfirmed flows that goes with the conntrack table pinned at
+    ``ct_pin``."""
+    return f"{ct_pin}-unconfirmed"
+
+
 def cflags(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...] = (),
            ct_pin: str | None = None) -> list[str]:
     flags = [f"-D{name}={value}" for name, value in sorted(constants.items())]
     flags.append(f'-DNETCTL_PIN_DIR="{pin_dir}"')
-    flags.append(f'-DNETCTL_CT_PIN="{ct_pin or pin_dir + "/conntrack"}"')
+    ct_pin = ct_pin or pin_dir + "/conntrack"
+    flags.append(f'-DNETCTL_CT_PIN="{ct_pin}"')
+    flags.append(f'-DNETCTL_CT_UNCONFIRMED_PIN="{unconfirmed_pin(ct_pin)}"')
     flags.extend(extra)
     return flags
 

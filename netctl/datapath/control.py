@@ -35,7 +35,7 @@ from ..policy.plan import Limits, MapPlan, PlanDiff, diff
 from ..policy.plan import constants as plan_constants
 from . import attach as att
 from . import maps as mapio
-from .build import source_digest
+from .build import source_digest, unconfirmed_pin
 from .instance import Datapath, PinsMissing, contents_plan, settle
 from .netns import Namespace, ensure_pin_root, netns_name
 
@@ -594,7 +594,8 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
 def _stale_builds(ns: Namespace, build: dict) -> list[str]:
     """Builds no state refers to: the old one after a rebuild, or one an apply killed half
     way left behind."""
-    keep = (build["id"], os.path.basename(ns.ct_pin(build["constants"])))
+    ct_pin = ns.ct_pin(build["constants"])
+    keep = (build["id"], os.path.basename(ct_pin), os.path.basename(unconfirmed_pin(ct_pin)))
     return [b for b in ns.builds() if b not in keep]
 
 
@@ -887,7 +888,8 @@ def status(verify: bool = True) -> dict[str, Any]:
                               "description": reason.description})
         out["drops"] = drops
         out["passed"] = {"non_ip": stats[abi.STAT_NON_IP][0], "ndp": stats[abi.STAT_NDP][0],
-                         "conntrack_replies": stats[abi.STAT_CT_REPLY][0]}
+                         "conntrack_replies": stats[abi.STAT_CT_REPLY][0],
+                         "conntrack_related": stats[abi.STAT_CT_RELATED][0]}
         out["conntrack"] = _conntrack_summary(live, dp_cfg, stats)
         from ..policy.plan import CFG_EVENT_SAMPLE
 
@@ -913,15 +915,32 @@ def status(verify: bool = True) -> dict[str, Any]:
 
 
 def _conntrack_summary(live: Datapath, cfg: tuple[int, ...], stats) -> dict[str, Any]:
+    """The two tables and the tracker's counts.  The kernel does not count LRU evictions;
+    they are derived: an entry enters the unconfirmed table when created and leaves it
+    confirmed, expired or evicted; it enters the confirmed table when confirmed and leaves
+    it expired (or ended by a new connection on its tuple) or evicted."""
     from ..policy.plan import CFG_STATEFUL
 
-    entries = live.conntrack_count()
-    created, expired = stats[abi.STAT_CT_NEW][0], stats[abi.STAT_CT_EXPIRED][0]
-    # Entries only leave by expiring (counted) or by LRU eviction when the table is full.
+    def count(slot: int) -> int:
+        return stats[slot][0]
+
+    entries = live.conntrack_count("conntrack")
+    waiting = live.conntrack_count("conntrack_unconfirmed")
+    created, confirmed = count(abi.STAT_CT_NEW), count(abi.STAT_CT_CONFIRMED)
+    expired, expired_unconfirmed = (count(abi.STAT_CT_EXPIRED),
+                                    count(abi.STAT_CT_UNCONFIRMED_EXPIRED))
     return {"enabled": bool(cfg[CFG_STATEFUL]), "entries": entries,
             "capacity": live.constants.get("NETCTL_CT_ENTRIES", 0), "created": created,
-            "expired": expired, "evicted": max(0, created - expired - entries),
-            "replies_accepted": stats[abi.STAT_CT_REPLY][0]}
+            "confirmed": confirmed, "expired": expired,
+            "evicted": max(0, confirmed - expired - entries),
+            "unconfirmed": {
+                "entries": waiting,
+                "capacity": live.constants.get("NETCTL_CT_UNCONFIRMED_ENTRIES", 0),
+                "expired": expired_unconfirmed,
+                "evicted": max(0, created - confirmed - expired_unconfirmed - waiting)},
+            "replies_accepted": count(abi.STAT_CT_REPLY),
+            "related_accepted": count(abi.STAT_CT_RELATED),
+            "invalid": count(abi.STAT_CT_INVALID)}
 
 
 def conntrack() -> dict[str, Any]:

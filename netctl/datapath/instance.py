@@ -17,7 +17,7 @@ from .. import abi, bpfsys
 from ..errors import NetctlError
 from ..policy.plan import MAP_NAMES, MapPlan, PlanDiff, diff
 from . import maps as mapio
-from .build import ROLES, compile_programs
+from .build import ROLES, compile_programs, unconfirmed_pin
 
 # The clock bpf_ktime_get_coarse_ns() reads (Linux's clock id; Python's time module does
 # not name it).
@@ -45,7 +45,8 @@ class Datapath:
               extra_cflags: tuple[str, ...] = (), ct_pin: str | None = None) -> Datapath:
         """Compile and load into ``pin_dir`` (created here, removed again on failure).  The
         conntrack table is pinned at ``ct_pin`` (default: inside ``pin_dir``), and adopted
-        when a table is pinned there already."""
+        when a table is pinned there already (with the table of unconfirmed flows next to
+        it)."""
         os.makedirs(pin_dir, mode=0o700)
         ct_pin = ct_pin or f"{pin_dir}/conntrack"
         try:
@@ -54,6 +55,8 @@ class Datapath:
                 opened = {name: bpfsys.Map.open_pinned(f"{pin_dir}/{name}")
                           for name in ALL_MAPS}
                 opened["conntrack"] = bpfsys.Map.open_pinned(ct_pin)
+                opened["conntrack_unconfirmed"] = bpfsys.Map.open_pinned(
+                    unconfirmed_pin(ct_pin))
                 opened["events"] = bpfsys.Map.open_pinned(f"{pin_dir}/events")
             except BaseException:
                 programs.close()
@@ -74,7 +77,9 @@ class Datapath:
         try:
             for name in ALL_MAPS:
                 opened[name] = bpfsys.Map.open_pinned(f"{pin_dir}/{name}")
-            opened["conntrack"] = bpfsys.Map.open_pinned(ct_pin or f"{pin_dir}/conntrack")
+            ct_pin = ct_pin or f"{pin_dir}/conntrack"
+            opened["conntrack"] = bpfsys.Map.open_pinned(ct_pin)
+            opened["conntrack_unconfirmed"] = bpfsys.Map.open_pinned(unconfirmed_pin(ct_pin))
             opened["events"] = bpfsys.Map.open_pinned(f"{pin_dir}/events")
             for role in ROLES:
                 progs[role] = bpfsys.obj_get(f"{pin_dir}/prog_{role}")
@@ -189,18 +194,23 @@ class Datapath:
         return [abi.sum_counters(blob[i * size:(i + 1) * size]) for i in range(count)]
 
     def conntrack(self) -> list[dict]:
-        """Every tracked flow (abi.unpack_ct), with its ages in seconds from now."""
+        """Every tracked flow (abi.unpack_ct), confirmed ones first, with its table and its
+        ages in seconds from now."""
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         out = []
-        for key, value in self.maps["conntrack"].items():
-            entry = abi.unpack_ct(key, value)
-            entry["age_s"] = round((now - entry.pop("created_ns")) / 1e9, 3)
-            entry["idle_s"] = round((now - entry.pop("seen_ns")) / 1e9, 3)
-            out.append(entry)
+        for table, name in (("confirmed", "conntrack"),
+                            ("unconfirmed", "conntrack_unconfirmed")):
+            for key, value in self.maps[name].items():
+                entry = abi.unpack_ct(key, value)
+                entry["table"] = table
+                entry["age_s"] = round((now - entry.pop("created_ns")) / 1e9, 3)
+                entry["idle_s"] = round((now - entry.pop("seen_ns")) / 1e9, 3)
+                out.append(entry)
         return out
 
-    def conntrack_count(self) -> int:
-        return sum(1 for _ in self.maps["conntrack"].keys())  # noqa: SIM118 (a BPF map)
+    def conntrack_count(self, name: str = "conntrack") -> int:
+        """Entries in ``conntrack`` (confirmed flows) or ``conntrack_unconfirmed``."""
+        return sum(1 for _ in self.maps[name].keys())  # noqa: SIM118 (a BPF map)
 
     # -- events: made only while someone listens
     def listen(self, seconds: float) -> None:

@@ -224,9 +224,13 @@ class Namespace:
 
     def ct_pin(self, constants: dict[str, int]) -> str:
         """The conntrack table's pin: per namespace, outside any build, so tracked flows
-        survive a rebuild of the programs (a new size means a new table)."""
+        survive a rebuild of the programs.  A new size or a new entry layout (CT_LAYOUT)
+        means a new table; the table of unconfirmed flows is pinned next to it."""
+        from ..abi import CT_LAYOUT
+
         os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
-        return f"{self.pin_dir}/conntrack-{constants.get('NETCTL_CT_ENTRIES', 0)}"
+        return (f"{self.pin_dir}/conntrack-{constants.get('NETCTL_CT_ENTRIES', 0)}"
+                f"-v{CT_LAYOUT}")
 
     def builds(self) -> list[str]:
         try:

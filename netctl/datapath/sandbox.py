@@ -9,6 +9,7 @@ generation and flips, exactly as `netctl apply` does, so one compile serves many
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from dataclasses import dataclass
@@ -21,8 +22,12 @@ from .instance import Datapath
 from .netns import ensure_pin_root, remove_pins
 
 HOOKS = ("xdp", "tc_ingress", "tc_egress")
-_SIDE_STATS = frozenset({abi.STAT_CT_NEW, abi.STAT_CT_EXPIRED, abi.STAT_EVENTS,
-                         abi.STAT_EVENTS_LOST, abi.STAT_EVENTS_SAMPLED_OUT})
+# Counted besides the decision: connection tracking's bookkeeping (an entry created,
+# confirmed or expired, a packet refused as a reply before the rules judged it) and events.
+CT_SIDE_STATS = frozenset({abi.STAT_CT_NEW, abi.STAT_CT_EXPIRED, abi.STAT_CT_CONFIRMED,
+                           abi.STAT_CT_UNCONFIRMED_EXPIRED, abi.STAT_CT_INVALID})
+_SIDE_STATS = CT_SIDE_STATS | {abi.STAT_EVENTS, abi.STAT_EVENTS_LOST,
+                               abi.STAT_EVENTS_SAMPLED_OUT}
 XDP_DROP, XDP_PASS = 1, 2
 TC_ACT_SHOT, TC_ACT_UNSPEC = 2, 0xFFFFFFFF
 
@@ -30,11 +35,13 @@ TC_ACT_SHOT, TC_ACT_UNSPEC = 2, 0xFFFFFFFF
 @dataclass(frozen=True)
 class Outcome:
     verdict: Action
-    why: str                     # rule / default / ndp / conntrack / non-ip / malformed
+    why: str                     # rule / default / ndp / conntrack / related / non-ip /
+                                 # malformed
     rule: int | None             # deciding rule index
     reason: abi.DropReason       # drop reason (NONE when accepted)
     retval: int
     tracked: bool = False        # connection tracking created an entry for it (egress)
+    ct: frozenset[int] = frozenset()  # the tracker's side counts it moved (abi.STAT_CT_*)
 
 
 class TestRunRefused(Exception):
@@ -55,14 +62,16 @@ def sandbox_limits(rules: int) -> Limits:
 
 
 class Sandbox:
-    def __init__(self, limits: Limits, extra_cflags: tuple[str, ...] = ()):
+    def __init__(self, limits: Limits, extra_cflags: tuple[str, ...] = (),
+                 conntrack_size: int | None = None):
         ensure_pin_root()
         self.limits = limits
         pin_dir = f"{PIN_ROOT}/sandbox-{os.getpid()}-{id(self):x}"
         from ..policy.compile import compile_policy
-        from ..policy.model import Policy
+        from ..policy.model import Conntrack, Policy
 
-        constants = compile_policy(Policy(), limits).constants()
+        sized = Policy(conntrack=Conntrack(size=conntrack_size)) if conntrack_size else Policy()
+        constants = compile_policy(sized, limits).constants()
         try:
             self.dp = Datapath.build(pin_dir, constants, extra_cflags)
         finally:
@@ -92,8 +101,9 @@ class Sandbox:
         return change.entries()
 
     def clear_conntrack(self) -> None:
-        m = self.dp.maps["conntrack"]
-        m.delete_many(list(m.keys()))
+        for name in ("conntrack", "conntrack_unconfirmed"):
+            m = self.dp.maps[name]
+            m.delete_many(list(m.keys()))
 
     def _snapshot(self) -> tuple[bytes, bytes]:
         return self.dp.maps["counters"].read_array(), self.dp.maps["stats"].read_array()
@@ -123,8 +133,7 @@ class Sandbox:
             raise AssertionError("the packet moved no counter")
         if outcome.verdict is not (Action.DROP if dropped else Action.ACCEPT):
             raise AssertionError(f"{hook} returned {result.retval}, its counters say {outcome}")
-        return Outcome(outcome.verdict, outcome.why, outcome.rule, outcome.reason,
-                       result.retval, outcome.tracked)
+        return dataclasses.replace(outcome, retval=result.retval)
 
     def observe(self, before: tuple[bytes, bytes]) -> Outcome | None:
         """What one packet did since ``before`` (a ``snapshot``), read from the counters it
@@ -134,6 +143,7 @@ class Sandbox:
         stat = _moved(before[1], after[1], self.dp.maps["stats"].value_size)
         # Connection tracking counts a new or expired entry besides the decision.
         tracked = abi.STAT_CT_NEW in stat
+        ct = frozenset(s for s in stat if s in CT_SIDE_STATS)
         # ... and events (to monitor) besides the decision.
         stat = [s for s in stat if s not in _SIDE_STATS]
         if not moved and not stat:
@@ -150,7 +160,7 @@ class Sandbox:
             dropped = self.plan.rules[rule][0] == 1
             verdict = Action.DROP if dropped else Action.ACCEPT
             reason = abi.DropReason.POLICY_RULE if dropped else abi.DropReason.NONE
-            return Outcome(verdict, "rule", rule, reason, -1, tracked)
+            return Outcome(verdict, "rule", rule, reason, -1, tracked, ct)
         slot = stat[0]
         if slot < abi.DROP_MAX:
             return Outcome(Action.DROP, "malformed", None, abi.DropReason(slot), -1)
@@ -159,12 +169,14 @@ class Sandbox:
         if slot == abi.STAT_NDP:
             return Outcome(Action.ACCEPT, "ndp", None, abi.DropReason.NONE, -1)
         if slot == abi.STAT_CT_REPLY:
-            return Outcome(Action.ACCEPT, "conntrack", None, abi.DropReason.NONE, -1)
+            return Outcome(Action.ACCEPT, "conntrack", None, abi.DropReason.NONE, -1, ct=ct)
+        if slot == abi.STAT_CT_RELATED:
+            return Outcome(Action.ACCEPT, "related", None, abi.DropReason.NONE, -1, ct=ct)
         if abi.STAT_DEFAULT <= slot < abi.STAT_DEFAULT + 4:
             dropped = (slot - abi.STAT_DEFAULT) % 2 == 1
             reason = abi.DropReason.POLICY_DEFAULT if dropped else abi.DropReason.NONE
             return Outcome(Action.DROP if dropped else Action.ACCEPT, "default", None, reason,
-                           -1, tracked)
+                           -1, tracked, ct)
         raise AssertionError(f"unexpected stat slot {slot}")
 
 

@@ -36,6 +36,7 @@ from .plan import (
     CFG_CT_ICMP,
     CFG_CT_TCP_CLOSING,
     CFG_CT_TCP_ESTABLISHED,
+    CFG_CT_TCP_UNCONFIRMED,
     CFG_CT_UDP,
     CFG_DEFAULT_EGRESS,
     CFG_DEFAULT_INGRESS,
@@ -148,6 +149,7 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
     config[CFG_CT_TCP_CLOSING] = ct.tcp_closing
     config[CFG_CT_UDP] = ct.udp
     config[CFG_CT_ICMP] = ct.icmp
+    config[CFG_CT_TCP_UNCONFIRMED] = ct.tcp_unconfirmed
     if len(policy.routes) > limits.routes:
         raise MapFullError(f"routes: needs {len(policy.routes)} entries, capacity "
                            f"{limits.routes}")

@@ -1,16 +1,20 @@
 """The reference frame parser: a raw Ethernet frame -> what the datapath classifies.
 
 This is the pure-Python reference for the parse step of the XDP/tc programs, which are
-tested against it frame for frame.  The numbered comments (steps 0-7) below are the spec,
+tested against it frame for frame.  The numbered comments (steps 0-8) below are the spec,
 and the spec is part of the contract (docs/policy.md cites it): change it only together
 with the C parser.  All multi-byte fields are big-endian; "need n at off" means "if fewer
 than n bytes remain from off, the frame is malformed under the named reason".
+
+Step 8 is what connection tracking reads besides (`Transport`, the reference for
+bpf/include/netctl_conntrack.h's own reads): TCP sequence numbers, window and window scale
+option, and the packet inside an ICMP error.  It never makes a frame malformed.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..abi import (
@@ -62,11 +66,38 @@ class Malformed:
     reason: DropReason
 
 
+CtKey = tuple[int, int, int, int, bytes, bytes]  # family, proto, sport, dport, saddr, daddr
+
+
+@dataclass(frozen=True)
+class Transport:
+    """What connection tracking reads of a packet besides ``Packet`` (step 8).
+
+    ``wscale`` is the window scale option's shift as the tracker reads it (TCP; used for
+    SYNs), ``payload`` the bytes past the TCP header, ``related`` the reply tuple of the
+    flow an ICMP error is about (None when it is not one, or its inner packet does not
+    name a flow), as a conntrack key.
+    """
+
+    l4_off: int
+    tcp_flags: int = 0
+    tcp_seq: int = 0
+    tcp_ack: int = 0
+    tcp_win: int = 0
+    tcp_hlen: int = 0
+    wscale: int = 0
+    payload: int = 0
+    icmp_id: int = 0
+    related: CtKey | None = None
+
+
 @dataclass(frozen=True)
 class Ip:
-    """An IP packet: ``packet`` is what the rules are matched against."""
+    """An IP packet: ``packet`` is what the rules are matched against; ``transport`` what
+    connection tracking reads besides (None for a non-first fragment)."""
 
     packet: Packet
+    transport: Transport | None = field(default=None, compare=False)
 
 
 Parsed = NonIp | Malformed | Ip
@@ -154,10 +185,13 @@ def _parse(data: bytes, link: str, l3_type: int, vlans: int) -> Parsed:
 
     # 6. Transport, only for a packet that is not a non-first fragment.
     sport = dport = icmp_type = icmp_code = None
+    transport = None
     if not fragment:
+        transport = Transport(l4)
         if proto == PROTO_TCP:
             _need(data, l4, TCP_MIN_HLEN, DropReason.TRUNC_L4)
             sport, dport = _be16(data, l4), _be16(data, l4 + 2)
+            transport = _tcp_transport(data, l4)
         elif proto == PROTO_UDP:
             _need(data, l4, UDP_HLEN, DropReason.TRUNC_L4)
             sport, dport = _be16(data, l4), _be16(data, l4 + 2)
@@ -168,11 +202,108 @@ def _parse(data: bytes, link: str, l3_type: int, vlans: int) -> Parsed:
             # whole, since connection tracking reads the identifier.
             if icmp_type in ECHO_TYPES[family_icmp]:
                 _need(data, l4, ICMP_ECHO_HLEN, DropReason.TRUNC_L4)
+                transport = Transport(l4, icmp_id=_be16(data, l4 + 4))
+            else:
+                family = 4 if family_icmp == PROTO_ICMP else 6
+                transport = Transport(l4, related=_icmp_error_flow(data, l4, family,
+                                                                   icmp_type, dst))
         # any other protocol: no transport fields, nothing checked
 
     # 7. The classified fields; None for the absent ones.
     return Ip(Packet(src=src, dst=dst, proto=proto, sport=sport, dport=dport,
-                     icmp_type=icmp_type, icmp_code=icmp_code, fragment=fragment, ttl=ttl))
+                     icmp_type=icmp_type, icmp_code=icmp_code, fragment=fragment, ttl=ttl),
+              transport)
+
+
+# 8. What connection tracking reads besides, never an error of the frame.  Its reads must
+#    lie in the frame and in the header window, like the parser's; bytes missing mean
+#    "not there" (no window scale, not a related error).
+WSCALE_STEPS = 8       # option-walk steps (NETCTL_CT_OPT_STEPS)
+MAX_WSCALE = 14
+ICMP_ERROR_TYPES = {4: frozenset({3, 11, 12}), 6: frozenset({1, 2, 3, 4})}
+ECHO_REQUEST = {4: 8, 6: 128}
+
+
+def _have(data: bytes, off: int, n: int) -> bool:
+    return off + n <= len(data) and off <= HDR_WINDOW - n
+
+
+def _tcp_transport(data: bytes, l4: int) -> Transport:
+    """8a. TCP: sequence and acknowledgement numbers, window, flags, the header length from
+    the data offset (bytes 12-15 of the 20 the parser needs), the window scale option, and
+    the payload: the frame past max(header length, 20) (padding included)."""
+    hlen = (data[l4 + 12] >> 4) * 4
+    header_end = l4 + max(hlen, TCP_MIN_HLEN)
+    return Transport(l4, tcp_flags=data[l4 + 13],
+                     tcp_seq=int.from_bytes(data[l4 + 4:l4 + 8], "big"),
+                     tcp_ack=int.from_bytes(data[l4 + 8:l4 + 12], "big"),
+                     tcp_win=_be16(data, l4 + 14), tcp_hlen=hlen,
+                     wscale=_window_scale(data, l4 + TCP_MIN_HLEN, l4 + hlen),
+                     payload=max(0, len(data) - header_end))
+
+
+def _window_scale(data: bytes, off: int, stop: int) -> int:
+    """8b. The window scale option's shift (at most 14), as the kernel's tcp_parse_options
+    walks options: end of list (0) stops; a no-op (1) is one byte; any other option has a
+    length byte, and a length below 2, a length byte or option past the header ends the
+    walk; an option of the wrong length is skipped.  Each step needs 3 bytes at its offset
+    (fewer cannot hold a window scale option after them).  A walk still inside the header
+    after WSCALE_STEPS steps gives MAX_WSCALE."""
+    for _ in range(WSCALE_STEPS):
+        if off >= stop or not _have(data, off, 3):
+            return 0
+        kind, length, shift = data[off], data[off + 1], data[off + 2]
+        if kind == 0:
+            return 0
+        nop = kind == 1
+        optlen = 1 if nop else length
+        if not nop and (off + 2 > stop or optlen < 2 or off + optlen > stop):
+            return 0
+        if kind == 3 and optlen == 3:
+            return min(shift, MAX_WSCALE)
+        off += optlen
+    return MAX_WSCALE if off < stop else 0
+
+
+def _icmp_error_flow(data: bytes, l4: int, family: int, icmp_type: int,
+                     outer_dst: Address) -> CtKey | None:
+    """8c. An ICMP error (IPv4 types 3, 11, 12; ICMPv6 1-4) carries, after its 8-byte
+    header, the start of the packet it is about: an IP header (IPv4: version 4, IHL >= 5,
+    fragment offset 0, options skipped; IPv6: version 6, no extension headers walked) of
+    the error's own family, and 8 bytes of its transport header.  That packet was sent to
+    the flow's peer by the error's addressee: its source must be the error's destination.
+    The flow's reply tuple: TCP/UDP its destination port as source port and its source
+    port as destination; an echo request (own family's ICMP) its identifier as source port.
+    """
+    if icmp_type not in ICMP_ERROR_TYPES[family]:
+        return None
+    off = l4 + ICMP_ECHO_HLEN
+    if family == 4:
+        if not _have(data, off, IPV4_MIN_HLEN):
+            return None
+        ihl = data[off] & 0x0F
+        if data[off] >> 4 != 4 or ihl < 5 or _be16(data, off + 6) & 0x1FFF:
+            return None
+        proto, inner_src, inner_dst = data[off + 9], data[off + 12:off + 16], \
+            data[off + 16:off + 20]
+        inner_l4 = off + ihl * 4
+    else:
+        if not _have(data, off, IPV6_HLEN) or data[off] >> 4 != 6:
+            return None
+        proto, inner_src, inner_dst = data[off + 6], data[off + 8:off + 24], \
+            data[off + 24:off + 40]
+        inner_l4 = off + IPV6_HLEN
+    if inner_src != outer_dst.packed or not _have(data, inner_l4, 8):
+        return None
+    if proto in (PROTO_TCP, PROTO_UDP):
+        sport, dport = _be16(data, inner_l4 + 2), _be16(data, inner_l4)
+    elif proto == (PROTO_ICMP if family == 4 else PROTO_ICMPV6) and \
+            data[inner_l4] == ECHO_REQUEST[family]:
+        sport, dport = _be16(data, inner_l4 + 4), 0
+    else:
+        return None
+    return family, proto, sport, dport, inner_dst.ljust(16, b"\0"), \
+        inner_src.ljust(16, b"\0")
 
 
 def _ipv4(data: bytes, off: int) -> _L3:

@@ -103,7 +103,7 @@ EXT_HEADER_NAMES = {0: "hop-by-hop options", 43: "routing", 44: "fragment",
 INTERFACE_KEYS = ("name", "xdp", "tc")
 ROUTE_KEYS = ("dst", "via", "dev", "cc")
 ROUTE_REQUIRED = ("dst", "via", "dev")
-CONNTRACK_KEYS = ("size", "tcp_established", "tcp_closing", "udp", "icmp")
+CONNTRACK_KEYS = ("size", "tcp_established", "tcp_closing", "tcp_unconfirmed", "udp", "icmp")
 CONNTRACK_SIZE_MAX = 1 << 24
 TIMEOUT_MAX = 1 << 31  # seconds; the datapath keeps them in 32 bits
 TEST_KEYS = ("packet", "direction", "expect")
@@ -534,7 +534,7 @@ class _Loader:
         node, pos = root["conntrack"], root.valmarks["conntrack"]
         if not isinstance(node, YMap):
             self.error(pos, "conntrack must be a mapping {size, tcp_established, tcp_closing, "
-                       "udp, icmp}")
+                       "tcp_unconfirmed, udp, icmp}")
             return
         self.check_keys(node, CONNTRACK_KEYS, "conntrack")
         if not fields.get("stateful"):

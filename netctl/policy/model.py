@@ -135,7 +135,8 @@ class Conntrack:
 
     size: int = 65536
     tcp_established: int = 432000   # 5 days, as the kernel's own conntrack
-    tcp_closing: int = 120          # after FIN or RST, and before a SYN is answered
+    tcp_closing: int = 120          # after FIN or RST
+    tcp_unconfirmed: int = 60       # before the handshake completes (the kernel's SYN_RECV)
     udp: int = 60
     icmp: int = 30
 

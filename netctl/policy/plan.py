@@ -95,7 +95,8 @@ CFG_CT_UDP = CFG_STATEFUL + 3
 CFG_CT_ICMP = CFG_STATEFUL + 4
 CFG_ROUTES = CFG_CT_ICMP + 1               # number of routes (0: no forwarding)
 CFG_EVENT_SAMPLE = CFG_ROUTES + 1          # events: one in this many goes to monitor
-CFG_SIZE = CFG_EVENT_SAMPLE + 1
+CFG_CT_TCP_UNCONFIRMED = CFG_EVENT_SAMPLE + 1  # idle timeout of TCP before its handshake
+CFG_SIZE = CFG_CT_TCP_UNCONFIRMED + 1
 
 # A slot's directly looked-up address field: dst when its CFG_DIRECT_DST bit is set (and
 # the shape has dst), else src when the shape has src, else none.  The other address field
@@ -166,10 +167,23 @@ def map_specs(limits: Limits) -> dict[str, MapSpec]:
     return {s.name: s for s in specs}
 
 
+# The table of unconfirmed flows (no valid reply yet) is this share of the conntrack size,
+# and at least UNCONFIRMED_MIN entries.
+UNCONFIRMED_SHARE = 8
+UNCONFIRMED_MIN = 16
+
+
+def unconfirmed_size(conntrack_size: int) -> int:
+    """Entries of the table of unconfirmed flows next to a conntrack table of this size."""
+    return max(UNCONFIRMED_MIN, conntrack_size // UNCONFIRMED_SHARE)
+
+
 def constants(limits: Limits, conntrack_size: int = 65536) -> dict[str, int]:
     """The -D constants of a datapath built for ``limits`` and a conntrack table size."""
     out = {"NETCTL_MAX_SHAPES": MAX_SHAPES, "NETCTL_CFG_SIZE": CFG_SIZE,
-           "NETCTL_CT_ENTRIES": conntrack_size, "NETCTL_NEXTHOPS_ENTRIES": limits.routes}
+           "NETCTL_CT_ENTRIES": conntrack_size,
+           "NETCTL_CT_UNCONFIRMED_ENTRIES": unconfirmed_size(conntrack_size),
+           "NETCTL_NEXTHOPS_ENTRIES": limits.routes}
     for name, spec in map_specs(limits).items():
         out[f"NETCTL_{name.upper()}_ENTRIES"] = spec.max_entries
     return out

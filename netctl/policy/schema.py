@@ -106,6 +106,9 @@ def policy_schema() -> dict:
                                 "default": 65536},
                        "tcp_established": {**seconds, "default": 432000},
                        "tcp_closing": {**seconds, "default": 120},
+                       "tcp_unconfirmed": {**seconds, "default": 60,
+                                           "description": "TCP before its handshake "
+                                           "completes"},
                        "udp": {**seconds, "default": 60},
                        "icmp": {**seconds, "default": 30}},
     }

@@ -89,11 +89,22 @@ def test_constants_match_the_header():
     assert plan.CFG_ROUTES == plan.CFG_CT_ICMP + 1
     assert "#define NETCTL_CFG_EVENT_SAMPLE (NETCTL_CFG_ROUTES + 1)" in text
     assert plan.CFG_EVENT_SAMPLE == plan.CFG_ROUTES + 1
-    assert plan.CFG_SIZE == plan.CFG_EVENT_SAMPLE + 1
+    assert "#define NETCTL_CFG_CT_TCP_UNCONFIRMED (NETCTL_CFG_EVENT_SAMPLE + 1)" in text
+    assert plan.CFG_CT_TCP_UNCONFIRMED == plan.CFG_EVENT_SAMPLE + 1
+    assert plan.CFG_SIZE == plan.CFG_CT_TCP_UNCONFIRMED + 1
     for name in ("FWD_LOCAL", "FWD_TTL", "FWD_OPTIONS", "FWD_UNRESOLVED"):
         assert defines[f"NETCTL_STAT_{name}"] == getattr(abi, f"STAT_{name}")
-    for name in ("CT_REPLY", "CT_NEW", "CT_EXPIRED"):
+    for name in ("CT_REPLY", "CT_NEW", "CT_EXPIRED", "CT_RELATED", "CT_INVALID",
+                 "CT_CONFIRMED", "CT_UNCONFIRMED_EXPIRED"):
         assert defines[f"NETCTL_STAT_{name}"] == getattr(abi, f"STAT_{name}")
+    slots = [v for k, v in defines.items()
+             if k.startswith("NETCTL_STAT_") and k != "NETCTL_STAT_MAX"]
+    assert len(slots) == len(set(slots)) and max(slots) < abi.STAT_MAX
+    for name in ("NEW", "ESTABLISHED", "CLOSING"):
+        assert abi.CT_STATES[defines[f"NETCTL_CT_{name}"]] == name.lower()
+    for name in ("SYN", "SYNACK", "PICKUP", "ACKED"):
+        assert defines[f"NETCTL_CT_F_{name}"] == getattr(abi, f"CT_F_{name}")
+    assert defines["NETCTL_CT_MAX_WSCALE"] == abi.CT_MAX_WSCALE
     for reason in abi.DropReason:
         assert f"NETCTL_DROP_{reason.name} = {reason.value}," in text, reason
 

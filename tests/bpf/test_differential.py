@@ -12,16 +12,20 @@ the named malformed cases (truncated at every offset, bad IHL, versions, too man
 VLAN tags or extension headers, tiny fragments), frames that take every branch of the
 extension-header walk, and frames as devices without a link-layer header carry them
 (through the XDP program's L3 variant; the tc L3 variant meets the same frames on a real tun
-device in tests/netns).  In all, well over 10,000 packets.
+device in tests/netns).  Stateful policies: conversations and ICMP errors run in lockstep
+through the programs and the reference connection tracker (netctl.policy.conntrack), tables
+compared after every packet.  In all, well over 10,000 packets.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import frames
 import pytest
 from hypothesis import HealthCheck, given, settings
+from lockstep import Lockstep
 from strategies import policies, policy_and_packets
 
 from netctl.abi import DropReason
@@ -30,6 +34,7 @@ from netctl.datapath.sandbox import HOOKS, Sandbox, TestRunRefused, hooks_for
 from netctl.policy.compile import compile_policy
 from netctl.policy.evaluate import evaluate
 from netctl.policy.frame import LINK_ETHERNET, LINK_L3, frame_verdict
+from netctl.policy.load import load_policy_text
 from netctl.policy.model import Direction
 from netctl.policy.plan import Limits
 
@@ -228,6 +233,69 @@ def test_l3_variant_agrees_on_frames_without_a_link_layer_header(sandbox):
         if len(frame) >= frames.MIN_TEST_RUN_LEN:
             check(sandbox, policy, frame, "xdp_l3", name)
     assert {"rule", "default", "malformed", "non-ip"} <= verdicts
+
+
+STATEFUL = """
+version: 1
+defaults: {ingress: drop, egress: accept}
+stateful: true
+rules:
+  - {name: ssh-in, action: accept, proto: tcp, dport: 22}
+  - {name: no-50000, direction: egress, action: drop, proto: tcp, sport: 40001, dport: 50000}
+"""
+
+
+def _lockstep(sandbox) -> Lockstep:
+    policy = load_policy_text(STATEFUL, "stateful.yaml")
+    sandbox.load(compile_policy(policy, LIMITS))
+    sandbox.clear_conntrack()
+    return Lockstep(sandbox, policy)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_connection_tracking_agrees_with_the_reference_tracker(sandbox, seed):
+    """Conversations between the host and a few peers over few ports (flows meet again),
+    TCP numbers aimed at the edges of what is tracked, ICMP errors about tracked tuples,
+    some frames mutated: verdicts, counts and both tables equal the reference's after every
+    packet (tests/lockstep.py)."""
+    both = _lockstep(sandbox)
+    rng = random.Random(seed)
+    for i in range(125):
+        direction, frame = frames.conntrack_step(rng, both.tracker)
+        if rng.random() < 0.1:
+            frame = frames.mutate(rng, frame)
+        if len(frame) < frames.MIN_TEST_RUN_LEN:
+            continue
+        hook = "tc_egress" if direction == "egress" else rng.choice(["xdp", "tc_ingress"])
+        if both.run(frame, hook, f"seed {seed} step {i}") is not None:
+            RUNS["packets"] += 1
+    RUNS["ct_whys"] = RUNS.get("ct_whys", Counter()) + Counter(both.whys)
+
+
+def test_icmp_errors_about_tracked_flows_agree_with_the_reference(sandbox):
+    """Every named ICMP error case (tests/frames.py icmp_error_frames: each type, each inner
+    protocol, the wrong family or addressee, fragments, options, extension headers, cut at
+    every length) against tracked flows, on both ingress programs."""
+    both = _lockstep(sandbox)
+    for direction, frame in frames.icmp_error_flows():
+        both.run(frame, "tc_egress" if direction == "egress" else "xdp")
+    for name, frame in frames.icmp_error_frames():
+        if len(frame) < frames.MIN_TEST_RUN_LEN:
+            continue
+        for hook in ("xdp", "tc_ingress"):
+            if both.run(frame, hook, name) is not None:
+                RUNS["packets"] += 1
+    # Every kind of outcome was met: related, malformed (outer headers cut), and errors
+    # the rules judged (unrelated ones).
+    assert both.whys["related"] > 100 and both.whys["malformed"] > 100, both.whys
+    assert both.whys["default"] > 500, both.whys
+
+
+def test_the_conversations_met_every_outcome():
+    """Runs after the conversations: their frames were valid replies, related errors,
+    refused replies (counted as invalid, judged by the rules), rule and default verdicts."""
+    whys = RUNS.get("ct_whys", Counter())
+    assert all(whys[w] > 50 for w in ("conntrack", "related", "rule", "default")), whys
 
 
 def test_enough_packets_were_compared():
