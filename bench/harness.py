@@ -279,14 +279,45 @@ class Netctl(System):
         sh(*NETCTL, *args, ns=topo.dut, timeout=900)
         took = time.monotonic() - started
         self.rule_name = f"r{len(rules) - 1}"
+        self._reader = None
+        self.counter(topo)           # start the reader now, before any flood
         return took
 
+    # The rule's counter read by a process that stays in the DUT namespace with the live
+    # datapath open: `netctl status` would start Python and read the whole policy back from
+    # the kernel inside the measurement window, on the CPUs the flood uses (measured: 0.75
+    # of the bare drop at 10,000 rules read this way against 0.54 with status).
+    _READER = """
+import sys
+from netctl.datapath.control import _open_live, live_state
+from netctl.datapath.netns import Namespace
+state, _ = live_state(Namespace.current())
+live, why = _open_live(Namespace.current(), state)
+gen = live.active
+names = state["generations"][str(gen)]["rules"]
+index = names.index(sys.argv[1])
+print("ready", flush=True)
+for line in sys.stdin:
+    print(live.rule_counters(gen, index + 1)[index][0], flush=True)
+"""
+
     def counter(self, topo):
-        status = json.loads(sh(*NETCTL, "status", "-o", "json", ns=topo.dut,
-                               check=False).stdout)
-        return next(r["packets"] for r in status["rules"] if r["name"] == self.rule_name)
+        if getattr(self, "_reader", None) is None:
+            self._reader = subprocess.Popen(
+                ["ip", "netns", "exec", topo.dut, sys.executable, "-c", self._READER,
+                 self.rule_name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            if self._reader.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{self.name}: the counter reader did not start")
+        self._reader.stdin.write("\n")
+        self._reader.stdin.flush()
+        return int(self._reader.stdout.readline())
 
     def close_in(self, topo):
+        reader, self._reader = getattr(self, "_reader", None), None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.stdin.close()
+                reader.wait(timeout=10)
         sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
 
 

@@ -99,6 +99,8 @@ STAT_CT_INVALID = 50         # a tracked flow's packet refused as a reply: on to
 STAT_CT_CONFIRMED = 51       # an unconfirmed entry confirmed by a reply: moved to conntrack
 STAT_CT_UNCONFIRMED_EXPIRED = 52  # a stale unconfirmed entry met by a packet: removed
 STAT_FWD_NOT_UNICAST = 53    # forwarding: multicast, broadcast or link-local, left to the kernel
+STAT_FLOW_HIT = 54           # classified from the flow cache
+STAT_FLOW_MISS = 55          # classified by the lookups (and cached)
 STAT_MAX = 56
 HOOK_NAMES = {0: "xdp", 1: "tc"}
 EVENTS_BYTES = 256 * 1024
@@ -198,11 +200,26 @@ class Event(ctypes.Structure):
                 ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16)]
 
 
+class FlowKey(ctypes.Structure):
+    _fields_ = [("epoch", ctypes.c_uint32), ("direction", ctypes.c_uint8),
+                ("family", ctypes.c_uint8), ("proto", ctypes.c_uint8),
+                ("fragment", ctypes.c_uint8), ("sport", ctypes.c_uint16),
+                ("dport", ctypes.c_uint16), ("saddr", ctypes.c_uint8 * 16),
+                ("daddr", ctypes.c_uint8 * 16)]
+
+
+class FlowStat(ctypes.Structure):
+    _fields_ = [("lookups", ctypes.c_uint32), ("hits", ctypes.c_uint32),
+                ("bypass", ctypes.c_uint32), ("pending", ctypes.c_uint32),
+                ("key", FlowKey)]
+
+
 class EventsCtl(ctypes.Structure):
     _fields_ = [("until_ns", ctypes.c_uint64)]
 
 
 STRUCTS = {"netctl_event": Event, "netctl_events_ctl": EventsCtl, "netctl_nexthop": Nexthop,
+           "netctl_flow_key": FlowKey, "netctl_flow_stat": FlowStat,
            "netctl_local_key": LocalKey,
            "netctl_lpm4_key": Lpm4Key, "netctl_lpm6_key": Lpm6Key, "netctl_classes": Classes,
            "netctl_rule_key": RuleKey, "netctl_rule": Rule, "netctl_config": Config,

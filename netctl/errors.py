@@ -69,7 +69,17 @@ class AttachError(NetctlError):
 
 
 class MapFullError(NetctlError):
+    """A plan needs more entries than a map holds.  ``limit`` names the capacity (a field of
+    ``netctl.policy.plan.Limits``) and ``needed`` the entries wanted, when the compiler knows
+    them: `netctl apply` then builds the datapath with room enough (``Limits.grown``), and
+    only a need past the ceiling of that capacity is refused."""
+
     exit_code = 5
+
+    def __init__(self, message: str, limit: str | None = None, needed: int = 0):
+        super().__init__(message)
+        self.limit = limit
+        self.needed = needed
 
 
 class PrivilegeError(NetctlError):

@@ -24,6 +24,7 @@ from netctl.policy.model import (
     PORT_PROTOS,
     Action,
     Direction,
+    FlowCache,
     Packet,
     Policy,
     PortRange,
@@ -148,7 +149,8 @@ def policies(draw, max_rules: int = 8, families=(4, 6)):
         rules=tuple(out),
         default_ingress=draw(st.sampled_from([Action.ACCEPT, Action.DROP])),
         default_egress=draw(st.sampled_from([Action.ACCEPT, Action.DROP])),
-        allow_ndp=draw(st.booleans()))
+        allow_ndp=draw(st.booleans()),
+        flow_cache=draw(st.sampled_from(list(FlowCache))))
 
 
 # ---- packets -----------------------------------------------------------------------------

@@ -57,6 +57,11 @@
 #define NETCTL_CFG_EVENT_SAMPLE (NETCTL_CFG_ROUTES + 1)
 /* Connection tracking: idle timeout (seconds) of TCP before its handshake completed. */
 #define NETCTL_CFG_CT_TCP_UNCONFIRMED (NETCTL_CFG_EVENT_SAMPLE + 1)
+/* The flow cache (netctl_judge.h): NETCTL_FLOW_CACHE_* */
+#define NETCTL_CFG_FLOW_CACHE (NETCTL_CFG_CT_TCP_UNCONFIRMED + 1)
+#define NETCTL_FLOW_CACHE_OFF 0
+#define NETCTL_FLOW_CACHE_AUTO 1     /* on, and bypassed while it does not pay */
+#define NETCTL_FLOW_CACHE_ON 2       /* on, never bypassed */
 
 #define NETCTL_PORT_INDEX 65536    /* port slot stride: tcp 0, udp 1 */
 #define NETCTL_ICMP_INDEX 65536    /* icmp slot stride: ICMP 0, ICMPv6 1; type << 8 | code */
@@ -109,6 +114,8 @@ enum netctl_drop {
                                          * to the table of confirmed flows */
 #define NETCTL_STAT_CT_UNCONFIRMED_EXPIRED 52 /* a stale unconfirmed entry met: removed */
 #define NETCTL_STAT_FWD_NOT_UNICAST 53  /* multicast, broadcast, link-local: left to the kernel */
+#define NETCTL_STAT_FLOW_HIT 54         /* classified from the flow cache */
+#define NETCTL_STAT_FLOW_MISS 55        /* classified by the lookups (and cached) */
 #define NETCTL_STAT_MAX 56
 
 struct netctl_lpm4_key {
@@ -243,6 +250,33 @@ struct netctl_event {
     __u8 saddr[16];
     __u8 daddr[16];
 };
+
+/* The flow cache: what classification decided for a flow, valid for one apply (`epoch`).
+ * Ports: TCP/UDP source and destination; ICMP: 0 and type << 8 | code. */
+struct netctl_flow_key {
+    __u32 epoch;
+    __u8 direction;
+    __u8 family;
+    __u8 proto;
+    __u8 fragment;
+    __u16 sport;
+    __u16 dport;
+    __u8 saddr[16];   /* IPv4 in the first 4 bytes */
+    __u8 daddr[16];
+};
+
+/* Per CPU: whether the cache pays.  Every NETCTL_FLOW_WINDOW lookups, a hit rate below one
+ * in NETCTL_FLOW_MIN_HIT_SHARE turns it off for NETCTL_FLOW_BYPASS packets (auto mode). */
+struct netctl_flow_stat {
+    __u32 lookups;
+    __u32 hits;
+    __u32 bypass;
+    __u32 pending;                /* scratch: the mode of a miss to insert, or 0 */
+    struct netctl_flow_key key;   /* scratch: the flow being looked up */
+};
+#define NETCTL_FLOW_WINDOW 1024
+#define NETCTL_FLOW_MIN_HIT_SHARE 4
+#define NETCTL_FLOW_BYPASS 65536
 
 /* The listeners' lease on events: until this CLOCK_MONOTONIC_COARSE time (ns) the datapath
  * sends them (0: nobody listens). */

@@ -158,6 +158,83 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
     return best;
 }
 
+/* The rule deciding an IP packet, from the flow cache when the flow was classified under
+ * this apply already, else by netctl_classify (and remembered).
+ *
+ * A flow is what classification reads: direction, family, protocol, addresses, ports or
+ * ICMP type and code, non-first fragment or not.  Entries are keyed by the epoch that
+ * apply writes for the generation before the flip, so a new policy never meets an old
+ * decision.  A hit is one hash lookup, whatever the number of rules; a miss costs the
+ * classification plus an insert.  In auto mode a CPU whose hit rate over its last
+ * NETCTL_FLOW_WINDOW lookups is below one in NETCTL_FLOW_MIN_HIT_SHARE (a flood of new
+ * flows: random sources, scans) stops using the cache for NETCTL_FLOW_BYPASS packets, so
+ * such traffic pays little more than the classification alone. */
+static __always_inline __u32 netctl_classify_cached(struct netctl_pkt *p, __u32 gen,
+                                                    struct netctl_config *cfg, int dir,
+                                                    __u32 len)
+{
+    /* Everything the miss path needs after the classification lives in the per-CPU
+     * `flow_stat` value, not in registers: every way to netctl_classify then reaches it
+     * in the same verifier state, and the classification is verified once, not once per
+     * way (which passed the verifier's 1,000,000-instruction limit). */
+    __u32 zero = 0;
+    struct netctl_flow_stat *st = flow_stat.lookup(&zero);
+    __u32 *epoch = flow_epoch.lookup(&gen);
+    if (!st || !epoch)
+        return NETCTL_NO_RULE;   /* never: both are arrays read at an index they have */
+    __u32 mode = cfg->word[NETCTL_CFG_FLOW_CACHE];
+    st->pending = 0;
+    if (mode != NETCTL_FLOW_CACHE_OFF) {
+        if (st->bypass) {
+            st->bypass -= 1;
+        } else {
+            struct netctl_flow_key *k = &st->key;
+            __builtin_memset(k, 0, sizeof(*k));
+            k->epoch = *epoch;
+            k->direction = dir;
+            k->family = p->family;
+            k->proto = p->proto;
+            k->fragment = p->fragment;
+            if (p->l4 == NETCTL_L4_PORTS) {
+                k->sport = p->sport;
+                k->dport = p->dport;
+            } else if (p->l4 == NETCTL_L4_ICMP) {
+                k->dport = ((__u16)p->icmp_type << 8) | p->icmp_code;
+            }
+            if (p->family == 4) {
+                __builtin_memcpy(k->saddr, p->src.v4.addr, 4);
+                __builtin_memcpy(k->daddr, p->dst.v4.addr, 4);
+            } else {
+                __builtin_memcpy(k->saddr, p->src.v6.addr, 16);
+                __builtin_memcpy(k->daddr, p->dst.v6.addr, 16);
+            }
+            __u32 *hit = flow_cache.lookup(k);
+            if (hit) {
+                __u32 rule = *hit;
+                st->lookups += 1;
+                st->hits += 1;
+                netctl_count_stat(NETCTL_STAT_FLOW_HIT, len);
+                return rule;
+            }
+            st->pending = mode;
+        }
+    }
+    __u32 rule = netctl_classify(p, gen, cfg, dir);
+    if (st->pending) {
+        flow_cache.update(&st->key, &rule);
+        netctl_count_stat(NETCTL_STAT_FLOW_MISS, len);
+        st->lookups += 1;
+        if (st->lookups >= NETCTL_FLOW_WINDOW) {
+            if (st->pending == NETCTL_FLOW_CACHE_AUTO &&
+                st->hits < st->lookups / NETCTL_FLOW_MIN_HIT_SHARE)
+                st->bypass = NETCTL_FLOW_BYPASS;
+            st->lookups = 0;
+            st->hits = 0;
+        }
+    }
+    return rule;
+}
+
 /* Whether the packet is neighbour discovery that a host would process (RFC 4861 7.1.1,
  * 8.1): types 133-137 with hop limit 255, and a redirect only from a link-local router. */
 static __always_inline int netctl_is_ndp(struct netctl_pkt *p)
@@ -198,7 +275,7 @@ static __always_inline void netctl_decide(__u8 *data, void *end, int is_pkt,
     if (((volatile __u32 *)cfg->word)[pp->len] == 0x4e43)
         return;
 #endif
-    __u32 rule = netctl_classify(pp, gen, cfg, dir);
+    __u32 rule = netctl_classify_cached(pp, gen, cfg, dir, len);
     if (rule != NETCTL_NO_RULE) {
         __u32 index = gen * NETCTL_RULES_ENTRIES + rule;
         struct netctl_rule *r = rules.lookup(&index);

@@ -113,6 +113,18 @@ struct netctl_ct_scratch {
 BPF_TABLE_PINNED("percpu_array", u32, struct netctl_ct_scratch, netctl_ct_scratch, 1,
                  NETCTL_PIN(netctl_ct_scratch));
 
+/* The flow cache (netctl_judge.h): per-CPU LRU lists (no lock shared between CPUs); the
+ * epoch of each generation, written by apply before the flip, keys what a generation's
+ * policy decided, so no entry outlives the policy that made it. */
+#ifndef NETCTL_FLOW_CACHE_ENTRIES
+#define NETCTL_FLOW_CACHE_ENTRIES 65536
+#endif
+BPF_TABLE_PINNED("lru_hash", struct netctl_flow_key, u32, flow_cache,
+                 NETCTL_FLOW_CACHE_ENTRIES, NETCTL_PIN(flow_cache), BPF_F_NO_COMMON_LRU);
+BPF_TABLE_PINNED("array", u32, u32, flow_epoch, NETCTL_GENS, NETCTL_PIN(flow_epoch));
+BPF_TABLE_PINNED("percpu_array", u32, struct netctl_flow_stat, flow_stat, 1,
+                 NETCTL_PIN(flow_stat));
+
 /* Whether anyone listens for events: `netctl monitor` holds a lease, renewed while it runs
  * (netctl_abi.h, struct netctl_events_ctl).  Nobody listening: no event is made at all. */
 BPF_TABLE_PINNED("array", u32, struct netctl_events_ctl, events_ctl, 1,

@@ -18,6 +18,7 @@ apply, in order (each step leaves the previous policy running if it fails):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -28,7 +29,7 @@ from typing import Any
 
 from .. import abi, privilege
 from ..errors import AttachError, NetctlError
-from ..policy.compile import compile_policy
+from ..policy.compile import compile_fitting
 from ..policy.load import STDIN_SOURCE
 from ..policy.model import Direction, Interface, Policy, TcHook, XdpMode
 from ..policy.plan import Limits, MapPlan, PlanDiff, diff
@@ -137,8 +138,10 @@ def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
     if not state or "build" not in state:
         return None
     request = {"devs": devs, "xdp_mode": xdp_mode}
+    built = build_limits(state)
     if state.get("request") != request or state["build"].get("constants") != \
-            plan_constants(limits) or state["build"].get("source") != source_digest():
+            plan_constants(built) or not _fits(limits, built) or \
+            state["build"].get("source") != source_digest():
         return None
     if state.get("pending") or _stale_builds(ns, state["build"]):
         return None                     # an apply was killed: a full one cleans up after it
@@ -193,10 +196,12 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
           dry_run: bool = False, limits: Limits = Limits(),  # noqa: B008
           extra_cflags: tuple[str, ...] = ()) -> ApplyResult:
     started = time.monotonic()
-    plan = compile_policy(policy, limits)
     wanted = targets(policy, devs, xdp_mode)
     require_privilege("apply")
     ns = Namespace.current()
+    # Capacities only grow: into the live build's when the policy fits there (no rebuild),
+    # else as large as the policy needs (a rebuild).
+    plan = compile_fitting(policy, _larger(limits, build_limits(live_state(ns)[0])))
     with att.Links() as links:
         found: list[tuple[Target, att.LinkInfo, Hooks]] = []
         for t in wanted:
@@ -446,6 +451,26 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def build_limits(state: dict | None) -> Limits:
+    """The capacities the live build was made with (the defaults for builds recorded before
+    capacities could grow, which had them)."""
+    recorded = ((state or {}).get("build") or {}).get("limits")
+    try:
+        return Limits(**recorded) if recorded else Limits()
+    except (TypeError, ValueError):
+        return Limits()
+
+
+def _larger(a: Limits, b: Limits) -> Limits:
+    return Limits(**{f.name: max(getattr(a, f.name), getattr(b, f.name))
+                     for f in dataclasses.fields(Limits)})
+
+
+def _fits(want: Limits, have: Limits) -> bool:
+    return all(getattr(want, f.name) <= getattr(have, f.name)
+               for f in dataclasses.fields(Limits))
+
+
 def _reusable(state: dict | None, plan: MapPlan) -> bool:
     build = (state or {}).get("build") or {}
     return build.get("constants") == plan.constants() and build.get("source") == source_digest()
@@ -474,6 +499,9 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
     reload = live is None or not _reusable(state, plan) or bool(extra_cflags)
     old = live
     tampered = None
+    # The flow cache's epoch of the generation written now: new for every apply that flips,
+    # so no packet judged by the new policy meets a decision an earlier one made.
+    epoch = int(state.get("epoch", 0)) + 1
     if reload:
         build_id = f"b{time.time_ns():x}"
         dp = Datapath.build(ns.build_dir(build_id), plan.constants(), extra_cflags,
@@ -485,11 +513,13 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         dp.write_plan(plan, 1, fresh=True)
         for g in (0, 1):
             dp.write_nexthops(g, [n["packed"] for n in nexthops])
+            dp.set_epoch(g, epoch)
         dp.set_local_addresses(_local_keys(links))
         dp.flip(0)
         for g in (0, 1):
             ns.save_plan(g, plan)
         build = {"id": build_id, "constants": plan.constants(), "source": source_digest(),
+                 "limits": dataclasses.asdict(plan.limits),
                  "verifier": dp.verifier, "created": time.time()}
     else:
         dp = live
@@ -516,6 +546,7 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         ns.forget_plan(gen)
         change = dp.write_plan(plan, gen, holds=holds)
         dp.write_nexthops(gen, [n["packed"] for n in nexthops])
+        dp.set_epoch(gen, epoch)
         dp.set_local_addresses(_local_keys(links))
         ns.save_plan(gen, plan)
         _crash_point("written")
@@ -563,7 +594,7 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         generations["1"] = generations["0"]
     carried = _carried_before(state, reload)
     new_state = dict(state, build=build, generations=generations, interfaces=interfaces,
-                     carried=carried, netns=netns_name())
+                     carried=carried, netns=netns_name(), epoch=epoch)
     new_state.pop("pending", None)
     ns.write_state(new_state)           # the new generation is described ...
     _crash_point("recorded")
@@ -907,6 +938,13 @@ def status(verify: bool = True) -> dict[str, Any]:
             "options_or_vlan": stats[abi.STAT_FWD_OPTIONS][0],
             "unresolved": stats[abi.STAT_FWD_UNRESOLVED][0],
             "not_unicast": stats[abi.STAT_FWD_NOT_UNICAST][0]}}
+        from ..policy.plan import CFG_FLOW_CACHE, FLOW_CACHE_MODES
+
+        modes = {v: k for k, v in FLOW_CACHE_MODES.items()}
+        out["flow_cache"] = {"mode": modes.get(dp_cfg[CFG_FLOW_CACHE], "?"),
+                             "hits": stats[abi.STAT_FLOW_HIT][0],
+                             "misses": stats[abi.STAT_FLOW_MISS][0],
+                             "epoch": state.get("epoch", 0)}
         out.update(applied=True, policy=record["policy"], digest=record["digest"],
                    policy_sha256=record.get("policy_sha256"),
                    generation=gen, applied_at=record["applied_at"], build=state["build"]["id"],

@@ -24,7 +24,7 @@ from .build import ROLES, compile_programs, unconfirmed_pin
 CLOCK_MONOTONIC_COARSE = 6
 
 ALL_MAPS = (*MAP_NAMES, "active", "counters", "stats", "nexthops", "route_counters",
-            "local_addrs", "events_ctl")
+            "local_addrs", "events_ctl", "flow_cache", "flow_epoch", "flow_stat")
 
 
 class PinsMissing(NetctlError):
@@ -176,6 +176,11 @@ class Datapath:
         n = stride
         keys = b"".join(abi.pack_u32(gen * stride + i) for i in range(n))
         counters.update_batch(keys, zero * n, n)
+
+    def set_epoch(self, gen: int, epoch: int) -> None:
+        """The flow cache's epoch for generation ``gen``: written with the generation, before
+        the flip, so that its packets never meet a decision an earlier policy made."""
+        self.maps["flow_epoch"].update(abi.pack_u32(gen), abi.pack_u32(epoch & 0xFFFFFFFF))
 
     def set_local_addresses(self, keys: set[bytes]) -> None:
         """Make ``local_addrs`` hold exactly ``keys`` (additions first)."""

@@ -27,7 +27,8 @@ HOOKS = ("xdp", "tc_ingress", "tc_egress")
 CT_SIDE_STATS = frozenset({abi.STAT_CT_NEW, abi.STAT_CT_EXPIRED, abi.STAT_CT_CONFIRMED,
                            abi.STAT_CT_UNCONFIRMED_EXPIRED, abi.STAT_CT_INVALID})
 _SIDE_STATS = CT_SIDE_STATS | {abi.STAT_EVENTS, abi.STAT_EVENTS_LOST,
-                               abi.STAT_EVENTS_SAMPLED_OUT}
+                               abi.STAT_EVENTS_SAMPLED_OUT, abi.STAT_FLOW_HIT,
+                               abi.STAT_FLOW_MISS}
 XDP_DROP, XDP_PASS = 1, 2
 TC_ACT_SHOT, TC_ACT_UNSPEC = 2, 0xFFFFFFFF
 
@@ -95,6 +96,8 @@ class Sandbox:
         gen = 1 - self.dp.active if self.plan is not None else 0
         change = self.dp.write_plan(plan, gen, fresh=self.plan is None,
                                     holds=self._held.get(gen))
+        self._epoch = getattr(self, "_epoch", 0) + 1
+        self.dp.set_epoch(gen, self._epoch)
         self.dp.flip(gen)
         self._held[gen] = plan
         self.plan = plan

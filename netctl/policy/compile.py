@@ -42,6 +42,7 @@ from .plan import (
     CFG_DEFAULT_INGRESS,
     CFG_DIRECT_DST,
     CFG_EVENT_SAMPLE,
+    CFG_FLOW_CACHE,
     CFG_ROUTES,
     CFG_SHAPES,
     CFG_SIZE,
@@ -59,7 +60,7 @@ from .plan import (
     FIELD_SPORT,
     FIELD_SRC,
     FLAG_LOG,
-    ICMP_INTERVALS,
+    FLOW_CACHE_MODES,
     ICMP_SLOTS,
     L4_FIELDS,
     MAX_SHAPES,
@@ -98,10 +99,25 @@ class _Info:
         return tuple(f for f, _ in self.protos)
 
 
+def compile_fitting(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noqa: B008
+    """``compile_policy`` into ``limits``, grown where the policy needs more room (each
+    capacity to the next power of two that holds it, up to its ceiling).  A need past a
+    ceiling, or one no capacity names, is raised as the MapFullError it is."""
+    while True:
+        try:
+            return compile_policy(policy, limits)
+        except MapFullError as exc:
+            grown = limits.grown(exc.limit, exc.needed) if exc.limit else None
+            if grown is None or grown == limits:
+                raise
+            limits = grown
+
+
 def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noqa: B008
     rules = policy.rules
     if len(rules) > limits.rules:
-        raise MapFullError(f"rules: needs {len(rules)} entries, capacity {limits.rules}")
+        raise MapFullError(f"rules: needs {len(rules)} entries, capacity {limits.rules}",
+                           "rules", len(rules))
     intern: dict = {}
     infos = []
     for position, rule in enumerate(rules):
@@ -129,8 +145,10 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
             tables[name] = _address_classes(name, field, family, shapes, slot_rules, limits,
                                             inverted, direct)
     for field, name in ((FIELD_SPORT, "sport"), (FIELD_DPORT, "dport"), (FIELD_ICMP, "icmp")):
-        capacity = ICMP_INTERVALS if field == FIELD_ICMP else limits.port_intervals
-        index, classes = _value_classes(name, field, shapes, slot_rules, capacity, inverted)
+        capacity = limits.icmp_intervals if field == FIELD_ICMP else limits.port_intervals
+        index, classes = _value_classes(name, field, shapes, slot_rules, capacity, inverted,
+                                        "icmp_intervals" if field == FIELD_ICMP
+                                        else "port_intervals")
         tables[f"{name}_interval"] = index
         tables[f"{name}_classes"] = classes
     tables["rule_table"] = _rule_trie(shapes, direct, slot_rules, inverted, limits)
@@ -152,9 +170,10 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
     config[CFG_CT_TCP_UNCONFIRMED] = ct.tcp_unconfirmed
     if len(policy.routes) > limits.routes:
         raise MapFullError(f"routes: needs {len(policy.routes)} entries, capacity "
-                           f"{limits.routes}")
+                           f"{limits.routes}", "routes", len(policy.routes))
     config[CFG_ROUTES] = len(policy.routes)
     config[CFG_EVENT_SAMPLE] = policy.log_sample
+    config[CFG_FLOW_CACHE] = FLOW_CACHE_MODES[policy.flow_cache]
     for name in ("routes_v4", "routes_v6"):
         tables[name] = {}
     for index, route in enumerate(policy.routes):
@@ -426,10 +445,12 @@ def _classes_of(index: dict, rule: int) -> tuple[int, ...] | list[int]:
     return (have,) if type(have) is int else have
 
 
-def _index_ids(vectors, capacity: int, name: str) -> dict[tuple[int, ...], int]:
+def _index_ids(vectors, capacity: int, name: str,
+               limit: str | None = None) -> dict[tuple[int, ...], int]:
     """Ids 1..capacity-1 for distinct non-zero class vectors, hashed then probed in order."""
     if len(vectors) > capacity - 1:
-        raise MapFullError(f"{name}: needs {len(vectors) + 1} entries, capacity {capacity}")
+        raise MapFullError(f"{name}: needs {len(vectors) + 1} entries, capacity {capacity}",
+                           limit, len(vectors) + 1)
     room = capacity - 1
     keyed = sorted((_digest_ints(v) % room + 1, v) for v in vectors)
     taken: set[int] = set()
@@ -482,7 +503,8 @@ def _address_classes(name, field, family, shapes, slot_rules, limits, inverted,
                     else:
                         have.append(code)
     if len(own) > limits.lpm_entries:
-        raise MapFullError(f"{name}: needs {len(own)} entries, capacity {limits.lpm_entries}")
+        raise MapFullError(f"{name}: needs {len(own)} entries, capacity {limits.lpm_entries}",
+                           "lpm_entries", len(own))
     bits = _BITS[family]
     intern: list[dict[tuple, tuple]] = [{} for _ in shapes]
     empty: list = [None] * len(shapes)
@@ -522,7 +544,7 @@ def _address_classes(name, field, family, shapes, slot_rules, limits, inverted,
 # ---- ports and ICMP types ----------------------------------------------------------------
 
 
-def _value_classes(name, field, shapes, slot_rules, capacity, inverted):
+def _value_classes(name, field, shapes, slot_rules, capacity, inverted, limit):
     """Interval index and class-vector arrays for sport, dport or ICMP type.
 
     Per sub-slot (tcp/udp, or ICMP/ICMPv6) the value axis is cut at every range boundary;
@@ -580,7 +602,7 @@ def _value_classes(name, field, shapes, slot_rules, capacity, inverted):
                            for slot, s in enumerate(sets)) + pad
             intervals.append((sub, lo, hi, vector))
     interval_ids = _index_ids({v for *_, v in intervals if any(v)}, capacity,
-                              f"{name}_classes")
+                              f"{name}_classes", limit)
     index: dict[int, int] = {}
     for sub, lo, hi, vector in intervals:
         iid = interval_ids.get(vector, 0)
@@ -664,12 +686,12 @@ def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:
                             bucket[prefix] = info.index
                             total += 1
             added[info.index] = total - before
-            if total > capacity:
-                worst = max(added, key=lambda i: (added[i], -i))
-                name = next(x.name for rules in slot_rules for x in rules if x.index == worst)
-                raise MapFullError(
-                    f"rule_table: needs more than {capacity} entries (its capacity); rule "
-                    f"{name!r} contributes the most ({added[worst]})")
+    if total > capacity:
+        worst = max(added, key=lambda i: (added[i], -i))
+        name = next(x.name for rules in slot_rules for x in rules if x.index == worst)
+        raise MapFullError(
+            f"rule_table: needs {total} entries, capacity {capacity}; rule {name!r} "
+            f"contributes the most ({added[worst]})", "rule_table", total)
     table: dict[tuple, int] = {}
     for header, bucket in buckets.items():
         _propagate(bucket, _BITS[header[2]])

@@ -30,6 +30,7 @@ from .model import (
     Conntrack,
     Direction,
     Expectation,
+    FlowCache,
     Interface,
     Network,
     Packet,
@@ -92,7 +93,7 @@ ICMP_TYPES = {
 }
 
 TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "conntrack", "allow_ndp",
-            "log_sample", "rules", "routes",
+            "log_sample", "flow_cache", "rules", "routes",
             "tests")
 RULE_KEYS = ("name", "direction", "action", "src", "dst", "proto", "sport", "dport",
              "icmp_type", "icmp_code", "log")
@@ -499,6 +500,11 @@ class _Loader:
                            "drop and logged match goes to monitor; N: one in N)")
             else:
                 fields["log_sample"] = value
+        if "flow_cache" in root:
+            mode = self.as_choice(root["flow_cache"], root.valmarks["flow_cache"],
+                                  "flow_cache", FlowCache)
+            if mode is not None:
+                fields["flow_cache"] = mode
         self._names: dict[str, Pos] = {}
         self._directions: dict[str, Direction] = {}
         if "rules" in root:

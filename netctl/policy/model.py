@@ -63,6 +63,12 @@ class XdpMode(enum.StrEnum):
     OFF = "off"
 
 
+class FlowCache(enum.StrEnum):
+    AUTO = "auto"    # on, bypassed while a CPU's hit rate is too low to pay
+    ON = "on"
+    OFF = "off"
+
+
 class TcHook(enum.StrEnum):
     INGRESS = "ingress"
     EGRESS = "egress"
@@ -231,6 +237,7 @@ class Policy:
     conntrack: Conntrack = Conntrack()
     allow_ndp: bool = True
     log_sample: int = 1      # one in this many drops and log: true matches goes to monitor
+    flow_cache: FlowCache = FlowCache.AUTO  # remember each flow's classification
     routes: tuple[Route, ...] = ()
     tests: tuple[PolicyTest, ...] = ()
     version: int = 1

@@ -44,7 +44,7 @@ import hashlib
 import json
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any
@@ -75,7 +75,6 @@ PORT_SLOTS = {6: 0, 17: 1}          # protocol -> port slot (tcp, udp)
 ICMP_SLOTS = {4: 0, 6: 1}           # family -> icmp slot (ICMP proto 1, ICMPv6 proto 58)
 PORT_INDEX_SIZE = 2 * 65536
 ICMP_INDEX_SIZE = 2 * 65536          # type << 8 | code, per icmp slot
-ICMP_INTERVALS = 4096                # capacity of icmp_classes (distinct class vectors)
 
 # Positions in the config entry.
 CFG_DEFAULT_INGRESS = 0   # ACTION_*
@@ -96,7 +95,10 @@ CFG_CT_ICMP = CFG_STATEFUL + 4
 CFG_ROUTES = CFG_CT_ICMP + 1               # number of routes (0: no forwarding)
 CFG_EVENT_SAMPLE = CFG_ROUTES + 1          # events: one in this many goes to monitor
 CFG_CT_TCP_UNCONFIRMED = CFG_EVENT_SAMPLE + 1  # idle timeout of TCP before its handshake
-CFG_SIZE = CFG_CT_TCP_UNCONFIRMED + 1
+CFG_FLOW_CACHE = CFG_CT_TCP_UNCONFIRMED + 1   # FLOW_CACHE_*
+CFG_SIZE = CFG_FLOW_CACHE + 1
+
+FLOW_CACHE_MODES = {"off": 0, "auto": 1, "on": 2}
 
 # A slot's directly looked-up address field: dst when its CFG_DIRECT_DST bit is set (and
 # the shape has dst), else src when the shape has src, else none.  The other address field
@@ -117,7 +119,11 @@ MAP_NAMES = (*LPM_MAPS, *INTERVAL_MAPS, *CLASS_MAPS, "rule_table", "rules", "con
 
 @dataclass(frozen=True)
 class Limits:
-    """Map capacities (``max_entries``).  The compiler refuses a plan that does not fit."""
+    """Map capacities (``max_entries``) of a datapath build.  The compiler refuses a plan
+    that does not fit (MapFullError naming the capacity and the entries needed); `netctl
+    apply` then builds with ``grown`` capacities, so only a need past ``CEILINGS`` is
+    refused.  The defaults hold most policies; growing means a rebuild (the capacities are
+    the programs' -D constants), shrinking never happens by itself."""
 
     lpm_entries: int = 262144       # per address trie
     rule_table: int = 1048576
@@ -125,12 +131,38 @@ class Limits:
     port_intervals: int = 16384     # entries of sport_classes / dport_classes (ids 0..n-1)
     shapes: int = MAX_SHAPES        # slots the compiler may use (<= MAX_SHAPES)
     routes: int = 4096              # routes (per family trie, and next hops)
+    icmp_intervals: int = 4096      # entries of icmp_classes
 
     def __post_init__(self):
         if not 1 <= self.shapes <= MAX_SHAPES:
             raise ValueError(f"shapes must be 1..{MAX_SHAPES}")
-        if self.port_intervals < 2:
-            raise ValueError("port_intervals must be at least 2")
+        if self.port_intervals < 2 or self.icmp_intervals < 2:
+            raise ValueError("port_intervals and icmp_intervals must be at least 2")
+
+    def grown(self, limit: str, needed: int) -> Limits | None:
+        """These limits with ``limit`` raised to hold ``needed`` entries (the next power of
+        two, at most its ceiling), or None when ``needed`` is past the ceiling."""
+        ceiling = CEILINGS.get(limit)
+        if ceiling is None or needed > ceiling:
+            return None
+        size = max(getattr(self, limit), 1)
+        while size < needed:
+            size *= 2
+        return replace(self, **{limit: min(size, ceiling)})
+
+
+# How far `netctl apply` grows each capacity.  Class vectors have one id per distinct vector,
+# and there are never more than elementary intervals of the value axis: 2 x 65,536 ports
+# (tcp, udp) or ICMP type-and-code values, plus "none".  The others are bounded by memory
+# (LPM tries take memory per entry used; arrays are allocated whole, per generation).
+CEILINGS = {
+    "port_intervals": 2 * 65536 + 1,
+    "icmp_intervals": 2 * 65536 + 1,
+    "lpm_entries": 1 << 24,
+    "rule_table": 1 << 24,
+    "rules": 1 << 21,
+    "routes": 1 << 20,
+}
 
 
 @dataclass(frozen=True)
@@ -155,7 +187,7 @@ def map_specs(limits: Limits) -> dict[str, MapSpec]:
                       ICMP_INDEX_SIZE),
               MapSpec("sport_classes", "array", "u32 interval id", vec, limits.port_intervals),
               MapSpec("dport_classes", "array", "u32 interval id", vec, limits.port_intervals),
-              MapSpec("icmp_classes", "array", "u32 interval id", vec, ICMP_INTERVALS),
+              MapSpec("icmp_classes", "array", "u32 interval id", vec, limits.icmp_intervals),
               MapSpec("rule_table", "lpm_trie",
                       "prefixlen u32, u8 gen, slot, direction, family, proto, pad[3], "
                       "u32 addr_cls, sport_cls, l4_cls, u8 addr[16]", "u32 rule index",

@@ -154,6 +154,9 @@ def policy_schema() -> dict:
             "log_sample": {"type": "integer", "minimum": 1, "maximum": 1000000, "default": 1,
                            "description": "one in this many policy drops and log: true "
                            "matches goes to netctl monitor (random sampling)"},
+            "flow_cache": {"type": "string", "enum": ["auto", "on", "off"], "default": "auto",
+                           "description": "remember each flow's classification for the "
+                           "policy's life (auto: bypassed while most packets are new flows)"},
             "allow_ndp": {**boolean, "description": "accept ICMPv6 neighbour discovery "
                           "(types 133-137) with hop limit 255 (a redirect only from a "
                           "link-local source) before any rule; default true"},

@@ -91,8 +91,13 @@ def test_constants_match_the_header():
     assert plan.CFG_EVENT_SAMPLE == plan.CFG_ROUTES + 1
     assert "#define NETCTL_CFG_CT_TCP_UNCONFIRMED (NETCTL_CFG_EVENT_SAMPLE + 1)" in text
     assert plan.CFG_CT_TCP_UNCONFIRMED == plan.CFG_EVENT_SAMPLE + 1
-    assert plan.CFG_SIZE == plan.CFG_CT_TCP_UNCONFIRMED + 1
-    for name in ("FWD_LOCAL", "FWD_TTL", "FWD_OPTIONS", "FWD_UNRESOLVED"):
+    assert "#define NETCTL_CFG_FLOW_CACHE (NETCTL_CFG_CT_TCP_UNCONFIRMED + 1)" in text
+    assert plan.CFG_FLOW_CACHE == plan.CFG_CT_TCP_UNCONFIRMED + 1
+    assert plan.CFG_SIZE == plan.CFG_FLOW_CACHE + 1
+    assert {mode: defines[f"NETCTL_FLOW_CACHE_{mode.upper()}"]
+            for mode in plan.FLOW_CACHE_MODES} == plan.FLOW_CACHE_MODES
+    for name in ("FWD_LOCAL", "FWD_TTL", "FWD_OPTIONS", "FWD_UNRESOLVED", "FWD_NOT_UNICAST",
+                 "FLOW_HIT", "FLOW_MISS"):
         assert defines[f"NETCTL_STAT_{name}"] == getattr(abi, f"STAT_{name}")
     for name in ("CT_REPLY", "CT_NEW", "CT_EXPIRED", "CT_RELATED", "CT_INVALID",
                  "CT_CONFIRMED", "CT_UNCONFIRMED_EXPIRED"):

@@ -89,9 +89,11 @@ def test_programs_agree_with_the_model_on_generated_policies(sandbox, case):
         reference = evaluate(policy, packet, direction)
         assert frame_verdict(policy, frame, direction)[:3] == (
             reference.verdict, reference.rule, reference.why), packet
-        # ... and every hook of that direction judges it the same way.
+        # ... and every hook of that direction judges it the same way, twice: the second
+        # time from the flow cache when the policy has it on.
         for hook in hooks_for(direction):
             check(sandbox, policy, frame, hook, str(packet))
+            check(sandbox, policy, frame, hook, f"{packet}, again")
 
 
 @settings(max_examples=60, **SETTINGS)
@@ -301,3 +303,32 @@ def test_the_conversations_met_every_outcome():
 def test_enough_packets_were_compared():
     """Runs last in this module (pytest keeps file order): the CI floor of 10,000."""
     assert RUNS["packets"] >= 10_000, RUNS
+
+
+def test_the_flow_cache_never_outlives_the_policy_that_filled_it(sandbox):
+    """A flow classified (and cached) under one policy is judged by the next policy as soon
+    as it is live, in both directions: the cache is keyed by each apply's epoch."""
+    from strategies import make_policy
+
+    from netctl.policy.model import FlowCache
+
+    frame = frames._eth(frames.ETH_P_IP) + frames._ipv4_raw(proto=17, tail=frames.UDP_HDR)
+    drop = make_policy({"action": "drop", "proto": "udp", "dport": 53},
+                       {"direction": "egress", "action": "drop", "proto": "udp"})
+    # another rule index decides there, so a stale cached index would show
+    accept = make_policy({"action": "drop", "proto": "tcp", "dport": 1},
+                         {"action": "accept", "proto": "udp", "dport": 53},
+                         {"direction": "egress", "action": "accept", "proto": "udp"})
+    import dataclasses
+
+    drop = dataclasses.replace(drop, flow_cache=FlowCache.ON)
+    accept = dataclasses.replace(accept, flow_cache=FlowCache.ON)
+    for policy in (drop, accept, drop, accept):
+        sandbox.load(compile_policy(policy, LIMITS))
+        for hook in HOOKS:
+            for _ in range(3):
+                check(sandbox, policy, frame, hook, "cached")
+    stats = sandbox.dp.stats()
+    from netctl import abi
+
+    assert stats[abi.STAT_FLOW_HIT][0] >= 4 * 3 * 2   # most runs came from the cache

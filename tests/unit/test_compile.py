@@ -437,9 +437,10 @@ def test_map_full_errors_name_the_map_the_need_and_the_capacity():
     with pytest.raises(MapFullError, match=r"^dst_v4: needs 60 entries, capacity 50$"):
         compile_policy(classified, Limits(lpm_entries=50))
     with pytest.raises(MapFullError,
-                       match=r"^rule_table: needs more than 100 entries \(its capacity\); "
-                             r"rule 'r\d+' contributes the most \(\d+\)$"):
+                       match=r"^rule_table: needs 230 entries, capacity 100; "
+                             r"rule 'r\d+' contributes the most \(\d+\)$") as info:
         compile_policy(policy, Limits(rule_table=100))
+    assert (info.value.limit, info.value.needed) == ("rule_table", 230)
     many_ports = make_policy(*({"dport": 2 * i} for i in range(20)))
     with pytest.raises(MapFullError, match=r"^dport_classes: needs 21 entries, capacity 8$"):
         compile_policy(many_ports, Limits(port_intervals=8))
@@ -461,9 +462,33 @@ def test_src_heavy_and_dst_heavy_rules_of_one_shape_stay_linear_unless_they_cove
                 for i in range(300)]
     covering += [{"src": "10.0.0.0/8", "dst": f"192.{i // 256}.{i % 256}.0/24"}
                  for i in range(300)]
-    with pytest.raises(MapFullError, match=r"rule_table: needs more than 50000 entries "
-                                           r"\(its capacity\); rule 'r\d+' contributes"):
+    with pytest.raises(MapFullError, match=r"rule_table: needs \d+ entries, capacity 50000; "
+                                           r"rule 'r\d+' contributes"):
         compiled(*covering, limits=Limits(rule_table=50000))
+
+
+def test_capacities_grow_to_what_the_policy_needs_up_to_their_ceiling():
+    from netctl.policy.compile import compile_fitting
+    from netctl.policy.plan import CEILINGS
+
+    # 20,000 distinct destination ports: 40,001 port classes, past the default 16,384
+    many_ports = make_policy(*({"proto": 6, "dport": 3 * i} for i in range(20000)))
+    with pytest.raises(MapFullError) as info:
+        compile_policy(many_ports, Limits())
+    assert (info.value.limit, info.value.needed) == ("port_intervals", 20001)
+    plan = compile_fitting(many_ports, Limits())
+    assert plan.limits.port_intervals == 32768 and plan.limits.rule_table == Limits().rule_table
+    assert plan.constants()["NETCTL_DPORT_CLASSES_ENTRIES"] == 32768
+    # growth is to a power of two, capped at the ceiling; past it, None
+    assert Limits().grown("port_intervals", 70000).port_intervals == 131072
+    assert Limits().grown("port_intervals", 131073).port_intervals == CEILINGS["port_intervals"]
+    assert Limits().grown("port_intervals", 131074) is None
+    assert Limits(rules=100).grown("rules", 101).rules == 200
+    # every port of both protocols in its own interval: the whole value space fits
+    every = make_policy(*({"proto": proto, "dport": i} for proto in (6, 17)
+                          for i in range(0, 65536, 1)))
+    plan = compile_fitting(every, Limits(rules=1 << 18, rule_table=1 << 18))
+    assert len(plan.maps()["dport_classes"]) < plan.limits.port_intervals
 
 
 def test_diff_of_a_one_rule_change_touches_few_entries():
