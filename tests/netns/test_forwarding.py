@@ -353,3 +353,13 @@ def test_forwarded_traffic_meets_the_egress_rules_and_is_tracked_on_both_hooks(t
     rules = {r["name"]: r["packets"] for r in status["rules"]}
     assert rules["no-7200-out"] == 6
     assert status["conntrack"]["entries"] >= 2
+
+
+def test_auto_picks_xdp_on_veth_when_the_policy_forwards(the):
+    # judging alone: tc ingress is the faster hook on a veth; forwarding: XDP's redirect is
+    result = the.apply(ROUTES)
+    assert result["interfaces"]["rc"]["ingress"] == "xdp-native"
+    assert "forwards" in result["interfaces"]["rc"]["why"]
+    assert exchange(the, 4) == 3 and exchange(the, 6) == 3
+    result = the.apply(ROUTES.split("routes:")[0])
+    assert result["interfaces"]["rc"]["ingress"] == "tc"
