@@ -224,8 +224,22 @@ def _lpm_key(key: bytes) -> tuple[int, tuple[int, Any]]:
 
 
 def _read_trie(m: RawMap, gen: int, unpack_key, unpack_value) -> dict:
-    """One generation of an LPM trie, entry by entry (tries have no batch operations)."""
+    """One generation of an LPM trie: in batches where the kernel has them for tries, else
+    entry by entry."""
     contents = {}
+    if _TRIE_BATCHES.get("lookup") is not False:
+        try:
+            for key, value in m.lookup_batch():
+                g, canonical = unpack_key(key)
+                if g == gen:
+                    contents[canonical] = unpack_value(value)
+            _TRIE_BATCHES["lookup"] = True
+            return contents
+        except BpfError as exc:
+            if exc.errno not in _NO_BATCH or _TRIE_BATCHES.get("lookup"):
+                raise
+            _TRIE_BATCHES["lookup"] = False
+            contents = {}
     for key in list(m.keys()):
         g, canonical = unpack_key(key)
         if g != gen:
@@ -267,10 +281,12 @@ def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
     writes = dict(change.added)
     writes.update((k, new) for k, (_, new) in change.changed.items())
     try:
-        if map_kind(name) == "lpm_trie":  # no batch operations: one update per entry
+        if map_kind(name) == "lpm_trie":
             m.delete_many(encode(name, gen, k, v, constants)[0]
                           for k, v in change.removed.items())
-            m.update_many(encode(name, gen, k, v, constants) for k, v in writes.items())
+            pairs = [encode(name, gen, k, v, constants) for k, v in writes.items()]
+            if not _batch_trie(m, pairs):
+                m.update_many(pairs)
             return
         if map_kind(name) == "array":
             zero = _zero_value(name)
@@ -289,6 +305,28 @@ def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
 
 
 _BATCH = 8192
+# Whether the running kernel has batch operations on LPM tries (6.18 has them; older kernels
+# refuse with EINVAL or ENOTSUPP): tried once per process, then one syscall per entry.
+_TRIE_BATCHES: dict[str, bool] = {}
+_NO_BATCH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524)   # 524: the kernel's ENOTSUPP
+
+
+def _batch_trie(m: RawMap, pairs: list[tuple[bytes, bytes]]) -> bool:
+    """Write an LPM trie's entries in batches; False (nothing written) where the kernel has
+    no batch operations on tries."""
+    if not pairs:
+        return True
+    if _TRIE_BATCHES.get("update") is False:
+        return False
+    try:
+        _batch(m, pairs)
+    except BpfError as exc:
+        if exc.errno not in _NO_BATCH or _TRIE_BATCHES.get("update"):
+            raise
+        _TRIE_BATCHES["update"] = False
+        return False
+    _TRIE_BATCHES["update"] = True
+    return True
 
 
 def _batch(m: RawMap, pairs: list[tuple[bytes, bytes]]) -> None:
