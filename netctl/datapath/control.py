@@ -621,6 +621,8 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         old.close()
     elif old_active is not None:
         _carry(carried, previous.get(str(old_active)), dp, old_active)
+        if old_active != gen:
+            _catch_up(ns, dp, old_active, plan, previous, nexthops, new_state, record)
     _remove_stale_builds(ns, build)
     keep = set(plan.rule_names)
     carried["rules"] = {k: v for k, v in carried["rules"].items() if k in keep}
@@ -628,6 +630,25 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
     ns.write_state(new_state)
     dp.close()
     return ApplyResult(policy.source, gen, reload, change, interfaces, detached, warnings)
+
+
+def _catch_up(ns: Namespace, dp: Datapath, gen: int, plan: MapPlan, previous: dict,
+              nexthops: list[dict], new_state: dict, record: dict) -> None:
+    """After the flip (and once no packet is judged by it any more: settle()), write the
+    new policy into the generation packets just left too, so that both hold it and the
+    next apply's inactive generation differs from its plan by that apply's change alone: a
+    one-rule edit right after a large one writes a few entries, not the large one again.
+    Off the critical path: the new policy is live before this starts.  A kill half way
+    leaves that generation's saved plan forgotten: the next apply reads it back."""
+    holds = ns.load_plan(gen, previous.get(str(gen), {}).get("digest"))
+    ns.forget_plan(gen)
+    new_state["generations"][str(gen)] = dict(previous.get(str(gen), {}), digest=None,
+                                              contents=None)
+    ns.write_state(new_state)
+    dp.write_plan(plan, gen, holds=holds)
+    dp.write_nexthops(gen, [n["packed"] for n in nexthops])
+    ns.save_plan(gen, plan)
+    new_state["generations"][str(gen)] = record
 
 
 def _stale_builds(ns: Namespace, build: dict) -> list[str]:
