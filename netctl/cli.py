@@ -74,6 +74,7 @@ EXAMPLES = {
         netctl exporter                              # http://127.0.0.1:9433/metrics
         netctl exporter --listen 0.0.0.0:9433        # every address: metrics name flows
         netctl exporter --once | grep netctl_drops   # one scrape on stdout
+        netctl exporter --rules top:100              # only the 100 busiest rules' counters
         ip netns exec lab netctl exporter --listen 127.0.0.1:9500""",
     "lab": """
         netctl lab run                               # policies/web-server.yaml
@@ -190,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="print one scrape in the text exposition format and exit")
     p.add_argument("--no-kernel", action="store_true",
                    help="datapath metrics only, no kernel tracers")
+    p.add_argument("--rules", default="all", metavar="all|marked|top:K",
+                   help="which rules' counters to export: all (default), marked (rules with "
+                        "metrics: true), or top:K (the K busiest by packets)")
 
     verb("conntrack", "list the flows tracked for stateful: true (5-tuple as this host "
          "started it, state, age, packets), with table size and evictions")
@@ -654,7 +658,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     from .exporter import serve
 
     kinds = () if args.no_kernel else ("drop", "retrans")
-    return serve(args.listen, kinds, once=args.once)
+    return serve(args.listen, kinds, once=args.once, rules=args.rules)
 
 
 HANDLERS = {

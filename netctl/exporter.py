@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+import socket
 import sys
 import threading
 from typing import Any
@@ -31,123 +32,194 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# ---- the text exposition format -------------------------------------------------------------
+#
+# Written here rather than through prometheus-client's registry: at 100,000 rules a scrape has
+# 200,000 samples, and the client's generic path took about 0.8 s per scrape where string
+# formatting takes a tenth of that.  The output is the client's text format (version 0.0.4):
+# counters named with `_total`, values as floats; tests read it back with its parser.
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RULE_MODES = ("all", "marked")   # and "top:K"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+class _Text:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str, labels: tuple[str, ...],
+               samples) -> None:
+        """One metric family: ``samples`` yields (label values, value)."""
+        full = f"{name}_total" if kind == "counter" else name
+        out = self.lines
+        out.append(f"# HELP {full} {_escape_help(help_text)}")
+        out.append(f"# TYPE {full} {kind}")
+        for values, value in samples:
+            if labels:
+                inner = ",".join(f'{k}="{_escape_label(str(v))}"'
+                                 for k, v in zip(labels, values, strict=True))
+                out.append(f"{full}{{{inner}}} {float(value)!r}")
+            else:
+                out.append(f"{full} {float(value)!r}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def parse_rules(text: str) -> tuple[str, int]:
+    """--rules: all, marked (rules with `metrics: true`) or top:K (the K busiest)."""
+    if text in RULE_MODES:
+        return text, 0
+    kind, sep, count = text.partition(":")
+    if kind == "top" and sep and count.isdigit() and int(count) > 0:
+        return "top", int(count)
+    raise NetctlError(f"--rules {text!r}: expected all, marked or top:K (K > 0)")
+
+
+def select_rules(rules: list[dict], mode: str, count: int) -> list[dict]:
+    if mode == "marked":
+        return [r for r in rules if r.get("metrics")]
+    if mode == "top":
+        return sorted(rules, key=lambda r: (-r["packets"], r["index"]))[:count]
+    return rules
+
+
 class Collector:
-    def __init__(self, tracers: list):
+    def __init__(self, tracers: list, rules: tuple[str, int] = ("all", 0)):
         self.tracers = tracers
+        self.rules = rules
         self.lock = threading.Lock()
 
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+    def scrape(self) -> str:
         from .datapath.control import status
 
         with self.lock:
             report: dict[str, Any] = status(verify=False)
-        up = GaugeMetricFamily("netctl_datapath_up", "1 when a netctl datapath is live in "
-                               "this network namespace and intact")
-        up.add_metric([], 1.0 if report["applied"] and not report["problems"] else 0.0)
-        yield up
+        t = _Text()
+        t.family("netctl_datapath_up", "gauge", "1 when a netctl datapath is live in this "
+                 "network namespace and intact", (),
+                 [((), 1.0 if report["applied"] and not report["problems"] else 0.0)])
         if report["applied"]:
-            gen = GaugeMetricFamily("netctl_generation", "the live policy generation (0 or 1)")
-            gen.add_metric([], report["generation"])
-            yield gen
-            packets = CounterMetricFamily("netctl_rule_packets", "packets decided by a rule",
-                                          labels=["rule", "action"])
-            nbytes = CounterMetricFamily("netctl_rule_bytes", "bytes decided by a rule",
-                                         labels=["rule", "action"])
-            for r in report["rules"]:
-                packets.add_metric([r["name"], r["action"]], r["packets"])
-                nbytes.add_metric([r["name"], r["action"]], r["bytes"])
-            yield packets
-            yield nbytes
-            default = CounterMetricFamily("netctl_default_packets", "packets no rule decided, "
-                                          "by direction and default verdict",
-                                          labels=["direction", "verdict"])
-            for direction, d in report["defaults"].items():
-                for verdict in ("accept", "drop"):
-                    default.add_metric([direction, verdict], d[verdict]["packets"])
-            yield default
-            drops = CounterMetricFamily("netctl_drops", "packets the datapath dropped, by "
-                                        "reason", labels=["reason"])
-            for d in report["drops"]:
-                drops.add_metric([d["reason"]], d["packets"])
-            yield drops
-            ct = report.get("conntrack") or {}
-            if ct.get("enabled"):
-                waiting = ct["unconfirmed"]
-                for name, help_text, confirmed, unconfirmed in (
-                        ("netctl_conntrack_entries", "tracked flows now, by table",
-                         ct["entries"], waiting["entries"]),
-                        ("netctl_conntrack_capacity", "tracked flows at most, by table",
-                         ct["capacity"], waiting["capacity"])):
-                    g = GaugeMetricFamily(name, help_text, labels=["table"])
-                    g.add_metric(["confirmed"], confirmed)
-                    g.add_metric(["unconfirmed"], unconfirmed)
-                    yield g
-                evicted = CounterMetricFamily("netctl_conntrack_evicted", "tracked flows "
-                                              "evicted by a full table, by table",
-                                              labels=["table"])
-                evicted.add_metric(["confirmed"], ct["evicted"])
-                evicted.add_metric(["unconfirmed"], waiting["evicted"])
-                yield evicted
-                accepted = CounterMetricFamily("netctl_conntrack_accepted", "packets "
-                                               "connection tracking accepted before the "
-                                               "rules, by kind", labels=["kind"])
-                accepted.add_metric(["reply"], ct["replies_accepted"])
-                accepted.add_metric(["related"], ct["related_accepted"])
-                yield accepted
-                invalid = CounterMetricFamily("netctl_conntrack_invalid", "packets of "
-                                              "tracked flows refused as replies (left to "
-                                              "the rules)")
-                invalid.add_metric([], ct["invalid"])
-                yield invalid
-            events = CounterMetricFamily("netctl_events", "datapath events for monitor, by "
-                                         "outcome", labels=["outcome"])
-            for outcome in ("sent", "lost", "sampled_out"):
-                events.add_metric([outcome], report["events"][outcome])
-            yield events
-            if report.get("routes"):
-                fwd = CounterMetricFamily("netctl_route_packets", "packets forwarded by a "
-                                          "route", labels=["dst", "dev"])
-                for r in report["routes"]:
-                    fwd.add_metric([r["dst"], r["dev"]], r["packets"])
-                yield fwd
-        yield from self._kernel()
+            self._datapath(t, report)
+        self._kernel(t)
+        return t.text()
 
-    def _kernel(self):
-        from prometheus_client.core import CounterMetricFamily
+    def _datapath(self, t: _Text, report: dict) -> None:
+        t.family("netctl_generation", "gauge", "the live policy generation (0 or 1)", (),
+                 [((), report["generation"])])
+        rules = select_rules(report["rules"], *self.rules)
+        t.family("netctl_rule_packets", "counter", "packets decided by a rule",
+                 ("rule", "action"), (((r["name"], r["action"]), r["packets"]) for r in rules))
+        t.family("netctl_rule_bytes", "counter", "bytes decided by a rule", ("rule", "action"),
+                 (((r["name"], r["action"]), r["bytes"]) for r in rules))
+        t.family("netctl_default_packets", "counter", "packets no rule decided, by direction "
+                 "and default verdict", ("direction", "verdict"),
+                 [((direction, verdict), d[verdict]["packets"])
+                  for direction, d in report["defaults"].items()
+                  for verdict in ("accept", "drop")])
+        t.family("netctl_drops", "counter", "packets the datapath dropped, by reason",
+                 ("reason",), [((d["reason"],), d["packets"]) for d in report["drops"]])
+        ct = report.get("conntrack") or {}
+        if ct.get("enabled"):
+            waiting = ct["unconfirmed"]
+            t.family("netctl_conntrack_entries", "gauge", "tracked flows now, by table",
+                     ("table",), [(("confirmed",), ct["entries"]),
+                                  (("unconfirmed",), waiting["entries"])])
+            t.family("netctl_conntrack_capacity", "gauge", "tracked flows at most, by table",
+                     ("table",), [(("confirmed",), ct["capacity"]),
+                                  (("unconfirmed",), waiting["capacity"])])
+            t.family("netctl_conntrack_evicted", "counter", "tracked flows evicted by a full "
+                     "table, by table", ("table",),
+                     [(("confirmed",), ct["evicted"]), (("unconfirmed",), waiting["evicted"])])
+            t.family("netctl_conntrack_accepted", "counter", "packets connection tracking "
+                     "accepted before the rules, by kind", ("kind",),
+                     [(("reply",), ct["replies_accepted"]),
+                      (("related",), ct["related_accepted"])])
+            t.family("netctl_conntrack_invalid", "counter", "packets of tracked flows refused "
+                     "as replies (left to the rules)", (), [((), ct["invalid"])])
+        t.family("netctl_events", "counter", "datapath events for monitor, by outcome",
+                 ("outcome",), [((o,), report["events"][o])
+                                for o in ("sent", "lost", "sampled_out")])
+        cache = report.get("flow_cache")
+        if cache:
+            t.family("netctl_flow_cache_lookups", "counter", "packets classified from the "
+                     "flow cache (hit) or by the lookups (miss)", ("result",),
+                     [(("hit",), cache["hits"]), (("miss",), cache["misses"])])
+        if report.get("routes"):
+            t.family("netctl_route_packets", "counter", "packets forwarded by a route",
+                     ("dst", "dev"), [((r["dst"], r["dev"]), r["packets"])
+                                      for r in report["routes"]])
 
-        lost = CounterMetricFamily("netctl_tracer_events_lost", "tracer events the ring "
-                                   "buffer could not take", labels=["tracer"])
+    def _kernel(self, t: _Text) -> None:
+        lost = []
         for tracer in self.tracers:
             counts = tracer.counts()
             if tracer.kind == "drop":
-                m = CounterMetricFamily("netctl_kernel_drops", "packets the kernel dropped, "
-                                        "by the kernel's drop reason", labels=["reason"])
-                for reason, n in sorted(counts.get("reason", {}).items()):
-                    m.add_metric([reason], n)
-                yield m
+                t.family("netctl_kernel_drops", "counter", "packets the kernel dropped, by "
+                         "the kernel's drop reason", ("reason",),
+                         [((reason,), n) for reason, n in sorted(counts.get("reason",
+                                                                            {}).items())])
             elif tracer.kind == "retrans":
-                m = CounterMetricFamily("netctl_tcp_retransmits", "TCP segments retransmitted")
-                m.add_metric([], sum(counts.get("flows", {}).values())
-                             + sum(counts.get("sockets", {}).values()))
-                yield m
-            lost.add_metric([tracer.kind], tracer.lost())
+                t.family("netctl_tcp_retransmits", "counter", "TCP segments retransmitted",
+                         (), [((), sum(counts.get("flows", {}).values())
+                               + sum(counts.get("sockets", {}).values()))])
+            lost.append(((tracer.kind,), tracer.lost()))
         if self.tracers:
-            yield lost
+            t.family("netctl_tracer_events_lost", "counter", "tracer events the ring buffer "
+                     "could not take", ("tracer",), lost)
+
+
+def _http_server(host: str, port: int, collector: Collector):
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server interface)
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404, "only /metrics is served here")
+                return
+            try:
+                body = collector.scrape().encode()
+            except NetctlError as exc:
+                self.send_error(503, str(exc))
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # quiet: a scrape every few seconds is no news
+            pass
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = family
+        daemon_threads = True
+
+    server = Server((host, port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
 
 
 def serve(listen: str = DEFAULT_LISTEN, kinds=("drop", "retrans"), once: bool = False,
-          out=print, err=None) -> int:
+          out=print, err=None, rules: str = "all") -> int:
     """Serve until SIGINT/SIGTERM (``once``: return the text of one scrape, for tests)."""
-    from prometheus_client import generate_latest, start_http_server
-    from prometheus_client.registry import CollectorRegistry
-
     from . import trace
     from .datapath.control import require_privilege
 
     require_privilege("exporter")
     host, port = parse_listen(listen)
+    selection = parse_rules(rules)
     tracers = []
     try:
         try:
@@ -155,13 +227,12 @@ def serve(listen: str = DEFAULT_LISTEN, kinds=("drop", "retrans"), once: bool = 
         except NetctlError as exc:
             print(f"netctl exporter: kernel tracers unavailable ({exc}); serving datapath "
                   "metrics only", file=err or sys.stderr)
-        registry = CollectorRegistry()
-        registry.register(Collector(tracers))
+        collector = Collector(tracers, selection)
         if once:
-            out(generate_latest(registry).decode())
+            out(collector.scrape(), end="")
             return 0
         try:
-            server, thread = start_http_server(port, addr=host, registry=registry)
+            server, thread = _http_server(host, port, collector)
         except OSError as exc:
             raise NetctlError(f"--listen {listen}: cannot serve there: {exc.strerror or exc} "
                               f"(errno {exc.errno})") from None

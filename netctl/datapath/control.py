@@ -495,7 +495,8 @@ def _generation_record(policy: Policy, plan: MapPlan) -> dict[str, Any]:
             "digest": plan.digest(), "contents": mapio.contents_digests(plan.maps()),
             "applied_at": time.time(),
             "rules": list(plan.rule_names),
-            "actions": [action for action, _ in plan.rules]}
+            "actions": [action for action, _ in plan.rules],
+            "metrics": [r.index for r in policy.rules if r.metrics]}
 
 
 def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan,
@@ -913,13 +914,15 @@ def status(verify: bool = True) -> dict[str, Any]:
         carried_stats = carried.get("stats") or [[0, 0]] * abi.STAT_MAX
         counters = live.rule_counters(gen, len(record["rules"]))
         actions = ("accept", "drop")
+        marked = set(record.get("metrics", ()))
         policy_drops = [0, 0]
         for index, (name, action, (packets, nbytes)) in enumerate(
                 zip(record["rules"], record["actions"], counters, strict=True)):
             cp, cb = carried_rules.get(name, (0, 0))
             packets, nbytes = packets + cp, nbytes + cb
             out["rules"].append({"index": index, "name": name, "action": actions[action],
-                                 "packets": packets, "bytes": nbytes})
+                                 "packets": packets, "bytes": nbytes,
+                                 "metrics": index in marked})
             if action == 1:
                 policy_drops[0] += packets
                 policy_drops[1] += nbytes

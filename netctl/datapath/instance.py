@@ -150,8 +150,13 @@ class Datapath:
         base = gen * self.constants["NETCTL_RULES_ENTRIES"]
         m = self.maps["counters"]
         blob = m.read_array(base, count)
-        size = m.value_size
-        return [abi.sum_counters(blob[i * size:(i + 1) * size]) for i in range(count)]
+        cpus = m.value_size // 16
+        flat = memoryview(blob).cast("Q")   # (packets, bytes) per CPU, per rule
+        if cpus == 1:
+            return list(zip(flat[0::2], flat[1::2], strict=True))
+        packets = [sum(flat[i:i + 2 * cpus:2]) for i in range(0, 2 * cpus * count, 2 * cpus)]
+        nbytes = [sum(flat[i + 1:i + 2 * cpus:2]) for i in range(0, 2 * cpus * count, 2 * cpus)]
+        return list(zip(packets, nbytes, strict=True))
 
     def zero_counters(self, gen: int) -> None:
         stride = self.constants["NETCTL_RULES_ENTRIES"]

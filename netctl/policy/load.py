@@ -96,7 +96,7 @@ TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "conntrack", "allow
             "log_sample", "flow_cache", "rules", "routes",
             "tests")
 RULE_KEYS = ("name", "direction", "action", "src", "dst", "proto", "sport", "dport",
-             "icmp_type", "icmp_code", "log")
+             "icmp_type", "icmp_code", "log", "metrics")
 ICMP_KEYS = ("icmp_type", "icmp_code")
 # IPv6 extension headers the datapath walks past: never a packet's protocol.
 EXT_HEADER_NAMES = {0: "hop-by-hop options", 43: "routing", 44: "fragment",
@@ -662,6 +662,9 @@ class _Loader:
         log = False
         if "log" in node:
             log = self.as_bool(node["log"], node.valmarks["log"], "log")
+        metrics = False
+        if "metrics" in node:
+            metrics = self.as_bool(node["metrics"], node.valmarks["metrics"], "metrics")
         field = self.field
         src = field(node, "src", self.networks)
         dst = field(node, "dst", self.networks)
@@ -683,7 +686,8 @@ class _Loader:
             return None
         return Rule(name=name, index=index, line=to_pos(pos)[0], direction=direction,
                     action=action, src=src, dst=dst, proto=proto, sport=sport, dport=dport,
-                    icmp_type=icmp_type, icmp_code=icmp_code, log=log, families=families)
+                    icmp_type=icmp_type, icmp_code=icmp_code, log=log,
+                    metrics=bool(metrics), families=families)
 
     def field(self, node: YMap, key: str, reader: Callable):
         """Read one match field.  Big policies repeat values (ports, protocols, prefixes):

@@ -103,6 +103,7 @@ class Rule:
     icmp_type: tuple[tuple[int, int], ...] | None = None
     icmp_code: tuple[PortRange, ...] | None = None   # code ranges, 0-255
     log: bool = False
+    metrics: bool = False    # `netctl exporter --rules marked` exports its counters
     families: frozenset[int] = frozenset({4, 6})
 
     @property

@@ -75,6 +75,8 @@ def policy_schema() -> dict:
             "icmp_type": _one_or_many(icmp_type, "ICMP/ICMPv6 type name or number"),
             "icmp_code": _one_or_many(code, "ICMP/ICMPv6 code, 'lo-hi' or a list (0-255)"),
             "log": {**boolean, "description": "matches also go to `netctl monitor` (sampled)"},
+            "metrics": {**boolean, "description": "`netctl exporter --rules marked` exports "
+                        "this rule's counters"},
         },
     }
     interface = {"oneOf": [ifname, {
