@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import bpfsys
 from ..errors import LoadError
+from . import progcache
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 INCLUDE_DIR = BPF_DIR / "include"
@@ -124,9 +125,24 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
     The work happens in a child process: bcc's LLVM ends the whole process on some errors
     (it calls exit(1), e.g. when the stack limit is passed), and holds about 150 MB that the
     controller has no use for afterwards.  The child pins what it loaded; this process opens
-    the pins."""
+    the pins.  Programs compiled before with the same text and constants come from the
+    program cache instead (netctl/datapath/progcache.py): no LLVM at all."""
     import json
     import tempfile
+
+    ct = ct_pin or pin_dir + "/conntrack"
+    key = progcache.cache_key([translation_unit(XDP_SOURCE), translation_unit(TC_SOURCE)],
+                              cflags(constants, pin_dir, extra, ct_pin))
+    cached = progcache.lookup(key)
+    if cached is not None:
+        try:
+            return _load_cached(*cached, pin_dir, ct)
+        except OSError:
+            # An entry this kernel will not take (another kernel, a cache from elsewhere):
+            # start the build over from the compiler, which replaces the entry.
+            for name in os.listdir(pin_dir):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(pin_dir, name))
 
     with tempfile.TemporaryFile() as result, tempfile.TemporaryFile() as errors:
         pid = os.fork()
@@ -134,7 +150,7 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
             code = 1
             try:
                 os.dup2(errors.fileno(), 2)
-                programs = _compile_here(constants, pin_dir, extra, ct_pin)
+                programs = _compile_here(constants, pin_dir, extra, ct_pin, key)
                 for role, fd in programs.fds.items():
                     bpfsys.obj_pin(fd, f"{pin_dir}/prog_{role}")
                 report = {"ok": True, "verifier": programs.verifier}
@@ -173,11 +189,14 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
 
 
 def _compile_here(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...],
-                  ct_pin: str | None) -> Programs:
+                  ct_pin: str | None, key: str | None = None) -> Programs:
     from bcc import BPF  # the distribution's bcc; imported only where programs are built
 
     flags = cflags(constants, pin_dir, extra, ct_pin)
+    ct = ct_pin or pin_dir + "/conntrack"
     programs = Programs({}, {})
+    cache: dict[str, dict] | None = {}
+    specs: dict[str, dict] = {}
     try:
         for source in (XDP_SOURCE, TC_SOURCE):
             try:
@@ -187,19 +206,50 @@ def _compile_here(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...
             try:
                 for role, (src, fn) in ROLES.items():
                     if src == source:
-                        fd, stats = _load(module, role, fn)
+                        insns = module.dump_func(fn)
+                        fd, stats = _load(insns, role, fn)
                         programs.fds[role] = fd
                         programs.verifier[role] = stats
+                        if cache is not None and key is not None:
+                            try:   # while bcc's map fds are open
+                                cache[role] = {"name": KERNEL_NAMES[role], "insns": insns,
+                                               "relocations": progcache.describe(
+                                                   insns, pin_dir, ct, specs)}
+                            except (LookupError, OSError):
+                                cache = None
             finally:
                 module.cleanup()
+        if cache is not None and key is not None:
+            with contextlib.suppress(OSError):
+                progcache.store(key, cache, specs, pin_dir, ct)
     except BaseException:
         programs.close()
         raise
     return programs
 
 
-def _load(module, role: str, fn: str) -> tuple[int, str]:
-    insns = module.dump_func(fn)
+def _load_cached(meta: dict, insns: dict[str, bytes], pin_dir: str, ct: str) -> Programs:
+    """The build's programs from a cache entry: maps created and pinned, programs loaded and
+    pinned, as the compiling child would."""
+    patched, map_fds = progcache.materialize(meta, insns, pin_dir, ct)
+    programs = Programs({}, {})
+    try:
+        for role, (_src, fn) in ROLES.items():
+            fd, stats = _load(patched[role], role, fn)
+            programs.fds[role] = fd
+            programs.verifier[role] = stats
+            bpfsys.obj_pin(fd, f"{pin_dir}/prog_{role}")
+    except BaseException:
+        programs.close()
+        raise
+    finally:
+        for fd in map_fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return programs
+
+
+def _load(insns: bytes, role: str, fn: str) -> tuple[int, str]:
     stats: list[str] = []
     try:
         fd = bpfsys.prog_load(PROG_TYPES[role], insns, KERNEL_NAMES[role], license=LICENSE,
