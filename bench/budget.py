@@ -499,21 +499,24 @@ def check(now: dict, budget: dict) -> tuple[list[str], list[str], list[str]]:
         if got is None:
             over.append(f"{key}: not measured (a class gone from bench/budget.py?)")
             continue
-        if got["outcome"] != want["outcome"]:
-            over.append(f"{key}: the packet was judged {got['outcome']}, the budget's was "
-                        f"{want['outcome']}: the class no longer measures what it says")
-        if got["path"] != want["path"]:
-            over.append(f"{key}: header path {got['path']}, budget {want['path']}")
         kinds = sorted(set(got["calls"]) | set(want["calls"]))
         more = {k: got["calls"].get(k, 0) - want["calls"].get(k, 0) for k in kinds
                 if got["calls"].get(k, 0) > want["calls"].get(k, 0)}
         fewer = {k: got["calls"].get(k, 0) - want["calls"].get(k, 0) for k in kinds
                  if got["calls"].get(k, 0) < want["calls"].get(k, 0)}
         total, allowed = sum(got["calls"].values()), sum(want["calls"].values())
+        problems = []
         if more:
-            over.append(f"{key}: {total} calls per packet ({_real(got['calls'])} real), "
-                        f"budget {allowed} ({_real(want['calls'])}): {_signed(more)}"
-                        + (f", {_signed(fewer)}" if fewer else ""))
+            problems.append(f"{total} calls per packet ({_real(got['calls'])} real), budget "
+                            f"{allowed} ({_real(want['calls'])}): {_signed(more)}"
+                            + (f", {_signed(fewer)}" if fewer else ""))
+        if got["path"] != want["path"]:
+            problems.append(f"header path {got['path']}, budget {want['path']}")
+        if got["outcome"] != want["outcome"]:
+            problems.append(f"did {got['outcome']!r}, budget {want['outcome']!r}"
+                            + ("" if more else ": the class no longer measures what it says"))
+        if problems:
+            over.append(f"{key}: {'; '.join(problems)}")
         elif fewer:
             under.append(f"{key}: {total} calls per packet, budget {allowed}: "
                          f"{_signed(fewer)}")
