@@ -208,22 +208,22 @@ CLASSES = (
 
 
 def _kernel_symbols() -> dict[int, str]:
+    """Kernel text symbols by address; empty when /proc/kallsyms hides the addresses
+    (kernel.kptr_restrict=2), and then call sites are not resolved."""
     out: dict[int, str] = {}
     with open("/proc/kallsyms") as f:
         for line in f:
             addr, kind, name = line.split()[:3]
-            if kind in "tTwW":
+            if kind in "tTwW" and int(addr, 16):
                 out.setdefault(int(addr, 16), name)
-    if not out or set(out) == {0}:
-        raise RuntimeError("/proc/kallsyms shows no addresses (needs root)")
-    return out
+    return out if "__bpf_call_base" in out.values() else {}
 
 
 def program_figures(fd: int, symbols: dict[int, str]) -> dict:
     from netctl import bpfsys
 
     size = bpfsys.prog_size(fd)
-    base = next(a for a, n in symbols.items() if n == "__bpf_call_base")
+    base = next((a for a, n in symbols.items() if n == "__bpf_call_base"), None)
     sites: dict[str, int] = {}
     code = size.xlated
     for at in range(0, len(code), 8):
@@ -234,7 +234,8 @@ def program_figures(fd: int, symbols: dict[int, str]) -> dict:
                       else "bpf-to-bpf" if src == 1 else "kfunc")
             sites[target] = sites.get(target, 0) + 1
     return {"xlated_insns": len(code) // 8, "jited_bytes": size.jited_bytes,
-            "verified_insns": size.verified_insns, "call_sites": dict(sorted(sites.items()))}
+            "verified_insns": size.verified_insns,
+            "call_sites": dict(sorted(sites.items())) if base is not None else None}
 
 
 @contextlib.contextmanager
@@ -486,6 +487,10 @@ def check(now: dict, budget: dict) -> tuple[list[str], list[str], list[str]]:
                     over.append(text)
                 elif got[key] < want[key] * (1 - tol):
                     under.append(text)
+            if got["call_sites"] is None or want["call_sites"] is None:
+                remarks.append(f"{role}: call sites not compared (/proc/kallsyms hid the "
+                               "kernel's addresses)")
+                continue
             for target, n in got["call_sites"].items():
                 allowed = want["call_sites"].get(target, 0)
                 if n > allowed:
@@ -537,8 +542,9 @@ def table(now: dict) -> str:
              f"{'program':<14} {'xlated':>7} {'JIT bytes':>9} {'verified':>9}  call sites "
              "left in the code"]
     for role, p in now["programs"].items():
-        sites = ", ".join(f"{t} {n}" for t, n in sorted(p["call_sites"].items(),
-                                                         key=lambda item: -item[1]))
+        sites = ("(not resolved: /proc/kallsyms hides addresses)" if p["call_sites"] is None
+                 else ", ".join(f"{t} {n}" for t, n in sorted(p["call_sites"].items(),
+                                                              key=lambda item: -item[1])))
         lines.append(f"{role:<14} {p['xlated_insns']:>7,} {p['jited_bytes']:>9,} "
                      f"{p['verified_insns']:>9,}  {sites}")
     rows = []

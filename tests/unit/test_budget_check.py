@@ -97,3 +97,8 @@ def test_on_another_kernel_only_calls_per_packet_are_compared():
 def test_counting_that_changes_the_programs_fails():
     over, _, _ = check(measured(tags={"xdp": "01"}), BUDGET)
     assert over and "compile to nothing" in over[0]
+
+
+def test_call_sites_hidden_by_kallsyms_are_not_compared():
+    over, _, remarks = check(measured(**{"programs/xdp/call_sites": None}), BUDGET)
+    assert not over and "call sites not compared" in remarks[0]
