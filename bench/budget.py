@@ -242,6 +242,8 @@ def program_figures(fd: int, symbols: dict[int, str]) -> dict:
 def _uninstrumented() -> Iterator[None]:
     """Builds in this block compile the source without netctl_perf.h and without its
     one-line calls (what the code would be had they never been added)."""
+    import tempfile
+
     from netctl.datapath import build
 
     original = build.translation_unit
@@ -253,14 +255,23 @@ def _uninstrumented() -> Iterator[None]:
         start = text.index(header)
         end = text.index("#line ", start + len(header))
         text = text[:start] + text[end:]
+        used.write_text("yes")
         return "".join(line for line in text.splitlines(keepends=True)
                        if not call.match(line))
 
-    build.translation_unit = stripped   # read at call time by the (forked) compiler
-    try:
-        yield
-    finally:
-        build.translation_unit = original
+    with tempfile.TemporaryDirectory() as scratch:
+        # The compiler runs in a child process: it says through a file that it compiled
+        # this text, so that a loader that stops calling translation_unit cannot turn the
+        # comparison into one of the instrumented source with itself.
+        used = Path(scratch) / "used"
+        build.translation_unit = stripped   # read at call time by the (forked) compiler
+        try:
+            yield
+        finally:
+            build.translation_unit = original
+        if not used.exists():
+            raise RuntimeError("the build did not compile the source without the counting "
+                               "lines (netctl.datapath.build.translation_unit not used)")
 
 
 # ---- packets ------------------------------------------------------------------------------
