@@ -7,7 +7,7 @@ PYTEST  := $(PY) -m pytest
 NETCTL  := $(VENV)/bin/netctl
 EXAMPLE ?= policies/web-server.yaml
 
-.PHONY: help setup test test-unit test-bpf test-netns demo lint fuzz fuzz-atheris bench bench-quick soak clean require-root
+.PHONY: help setup test test-unit test-bpf test-netns demo lint fuzz fuzz-atheris bench bench-quick budget soak clean require-root
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench: require-root  ## throughput, per-packet cost and apply cost against nftab
 
 bench-quick: require-root  ## the same at N = 1, 1,000, 10,000 with short windows (~2 min)
 	$(PY) -m bench.run --quick
+
+budget: require-root  ## per-packet work (map operations, helper calls, program sizes) against bench/budget.json (~30 s)
+	$(PY) -m bench.budget
 
 soak: require-root  ## 10 minutes of traffic, tracers and an apply every few seconds: nothing may grow
 	$(PY) -m bench.soak 600

@@ -389,6 +389,30 @@ def prog_info(fd: int) -> ProgInfo:
     return ProgInfo(ptype, pid, tag, name, tuple(ids[:min(nr_maps, 64)]))
 
 
+@dataclass(frozen=True)
+class ProgSize:
+    xlated: bytes          # the instructions as the verifier left them (calls resolved)
+    jited_bytes: int
+    verified_insns: int    # the verifier's "processed N insns"
+
+
+def prog_size(fd: int) -> ProgSize:
+    """What a loaded program is made of, for the cost budget (bench/budget.py)."""
+    buf = ctypes.create_string_buffer(232)
+    attr = _attr()
+    struct.pack_into("IIQ", attr, 0, fd, len(buf), ctypes.addressof(buf))
+    _call(OBJ_GET_INFO_BY_FD, attr, "program info")
+    jited, xlated = struct.unpack_from("II", buf, 16)
+    verified = struct.unpack_from("I", buf, 216)[0]
+    code = ctypes.create_string_buffer(max(xlated, 1))
+    buf = ctypes.create_string_buffer(232)
+    struct.pack_into("I", buf, 20, xlated)
+    struct.pack_into("Q", buf, 32, ctypes.addressof(code))
+    struct.pack_into("IIQ", attr, 0, fd, len(buf), ctypes.addressof(buf))
+    _call(OBJ_GET_INFO_BY_FD, attr, "program instructions")
+    return ProgSize(code.raw[:xlated], jited, verified)
+
+
 def _ids(cmd: int) -> list[int]:
     out: list[int] = []
     attr = _attr()

@@ -199,6 +199,7 @@ static __always_inline void netctl_ct_prepare(__u8 *data, void *end, int is_pkt,
     if (p->proto == 6 && !p->fragment && (p->tcp_flags & NETCTL_TCP_SYN)) {
         __u8 shift = netctl_ct_wscale(data, end, is_pkt, p);
         __u32 zero = 0;
+        netctl_called(PERCPU_ARRAY);
         struct netctl_ct_scratch *w = netctl_ct_scratch.lookup(&zero);
         if (w)
             w->wscale = shift;
@@ -261,6 +262,7 @@ static __always_inline void netctl_ct_track(struct netctl_pkt *p, __u32 len)
 
     if (p->fragment || !netctl_ct_reply_key(p, &k))
         return;
+    netctl_called(KTIME);
     __u64 now = bpf_ktime_get_ns();
     __u8 f = p->tcp_flags;
     struct netctl_ct_entry *e;
@@ -271,13 +273,16 @@ static __always_inline void netctl_ct_track(struct netctl_pkt *p, __u32 len)
          * the same one again, whatever the tuple tracked has ended (the host's own stack
          * says so), and the new connection starts unconfirmed. */
         __u8 origin = (f & NETCTL_TCP_ACK) ? NETCTL_CT_F_SYNACK : NETCTL_CT_F_SYN;
+        netctl_called(LRU_LOOKUP);
         e = conntrack.lookup(&k);
         if (e && netctl_ct_same_open(e, p, origin)) {
             netctl_ct_refresh_out(e, p, now);
             return;
         }
+        netctl_called_if(e, LRU_DELETE);
         if (e && conntrack.delete(&k) == 0)
             netctl_count_stat(NETCTL_STAT_CT_EXPIRED, len);
+        netctl_called(LRU_LOOKUP);
         u = conntrack_unconfirmed.lookup(&k);
         if (u && netctl_ct_same_open(u, p, origin)) {
             netctl_ct_refresh_out(u, p, now);
@@ -289,6 +294,7 @@ static __always_inline void netctl_ct_track(struct netctl_pkt *p, __u32 len)
         n.packets_out = 1;
         n.flags = origin;
         __u32 zero = 0;
+        netctl_called(PERCPU_ARRAY);
         struct netctl_ct_scratch *w = netctl_ct_scratch.lookup(&zero);
         n.wscale = w ? w->wscale : NETCTL_CT_MAX_WSCALE;
         n.our_start = p->tcp_seq;
@@ -296,12 +302,15 @@ static __always_inline void netctl_ct_track(struct netctl_pkt *p, __u32 len)
         netctl_ct_our_segment(&n, p);
         if (f & (NETCTL_TCP_FIN | NETCTL_TCP_RST))
             n.state = NETCTL_CT_CLOSING;
+        netctl_called(LRU_UPDATE);
         conntrack_unconfirmed.update(&k, &n);
         if (!u)
             netctl_count_stat(NETCTL_STAT_CT_NEW, len);
         return;
     }
+    netctl_called(LRU_LOOKUP);
     e = conntrack.lookup(&k);
+    netctl_called_if(!e, LRU_LOOKUP);
     if (!e)
         e = conntrack_unconfirmed.lookup(&k);
     if (e) {
@@ -325,6 +334,7 @@ static __always_inline void netctl_ct_track(struct netctl_pkt *p, __u32 len)
         if (f & NETCTL_TCP_FIN)
             n.state = NETCTL_CT_CLOSING;
     }
+    netctl_called(LRU_UPDATE);
     conntrack_unconfirmed.update(&k, &n);
     netctl_count_stat(NETCTL_STAT_CT_NEW, len);
 }
@@ -390,10 +400,13 @@ static __always_inline int netctl_ct_reply(struct netctl_pkt *p, struct netctl_c
     __u8 f = p->tcp_flags;
     if (tcp && (f & NETCTL_TCP_SYN) && !(f & NETCTL_TCP_ACK))
         return 0;  /* a bare SYN opens a connection: never a reply */
+    netctl_called(KTIME);
     __u64 now = bpf_ktime_get_ns();
+    netctl_called(LRU_LOOKUP);
     struct netctl_ct_entry *e = conntrack.lookup(&k);
     if (e) {
         if (now - e->seen_ns > netctl_ct_timeout_ns(cfg, p->proto, e->state)) {
+            netctl_called(LRU_DELETE);
             conntrack.delete(&k);
             netctl_count_stat(NETCTL_STAT_CT_EXPIRED, len);
             return 0;
@@ -410,10 +423,12 @@ static __always_inline int netctl_ct_reply(struct netctl_pkt *p, struct netctl_c
         netctl_count_stat(NETCTL_STAT_CT_REPLY, len);
         return 1;
     }
+    netctl_called(LRU_LOOKUP);
     e = conntrack_unconfirmed.lookup(&k);
     if (!e)
         return 0;
     if (now - e->seen_ns > netctl_ct_timeout_ns(cfg, p->proto, e->state)) {
+        netctl_called(LRU_DELETE);
         conntrack_unconfirmed.delete(&k);
         netctl_count_stat(NETCTL_STAT_CT_UNCONFIRMED_EXPIRED, len);
         return 0;
@@ -437,7 +452,9 @@ static __always_inline int netctl_ct_reply(struct netctl_pkt *p, struct netctl_c
     e->packets_in += 1;
     e->state = tcp && (f & (NETCTL_TCP_FIN | NETCTL_TCP_RST)) ? NETCTL_CT_CLOSING
                                                                : NETCTL_CT_ESTABLISHED;
+    netctl_called_if(confirm, LRU_UPDATE);
     if (confirm && conntrack.update(&k, e) == 0) {
+        netctl_called(LRU_DELETE);
         conntrack_unconfirmed.delete(&k);
         netctl_count_stat(NETCTL_STAT_CT_CONFIRMED, len);
     }
@@ -502,9 +519,12 @@ static __always_inline int netctl_ct_related(__u8 *data, void *end, int is_pkt,
     }
     k.family = p->family;
     k.proto = proto;
+    netctl_called(LRU_LOOKUP);
     struct netctl_ct_entry *e = conntrack.lookup(&k);
+    netctl_called_if(!e, LRU_LOOKUP);
     if (!e)
         e = conntrack_unconfirmed.lookup(&k);
+    netctl_called_if(e, KTIME);
     if (!e || bpf_ktime_get_ns() - e->seen_ns > netctl_ct_timeout_ns(cfg, proto, e->state))
         return 0;
     netctl_count_stat(NETCTL_STAT_CT_RELATED, len);

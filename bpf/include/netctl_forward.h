@@ -75,11 +75,13 @@ netctl_route(struct netctl_pkt *p, __u32 gen, struct netctl_config *cfg, __u32 l
     __builtin_memcpy(local.addr, p->dst.v6.addr, 16);
     if (p->family == 4)
         __builtin_memset(local.addr + 4, 0, 12);
+    netctl_called(HASH);
     if (local_addrs.lookup(&local)) {
         netctl_count_stat(NETCTL_STAT_FWD_LOCAL, len);
         return 0;
     }
     __u32 *index;
+    netctl_called(LPM);
     if (p->family == 4) {
         p->dst.v4.gen = gen;
         index = routes_v4.lookup(&p->dst.v4);
@@ -98,6 +100,7 @@ netctl_route(struct netctl_pkt *p, __u32 gen, struct netctl_config *cfg, __u32 l
         return 0;
     }
     *route_index = gen * NETCTL_NEXTHOPS_ENTRIES + *index;
+    netctl_called(ARRAY);
     struct netctl_nexthop *nh = nexthops.lookup(route_index);
     if (!nh || !nh->ifindex)
         return 0;
@@ -144,6 +147,7 @@ static __always_inline int netctl_forward_xdp(struct netctl_pkt *p, __u32 gen,
         if (ev.drop)
             return XDP_DROP;
         /* the lookups above may have moved the nexthop value: look it up again */
+        netctl_called(ARRAY);
         nh = nexthops.lookup(&route_index);
         if (!nh)
             return NETCTL_NOT_FORWARDED;
@@ -167,7 +171,9 @@ static __always_inline int netctl_forward_xdp(struct netctl_pkt *p, __u32 gen,
         return NETCTL_NOT_FORWARDED;
     __builtin_memcpy(data, nh->dmac, 6);
     __builtin_memcpy(data + 6, nh->smac, 6);
+    netctl_called(PERCPU_ARRAY);
     netctl_count(route_counters.lookup(&route_index), len);
+    netctl_called(REDIRECT);
     return bpf_redirect(nh->ifindex, 0);
 }
 
@@ -194,18 +200,23 @@ static __always_inline int netctl_forward_tc(struct __sk_buff *skb, struct netct
         /* the 16-bit word holding TTL (high byte) and protocol (low byte) */
         __u16 old_word = bpf_htons(((__u16)p->ttl << 8) | p->proto);
         __u16 new_word = bpf_htons(((__u16)ttl << 8) | p->proto);
+        netctl_called(CSUM);
+        netctl_called(STORE_BYTES);
         if (bpf_l3_csum_replace(skb, off + 10, old_word, new_word, 2) < 0 ||
             bpf_skb_store_bytes(skb, off + 8, &ttl, 1, 0) < 0)
             return TC_ACT_SHOT;
         neigh.nh_family = 2;   /* AF_INET */
         __builtin_memcpy(&neigh.ipv4_nh, nh->via, 4);
     } else {
+        netctl_called(STORE_BYTES);
         if (bpf_skb_store_bytes(skb, off + 7, &ttl, 1, 0) < 0)
             return TC_ACT_SHOT;
         neigh.nh_family = 10;  /* AF_INET6 */
         __builtin_memcpy(neigh.ipv6_nh, nh->via, 16);
     }
+    netctl_called(PERCPU_ARRAY);
     netctl_count(route_counters.lookup(&route_index), len);
+    netctl_called(REDIRECT);
     return netctl_redirect_neigh(nh->ifindex, &neigh, sizeof(neigh), 0);
 }
 #endif

@@ -47,9 +47,11 @@ static __always_inline struct netctl_classes *
 netctl_port_classes(__u32 gen, __u32 port_slot, __u16 port, int dst)
 {
     __u32 index = gen * NETCTL_SPORT_INTERVAL_ENTRIES + port_slot * NETCTL_PORT_INDEX + port;
+    netctl_called(ARRAY);
     __u32 *iid = dst ? dport_interval.lookup(&index) : sport_interval.lookup(&index);
     if (!iid || !*iid)
         return 0;
+    netctl_called(ARRAY);
     if (dst) {
         index = gen * NETCTL_DPORT_CLASSES_ENTRIES + *iid;
         return dport_classes.lookup(&index);
@@ -62,10 +64,12 @@ static __always_inline struct netctl_classes *
 netctl_icmp_classes(__u32 gen, __u32 icmp_slot, __u32 type_code)
 {
     __u32 index = gen * NETCTL_ICMP_INTERVAL_ENTRIES + icmp_slot * NETCTL_ICMP_INDEX + type_code;
+    netctl_called(ARRAY);
     __u32 *iid = icmp_interval.lookup(&index);
     if (!iid || !*iid)
         return 0;
     index = gen * NETCTL_ICMP_CLASSES_ENTRIES + *iid;
+    netctl_called(ARRAY);
     return icmp_classes.lookup(&index);
 }
 
@@ -78,12 +82,15 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
     /* Per-CPU scratch rather than the stack: the tc program inlines this body twice and
      * would pass the 512-byte stack limit. */
     __u32 zero = 0;
+    netctl_called(PERCPU_ARRAY);
     struct netctl_pkt_classes *cp = netctl_scratch.lookup(&zero);
     if (!cp)
         return NETCTL_NO_RULE;
     __builtin_memset(cp, 0, sizeof(*cp));
 
     __u32 classify = cfg->word[NETCTL_CFG_CLASSIFY];
+    netctl_called_if(classify & NETCTL_CLASSIFY_SRC, LPM);
+    netctl_called_if(classify & NETCTL_CLASSIFY_DST, LPM);
     if (p->family == 4) {
         p->src.v4.gen = p->dst.v4.gen = gen;
         if (classify & NETCTL_CLASSIFY_SRC)
@@ -151,6 +158,7 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
             __builtin_memcpy(key.addr, p->dst.v6.addr, 16);
         else
             __builtin_memcpy(key.addr, p->src.v6.addr, 16);
+        netctl_called(LPM);
         __u32 *rule = rule_table.lookup(&key);
         if (rule && *rule < best)
             best = *rule;
@@ -178,7 +186,9 @@ static __always_inline __u32 netctl_classify_cached(struct netctl_pkt *p, __u32 
      * in the same verifier state, and the classification is verified once, not once per
      * way (which passed the verifier's 1,000,000-instruction limit). */
     __u32 zero = 0;
+    netctl_called(PERCPU_ARRAY);
     struct netctl_flow_stat *st = flow_stat.lookup(&zero);
+    netctl_called(ARRAY);
     __u32 *epoch = flow_epoch.lookup(&gen);
     if (!st || !epoch)
         return NETCTL_NO_RULE;   /* never: both are arrays read at an index they have */
@@ -208,6 +218,7 @@ static __always_inline __u32 netctl_classify_cached(struct netctl_pkt *p, __u32 
                 __builtin_memcpy(k->saddr, p->src.v6.addr, 16);
                 __builtin_memcpy(k->daddr, p->dst.v6.addr, 16);
             }
+            netctl_called(LRU_LOOKUP);
             __u32 *hit = flow_cache.lookup(k);
             if (hit) {
                 __u32 rule = *hit;
@@ -221,6 +232,7 @@ static __always_inline __u32 netctl_classify_cached(struct netctl_pkt *p, __u32 
     }
     __u32 rule = netctl_classify(p, gen, cfg, dir);
     if (st->pending) {
+        netctl_called(LRU_UPDATE);
         flow_cache.update(&st->key, &rule);
         netctl_count_stat(NETCTL_STAT_FLOW_MISS, len);
         st->lookups += 1;
@@ -278,7 +290,9 @@ static __always_inline void netctl_decide(__u8 *data, void *end, int is_pkt,
     __u32 rule = netctl_classify_cached(pp, gen, cfg, dir, len);
     if (rule != NETCTL_NO_RULE) {
         __u32 index = gen * NETCTL_RULES_ENTRIES + rule;
+        netctl_called(ARRAY);
         struct netctl_rule *r = rules.lookup(&index);
+        netctl_called(PERCPU_ARRAY);
         netctl_count(counters.lookup(&index), len);
         v->rule = rule;
         v->log = r && (r->flags & NETCTL_FLAG_LOG);
@@ -311,8 +325,10 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
     struct netctl_verdict v = { .drop = 0, .reason = 0, .ip = 0, .rule = NETCTL_NO_RULE };
     __u32 zero = 0;
 
+    netctl_called(ARRAY);
     __u32 *live = active.lookup(&zero);
     __u32 gen = live ? (*live & 1) : 0;
+    netctl_called(ARRAY);
     struct netctl_config *cfg = config.lookup(&gen);
     if (!cfg) {
         netctl_count_stat(NETCTL_STAT_NO_POLICY, len);
@@ -349,14 +365,18 @@ static __always_inline void netctl_emit(struct netctl_pkt *p, struct netctl_verd
     if (!v->drop && !v->log)
         return;
     __u32 zero = 0;
+    netctl_called(ARRAY);
     struct netctl_events_ctl *ctl = events_ctl.lookup(&zero);
+    netctl_called_if(ctl && ctl->until_ns, KTIME_COARSE);
     if (!ctl || !ctl->until_ns || bpf_ktime_get_coarse_ns() > ctl->until_ns)
         return;
+    netctl_called_if(v->sample > 1, PRANDOM);
     if (v->sample > 1 && bpf_get_prandom_u32() % v->sample) {
         netctl_count_stat(NETCTL_STAT_EVENTS_SAMPLED_OUT, p->len);
         return;
     }
     struct netctl_event e = {};
+    netctl_called(KTIME);
     e.ts_ns = bpf_ktime_get_ns();
     e.ifindex = ifindex;
     e.rule = v->rule;
@@ -373,6 +393,7 @@ static __always_inline void netctl_emit(struct netctl_pkt *p, struct netctl_verd
     e.gen = v->gen;
     __builtin_memcpy(e.saddr, p->src.v6.addr, 16);
     __builtin_memcpy(e.daddr, p->dst.v6.addr, 16);
+    netctl_called(RINGBUF);
     if (events.ringbuf_output(&e, sizeof(e), 0) < 0)
         netctl_count_stat(NETCTL_STAT_EVENTS_LOST, p->len);
     else

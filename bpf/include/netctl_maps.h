@@ -149,4 +149,6 @@ BPF_TABLE_PINNED("percpu_array", u32, struct netctl_counter, counters,
 BPF_TABLE_PINNED("percpu_array", u32, struct netctl_counter, stats, NETCTL_STAT_MAX,
                  NETCTL_PIN(stats));
 
+#include "netctl_perf.h"
+
 #endif /* NETCTL_MAPS_H */

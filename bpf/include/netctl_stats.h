@@ -15,6 +15,7 @@ static __always_inline void netctl_count(struct netctl_counter *c, __u32 len)
 
 static __always_inline void netctl_count_stat(__u32 slot, __u32 len)
 {
+    netctl_called(PERCPU_ARRAY);
     netctl_count(stats.lookup(&slot), len);
 }
 

@@ -30,18 +30,28 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir, int l3)
     __u8 vlans = skb->vlan_present ? 1 : 0;
     __u16 l3_type = l3 ? bpf_ntohs(skb->protocol) : 0;
 
+    netctl_called(RUN);
+#ifdef NETCTL_TEST_FORCE_COPY
+    /* Test-only (bench/budget.py): the copy path for every frame, which a test run never
+     * takes on its own (its skb is all linear). */
+    linear = 0;
+#endif
     if (linear >= len || linear >= NETCTL_HDR_WINDOW) {
+        netctl_called(TC_DIRECT);
         v = netctl_judge(data, end, 1, len, dir, &p, l3, l3_type, vlans);
     } else {
         /* Headers beyond the linear area (e.g. frames from a packet socket's TX ring):
          * copy the window with one call instead of reading past data_end. */
         __u32 zero = 0;
+        netctl_called(TC_COPY);
+        netctl_called(PERCPU_ARRAY);
         struct netctl_window *copy = netctl_window_copy.lookup(&zero);
         if (!copy)
             return TC_ACT_SHOT;
         __u32 n = len < NETCTL_HDR_WINDOW ? len : NETCTL_HDR_WINDOW;
         if (n < 1)
             n = 1;
+        netctl_called(LOAD_BYTES);
         if (bpf_skb_load_bytes(skb, 0, copy->b, n) < 0)
             return TC_ACT_SHOT;
         v = netctl_judge(copy->b, copy->b + n, 0, len, dir, &p, l3, l3_type, vlans);
@@ -52,6 +62,7 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir, int l3)
     /* Forwarding from devices without a link-layer header is left to the kernel. */
     if (dir == NETCTL_DIR_INGRESS && v.ip && !l3) {
         __u32 gen = v.gen;
+        netctl_called(ARRAY);
         struct netctl_config *cfg = config.lookup(&gen);
         if (cfg) {
             int action = netctl_forward_tc(skb, &p, gen, cfg, len);

@@ -24,6 +24,7 @@ static __always_inline int netctl_xdp(struct xdp_md *ctx, int l3)
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
     struct netctl_pkt p = {};
+    netctl_called(RUN);
     struct netctl_verdict v = netctl_judge(data, end, 1, end - data, NETCTL_DIR_INGRESS, &p,
                                            l3, 0, 0);
     netctl_emit(&p, &v, ctx->ingress_ifindex, NETCTL_HOOK_XDP, NETCTL_DIR_INGRESS);
@@ -33,6 +34,7 @@ static __always_inline int netctl_xdp(struct xdp_md *ctx, int l3)
      * without a link-layer header: apply refuses those). */
     if (v.ip && !l3) {
         __u32 gen = v.gen;
+        netctl_called(ARRAY);
         struct netctl_config *cfg = config.lookup(&gen);
         if (cfg) {
             int action = netctl_forward_xdp(&p, gen, cfg, end - data,
