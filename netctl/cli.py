@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override the policy's xdp setting for every interface")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would change (map entries, hooks) and change nothing")
+    p.add_argument("--max-entries", type=int, metavar="N",
+                   help="refuse a policy that needs more than N entries in any map (a guard "
+                        "for kernel memory; default: grow each map as far as its ceiling)")
 
     p = verb("status", "show the live datapath of this network namespace: hooks, programs, "
              "per-rule and default counters, drop reasons, and anything that differs from "
@@ -455,8 +458,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     policy = load_policy(args.file)
     # NETCTL_EXTRA_CFLAGS: extra -D flags for the programs (tests use it to force a compile
     # or verifier failure); never needed in normal use.
+    if args.max_entries is not None and args.max_entries < 1:
+        raise NetctlError("--max-entries must be a positive number of entries")
     result = apply(policy, devs=args.dev, xdp_mode=args.xdp_mode, dry_run=args.dry_run,
-                   extra_cflags=extra)
+                   extra_cflags=extra, max_entries=args.max_entries)
     if args.output == "json":
         _emit_json(result.as_dict())
         return EXIT_OK

@@ -202,14 +202,15 @@ class ApplyResult:
 
 def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = None,
           dry_run: bool = False, limits: Limits = Limits(),  # noqa: B008
-          extra_cflags: tuple[str, ...] = ()) -> ApplyResult:
+          extra_cflags: tuple[str, ...] = (), max_entries: int | None = None) -> ApplyResult:
     started = time.monotonic()
     wanted = targets(policy, devs, xdp_mode)
     require_privilege("apply")
     ns = Namespace.current()
     # Capacities only grow: into the live build's when the policy fits there (no rebuild),
     # else as large as the policy needs (a rebuild).
-    plan = compile_fitting(policy, _larger(limits, build_limits(live_state(ns)[0])))
+    plan = compile_fitting(policy, _larger(limits, build_limits(live_state(ns)[0])),
+                           max_entries)
     with att.Links() as links:
         found: list[tuple[Target, att.LinkInfo, Hooks]] = []
         for t in wanted:

@@ -99,14 +99,19 @@ class _Info:
         return tuple(f for f, _ in self.protos)
 
 
-def compile_fitting(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noqa: B008
+def compile_fitting(policy: Policy, limits: Limits = Limits(),  # noqa: B008
+                    max_entries: int | None = None) -> MapPlan:
     """``compile_policy`` into ``limits``, grown where the policy needs more room (each
-    capacity to the next power of two that holds it, up to its ceiling).  A need past a
-    ceiling, or one no capacity names, is raised as the MapFullError it is."""
+    capacity to the next power of two that holds it, up to its ceiling, or to
+    ``max_entries`` when that is lower).  A need past that, or one no capacity names, is
+    raised as the MapFullError it is."""
     while True:
         try:
             return compile_policy(policy, limits)
         except MapFullError as exc:
+            if max_entries is not None and exc.needed > max_entries:
+                raise MapFullError(f"{exc}; --max-entries allows {max_entries}", exc.limit,
+                                   exc.needed) from None
             grown = limits.grown(exc.limit, exc.needed) if exc.limit else None
             if grown is None or grown == limits:
                 raise

@@ -223,17 +223,19 @@ def test_pins_removed_by_hand_are_explained_and_rebuilt(the_lab):
 
 def test_a_policy_too_big_for_the_rule_table_changes_nothing(the_lab):
     the_lab.apply(POLICY_A)
-    # 200 sources x 200 destinations that all cover each other: far beyond 1,048,576
-    # rule-trie entries is not needed; a tiny table shows the same path, so shrink it.
+    # 1,100 sources x 1,100 destinations that all cover each other: about 1.2 million
+    # rule-trie entries, past what --max-entries allows (without it the table would grow).
     lines = ["version: 1", "defaults: {ingress: accept, egress: accept}", "rules:"]
     lines += [f"  - {{name: s{i}, action: drop, src: 10.{i // 250}.{i % 250}.0/24, "
               f"dst: 192.0.0.0/8}}" for i in range(1100)]
     lines += [f"  - {{name: d{i}, action: drop, src: 10.0.0.0/8, "
               f"dst: 192.{i // 250}.{i % 250}.0/24}}" for i in range(1100)]
     big = the_lab.policy("\n".join(lines) + "\n", "big.yaml")
-    out = the_lab.netctl("apply", big, "--dev", the_lab.dut_if, check=False)
+    out = the_lab.netctl("apply", big, "--dev", the_lab.dut_if, "--max-entries", "500000",
+                         check=False)
     assert out.returncode == 5, out.stdout + out.stderr
-    assert "rule_table" in out.stderr and "Traceback" not in out.stderr
+    assert "rule_table" in out.stderr and "--max-entries allows 500000" in out.stderr
+    assert "Traceback" not in out.stderr
     assert _which_policy(the_lab) == "A"
     assert json.loads(the_lab.netctl("status", "-o", "json").stdout)["problems"] == []
 
