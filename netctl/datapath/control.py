@@ -642,7 +642,9 @@ def _catch_up(ns: Namespace, dp: Datapath, gen: int, plan: MapPlan, previous: di
     one-rule edit right after a large one writes a few entries, not the large one again.
     Off the critical path: the new policy is live before this starts.  A kill half way
     leaves that generation's saved plan forgotten: the next apply reads it back."""
-    holds = ns.load_plan(gen, previous.get(str(gen), {}).get("digest"))
+    # The record as this apply left it: a generation changed by hand is no longer vouched
+    # for (digest None), so what it holds is read back from the maps, not taken on trust.
+    holds = ns.load_plan(gen, new_state["generations"].get(str(gen), {}).get("digest"))
     ns.forget_plan(gen)
     new_state["generations"][str(gen)] = dict(previous.get(str(gen), {}), digest=None,
                                               contents=None)
