@@ -27,7 +27,16 @@ from collections import defaultdict
 from itertools import combinations, product
 
 from ..errors import CompileError, MapFullError
-from .model import ICMP_PROTOS, PORT_PROTOS, Action, Direction, Policy, Rule, icmp_ranges
+from .model import (
+    ICMP_PROTOS,
+    PORT_PROTOS,
+    Action,
+    Direction,
+    Policy,
+    PrefixSet,
+    Rule,
+    icmp_ranges,
+)
 from .plan import (
     ACTION_ACCEPT,
     ACTION_DROP,
@@ -89,8 +98,8 @@ class _Info:
         self.direction = direction
         self.mask = mask          # the rule's own shape mask
         self.protos = protos      # ((family, protocols or None = any), ...) it can match
-        self.src = src            # None or ((family, prefixlen, network int), ...)
-        self.dst = dst
+        self.src = src            # None or (IPv4, IPv6): ((prefixlen, network int), ...) each
+        self.dst = dst            # sorted, unique (a set's own tuples when it is the field)
         self.sport = sport        # None or ((lo, hi), ...), sorted, unique
         self.dport = dport
         self.icmp = icmp          # None or ((family, ((type, type), ...)), ...)
@@ -215,8 +224,8 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
     protos = []
     icmp_types = []
     for family in (4, 6):
-        if (src is not None and all(p[0] != family for p in src)) or (
-                dst is not None and all(p[0] != family for p in dst)):
+        if (src is not None and not src[family == 6]) or (
+                dst is not None and not dst[family == 6]):
             continue
         if icmp:
             proto = _ICMP_PROTO_OF[family]
@@ -245,11 +254,11 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
     if not protos or sport == () or dport == ():
         return None
     if len(protos) == 1:  # drop items of a family the rule cannot match
-        family = protos[0][0]
+        keep = protos[0][0] == 4
         if src is not None:
-            src = tuple(p for p in src if p[0] == family)
+            src = (src[0], ()) if keep else ((), src[1])
         if dst is not None:
-            dst = tuple(p for p in dst if p[0] == family)
+            dst = (dst[0], ()) if keep else ((), dst[1])
     mask = ((FIELD_SRC if src is not None else 0) | (FIELD_DST if dst is not None else 0)
             | (FIELD_PROTO if rule.proto is not None or ports or icmp else 0)
             | (FIELD_SPORT if sport is not None else 0)
@@ -263,13 +272,34 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
                  shared(tuple(icmp_types)) if icmp else None)
 
 
-def _prefixes(networks) -> tuple[tuple[int, int, int], ...] | None:
-    if networks is None:
+_NONE: tuple = ()
+
+
+def _prefixes(items) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] | None:
+    """An address field as (IPv4 prefixes, IPv6 prefixes), each ((prefixlen, network), ...)
+    sorted and unique.  A field that is exactly one set is the set's own tuples (a million
+    prefixes are neither copied nor sorted again)."""
+    if items is None:
         return None
-    if len(networks) == 1:
-        net = networks[0]
-        return ((net.version, net.prefixlen, int(net.network_address)),)
-    return tuple(sorted({(n.version, n.prefixlen, int(n.network_address)) for n in networks}))
+    if len(items) == 1:
+        item = items[0]
+        if type(item) is PrefixSet:
+            return item.v4, item.v6
+        prefix = ((item.prefixlen, int(item.network_address)),)
+        return (prefix, _NONE) if item.version == 4 else (_NONE, prefix)
+    v4: set[tuple[int, int]] = set()
+    v6: set[tuple[int, int]] = set()
+    for item in items:
+        if type(item) is PrefixSet:
+            v4.update(item.v4)
+            v6.update(item.v6)
+        else:
+            (v4 if item.version == 4 else v6).add((item.prefixlen, int(item.network_address)))
+    return tuple(sorted(v4)), tuple(sorted(v6))
+
+
+def _count(part) -> int:
+    return len(part[0]) + len(part[1])
 
 
 def _ranges(ranges) -> tuple[tuple[int, int], ...] | None:
@@ -306,14 +336,15 @@ def _assign_shapes(infos: list[_Info], slots: int) -> tuple[dict[int, int], dict
     values: dict[tuple[int, int], set] = {}
     for mask, members in by_mask.items():
         total = 0
-        srcs: set = set()
-        dsts: set = set()
+        srcs: tuple[set, set] = (set(), set())
+        dsts: tuple[set, set] = (set(), set())
         for info in members:
             n = 1
             for part, seen in ((info.src, srcs), (info.dst, dsts)):
                 if part is not None:
-                    n *= len(part)
-                    seen.update(part)
+                    n *= _count(part)
+                    seen[0].update(part[0])
+                    seen[1].update(part[1])
             n *= sum(len(p) if p is not None else 256 for _, p in info.protos)
             for ranges in (info.sport, info.dport):
                 if ranges is not None:
@@ -326,11 +357,13 @@ def _assign_shapes(infos: list[_Info], slots: int) -> tuple[dict[int, int], dict
     def estimate(shape: int, members: set[int]) -> int:
         widen = {}
         for field in (FIELD_SRC, FIELD_DST):
-            seen: set = set()
+            seen4: set = set()
+            seen6: set = set()
             for m in members:
                 if m & field:
-                    seen |= values[(m, field)]
-            widen[field] = len(seen) + 1
+                    seen4 |= values[(m, field)][0]
+                    seen6 |= values[(m, field)][1]
+            widen[field] = len(seen4) + len(seen6) + 1
         widen[FIELD_PROTO] = 512
         total = 0
         for m in members:
@@ -485,12 +518,7 @@ def _address_classes(name, field, family, shapes, slot_rules, limits, inverted,
             if family not in info.families():
                 continue
             part = info.src if field == FIELD_SRC else info.dst
-            if part is None:
-                items = _ANY
-            elif len(part) == 1:
-                items = (part[0][1:],)
-            else:
-                items = tuple(p[1:] for p in part if p[0] == family)
+            items = _ANY if part is None else part[family == 6]
             gid = groups[slot].add(items, info.index)
             if len(groups[slot].rules[gid]) == 1:
                 code = gid * MAX_SHAPES + slot
@@ -642,15 +670,19 @@ def _direct_fields(shapes, slot_rules) -> list[int]:
     out = []
     for slot, mask in enumerate(shapes):
         if mask & FIELD_SRC and mask & FIELD_DST:
-            srcs: set = set()
-            dsts: set = set()
-            for info in slot_rules[slot]:
-                srcs.update(info.src or ())
-                dsts.update(info.dst or ())
-            out.append(FIELD_DST if len(dsts) > len(srcs) else FIELD_SRC)
+            out.append(FIELD_DST if _distinct(slot_rules[slot], "dst") >
+                       _distinct(slot_rules[slot], "src") else FIELD_SRC)
         else:
             out.append(mask & (FIELD_SRC | FIELD_DST))
     return out
+
+
+def _distinct(infos: list[_Info], name: str) -> int:
+    """Distinct prefixes the rules give in one address field (both families)."""
+    parts = [getattr(info, name) for info in infos if getattr(info, name) is not None]
+    if len(parts) == 1:
+        return _count(parts[0])   # already unique (a big set is not copied)
+    return sum(len(set().union(*(p[i] for p in parts))) for i in (0, 1))
 
 
 _ANY_PREFIX = ((0, 0),)
@@ -660,7 +692,7 @@ def _direct_prefixes(info: _Info, field: int, family: int):
     part = info.src if field == FIELD_SRC else info.dst if field == FIELD_DST else None
     if part is None:
         return _ANY_PREFIX  # the field is not in the shape, or widened: any address
-    return tuple(p[1:] for p in part if p[0] == family)
+    return part[family == 6]
 
 
 def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:

@@ -26,7 +26,7 @@ import frames
 import pytest
 from hypothesis import HealthCheck, given, settings
 from lockstep import Lockstep
-from strategies import policies, policy_and_packets
+from strategies import expand, policies, policy_and_packets
 
 from netctl.abi import DropReason
 from netctl.datapath.frames import Unrepresentable, frame_for
@@ -102,7 +102,7 @@ def test_programs_agree_on_random_and_mutated_frames(sandbox, policy):
     sandbox.load(compile_policy(policy, LIMITS))
     rng = random.Random(len(policy.rules) * 7919 + sum(len(r.name) for r in policy.rules))
     addresses = sorted({str(a) for r in policy.rules for nets in (r.src, r.dst) if nets
-                        for n in nets for a in (n.network_address, n.broadcast_address)})
+                        for n in expand(nets) for a in (n.network_address, n.broadcast_address)})
     ports = sorted({p for r in policy.rules for ranges in (r.sport, r.dport) if ranges
                     for pr in ranges for p in (pr.lo, pr.hi, max(pr.lo - 1, 0),
                                                min(pr.hi + 1, 65535))})

@@ -1,0 +1,357 @@
+"""Named address sets: set files read fast, prefixes as integers, and live edits.
+
+A set file holds one prefix (or address) per line, IPv4 and IPv6 mixed, as blocklists are
+published (FireHOL ``.netset``, Spamhaus DROP, country zone files): blank lines are skipped,
+and ``#`` or ``;`` starts a comment, on a line of its own or after the prefix
+(``192.0.2.0/24 ; SBL123``).  A million lines are read in about a second: each line is
+split and converted with ``inet_pton`` and ``int.from_bytes``, never through ``ipaddress``
+(whose objects would cost seconds and hundreds of MB at that size).  The syntax accepted is
+``ipaddress``'s strict one (no leading zeros in IPv4, no zone ids), with a decimal prefix
+length; a bad line is reported as ``FILE:LINE: message``, with host bits set as in a rule.
+
+Live edits (``netctl set add/del``) are an overlay of added and removed prefixes per set,
+kept in the namespace's state: ``with_edits`` gives the policy with them in force, whatever
+its files say, so the next ``netctl apply`` keeps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+from collections.abc import Iterable, Mapping
+
+from ..errors import PolicyError, Problem
+from .model import BITS, Policy, PrefixSet, Rule, item_families
+
+# A set's name: what follows '@' in a rule.
+SET_NAME_MAX = 64
+SET_NAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{SET_NAME_MAX}}}\Z")
+
+# Ceilings, checked before the work they would cost: a set file is refused past
+# MAX_SET_FILE_BYTES (a million IPv6 prefixes written out in full, with comments, fit
+# comfortably), and a policy past MAX_SET_PREFIXES prefixes in all its sets (twice the
+# million the datapath is measured with; each costs about half a KB while it is compiled).
+MAX_SET_FILE_BYTES = 256 << 20
+MAX_SET_PREFIXES = 2_097_152
+MAX_FILE_PROBLEMS = 20   # bad lines reported one by one; the rest are counted
+
+_PTON = socket.inet_pton
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_HOSTMASK = {f: [(1 << (b - plen)) - 1 for plen in range(b + 1)] for f, b in BITS.items()}
+_DIGITS = re.compile(r"[0-9]{1,3}\Z")
+
+Prefix3 = tuple[int, int, int]   # (family, prefix length, network int)
+
+
+def parse_prefix(text: str) -> Prefix3 | str:
+    """``(family, prefix length, network)`` of an address or prefix in network form, or the
+    reason it is not one (the loader's wording for rules)."""
+    address, slash, length = text.partition("/")
+    family = 6 if ":" in address else 4
+    try:
+        value = int.from_bytes(_PTON(_AF[family], address), "big")
+    except (OSError, ValueError):   # ValueError: an embedded NUL
+        return f"'{text}' is not an IP address or prefix"
+    if slash:
+        if not _DIGITS.match(length) or int(length) > BITS[family]:
+            return f"'{text}' is not an IP address or prefix"
+        plen = int(length)
+    else:
+        plen = BITS[family]
+    if value & _HOSTMASK[family][plen]:
+        network = value & ~_HOSTMASK[family][plen]
+        return (f"{text} has host bits set; the network is "
+                f"{format_prefix(family, plen, network)}")
+    return family, plen, value
+
+
+def format_prefix(family: int, plen: int, network: int) -> str:
+    address = socket.inet_ntop(_AF[family], network.to_bytes(BITS[family] // 8, "big"))
+    return f"{address}/{plen}"
+
+
+def format_item(item: Prefix3) -> str:
+    return format_prefix(*item)
+
+
+class SetFileError(Exception):
+    """A set file that cannot be read at all (missing, too big, not text)."""
+
+
+def read_set_file(path: str, shown: str | None = None, budget: int = MAX_SET_PREFIXES
+                  ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...],
+                             list[Problem]]:
+    """The prefixes of a set file as ``(v4, v6, problems)``: per family sorted unique
+    ``(prefix length, network)``; problems name ``shown`` (default ``path``) and the line.
+    Raises SetFileError when the file cannot be read or is past a ceiling (``budget``: the
+    prefixes the policy has room for)."""
+    shown = shown or path
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise SetFileError(f"cannot read set file {shown}: {exc.strerror}") from None
+    if size > MAX_SET_FILE_BYTES:
+        raise SetFileError(f"set file {shown} is {size >> 20} MiB; set files are limited to "
+                           f"{MAX_SET_FILE_BYTES >> 20} MiB")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SetFileError(f"cannot read set file {shown}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SetFileError(f"set file {shown}:{line}: not UTF-8 text ({exc.reason})") from None
+    del data
+    return parse_set_text(text, shown, budget)
+
+
+def parse_set_text(text: str, shown: str, budget: int = MAX_SET_PREFIXES
+                   ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...],
+                              list[Problem]]:
+    """``read_set_file`` on text already read."""
+    # Prefixes are collected packed as one int, (length << bits) | network, which sorts as
+    # (length, network) does at a fraction of the cost of sorting tuples.
+    v4: list[int] = []
+    v6: list[int] = []
+    problems: list[Problem] = []
+    bad = 0
+    pton, af4, af6 = _PTON, socket.AF_INET, socket.AF_INET6
+    mask4, mask6 = _HOSTMASK[4], _HOSTMASK[6]
+    from_bytes = int.from_bytes
+    add4, add6 = v4.append, v6.append
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.split(None, 1)
+        if not parts:
+            continue
+        token = parts[0]
+        if token[0] in "#;":
+            continue
+        if len(parts) > 1 and parts[1][0] not in "#;":
+            # after the prefix only a comment may follow
+            if not _bad(problems, bad, shown, lineno, "one prefix per line (after the prefix "
+                        f"only a '#' or ';' comment may follow, not {parts[1][:40]!r})"):
+                return (), (), problems
+            bad += 1
+            continue
+        if "#" in token or ";" in token:
+            token = re.split("[#;]", token, maxsplit=1)[0]
+        # The common case inline (a million times): IPv4 or IPv6, with or without length.
+        address, slash, length = token.partition("/")
+        try:
+            if ":" in address:
+                value = from_bytes(pton(af6, address), "big")
+                plen = int(length) if slash and length.isdigit() and len(length) <= 3 \
+                    else (128 if not slash else 129)
+                if plen <= 128 and not value & mask6[plen]:
+                    add6(plen << 128 | value)
+                    continue
+            else:
+                value = from_bytes(pton(af4, address), "big")
+                plen = int(length) if slash and length.isdigit() and len(length) <= 3 \
+                    else (32 if not slash else 33)
+                if plen <= 32 and not value & mask4[plen]:
+                    add4(plen << 32 | value)
+                    continue
+        except (OSError, ValueError):
+            pass
+        parsed = parse_prefix(token)   # the slow path, for the message
+        message = parsed if isinstance(parsed, str) else f"'{token}' is not a prefix"
+        if not _bad(problems, bad, shown, lineno, message):
+            return (), (), problems
+        bad += 1
+    if bad > MAX_FILE_PROBLEMS:
+        problems.append(Problem(shown, 0, None, f"{bad - MAX_FILE_PROBLEMS:,} more lines with "
+                                "problems (the first are shown)"))
+    if len(v4) + len(v6) > budget and len(set(v4)) + len(set(v6)) > budget:
+        problems.append(Problem(shown, 0, None, f"{len(set(v4)) + len(set(v6)):,} prefixes: "
+                                f"{_budget_words(budget)}"))
+        return (), (), problems
+    return _unpack(v4, 32), _unpack(v6, 128), problems
+
+
+def _unpack(packed: list[int], bits: int) -> tuple[tuple[int, int], ...]:
+    """Packed prefixes as sorted unique (length, network) tuples."""
+    packed.sort()
+    mask = (1 << bits) - 1
+    return tuple([(k >> bits, k & mask) for k in dict.fromkeys(packed)])
+
+
+def _budget_words(budget: int) -> str:
+    if budget == MAX_SET_PREFIXES:
+        return f"a policy's sets hold at most {MAX_SET_PREFIXES:,} prefixes in all"
+    return (f"more than the {budget:,} left of the {MAX_SET_PREFIXES:,} a policy's sets hold "
+            "in all")
+
+
+def _bad(problems: list[Problem], bad: int, shown: str, lineno: int, message: str) -> bool:
+    """Report one bad line (the first MAX_FILE_PROBLEMS in full); False to stop reading: a
+    file that is mostly not prefixes (a wrong format) is not read to the end."""
+    if bad < MAX_FILE_PROBLEMS:
+        problems.append(Problem(shown, lineno, None, message))
+    if bad >= 1000 and bad * 2 > lineno:
+        problems.append(Problem(shown, lineno, None, f"stopped reading: {bad:,} of the first "
+                                f"{lineno:,} lines are not prefixes (is this a set file?)"))
+        return False
+    return True
+
+
+def make_set(name: str, prefixes: Iterable[Prefix3], source: str | None = None,
+             line: int = 0) -> PrefixSet:
+    v4: list[int] = []
+    v6: list[int] = []
+    for family, plen, net in prefixes:
+        if family == 4:
+            v4.append(plen << 32 | net)
+        else:
+            v6.append(plen << 128 | net)
+    return PrefixSet(name, _unpack(v4, 32), _unpack(v6, 128), source, line)
+
+
+def set_items(pset: PrefixSet) -> list[Prefix3]:
+    """Every prefix of a set as (family, prefix length, network), IPv4 first, each family
+    sorted by network then length (the order ``netctl set list`` prints)."""
+    out: list[Prefix3] = []
+    for family in (4, 6):
+        out.extend((family, plen, net) for net, plen in
+                   sorted((net, plen) for plen, net in pset.family(family)))
+    return out
+
+
+# ---- live edits --------------------------------------------------------------------------
+
+Edits = Mapping[str, Mapping[str, list[str]]]   # set name -> {"add": [...], "del": [...]}
+
+
+def base_items(pset: PrefixSet) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """The set as its file or elements give it: the live contents without the edits."""
+    base = (set(pset.v4), set(pset.v6))
+    for family, plen, net in pset.added:
+        base[0 if family == 4 else 1].discard((plen, net))
+    for family, plen, net in pset.removed:
+        base[0 if family == 4 else 1].add((plen, net))
+    return base
+
+
+def with_set(pset: PrefixSet, added: Iterable[Prefix3], removed: Iterable[Prefix3]
+             ) -> PrefixSet:
+    """The set as its base (file or elements) with exactly these edits in force: ``added``
+    prefixes in, ``removed`` ones out.  An edit the base already agrees with (adding what
+    the file has) is kept as an edit: it stays in force if the file changes."""
+    added = tuple(sorted(set(added)))
+    removed = tuple(sorted(set(removed) - set(added)))
+    if not pset.added and not pset.removed and not added and not removed:
+        return pset
+    live4, live6 = base_items(pset) if (pset.added or pset.removed) else (None, None)
+    if live4 is None:
+        live4, live6 = set(pset.v4), set(pset.v6)
+    for family, plen, net in removed:
+        (live4 if family == 4 else live6).discard((plen, net))
+    for family, plen, net in added:
+        (live4 if family == 4 else live6).add((plen, net))
+    return dataclasses.replace(pset, v4=tuple(sorted(live4)), v6=tuple(sorted(live6)),
+                               added=added, removed=removed)
+
+
+def parse_edits(edits: Mapping[str, list[str]]) -> tuple[list[Prefix3], list[Prefix3]]:
+    """A recorded overlay ({"add": [...], "del": [...]}, prefixes as text) as integers."""
+    out: tuple[list[Prefix3], list[Prefix3]] = ([], [])
+    for key, dest in (("add", out[0]), ("del", out[1])):
+        for text in edits.get(key, ()):
+            parsed = parse_prefix(text)
+            if isinstance(parsed, str):
+                raise PolicyError([Problem("<live set edits>", 0, None, parsed)])
+            dest.append(parsed)
+    return out
+
+
+def edits_record(pset: PrefixSet) -> dict[str, list[str]]:
+    """A set's live edits as recorded in the state (text, sorted)."""
+    return {"add": [format_item(i) for i in pset.added],
+            "del": [format_item(i) for i in pset.removed]}
+
+
+def with_edits(policy: Policy, edits: Edits) -> tuple[Policy, list[str]]:
+    """The policy with these live edits in force: each named set gets exactly its edits
+    (a set not named gets none).  Returns the policy and the names of edited sets the
+    policy no longer has (their edits are dropped)."""
+    by_name = {s.name: s for s in policy.sets}
+    gone = sorted(name for name, e in edits.items()
+                  if name not in by_name and (e.get("add") or e.get("del")))
+    replaced: dict[str, PrefixSet] = {}
+    for pset in policy.sets:
+        added, removed = parse_edits(edits.get(pset.name, {}))
+        new = with_set(pset, added, removed)
+        if new is not pset:
+            replaced[pset.name] = new
+    if not replaced:
+        return policy, gone
+    return replace_sets(policy, replaced), gone
+
+
+def replace_sets(policy: Policy, replaced: Mapping[str, PrefixSet]) -> Policy:
+    """The policy with some sets' contents replaced, in every rule that uses them (the
+    rules' families follow the new contents)."""
+    rules = []
+    for rule in policy.rules:
+        new_rule = rule
+        if _uses(rule, replaced):
+            src = _swap(rule.src, replaced)
+            dst = _swap(rule.dst, replaced)
+            new_rule = dataclasses.replace(rule, src=src, dst=dst,
+                                           families=content_families(rule, src, dst))
+        rules.append(new_rule)
+    sets = tuple(replaced.get(s.name, s) for s in policy.sets)
+    return dataclasses.replace(policy, rules=tuple(rules), sets=sets)
+
+
+def _uses(rule: Rule, names: Mapping[str, PrefixSet]) -> bool:
+    return any(isinstance(item, PrefixSet) and item.name in names
+               for field in (rule.src, rule.dst) if field for item in field)
+
+
+def _swap(field, replaced):
+    if field is None:
+        return None
+    return tuple(replaced.get(i.name, i) if isinstance(i, PrefixSet) else i for i in field)
+
+
+_BOTH = frozenset({4, 6})
+
+
+def static_families(rule: Rule) -> frozenset[int]:
+    """The IP versions the rule's fields allow, a set counting as both (its contents are
+    data that may change)."""
+    from .model import ICMP_PROTOS
+
+    families = set(_BOTH)
+    for field in (rule.src, rule.dst):
+        if field is not None and not any(isinstance(i, PrefixSet) for i in field):
+            families &= {i.version for i in field}
+    if rule.proto is not None:
+        allowed: set[int] = set()
+        for p in rule.proto:
+            allowed |= {ICMP_PROTOS[p]} if p in ICMP_PROTOS else _BOTH
+        families &= allowed
+    return frozenset(families)
+
+
+def content_families(rule: Rule, src, dst) -> frozenset[int]:
+    """What ``Rule.families`` is with these address fields: the static families narrowed
+    by what the fields' items (a set's contents) hold now."""
+    families = set(static_families(dataclasses.replace(rule, src=src, dst=dst)))
+    for field in (src, dst):
+        if field is not None:
+            held: set[int] = set()
+            for item in field:
+                held |= item_families(item)
+            families &= held
+    return frozenset(families)
+
+
+def used_sets(policy: Policy) -> set[str]:
+    return {item.name for rule in policy.rules for field in (rule.src, rule.dst) if field
+            for item in field if isinstance(item, PrefixSet)}
