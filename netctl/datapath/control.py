@@ -707,7 +707,7 @@ def _changed_maps(dp: Datapath, gen: int, record: dict) -> list[str]:
     want = record.get("contents")
     if not want:
         return []
-    have = mapio.contents_digests(dp.read_generation(gen))
+    have = mapio.contents_digests(dp.read_generation(gen), like=want)
     return [name for name, digest in want.items() if have.get(name) != digest]
 
 

@@ -160,12 +160,26 @@ class Namespace:
     # -- what each generation holds, so an apply need not read it back from the kernel
     def save_plan(self, gen: int, plan) -> None:
         """Record the plan just written into generation ``gen`` (a pickle in the root-only
-        state directory, replaced atomically)."""
+        state directory, replaced atomically).  The same plan saved for the other generation
+        just before is linked, not pickled again (both generations of a fresh datapath)."""
+        from ..policy.plan import dump_plan
+
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.state_dir / f".gen{gen}.{os.getpid()}.tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-            pickle.dump(plan, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.state_dir / f"gen{gen}.plan")
+        target = self.state_dir / f"gen{gen}.plan"
+        last = getattr(self, "_saved", None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        linked = False
+        if last is not None and last[0] is plan:
+            with contextlib.suppress(OSError):
+                os.link(last[1], tmp)
+                linked = True
+        if not linked:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                dump_plan(plan, f)
+        os.replace(tmp, target)
+        self._saved = (plan, target)
 
     def forget_plan(self, gen: int) -> None:
         """Before generation ``gen`` is rewritten: until the new plan is saved, nothing vouches

@@ -700,24 +700,32 @@ def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:
     prefix of the same header.  Keys: (slot, direction, family, proto, other address class,
     sport class, l4 class, prefix length, network)."""
     capacity = limits.rule_table
-    buckets: dict[tuple, dict[tuple[int, int], int]] = defaultdict(dict)
+    buckets: dict[tuple, dict[tuple[int, int], int]] = {}
+    mixed: set[tuple] = set()   # buckets that more than one rule wrote into
     total = 0
     added: dict[int, int] = {}
     for slot, mask in enumerate(shapes):
         field = direct[slot]
         for info in slot_rules[slot]:  # in rule order: the first writer of a key wins
             before = total
+            index = info.index
             for family, proto, srcs, dsts, sports, l4s in _combos(mask, slot, info, inverted,
                                                                   field):
                 others = srcs if field != FIELD_SRC else dsts
                 prefixes = _direct_prefixes(info, field, family)
                 for other, sp, l4 in product(others, sports, l4s):
-                    bucket = buckets[(slot, info.direction, family, proto, other, sp, l4)]
-                    for prefix in prefixes:
-                        if prefix not in bucket:
-                            bucket[prefix] = info.index
-                            total += 1
-            added[info.index] = total - before
+                    key = (slot, info.direction, family, proto, other, sp, l4)
+                    bucket = buckets.get(key)
+                    if bucket is None:   # prefixes are unique: all of them are new
+                        buckets[key] = dict.fromkeys(prefixes, index)
+                        total += len(prefixes)
+                        continue
+                    new = [prefix for prefix in prefixes if prefix not in bucket]
+                    if new:
+                        bucket.update(dict.fromkeys(new, index))
+                        total += len(new)
+                        mixed.add(key)
+            added[index] = total - before
     if total > capacity:
         worst = max(added, key=lambda i: (added[i], -i))
         name = next(x.name for rules in slot_rules for x in rules if x.index == worst)
@@ -726,26 +734,50 @@ def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:
             f"contributes the most ({added[worst]})", "rule_table", total)
     table: dict[tuple, int] = {}
     for header, bucket in buckets.items():
-        _propagate(bucket, _BITS[header[2]])
-        for (plen, network), rule in bucket.items():
-            table[(*header, plen, network)] = rule
+        if header in mixed:   # one writer: every entry already holds its only rule
+            _propagate(bucket, _BITS[header[2]])
+        table.update(zip([header + prefix for prefix in bucket], bucket.values(), strict=True))
     return table
 
 
 def _propagate(bucket: dict[tuple[int, int], int], bits: int) -> None:
     """Give every prefix the lowest rule index among itself and its shorter prefixes in the
-    bucket.  Visiting by length, a prefix's nearest shorter prefix is already final."""
-    lengths = sorted({plen for plen, _ in bucket})
+    bucket.  Visiting by length, shortest first, a prefix's shorter prefixes are final, and
+    the nearest one present holds the lowest index of everything above it.
+
+    Only lengths where some prefix has a lower index than the one visited can lower it, so
+    only those are probed (nearest first): a million-prefix set behind a few other rules'
+    prefixes costs a probe or two per prefix, not one per length present."""
+    lowest: dict[int, int] = {}   # prefix length -> the lowest rule index at that length
+    by_length: dict[int, list[tuple[int, int]]] = {}
+    for prefix, rule in bucket.items():
+        plen = prefix[0]
+        if plen in lowest:
+            by_length[plen].append(prefix)
+            if rule < lowest[plen]:
+                lowest[plen] = rule
+        else:
+            lowest[plen] = rule
+            by_length[plen] = [prefix]
+    lengths = sorted(lowest)
     if len(lengths) < 2:
         return
-    shorter = {plen: lengths[:i][::-1] for i, plen in enumerate(lengths)}
-    for plen, network in sorted(bucket):
-        for q in shorter[plen]:
-            above = bucket.get((q, network >> (bits - q) << (bits - q) if q else 0))
-            if above is not None:
-                if above < bucket[(plen, network)]:
-                    bucket[(plen, network)] = above
-                break
+    get = bucket.get
+    for i, plen in enumerate(lengths[1:], 1):
+        shorter = lengths[:i][::-1]
+        probes_for: dict[int, list[int]] = {}   # own rule index -> lengths worth probing
+        for prefix in by_length[plen]:
+            own = bucket[prefix]
+            probes = probes_for.get(own)
+            if probes is None:
+                probes = probes_for[own] = [q for q in shorter if lowest[q] < own]
+            network = prefix[1]
+            for q in probes:
+                above = get((q, network >> (bits - q) << (bits - q) if q else 0))
+                if above is not None:
+                    if above < own:
+                        bucket[prefix] = above
+                    break
 
 
 _ZERO = (0,)

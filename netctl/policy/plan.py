@@ -41,6 +41,7 @@ to one rule renumbers only the classes containing that rule and a diff stays sma
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 from collections.abc import Mapping
@@ -302,7 +303,8 @@ class MapPlan:
                              self.rule_names, self.conntrack_size]).encode())
         for name, contents in self._maps.items():
             h.update(name.encode())
-            h.update(pickle.dumps(list(contents.items()), protocol=5))
+            h.update(_pickled(list(contents.items()) if name in ("rules", "config")
+                              else self.tables[name]))
         return h.hexdigest()
 
     def constants(self) -> dict[str, int]:
@@ -320,6 +322,23 @@ class MapPlan:
                 in enumerate(zip(self.shapes, self.shape_members, strict=True)) if members]
         sizes = ", ".join(f"{n} {c}" for n, c in self.counts().items() if c)
         return f"{len(self.rules)} rules in {len(used)} shapes ({'; '.join(used)}); {sizes}"
+
+
+def _pickled(value: Any) -> memoryview:
+    """Plain data (dicts, tuples, ints) pickled without the memo: nothing in a plan refers
+    to itself, and the memo is most of the cost at a million entries (0.2 s against 1.6 s)."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=5)
+    pickler.fast = True
+    pickler.dump(value)
+    return out.getbuffer()
+
+
+def dump_plan(plan: MapPlan, file) -> None:
+    """Pickle a plan to an open binary file, as ``_pickled`` (no memo)."""
+    pickler = pickle.Pickler(file, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(plan)
 
 
 def _mask_words(mask: int) -> str:
@@ -386,14 +405,19 @@ def diff(old: MapPlan | None, new: MapPlan) -> PlanDiff:
             for key, value in old_c.items():
                 if key not in new_c and value != zero:
                     removed[key] = value
-        else:
-            for key, value in new_c.items():
+        elif not old_c:
+            added = new_c.copy()   # a dict's copy (a plan's maps are read-only views)
+        elif old_c != new_c:
+            # Set operations on the items (hashable: ints and tuples of ints) do the
+            # comparison in C; only the difference is walked here, so a one-prefix edit of a
+            # million-prefix set costs a pass in C, not a million steps of Python.
+            for key, value in new_c.items() - old_c.items():   # added or changed
                 before = old_c.get(key)
                 if before is None:
                     added[key] = value
-                elif before != value:
+                else:
                     changed[key] = (before, value)
-            for key, value in old_c.items():
+            for key, value in old_c.items() - new_c.items():   # removed or changed
                 if key not in new_c:
                     removed[key] = value
         out[name] = MapDiff(added, changed, removed)

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 from collections.abc import Iterable, Mapping
+from itertools import repeat
 
 from ..errors import PolicyError, Problem
 from .model import BITS, Policy, PrefixSet, Rule, item_families
@@ -113,71 +114,55 @@ def parse_set_text(text: str, shown: str, budget: int = MAX_SET_PREFIXES
                    ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...],
                               list[Problem]]:
     """``read_set_file`` on text already read."""
-    # Prefixes are collected packed as one int, (length << bits) | network, which sorts as
-    # (length, network) does at a fraction of the cost of sorting tuples.
-    v4: list[int] = []
-    v6: list[int] = []
+    # Per family, per prefix length, the networks in file order: a published list is sorted
+    # by address, so each length's list is sorted already and sorting it costs one pass.
+    by_length = {4: [[] for _ in range(33)], 6: [[] for _ in range(129)]}
+    add4 = [networks.append for networks in by_length[4]]
+    add6 = [networks.append for networks in by_length[6]]
+    lengths4 = {str(plen): plen for plen in range(33)}
+    lengths6 = {str(plen): plen for plen in range(129)}
+    mask4, mask6 = _HOSTMASK[4], _HOSTMASK[6]
+    pton, af4, af6, from_bytes = _PTON, socket.AF_INET, socket.AF_INET6, int.from_bytes
     problems: list[Problem] = []
     bad = 0
-    pton, af4, af6 = _PTON, socket.AF_INET, socket.AF_INET6
-    mask4, mask6 = _HOSTMASK[4], _HOSTMASK[6]
-    from_bytes = int.from_bytes
-    add4, add6 = v4.append, v6.append
     for lineno, line in enumerate(text.splitlines(), 1):
-        parts = line.split(None, 1)
-        if not parts:
-            continue
-        token = parts[0]
-        if token[0] in "#;":
-            continue
-        if len(parts) > 1 and parts[1][0] not in "#;":
-            # after the prefix only a comment may follow
-            if not _bad(problems, bad, shown, lineno, "one prefix per line (after the prefix "
-                        f"only a '#' or ';' comment may follow, not {parts[1][:40]!r})"):
-                return (), (), problems
-            bad += 1
-            continue
-        if "#" in token or ";" in token:
-            token = re.split("[#;]", token, maxsplit=1)[0]
-        # The common case inline (a million times): IPv4 or IPv6, with or without length.
-        address, slash, length = token.partition("/")
+        # The common line, a bare prefix, inline (a million times); anything else (blank,
+        # comment, spaces, an error) takes the careful path below.
+        address, slash, length = line.partition("/")
         try:
             if ":" in address:
                 value = from_bytes(pton(af6, address), "big")
-                plen = int(length) if slash and length.isdigit() and len(length) <= 3 \
-                    else (128 if not slash else 129)
-                if plen <= 128 and not value & mask6[plen]:
-                    add6(plen << 128 | value)
+                plen = lengths6[length] if slash else 128
+                if not value & mask6[plen]:
+                    add6[plen](value)
                     continue
             else:
                 value = from_bytes(pton(af4, address), "big")
-                plen = int(length) if slash and length.isdigit() and len(length) <= 3 \
-                    else (32 if not slash else 33)
-                if plen <= 32 and not value & mask4[plen]:
-                    add4(plen << 32 | value)
+                plen = lengths4[length] if slash else 32
+                if not value & mask4[plen]:
+                    add4[plen](value)
                     continue
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError):
             pass
-        parsed = parse_prefix(token)   # the slow path, for the message
-        message = parsed if isinstance(parsed, str) else f"'{token}' is not a prefix"
-        if not _bad(problems, bad, shown, lineno, message):
-            return (), (), problems
-        bad += 1
+        parsed = _careful_line(line)
+        if parsed is None:
+            continue
+        if isinstance(parsed, str):
+            if not _bad(problems, bad, shown, lineno, parsed):
+                return (), (), problems
+            bad += 1
+            continue
+        family, plen, value = parsed
+        by_length[family][plen].append(value)
     if bad > MAX_FILE_PROBLEMS:
         problems.append(Problem(shown, 0, None, f"{bad - MAX_FILE_PROBLEMS:,} more lines with "
                                 "problems (the first are shown)"))
-    if len(v4) + len(v6) > budget and len(set(v4)) + len(set(v6)) > budget:
-        problems.append(Problem(shown, 0, None, f"{len(set(v4)) + len(set(v6)):,} prefixes: "
+    v4, v6 = _from_lengths(by_length[4]), _from_lengths(by_length[6])
+    if len(v4) + len(v6) > budget:
+        problems.append(Problem(shown, 0, None, f"{len(v4) + len(v6):,} prefixes: "
                                 f"{_budget_words(budget)}"))
         return (), (), problems
-    return _unpack(v4, 32), _unpack(v6, 128), problems
-
-
-def _unpack(packed: list[int], bits: int) -> tuple[tuple[int, int], ...]:
-    """Packed prefixes as sorted unique (length, network) tuples."""
-    packed.sort()
-    mask = (1 << bits) - 1
-    return tuple([(k >> bits, k & mask) for k in dict.fromkeys(packed)])
+    return v4, v6, problems
 
 
 def _budget_words(budget: int) -> str:
@@ -199,16 +184,39 @@ def _bad(problems: list[Problem], bad: int, shown: str, lineno: int, message: st
     return True
 
 
+def _careful_line(line: str) -> Prefix3 | str | None:
+    """One line of a set file that is not a bare prefix: None for a blank or comment line,
+    else the prefix or what is wrong with the line."""
+    parts = line.split(None, 1)
+    if not parts or parts[0][0] in "#;":
+        return None
+    token = parts[0]
+    if len(parts) > 1 and parts[1][0] not in "#;":
+        return ("one prefix per line (after the prefix only a '#' or ';' comment may follow, "
+                f"not {parts[1][:40]!r})")
+    if "#" in token or ";" in token:
+        token = re.split("[#;]", token, maxsplit=1)[0]
+    return parse_prefix(token)
+
+
+def _from_lengths(by_length: list[list[int]]) -> tuple[tuple[int, int], ...]:
+    """Networks listed per prefix length as sorted unique (length, network) tuples."""
+    out: list[tuple[int, int]] = []
+    for plen, networks in enumerate(by_length):
+        if networks:
+            networks.sort()
+            out.extend(zip(repeat(plen), dict.fromkeys(networks)))
+    return tuple(out)
+
+
 def make_set(name: str, prefixes: Iterable[Prefix3], source: str | None = None,
              line: int = 0) -> PrefixSet:
-    v4: list[int] = []
-    v6: list[int] = []
+    by_length: dict[int, list[list[int]]] = {4: [[] for _ in range(33)],
+                                             6: [[] for _ in range(129)]}
     for family, plen, net in prefixes:
-        if family == 4:
-            v4.append(plen << 32 | net)
-        else:
-            v6.append(plen << 128 | net)
-    return PrefixSet(name, _unpack(v4, 32), _unpack(v6, 128), source, line)
+        by_length[family][plen].append(net)
+    return PrefixSet(name, _from_lengths(by_length[4]), _from_lengths(by_length[6]), source,
+                     line)
 
 
 def set_items(pset: PrefixSet) -> list[Prefix3]:
