@@ -9,7 +9,9 @@ it is reported at the later of the two: the key that made the rule impossible.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import hashlib
 import ipaddress
 import os
 import re
@@ -156,13 +158,18 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
                                    f"are limited to {MAX_FILE_BYTES >> 20} MiB (the datapath "
                                    f"holds at most {MAX_RULES:,} rules)")])
     try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
+        with open(source, "rb") as f:
+            data = f.read()
+        text = data.decode("utf-8")
     except OSError as exc:
         raise PolicyError([Problem(source, 0, None, f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(source, 0, None, f"not UTF-8 text: {exc.reason}")]) from None
-    return _load_checked(text, source)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")   # as open() reads text
+    policy = _load_checked(text, source)
+    # What was read, not what the file holds by the time it is applied: `apply` records
+    # this, and a later apply of the same file compares it.
+    return dataclasses.replace(policy, source_sha256=hashlib.sha256(data).hexdigest())
 
 
 def _read_stdin() -> str:
@@ -440,14 +447,14 @@ class _Loader:
         path = path.strip()
         resolved = path if os.path.isabs(path) else os.path.join(self.base_dir, path)
         try:
-            v4, v6, problems = read_set_file(resolved, resolved, budget)
+            v4, v6, problems, digest = read_set_file(resolved, resolved, budget)
         except SetFileError as exc:
             self.error(fpos, f"set '{name}': {exc}")
             return None
         if problems:
             self.problems.extend(problems)
             return None
-        return PrefixSet(name, v4, v6, os.path.abspath(resolved), line)
+        return PrefixSet(name, v4, v6, os.path.abspath(resolved), line, sha256=digest)
 
     def set_elements(self, name: str, value: object, pos: Pos, line: int,
                      budget: int) -> PrefixSet | None:

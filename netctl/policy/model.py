@@ -30,6 +30,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import repeat
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -107,10 +108,12 @@ class PrefixSet:
     ``(prefix length, network int)``, sorted and unique: the compiler reads them as they are.
 
     ``source`` is the absolute path of the file the set was read from (None for
-    ``elements:``).  ``added`` and ``removed`` are the live edits (``netctl set add/del``) in
-    force, as ``(family, prefix length, network)``; ``v4``/``v6`` already include them.
-    Equality is by contents; the hash only by name and sizes (hashing a million tuples
-    again and again would be slow, and equal sets have equal sizes).
+    ``elements:``) and ``sha256`` that file's digest as read.  ``added`` and ``removed`` are
+    the live edits (``netctl set add/del``) in force, as ``(family, prefix length,
+    network)``, and ``base`` the set as its file or elements give it (None without edits):
+    ``v4``/``v6`` hold ``base`` less ``removed`` plus ``added``.  Equality is by contents;
+    the hash only by name and sizes (hashing a million tuples again and again would be slow,
+    and equal sets have equal sizes).
     """
 
     name: str
@@ -120,14 +123,17 @@ class PrefixSet:
     line: int = 0
     added: tuple[tuple[int, int, int], ...] = ()
     removed: tuple[tuple[int, int, int], ...] = ()
+    sha256: str | None = None
+    base: PrefixSet | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PrefixSet):
             return NotImplemented
         return self is other or (
             self.name == other.name and self.source == other.source
-            and self.line == other.line and self.added == other.added
-            and self.removed == other.removed and self.v4 == other.v4 and self.v6 == other.v6)
+            and self.line == other.line and self.sha256 == other.sha256
+            and self.added == other.added and self.removed == other.removed
+            and self.v4 == other.v4 and self.v6 == other.v6 and self.base == other.base)
 
     def __hash__(self) -> int:
         return hash((self.name, len(self.v4), len(self.v6)))
@@ -142,10 +148,21 @@ class PrefixSet:
         return f"PrefixSet(@{self.name}: {len(self.v4)} IPv4, {len(self.v6)} IPv6)"
 
     def __getstate__(self) -> dict:
-        # The lookup indexes are derived: rebuilt on demand, never pickled.
-        return {k: v for k, v in self.__dict__.items() if k not in _PREFIXSET_CACHES}
+        # The lookup indexes are derived: rebuilt on demand, never pickled.  The contents
+        # are pickled packed (one bytes object per family, not a million tuples for the
+        # pickler to remember).
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in _PREFIXSET_CACHES and k not in ("v4", "v6")}
+        state["packed"] = (_PACKED_FORMAT, _pack_prefixes(self.v4, 4),
+                           _pack_prefixes(self.v6, 6))
+        return state
 
     def __setstate__(self, state: dict) -> None:
+        form, v4, v6 = state.pop("packed", (None, None, None))
+        if form != _PACKED_FORMAT:
+            raise ValueError("a set pickled in another format (by another netctl)")
+        state["v4"] = _unpack_prefixes(v4, 4)
+        state["v6"] = _unpack_prefixes(v6, 6)
         self.__dict__.update(state)
 
     @property
@@ -217,6 +234,22 @@ class PrefixSet:
 
 
 _PREFIXSET_CACHES = frozenset({"_lengths", "_spans"})
+
+
+def _pack_prefixes(prefixes: tuple[Prefix, ...], family: int) -> list[int]:
+    """Prefixes as one int each, (length << bits) | network: ints are pickled without the
+    memo a million tuples would fill."""
+    shift = BITS[family]
+    return [plen << shift | net for plen, net in prefixes]
+
+
+def _unpack_prefixes(data: list[int], family: int) -> tuple[Prefix, ...]:
+    return tuple(map(divmod, data, repeat(1 << BITS[family])))
+
+
+_PACKED_FORMAT = 1
+
+
 AddressItem = Network | PrefixSet   # an item of Rule.src / Rule.dst
 
 
@@ -399,6 +432,7 @@ class Policy:
     version: int = 1
     source: str = "<policy>"
     sets: tuple[PrefixSet, ...] = ()   # every set the policy defines, used or not
+    source_sha256: str | None = None   # the policy file's digest as it was read
 
     def default(self, direction: Direction) -> Action:
         return self.default_ingress if direction is Direction.INGRESS else self.default_egress

@@ -16,7 +16,9 @@ its files say, so the next ``netctl apply`` keeps them.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import hashlib
 import os
 import re
 import socket
@@ -83,11 +85,11 @@ class SetFileError(Exception):
 
 def read_set_file(path: str, shown: str | None = None, budget: int = MAX_SET_PREFIXES
                   ) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...],
-                             list[Problem]]:
-    """The prefixes of a set file as ``(v4, v6, problems)``: per family sorted unique
-    ``(prefix length, network)``; problems name ``shown`` (default ``path``) and the line.
-    Raises SetFileError when the file cannot be read or is past a ceiling (``budget``: the
-    prefixes the policy has room for)."""
+                             list[Problem], str]:
+    """The prefixes of a set file as ``(v4, v6, problems, sha256 of the file)``: per family
+    sorted unique ``(prefix length, network)``; problems name ``shown`` (default ``path``)
+    and the line.  Raises SetFileError when the file cannot be read or is past a ceiling
+    (``budget``: the prefixes the policy has room for)."""
     shown = shown or path
     try:
         size = os.path.getsize(path)
@@ -101,13 +103,26 @@ def read_set_file(path: str, shown: str | None = None, budget: int = MAX_SET_PRE
             data = f.read(MAX_SET_FILE_BYTES + 1)
     except OSError as exc:
         raise SetFileError(f"cannot read set file {shown}: {exc.strerror}") from None
+    if len(data) > MAX_SET_FILE_BYTES:   # it grew since its size was read
+        raise SetFileError(f"set file {shown} is over {MAX_SET_FILE_BYTES >> 20} MiB; set "
+                           f"files are limited to {MAX_SET_FILE_BYTES >> 20} MiB")
+    digest = hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise SetFileError(f"set file {shown}:{line}: not UTF-8 text ({exc.reason})") from None
     del data
-    return parse_set_text(text, shown, budget)
+    return (*parse_set_text(text, shown, budget), digest)
+
+
+def file_sha256(path: str) -> str | None:
+    """A set file's digest now (None when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def parse_set_text(text: str, shown: str, budget: int = MAX_SET_PREFIXES
@@ -230,38 +245,66 @@ def set_items(pset: PrefixSet) -> list[Prefix3]:
 
 
 # ---- live edits --------------------------------------------------------------------------
+#
+# An overlay per set of prefixes added and removed by hand (``netctl set add/del``), relative
+# to the set as its file or elements give it (the base).  It is recorded as given and stays
+# in force until undone, reset, or the set leaves the policy: re-applying the policy, even
+# with a changed file, keeps it (the live set is the base less the removed plus the added).
+# An edit that undoes another takes it back (adding a prefix removed by hand, removing one
+# added by hand), so the overlay never holds a prefix both ways.
 
 Edits = Mapping[str, Mapping[str, list[str]]]   # set name -> {"add": [...], "del": [...]}
 
 
-def base_items(pset: PrefixSet) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
-    """The set as its file or elements give it: the live contents without the edits."""
-    base = (set(pset.v4), set(pset.v6))
-    for family, plen, net in pset.added:
-        base[0 if family == 4 else 1].discard((plen, net))
-    for family, plen, net in pset.removed:
-        base[0 if family == 4 else 1].add((plen, net))
-    return base
-
-
 def with_set(pset: PrefixSet, added: Iterable[Prefix3], removed: Iterable[Prefix3]
              ) -> PrefixSet:
-    """The set as its base (file or elements) with exactly these edits in force: ``added``
-    prefixes in, ``removed`` ones out.  An edit the base already agrees with (adding what
-    the file has) is kept as an edit: it stays in force if the file changes."""
+    """The set's base (its file or elements) with exactly these edits in force."""
+    base = pset.base or pset
     added = tuple(sorted(set(added)))
     removed = tuple(sorted(set(removed) - set(added)))
-    if not pset.added and not pset.removed and not added and not removed:
-        return pset
-    live4, live6 = base_items(pset) if (pset.added or pset.removed) else (None, None)
-    if live4 is None:
-        live4, live6 = set(pset.v4), set(pset.v6)
-    for family, plen, net in removed:
-        (live4 if family == 4 else live6).discard((plen, net))
-    for family, plen, net in added:
-        (live4 if family == 4 else live6).add((plen, net))
-    return dataclasses.replace(pset, v4=tuple(sorted(live4)), v6=tuple(sorted(live6)),
-                               added=added, removed=removed)
+    if not added and not removed:
+        return base
+    live = []
+    for family, own in ((4, base.v4), (6, base.v6)):
+        gone = {(plen, net) for f, plen, net in removed if f == family}
+        kept = [p for p in own if p not in gone] if gone else list(own)
+        new = [(plen, net) for f, plen, net in added if f == family
+               and not _holds(own, (plen, net))]
+        if new:
+            kept.extend(new)
+            kept.sort()   # one sorted run and a short one: merged in a pass
+        live.append(tuple(kept))
+    return dataclasses.replace(base, v4=live[0], v6=live[1], added=added, removed=removed,
+                               base=base)
+
+
+def _holds(prefixes: tuple[tuple[int, int], ...], prefix: tuple[int, int]) -> bool:
+    """Whether a sorted tuple of prefixes has this one (bisection, not a million-entry set)."""
+    at = bisect.bisect_left(prefixes, prefix)
+    return at < len(prefixes) and prefixes[at] == prefix
+
+
+def has_prefix(pset: PrefixSet, item: Prefix3) -> bool:
+    family, plen, net = item
+    return _holds(pset.family(family), (plen, net))
+
+
+def with_edits(policy: Policy, edits: Edits) -> tuple[Policy, list[str]]:
+    """The policy (sets as their files and elements give them) with these live edits in
+    force.  Returns it and the names of edited sets the policy does not have (their edits
+    are dropped)."""
+    by_name = {s.name: s for s in policy.sets}
+    gone = sorted(name for name, e in edits.items()
+                  if name not in by_name and (e.get("add") or e.get("del")))
+    replaced: dict[str, PrefixSet] = {}
+    for pset in policy.sets:
+        added, removed = parse_edits(edits.get(pset.name, {}))
+        new = with_set(pset, added, removed)
+        if new is not pset:
+            replaced[pset.name] = new
+    if not replaced:
+        return policy, gone
+    return replace_sets(policy, replaced), gone
 
 
 def parse_edits(edits: Mapping[str, list[str]]) -> tuple[list[Prefix3], list[Prefix3]]:
@@ -282,22 +325,84 @@ def edits_record(pset: PrefixSet) -> dict[str, list[str]]:
             "del": [format_item(i) for i in pset.removed]}
 
 
-def with_edits(policy: Policy, edits: Edits) -> tuple[Policy, list[str]]:
-    """The policy with these live edits in force: each named set gets exactly its edits
-    (a set not named gets none).  Returns the policy and the names of edited sets the
-    policy no longer has (their edits are dropped)."""
-    by_name = {s.name: s for s in policy.sets}
-    gone = sorted(name for name, e in edits.items()
-                  if name not in by_name and (e.get("add") or e.get("del")))
-    replaced: dict[str, PrefixSet] = {}
-    for pset in policy.sets:
-        added, removed = parse_edits(edits.get(pset.name, {}))
-        new = with_set(pset, added, removed)
-        if new is not pset:
-            replaced[pset.name] = new
-    if not replaced:
-        return policy, gone
-    return replace_sets(policy, replaced), gone
+@dataclasses.dataclass
+class EditOutcome:
+    """What one ``netctl set add/del/reset`` did to a set."""
+
+    name: str
+    done: list[str]          # prefixes added or removed now
+    already: list[str]       # add: prefixes the set held already (nothing to do)
+    size: int                # prefixes in the live set afterwards
+    added: int               # the overlay afterwards: prefixes added by hand ...
+    removed: int             # ... and removed by hand
+
+
+def parse_prefixes(texts: Iterable[str], source: str = "command line") -> list[Prefix3]:
+    """Prefixes given on the command line; PolicyError naming every bad one."""
+    out: list[Prefix3] = []
+    problems = []
+    for text in texts:
+        parsed = parse_prefix(text.strip())
+        if isinstance(parsed, str):
+            problems.append(Problem(source, 0, None, parsed))
+        else:
+            out.append(parsed)
+    if problems:
+        raise PolicyError(problems)
+    return list(dict.fromkeys(out))
+
+
+def edit_set(policy: Policy, name: str, add: Iterable[Prefix3] = (),
+             delete: Iterable[Prefix3] = (), reset: bool = False
+             ) -> tuple[Policy, EditOutcome]:
+    """The policy with one set edited live: ``add`` prefixes (those it holds already change
+    nothing), ``delete`` prefixes (each must be in the set: PolicyError otherwise, nothing
+    changed), or ``reset`` (every edit dropped: the set as its file or elements give it)."""
+    pset = policy.prefix_set(name)
+    if pset is None:
+        raise PolicyError([Problem("command line", 0, None, unknown_set(policy, name))])
+    base = pset.base or pset
+    added, removed = set(pset.added), set(pset.removed)
+    done: list[str] = []
+    already: list[str] = []
+    if reset:
+        done = [format_item(i) for i in sorted(added | removed)]
+        added, removed = set(), set()
+    for item in add:
+        if has_prefix(pset, item):
+            already.append(format_item(item))
+            continue
+        removed.discard(item)
+        if not has_prefix(base, item):
+            added.add(item)
+        done.append(format_item(item))
+    missing = [format_item(i) for i in delete if not has_prefix(pset, i)]
+    if missing:
+        raise PolicyError([Problem("command line", 0, None, f"{text} is not in set @{name} "
+                                   "(nothing changed)") for text in missing])
+    for item in delete:
+        added.discard(item)
+        if has_prefix(base, item):
+            removed.add(item)
+        done.append(format_item(item))
+    new = with_set(base, added, removed)
+    outcome = EditOutcome(name, done, already, len(new), len(new.added), len(new.removed))
+    if new == pset:
+        return policy, outcome
+    return replace_sets(policy, {name: new}), outcome
+
+
+def unknown_set(policy: Policy, name: str) -> str:
+    """The message for a set name the policy does not define, with the closest ones."""
+    from .load import closest_keys
+
+    known = tuple(s.name for s in policy.sets)
+    hint = " or ".join(f"'{k}'" for k in closest_keys(name, known))
+    if hint:
+        return f"the live policy has no set '{name}'; did you mean {hint}?"
+    if known:
+        return f"the live policy has no set '{name}' (its sets: {', '.join(known)})"
+    return "the live policy defines no sets"
 
 
 def replace_sets(policy: Policy, replaced: Mapping[str, PrefixSet]) -> Policy:
@@ -363,3 +468,14 @@ def content_families(rule: Rule, src, dst) -> frozenset[int]:
 def used_sets(policy: Policy) -> set[str]:
     return {item.name for rule in policy.rules for field in (rule.src, rule.dst) if field
             for item in field if isinstance(item, PrefixSet)}
+
+
+def sets_record(policy: Policy) -> dict[str, dict]:
+    """What `apply` records of a policy's sets: per set its source, sizes and live edits
+    (status shows it; the next apply and the set verbs read the edits back)."""
+    out = {}
+    for pset in policy.sets:
+        base = pset.base or pset
+        out[pset.name] = {"file": pset.source, "sha256": pset.sha256, "v4": len(pset.v4),
+                          "v6": len(pset.v6), "base": len(base), **edits_record(pset)}
+    return out
