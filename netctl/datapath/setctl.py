@@ -180,6 +180,9 @@ def apply_keeping_edits(policy: Policy, devs: list[str] | None = None,
 
     privilege.require("apply", *privilege.DATAPATH)
     ns = Namespace.current()
+    if not policy.sets and not _any_edits(_peek_state(ns)):
+        return apply(policy, devs=devs, xdp_mode=xdp_mode, dry_run=dry_run,
+                     extra_cflags=extra_cflags)
     with edits_lock(ns):
         _state, record = live_record(ns)
         merged, gone = with_edits(policy, live_edits(record))
@@ -189,6 +192,19 @@ def apply_keeping_edits(policy: Policy, devs: list[str] | None = None,
     result.warnings += [f"the live edits of set @{name} are dropped: the policy no longer "
                         "defines that set" for name in gone]
     return result
+
+
+def _peek_state(ns: Namespace) -> dict | None:
+    try:
+        return ns.read_state()
+    except OSError:   # unreadable here: the apply itself says why
+        return None
+
+
+def _any_edits(state: dict | None) -> bool:
+    """Whether any generation of the state has live set edits (read only)."""
+    return any(live_edits(record) for record in ((state or {}).get("generations") or {})
+               .values())
 
 
 # ---- the verbs -----------------------------------------------------------------------------

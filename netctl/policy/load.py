@@ -428,12 +428,12 @@ class _Loader:
             return None
         before = len(self.problems)
         self.check_keys(node, SET_KEYS, f"set '{name}'")
+        if len(self.problems) > before:
+            return None
         if ("elements" in node) == ("file" in node):
             where = later_pos(node, "elements", "file") if "file" in node else pos
             self.error(where, f"set '{name}' needs exactly one of 'elements' (a list) and "
                        "'file' (a path)")
-            return None
-        if len(self.problems) > before:
             return None
         line = to_pos(kpos)[0]
         if "elements" in node:

@@ -202,16 +202,16 @@ def _bad(problems: list[Problem], bad: int, shown: str, lineno: int, message: st
 def _careful_line(line: str) -> Prefix3 | str | None:
     """One line of a set file that is not a bare prefix: None for a blank or comment line,
     else the prefix or what is wrong with the line."""
-    parts = line.split(None, 1)
-    if not parts or parts[0][0] in "#;":
+    parts = _COMMENT.split(line, maxsplit=1)[0].split()
+    if not parts:
         return None
-    token = parts[0]
-    if len(parts) > 1 and parts[1][0] not in "#;":
+    if len(parts) > 1:
         return ("one prefix per line (after the prefix only a '#' or ';' comment may follow, "
-                f"not {parts[1][:40]!r})")
-    if "#" in token or ";" in token:
-        token = re.split("[#;]", token, maxsplit=1)[0]
-    return parse_prefix(token)
+                f"not {' '.join(parts[1:])[:40]!r})")
+    return parse_prefix(parts[0])
+
+
+_COMMENT = re.compile("[#;]")
 
 
 def _from_lengths(by_length: list[list[int]]) -> tuple[tuple[int, int], ...]:
