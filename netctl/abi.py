@@ -10,9 +10,11 @@ with the generation added to every key or index (docs/classification.md, "Atomic
 
 from __future__ import annotations
 
+import array
 import ctypes
 import enum
 import struct
+import sys
 
 from .policy.plan import (
     CFG_SIZE,
@@ -264,6 +266,47 @@ def pack_rule_key(gen: int, key: tuple[int, ...]) -> bytes:
     addr = network.to_bytes(ADDR_BYTES[family], "big")
     return _RULE_KEY.pack(RULE_KEY_HEADER_BITS + plen, gen, slot, direction, family, proto,
                           other, sport, l4, addr)
+
+
+_RULE_HEAD = struct.Struct("<BBBBB3xIII")   # a rule key after its prefix length
+_ADDR_SHIFT = {4: 96, 6: 0}                  # an address as the key's 16 bytes, big-endian
+
+
+class _RuleHeads(dict):
+    """Packed rule-key headers of one generation, each packed once."""
+
+    def __init__(self, gen: int):
+        super().__init__()
+        self.gen = gen
+
+    def __missing__(self, head: tuple[int, ...]) -> bytes:
+        packed = self[head] = _RULE_HEAD.pack(self.gen, *head)
+        return packed
+
+
+def pack_rule_keys(gen: int, keys) -> bytes:
+    """Many rule-trie keys back to back, each as ``pack_rule_key`` packs it: a million-prefix
+    set is a million keys sharing a few headers, so headers are packed once each."""
+    lengths = [_U32.pack(RULE_KEY_HEADER_BITS + plen) for plen in range(129)]
+    heads = _RuleHeads(gen)
+    shift = _ADDR_SHIFT
+    return b"".join([lengths[k[7]] + heads[k[:7]] + (k[8] << shift[k[2]]).to_bytes(16, "big")
+                     for k in keys])
+
+
+def pack_lpm_keys(gen: int, family: int, keys) -> bytes:
+    """Many LPM-trie keys ``(prefixlen, network)`` back to back, as ``pack_lpm_key``."""
+    n = ADDR_BYTES[family]
+    lengths = [_LPM_HEAD.pack(32 + plen, gen) for plen in range(129)]
+    return b"".join([lengths[plen] + network.to_bytes(n, "big") for plen, network in keys])
+
+
+def pack_u32s(values) -> bytes:
+    """Many u32 back to back, little-endian (as pack_u32 each)."""
+    data = array.array("I", values)
+    if sys.byteorder != "little":
+        data.byteswap()
+    return data.tobytes()
 
 
 def unpack_rule_key(data: bytes) -> tuple[int, tuple[int, ...]]:

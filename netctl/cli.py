@@ -79,6 +79,13 @@ EXAMPLES = {
     "lab": """
         netctl lab run                               # policies/web-server.yaml
         netctl lab run policies/dual-stack.yaml --count 50""",
+    "set": """
+        netctl set list                              # the live sets: size, file, live edits
+        netctl set list blocklist > now.txt          # one set's prefixes (a set file)
+        netctl set add blocklist 203.0.113.9 2001:db8:bad::/48
+        netctl set del blocklist 203.0.113.9
+        netctl set reset blocklist                   # every live edit of the set undone
+        ip netns exec lab netctl set add blocklist 10.9.9.9""",
 }
 
 
@@ -200,6 +207,15 @@ def _parser() -> argparse.ArgumentParser:
 
     verb("conntrack", "list the flows tracked for stateful: true (5-tuple as this host "
          "started it, state, age, packets), with table size and evictions")
+
+    p = verb("set", "edit a named set of the live policy without applying the policy again: "
+             "list its prefixes, add or delete some (the edits stay in force when the policy "
+             "is applied again), or reset it to its file")
+    p.add_argument("action", choices=("list", "add", "del", "reset"),
+                   help="list [NAME], add NAME PREFIX..., del NAME PREFIX..., reset NAME")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the set (as in \"@NAME\")")
+    p.add_argument("prefixes", metavar="PREFIX", nargs="*",
+                   help="addresses or prefixes to add or delete")
 
     p = verb("lab", "try a policy on a throwaway namespace lab: apply it, send its tests: "
              "packets as real frames, show the counters, clean up")
@@ -443,7 +459,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # -- apply, status, detach --------------------------------------------------------------
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .datapath.control import already_live, apply
+    from .datapath.control import already_live
+    from .datapath.setctl import apply_keeping_edits
     from .policy.load import STDIN, load_policy
 
     if not args.dry_run:   # refused before the file is even read
@@ -457,11 +474,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
             return _report_already_live(args, live)
     policy = load_policy(args.file)
     # NETCTL_EXTRA_CFLAGS: extra -D flags for the programs (tests use it to force a compile
-    # or verifier failure); never needed in normal use.
+    # or verifier failure); never needed in normal use.  The live edits of the policy's
+    # sets (netctl set add/del) stay in force.
     if args.max_entries is not None and args.max_entries < 1:
         raise NetctlError("--max-entries must be a positive number of entries")
-    result = apply(policy, devs=args.dev, xdp_mode=args.xdp_mode, dry_run=args.dry_run,
-                   extra_cflags=extra, max_entries=args.max_entries)
+    result = apply_keeping_edits(policy, devs=args.dev, xdp_mode=args.xdp_mode,
+                                 dry_run=args.dry_run, extra_cflags=extra,
+                                 max_entries=args.max_entries)
     if args.output == "json":
         _emit_json(result.as_dict())
         return EXIT_OK
@@ -486,12 +505,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
               f"{rec['egress'] or 'not enforced'} ({rec['why']})")
     for name in result.detached:
         print(f"  {name}: {'would be ' if result.dry_run else ''}detached (no longer listed)")
+    _print_set_edits(result.sets)
     return EXIT_OK
 
 
 def _report_already_live(args: argparse.Namespace, live: dict) -> int:
     if args.output == "json":
-        _emit_json({"policy": args.file, "generation": live["generation"], "reload": False,
+        _emit_json({**({"sets": live["sets"]} if live.get("sets") else {}),
+                    "policy": args.file, "generation": live["generation"], "reload": False,
                     "dry_run": False, "unchanged": True, "entries": 0, "changes": {},
                     "interfaces": live["interfaces"], "detached": [], "warnings": [],
                     "seconds": 0.0})
@@ -500,7 +521,16 @@ def _report_already_live(args: argparse.Namespace, live: dict) -> int:
     for name, rec in live["interfaces"].items():
         print(f"  {name}: ingress {rec['ingress'] or 'not enforced'}, egress "
               f"{rec['egress'] or 'not enforced'} ({rec['why']})")
+    _print_set_edits(live.get("sets") or {})
     return EXIT_OK
+
+
+def _print_set_edits(sets: dict) -> None:
+    for name, rec in sets.items():
+        if rec["add"] or rec["del"]:
+            print(f"  set @{name}: live edits in force (+{len(rec['add'])} -{len(rec['del'])}; "
+                  f"'netctl set list {name}' shows them, 'netctl set reset {name}' undoes "
+                  "them)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -540,6 +570,14 @@ def format_status(report: dict) -> str:
         for r in report["rules"]:
             lines.append(f"{r['name'][:32]:<32} {r['action']:<7} {r['packets']:>12} "
                          f"{r['bytes']:>14}")
+    if report.get("sets"):
+        lines.append("")
+        lines.append(f"{'SET':<24} {'PREFIXES':>10} {'LIVE EDITS':<12} SOURCE")
+        for rec in report["sets"]:
+            edits = f"+{len(rec['add'])} -{len(rec['del'])}" if rec["add"] or rec["del"] \
+                else "-"
+            lines.append(f"{'@' + rec['name']:<24} {rec['v4'] + rec['v6']:>10,} {edits:<12} "
+                         f"{rec['file'] or 'elements'}")
     if report["defaults"]:
         lines.append("")
         for direction, d in report["defaults"].items():
@@ -594,6 +632,81 @@ def cmd_detach(args: argparse.Namespace) -> int:
     if result["removed_pins"]:
         print("pins and state removed")
     return EXIT_OK
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    from .datapath import setctl
+    from .policy.sets import parse_prefixes
+
+    name = args.name[1:] if args.name and args.name.startswith("@") else args.name
+    usage = {
+        "list": args.prefixes and "netctl set list [NAME]: no prefixes",
+        "add": (not name or not args.prefixes) and "netctl set add NAME PREFIX...",
+        "del": (not name or not args.prefixes) and "netctl set del NAME PREFIX...",
+        "reset": (not name or args.prefixes) and "netctl set reset NAME",
+    }[args.action]
+    if usage:
+        print(f"usage: {usage}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.action == "list":
+        report = setctl.set_list(name)
+        if args.output == "json":
+            _emit_json(report)
+        elif name is None:
+            print(format_sets(report))
+        else:
+            print(format_set(report))
+        return EXIT_OK
+    prefixes = parse_prefixes(args.prefixes)   # all checked before anything changes
+    outcome, result = setctl.set_edit(
+        name, add=prefixes if args.action == "add" else [],
+        delete=prefixes if args.action == "del" else [], reset=args.action == "reset")
+    if args.output == "json":
+        _emit_json({"set": outcome.name, "done": outcome.done, "already": outcome.already,
+                    "prefixes": outcome.size, "added": outcome.added,
+                    "removed": outcome.removed,
+                    "apply": result.as_dict() if result is not None else None})
+        return EXIT_OK
+    verb = {"add": "added", "del": "deleted", "reset": "undid"}[args.action]
+    done = f"{verb} {len(outcome.done)}" + (f" edit{'s' if len(outcome.done) != 1 else ''}"
+                                            if args.action == "reset" else "")
+    if outcome.already:
+        done += f" ({len(outcome.already)} already in the set: {', '.join(outcome.already[:3])}" \
+                f"{' ...' if len(outcome.already) > 3 else ''})"
+    print(f"@{outcome.name}: {done}; {outcome.size:,} prefixes, live edits +{outcome.added} "
+          f"-{outcome.removed}")
+    if result is None:
+        print("nothing to change")
+    else:
+        print(f"live as generation {result.generation} ({result.change.entries()} map entries "
+              f"written in {result.seconds:.2f} s)")
+    for warning in result.warnings if result is not None else ():
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def format_sets(report: dict) -> str:
+    lines = [f"policy  {report['policy']}", "",
+             f"{'SET':<24} {'PREFIXES':>10} {'IPv4':>10} {'IPv6':>10} {'LIVE EDITS':<12} SOURCE"]
+    for rec in report["sets"]:
+        edits = f"+{len(rec['add'])} -{len(rec['del'])}" if rec["add"] or rec["del"] else "-"
+        lines.append(f"{'@' + rec['name']:<24} {rec['v4'] + rec['v6']:>10,} {rec['v4']:>10,} "
+                     f"{rec['v6']:>10,} {edits:<12} {rec['file'] or 'elements'}")
+    return "\n".join(lines)
+
+
+def format_set(report: dict) -> str:
+    """One set as a set file: comments saying what it is, then its prefixes."""
+    lines = [f"# set @{report['name']} of {report['policy']}: {report['prefixes']:,} prefixes "
+             f"({report['v4']:,} IPv4, {report['v6']:,} IPv6), from "
+             f"{report['file'] or 'its elements'}"]
+    if report["added"] or report["removed"]:
+        lines.append(f"# live edits in force: {len(report['added'])} added, "
+                     f"{len(report['removed'])} removed")
+        lines += [f"# + {p}" for p in report["added"]]
+        lines += [f"# - {p}" for p in report["removed"]]
+    lines += report["elements"]
+    return "\n".join(lines)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -672,6 +785,7 @@ HANDLERS = {
     "monitor": cmd_monitor,
     "conntrack": cmd_conntrack,
     "lab": cmd_lab,
+    "set": cmd_set,
     "apply": cmd_apply,
     "status": cmd_status,
     "detach": cmd_detach,

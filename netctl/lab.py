@@ -132,15 +132,17 @@ def _without_routes(policy: Policy, path: str) -> str:
     import tempfile
 
     with open(path, encoding="utf-8") as f:
-        text = policy_text_without_routes(f.read())
+        text = policy_text_without_routes(f.read(), os.path.dirname(os.path.abspath(path)))
     fd, copy = tempfile.mkstemp(prefix="netctl-lab-", suffix=".yaml")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return copy
 
 
-def policy_text_without_routes(text: str) -> str:
-    """A valid policy's text without its `routes:`, meaning exactly what `text` means.
+def policy_text_without_routes(text: str, base_dir: str | None = None) -> str:
+    """A valid policy's text without its `routes:`, meaning exactly what `text` means
+    (relative set files named from ``base_dir``, the original's directory: the copy is
+    written elsewhere).
 
     The text is read the way the loader reads it (yamlsrc: plain decimal integers, nulls,
     and strings for everything else) and written back with every string double-quoted, so
@@ -170,6 +172,10 @@ def policy_text_without_routes(text: str) -> str:
                                                            style='"'))
     data = plain(root)
     data.pop("routes", None)
+    for spec in (data.get("sets") or {}).values():
+        if base_dir and isinstance(spec, dict) and isinstance(spec.get("file"), str) \
+                and not os.path.isabs(spec["file"].strip()):
+            spec["file"] = os.path.join(base_dir, spec["file"].strip())
     return yaml.dump(data, Dumper=QuotingDumper, sort_keys=False, allow_unicode=True,
                      width=1 << 20)
 

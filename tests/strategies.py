@@ -6,7 +6,9 @@ given field a non-empty tuple, networks in network form, protocols as numbers, p
 without proto normalised to (6, 17), icmp_type as (family, type) pairs for the ICMP
 families the rule can match, ``families`` computed as the loader does, ``index`` equal to
 the position.  Addresses come from a few nearby anchors so prefixes nest and overlap;
-ports and ICMP types from small vocabularies so ranges share boundaries.
+ports and ICMP types from small vocabularies so ranges share boundaries.  Some policies
+have small named sets (both families, sometimes empty, sometimes shared by rules) that
+address fields use alone or beside literal prefixes.
 
 Packets are biased to edges: a prefix's first and last address and the ones just outside,
 a range's lo/hi and lo-1/hi+1, both families, TCP/UDP/ICMP/ICMPv6 and other protocols
@@ -28,8 +30,10 @@ from netctl.policy.model import (
     Packet,
     Policy,
     PortRange,
+    PrefixSet,
     Rule,
 )
+from netctl.policy.sets import make_set
 
 ANCHORS = {
     4: [int(ipaddress.ip_address(a)) for a in
@@ -59,9 +63,34 @@ def networks(draw, family: int | None = None):
     return cls((net, plen))
 
 
-def address_lists(families: list[int]):
+def address_lists(families: list[int], pool: tuple[PrefixSet, ...] = ()):
+    """1-3 items: networks, and (with a pool of sets) sometimes sets."""
     fams = st.sampled_from(families)
-    return st.lists(fams.flatmap(networks), min_size=1, max_size=3, unique=True).map(tuple)
+    items = fams.flatmap(networks)
+    if pool:
+        items = items | st.sampled_from(pool)
+    return st.lists(items, min_size=1, max_size=3, unique=True).map(tuple)
+
+
+@st.composite
+def prefix_sets(draw, name: str):
+    """A small set: 0-6 prefixes of either family, near the anchors like any prefix."""
+    nets = draw(st.lists(networks(), max_size=6))
+    return make_set(name, [(n.version, n.prefixlen, int(n.network_address)) for n in nets],
+                    line=1)
+
+
+def expand(items) -> list:
+    """A field's items as ipaddress networks (a set's prefixes one by one)."""
+    out = []
+    for item in items or ():
+        if isinstance(item, PrefixSet):
+            for family in (4, 6):
+                cls = ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network
+                out.extend(cls((net, plen)) for plen, net in item.family(family))
+        else:
+            out.append(item)
+    return out
 
 
 @st.composite
@@ -75,8 +104,18 @@ def port_lists():
     return st.lists(port_ranges(), min_size=1, max_size=3, unique=True).map(tuple)
 
 
-def _families_of(networks_) -> frozenset[int]:
-    return frozenset({4, 6}) if networks_ is None else frozenset(n.version for n in networks_)
+def _families_of(networks_, static: bool = False) -> frozenset[int]:
+    """The families a field allows: its items' (a set's contents), or with ``static`` as the
+    loader checks conflicts, a set counting as both."""
+    if networks_ is None:
+        return frozenset({4, 6})
+    out: set[int] = set()
+    for item in networks_:
+        if isinstance(item, PrefixSet):
+            out |= {4, 6} if static else item.families
+        else:
+            out.add(item.version)
+    return frozenset(out)
 
 
 def _proto_families(protos) -> frozenset[int]:
@@ -87,12 +126,13 @@ def _proto_families(protos) -> frozenset[int]:
 
 
 @st.composite
-def rules(draw, index: int, families=(4, 6)):
+def rules(draw, index: int, families=(4, 6), pool: tuple[PrefixSet, ...] = ()):
     """One valid rule, or None when the drawn fields cannot match together (as the loader
-    would refuse it)."""
+    would refuse it).  Its ``families`` narrow to what its sets hold (maybe to none: the rule
+    then matches nothing, as the loader allows)."""
     fams = list(families)
-    src = draw(st.none() | address_lists(fams))
-    dst = draw(st.none() | address_lists(fams))
+    src = draw(st.none() | address_lists(fams, pool))
+    dst = draw(st.none() | address_lists(fams, pool))
     kind = draw(st.sampled_from(["none", "proto", "ports", "icmp"]))
     proto = sport = dport = icmp_type = icmp_code = None
     if kind == "proto":
@@ -102,7 +142,7 @@ def rules(draw, index: int, families=(4, 6)):
         proto = draw(st.sampled_from([(6, 17), (6,), (17,)]))
         sport = draw(st.none() | port_lists())
         dport = draw(port_lists() if sport is None else st.none() | port_lists())
-    family_set = _families_of(src) & _families_of(dst)
+    family_set = _families_of(src, True) & _families_of(dst, True)
     if proto is not None:
         family_set &= _proto_families(proto)
     if kind == "icmp":
@@ -122,6 +162,7 @@ def rules(draw, index: int, families=(4, 6)):
             icmp_type = tuple((f, t) for f in icmp_fams for t in types if only in (None, f))
     if not family_set:
         return None
+    family_set &= _families_of(src) & _families_of(dst)
     return Rule(
         name=f"r{index}", index=index, line=index + 1,
         direction=draw(st.sampled_from([Direction.INGRESS, Direction.EGRESS])),
@@ -140,13 +181,17 @@ def code_ranges(draw):
 @st.composite
 def policies(draw, max_rules: int = 8, families=(4, 6)):
     n = draw(st.integers(0, max_rules))
+    pool: tuple[PrefixSet, ...] = ()
+    if families == (4, 6) and draw(st.integers(0, 3)) == 0:   # a quarter have sets
+        pool = tuple(draw(prefix_sets(f"s{i}")) for i in range(draw(st.integers(1, 2))))
     out: list[Rule] = []
     for _ in range(n):
-        rule = draw(rules(len(out), families))
+        rule = draw(rules(len(out), families, pool))
         if rule is not None:
             out.append(rule)
     return Policy(
         rules=tuple(out),
+        sets=pool,
         default_ingress=draw(st.sampled_from([Action.ACCEPT, Action.DROP])),
         default_egress=draw(st.sampled_from([Action.ACCEPT, Action.DROP])),
         allow_ndp=draw(st.booleans()),
@@ -176,7 +221,7 @@ class _Edges:
         ports = set(PORT_ANCHORS)
         for rule in policy.rules:
             for nets in (rule.src, rule.dst):
-                for net in nets or ():
+                for net in expand(nets):
                     self.addresses[net.version].update(_edges(net))
             for ranges in (rule.sport, rule.dport):
                 ports.update(_port_edges(ranges or ()))
@@ -185,7 +230,7 @@ class _Edges:
 
 
 def _address(draw, edges: _Edges, family: int, nets) -> int:
-    own = [n for n in nets or () if n.version == family]
+    own = [n for n in expand(nets) if n.version == family]
     choice = draw(st.integers(0, 9))
     if own and choice < 6:
         return draw(st.sampled_from(_edges(draw(st.sampled_from(own)))))
@@ -210,7 +255,7 @@ def packets(draw, policy: Policy, edges: _Edges | None = None):
     edges = edges or _Edges(policy)
     target = draw(st.sampled_from(policy.rules)) if policy.rules and draw(st.integers(0, 4)) \
         else None
-    if target is not None and draw(st.integers(0, 5)):
+    if target is not None and target.families and draw(st.integers(0, 5)):
         family = draw(st.sampled_from(sorted(target.families)))
     else:
         family = draw(st.sampled_from([4, 6]))

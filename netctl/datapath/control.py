@@ -34,6 +34,7 @@ from ..policy.load import STDIN_SOURCE
 from ..policy.model import Direction, Interface, Policy, TcHook, XdpMode
 from ..policy.plan import Limits, MapPlan, PlanDiff, diff
 from ..policy.plan import constants as plan_constants
+from ..policy.sets import file_sha256, sets_record
 from . import attach as att
 from . import maps as mapio
 from .build import source_digest, unconfirmed_pin
@@ -162,6 +163,9 @@ def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
                 or record.get("policy_sha256") != _file_sha256(path)
                 or record.get("nexthops")):   # routes: an apply refreshes their next hops
             return None
+        for rec in record.get("sets", {}).values():   # a set file changed: apply it
+            if rec.get("file") and file_sha256(rec["file"]) != rec.get("sha256"):
+                return None
         with att.Links() as links:
             for rec in state.get("interfaces", {}).values():
                 link = links.find(rec["name"])
@@ -186,9 +190,11 @@ class ApplyResult:
     unchanged: bool = False
     dry_run: bool = False
     seconds: float = 0.0
+    sets: dict[str, dict] = field(default_factory=dict)   # sets_record of what is live
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **({"sets": self.sets} if self.sets else {}),
             "policy": self.policy, "generation": self.generation, "reload": self.reload,
             "dry_run": self.dry_run, "unchanged": self.unchanged,
             "entries": self.change.entries(),
@@ -487,17 +493,21 @@ def _reusable(state: dict | None, plan: MapPlan) -> bool:
 
 def _generation_record(policy: Policy, plan: MapPlan) -> dict[str, Any]:
     source = policy.source
-    file_hash = None
+    file_hash = policy.source_sha256   # the file as it was read, when the loader read it
     if source != STDIN_SOURCE and os.path.isfile(source):   # standard input has no file
-        with open(source, "rb") as f:
-            file_hash = hashlib.sha256(f.read()).hexdigest()
+        if file_hash is None:
+            with open(source, "rb") as f:
+                file_hash = hashlib.sha256(f.read()).hexdigest()
         source = os.path.abspath(source)
-    return {"policy": source, "policy_sha256": file_hash,
-            "digest": plan.digest(), "contents": mapio.contents_digests(plan.maps()),
-            "applied_at": time.time(),
-            "rules": list(plan.rule_names),
-            "actions": [action for action, _ in plan.rules],
-            "metrics": [r.index for r in policy.rules if r.metrics]}
+    record = {"policy": source, "policy_sha256": file_hash,
+              "digest": plan.digest(), "contents": mapio.contents_digests(plan.maps()),
+              "applied_at": time.time(),
+              "rules": list(plan.rule_names),
+              "actions": [action for action, _ in plan.rules],
+              "metrics": [r.index for r in policy.rules if r.metrics]}
+    if policy.sets:   # sizes and live edits (netctl set add/del) of its named sets
+        record["sets"] = sets_record(policy)
+    return record
 
 
 def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan,
@@ -538,6 +548,8 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         same_interfaces = _same_interfaces(state, found)
         if gens.get(str(active), {}).get("digest") == plan.digest() and same_interfaces \
                 and _public(nexthops) == gens.get(str(active), {}).get("nexthops", []) \
+                and gens.get(str(active), {}).get("sets") == (sets_record(policy)
+                                                              if policy.sets else None) \
                 and _attachments_intact(links, dp, state):
             # Nothing to do, unless the live maps were changed by hand: then the policy is
             # written afresh into the other generation, and this one is no longer vouched for.
@@ -563,6 +575,10 @@ def _apply_locked(ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan
         build = state["build"]
 
     record = dict(_generation_record(policy, plan), nexthops=_public(nexthops))
+    if policy.sets:   # what `netctl set add/del` edit from (netctl/datapath/setctl.py)
+        from .setctl import save_snapshot
+
+        save_snapshot(ns, policy, record)
     if reload:
         # Attaching the new build's programs is what makes it live, and a kill may land
         # between that and the state write below: so the build is recorded as pending first,
@@ -711,7 +727,7 @@ def _changed_maps(dp: Datapath, gen: int, record: dict) -> list[str]:
     want = record.get("contents")
     if not want:
         return []
-    have = mapio.contents_digests(dp.read_generation(gen))
+    have = mapio.contents_digests(dp.read_generation(gen), like=want)
     return [name for name, digest in want.items() if have.get(name) != digest]
 
 
@@ -980,6 +996,7 @@ def status(verify: bool = True) -> dict[str, Any]:
                              "hits": stats[abi.STAT_FLOW_HIT][0],
                              "misses": stats[abi.STAT_FLOW_MISS][0],
                              "epoch": state.get("epoch", 0)}
+        out["sets"] = [dict(rec, name=name) for name, rec in record.get("sets", {}).items()]
         out.update(applied=True, policy=record["policy"], digest=record["digest"],
                    policy_sha256=record.get("policy_sha256"),
                    generation=gen, applied_at=record["applied_at"], build=state["build"]["id"],

@@ -250,18 +250,31 @@ def _read_trie(m: RawMap, gen: int, unpack_key, unpack_value) -> dict:
     return contents
 
 
-def contents_digests(contents: Mapping[str, Mapping[Any, Any]]) -> dict[str, str]:
+def contents_digests(contents: Mapping[str, Mapping[Any, Any]],
+                     like: Mapping[str, str] | None = None) -> dict[str, str]:
     """Per map, a fingerprint of one generation's contents in canonical form, whatever the
     order they were written or read in: what status compares to tell a map changed by hand
-    from the one netctl applied (a plan's ``maps()`` and ``read_generation`` agree on it)."""
+    from the one netctl applied (a plan's ``maps()`` and ``read_generation`` agree on it).
+
+    The fingerprint is the number of entries and the sum of the entries' hashes (ints and
+    tuples of ints hash the same in every process), so it needs no sort: 0.1 s at a million
+    entries, where sorting their text took seconds.  ``like`` are fingerprints recorded
+    earlier: one of the older, sorted kind is computed that way again to compare with it."""
     out = {}
     for name in MAP_NAMES:
         items = contents.get(name, {}).items()
         if name in ARRAY_MAPS:   # their zero entries are never read back
             items = [(k, v) for k, v in items if not _all_zero(v)]
-        lines = sorted(repr(item) for item in items)
-        out[name] = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:20]
+        if like is not None and not like.get(name, _DIGEST_TAG).startswith(_DIGEST_TAG):
+            lines = sorted(repr(item) for item in items)
+            out[name] = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:20]
+            continue
+        total = sum(map(hash, items)) & 0xFFFFFFFFFFFFFFFF
+        out[name] = f"{_DIGEST_TAG}{len(items):x}:{total:016x}"
     return out
+
+
+_DIGEST_TAG = "h1:"
 
 
 def _all_zero(value: Any) -> bool:
@@ -278,15 +291,17 @@ def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
     first (arrays: zeros), so that a map filled to capacity by both generations has room for
     the additions, then added and changed ones (in batches where the map type has them)."""
     m = maps[name]
-    writes = dict(change.added)
-    writes.update((k, new) for k, (_, new) in change.changed.items())
+    if change.changed:
+        writes = dict(change.added)
+        writes.update((k, new) for k, (_, new) in change.changed.items())
+    else:
+        writes = change.added
     try:
         if map_kind(name) == "lpm_trie":
             m.delete_many(encode(name, gen, k, v, constants)[0]
                           for k, v in change.removed.items())
-            pairs = [encode(name, gen, k, v, constants) for k, v in writes.items()]
-            if not _batch_trie(m, pairs):
-                m.update_many(pairs)
+            if writes and not _batch_trie(m, *_trie_blobs(name, gen, writes)):
+                m.update_many(encode(name, gen, k, v, constants) for k, v in writes.items())
             return
         if map_kind(name) == "array":
             zero = _zero_value(name)
@@ -304,6 +319,19 @@ def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
         raise
 
 
+def _trie_blobs(name: str, gen: int, writes: Mapping[Any, Any]) -> tuple[bytes, bytes, int]:
+    """An LPM trie's entries as (keys, values, count), packed back to back in one pass each
+    (a million-prefix set is a million rule-trie entries: one ``encode`` call per entry
+    would cost seconds)."""
+    if name == "rule_table":
+        return abi.pack_rule_keys(gen, writes), abi.pack_u32s(writes.values()), len(writes)
+    if name in LPM_MAPS:
+        values = b"".join([abi.pack_classes(v) for v in writes.values()])
+        return abi.pack_lpm_keys(gen, _family(name), writes), values, len(writes)
+    keys = abi.pack_lpm_keys(gen, _family(name), writes)   # routes
+    return keys, abi.pack_u32s(writes.values()), len(writes)
+
+
 _BATCH = 8192
 # Whether the running kernel has batch operations on LPM tries (6.18 has them; older kernels
 # refuse with EINVAL or ENOTSUPP): tried once per process, then one syscall per entry.
@@ -311,15 +339,15 @@ _TRIE_BATCHES: dict[str, bool] = {}
 _NO_BATCH = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, 524)   # 524: the kernel's ENOTSUPP
 
 
-def _batch_trie(m: RawMap, pairs: list[tuple[bytes, bytes]]) -> bool:
-    """Write an LPM trie's entries in batches; False (nothing written) where the kernel has
-    no batch operations on tries."""
-    if not pairs:
+def _batch_trie(m: RawMap, keys: bytes, values: bytes, count: int) -> bool:
+    """Write an LPM trie's entries (packed back to back) in batches; False (nothing
+    written) where the kernel has no batch operations on tries."""
+    if not count:
         return True
     if _TRIE_BATCHES.get("update") is False:
         return False
     try:
-        _batch(m, pairs)
+        _batch_blobs(m, keys, values, count)
     except BpfError as exc:
         if exc.errno not in _NO_BATCH or _TRIE_BATCHES.get("update"):
             raise
@@ -333,6 +361,15 @@ def _batch(m: RawMap, pairs: list[tuple[bytes, bytes]]) -> None:
     for start in range(0, len(pairs), _BATCH):
         chunk = pairs[start:start + _BATCH]
         m.update_batch(b"".join(k for k, _ in chunk), b"".join(v for _, v in chunk), len(chunk))
+
+
+def _batch_blobs(m: RawMap, keys: bytes, values: bytes, count: int) -> None:
+    ks, vs = len(keys) // count, len(values) // count
+    kview, vview = memoryview(keys), memoryview(values)
+    for start in range(0, count, _BATCH):
+        n = min(_BATCH, count - start)
+        m.update_batch(kview[start * ks:(start + n) * ks].tobytes(),
+                       vview[start * vs:(start + n) * vs].tobytes(), n)
 
 
 def read_active(maps: Mapping[str, RawMap]) -> int:

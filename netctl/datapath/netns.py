@@ -160,12 +160,28 @@ class Namespace:
     # -- what each generation holds, so an apply need not read it back from the kernel
     def save_plan(self, gen: int, plan) -> None:
         """Record the plan just written into generation ``gen`` (a pickle in the root-only
-        state directory, replaced atomically)."""
+        state directory, replaced atomically).  A plan this process saved or loaded already
+        is linked to that file, not pickled again (both generations hold the same plan after
+        every apply: pickling a million entries costs a second)."""
+        from ..policy.plan import dump_plan
+
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.state_dir / f".gen{gen}.{os.getpid()}.tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-            pickle.dump(plan, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.state_dir / f"gen{gen}.plan")
+        target = self.state_dir / f"gen{gen}.plan"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        linked = False
+        for other in (self.state_dir / f"gen{1 - gen}.plan", target):
+            if self._known_plan(other) is plan:
+                with contextlib.suppress(OSError):
+                    os.link(other, tmp)
+                    linked = True
+                    break
+        if not linked:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                dump_plan(plan, f)
+        os.replace(tmp, target)
+        self._remember_plan(target, plan)
 
     def forget_plan(self, gen: int) -> None:
         """Before generation ``gen`` is rewritten: until the new plan is saved, nothing vouches
@@ -178,12 +194,33 @@ class Namespace:
         file says the generation holds), else None: the caller reads the maps instead."""
         if not digest:
             return None
-        try:
-            with open(self.state_dir / f"gen{gen}.plan", "rb") as f:
-                plan = pickle.load(f)
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
-            return None
+        path = self.state_dir / f"gen{gen}.plan"
+        plan = self._known_plan(path)
+        if plan is None:
+            try:
+                with open(path, "rb") as f:
+                    plan = pickle.load(f)
+            except (OSError, pickle.UnpicklingError, EOFError, AttributeError):
+                return None
+            self._remember_plan(path, plan)
         return plan if plan.digest() == digest else None
+
+    # Plans this process saved or loaded, by the file (device, inode) that holds them: a
+    # file is only ever replaced, never rewritten, so the same inode is the same plan.
+    def _remember_plan(self, path: Path, plan) -> None:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            known = self.__dict__.setdefault("_plans", {})
+            known[(st.st_dev, st.st_ino)] = plan
+            while len(known) > 4:
+                known.pop(next(iter(known)))
+
+    def _known_plan(self, path: Path):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return self.__dict__.get("_plans", {}).get((st.st_dev, st.st_ino))
 
     def remove_state(self) -> None:
         shutil.rmtree(self.state_dir, ignore_errors=True)

@@ -12,6 +12,14 @@ remainder means the rule is dead, and the rules whose boxes were subtracted are 
 Box subtraction can fragment; the work per rule is capped and a rule whose check exceeds
 the cap gets no warning (a missed warning, never a wrong one).  Earlier rules are found
 through an index on source prefixes, so a 100,000-rule blocklist is checked in linear time.
+
+Sets ("@NAME").  A set of at most SMALL_SET prefixes per family is checked like that many
+literal prefixes.  A rule with a bigger set is not itself checked (a million boxes to
+subtract from; stated in docs/policy.md), but it still covers later rules: only its
+prefixes that overlap what is left of the later rule are taken (found in the set by
+prefix-length probes and bisection, not by walking it), so a literal rule behind a
+blocklist that holds its prefix, or a covering one, is reported.  When more than MAX_BOXES
+of them overlap, that rule is not counted as covering (again a missed warning at worst).
 """
 
 from __future__ import annotations
@@ -34,13 +42,16 @@ from .model import (
     Direction,
     Packet,
     Policy,
+    PrefixSet,
     Rule,
     TcHook,
     icmp_ranges,
 )
+from .sets import static_families, used_sets
 
 MAX_BOXES = 2048          # fragments a single rule's check may create before giving up
 MAX_CANDIDATES = 4096     # earlier rules one rule is compared with
+SMALL_SET = 256           # prefixes per family of a set checked as literal prefixes
 
 _ALL_PROTOS = frozenset(range(256))
 _BITS = {4: 32, 6: 128}
@@ -62,20 +73,44 @@ Box = tuple
 
 def analyze(policy: Policy) -> list[Finding]:
     findings = shadowed_rules(policy)
+    findings += _set_findings(policy)
     findings += _ndp_findings(policy)
     findings += _fragment_findings(policy)
     findings += _hook_findings(policy)
     return sorted(findings, key=lambda f: f.line)
 
 
-def _ranges(networks, family: int) -> list[tuple[int, int]]:
-    if networks is None:
+class _TooBig(Exception):
+    """A set too big to turn into boxes here (see the module docstring)."""
+
+
+Windows = list[tuple[int, int]]   # merged address ranges a covering rule is clipped to
+
+
+def _ranges(items, family: int, window: Windows | None = None) -> list[tuple[int, int]]:
+    """The field's address ranges of ``family``; a big set's only where they overlap
+    ``window`` (_TooBig when there is none, or when too many do)."""
+    if items is None:
         return [(0, (1 << _BITS[family]) - 1)]
-    return [
-        (int(n.network_address), int(n.broadcast_address))
-        for n in networks
-        if n.version == family
-    ]
+    out = []
+    bits = _BITS[family]
+    for item in items:
+        if type(item) is not PrefixSet:
+            if item.version == family:
+                out.append((int(item.network_address), int(item.broadcast_address)))
+            continue
+        prefixes = item.family(family)
+        if len(prefixes) <= SMALL_SET:
+            out.extend((net, net | ((1 << (bits - plen)) - 1)) for plen, net in prefixes)
+            continue
+        if window is None:
+            raise _TooBig
+        for lo, hi in window:
+            found = item.overlapping(family, lo, hi, MAX_BOXES - len(out))
+            if found is None:
+                raise _TooBig
+            out.extend(found)
+    return sorted(set(out)) if len(out) > 1 else out
 
 
 def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tuple, tuple]]:
@@ -114,10 +149,14 @@ def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tupl
     return parts
 
 
-def _boxes(rule: Rule, family: int) -> list[Box]:
+def _boxes(rule: Rule, family: int, windows: tuple[Windows, Windows] | None = None
+           ) -> list[Box]:
+    """The rule's boxes; ``windows`` (src, dst) clip a big set's prefixes to those that can
+    matter (raises _TooBig when a big set cannot be clipped)."""
     boxes = []
-    for s_lo, s_hi in _ranges(rule.src, family):
-        for d_lo, d_hi in _ranges(rule.dst, family):
+    src_window, dst_window = windows if windows is not None else (None, None)
+    for s_lo, s_hi in _ranges(rule.src, family, src_window):
+        for d_lo, d_hi in _ranges(rule.dst, family, dst_window):
             for protos, sps, dps, its in _l4_parts(rule, family):
                 for sp in sps:
                     for dp in dps:
@@ -172,16 +211,26 @@ class _SourceIndex:
         self.lengths: list[int] = []
         self.any_src: list[int] = []
         self.order: list[int] = [r.index for r in rules]
+        self.big_sets: list[tuple[int, PrefixSet]] = []   # (rule index, set)
         spans: list[tuple[int, int, int]] = []
+        bits = _BITS[family]
         for rule in rules:
             if rule.src is None:
                 self.any_src.append(rule.index)
                 continue
-            for net in rule.src:
-                if net.version == family:
-                    self.by_prefix[(net.prefixlen, int(net.network_address))].append(rule.index)
-                    spans.append((int(net.network_address), int(net.broadcast_address),
-                                  rule.index))
+            for item in rule.src:
+                if type(item) is PrefixSet:
+                    prefixes = item.family(family)
+                    if len(prefixes) > SMALL_SET:
+                        self.big_sets.append((rule.index, item))
+                        continue
+                elif item.version == family:
+                    prefixes = ((item.prefixlen, int(item.network_address)),)
+                else:
+                    continue
+                for plen, net in prefixes:
+                    self.by_prefix[(plen, net)].append(rule.index)
+                    spans.append((net, net | ((1 << (bits - plen)) - 1), rule.index))
         self.lengths = sorted({plen for plen, _ in self.by_prefix})
         spans.sort()
         self.spans = spans
@@ -194,16 +243,17 @@ class _SourceIndex:
             return None if len(earlier) > MAX_CANDIDATES else set(earlier)
         found = {i for i in self.any_src if i < before}
         bits = _BITS[self.family]
-        for net in rule.src:
-            if net.version != self.family:
-                continue
-            value = int(net.network_address)
+        for value, hi in _ranges(rule.src, self.family):
+            prefixlen = bits - (hi - value).bit_length()
+            for index, pset in self.big_sets:   # blocklists: probed, never walked
+                if index < before and index not in found and \
+                        pset.overlapping(self.family, value, hi, 0) != []:
+                    found.add(index)
             for plen in self.lengths:  # covering prefixes (and the same one)
-                if plen > net.prefixlen:
+                if plen > prefixlen:
                     break
                 mask = ((1 << plen) - 1) << (bits - plen) if plen else 0
                 found.update(i for i in self.by_prefix.get((plen, value & mask), ()) if i < before)
-            hi = int(net.broadcast_address)
             k = bisect.bisect_left(self.spans, (value, -1, -1))
             scanned = 0
             while k < len(self.spans) and self.spans[k][0] <= hi:  # prefixes inside
@@ -228,6 +278,8 @@ def shadowed_rules(policy: Policy) -> list[Finding]:
     for rule in rules:
         covering: set[int] = set()
         dead = True
+        if _has_big_set(rule):
+            continue   # not checked itself (see the module docstring)
         for family in sorted(rule.families):
             candidates = indexes[(rule.direction, family)].candidates(rule)
             boxes = _boxes(rule, family) if candidates else None
@@ -267,13 +319,35 @@ def _minimal_cover(rule: Rule, covering: set[int], rules) -> set[int]:
     return needed
 
 
+def _has_big_set(rule: Rule) -> bool:
+    return any(type(item) is PrefixSet and len(item) > SMALL_SET
+               for field in (rule.src, rule.dst) if field for item in field)
+
+
+def _window(boxes: list[Box], lo: int, hi: int) -> Windows:
+    """The union of the boxes' ranges on one axis, merged."""
+    merged: Windows = []
+    for a, b in sorted({(box[lo], box[hi]) for box in boxes}):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
 def _cover(boxes: list[Box], earlier: list[Rule], family: int) -> tuple[list[Box], set[int]]:
     remaining = boxes
     used: set[int] = set()
     for other in earlier:
         if not remaining:
             break
-        other_boxes = _boxes(other, family)
+        windows = None
+        if _has_big_set(other):
+            windows = (_window(remaining, 0, 1), _window(remaining, 2, 3))
+        try:
+            other_boxes = _boxes(other, family, windows)
+        except _TooBig:
+            continue   # not counted as covering: at worst a missed warning
         for ob in other_boxes:
             next_remaining: list[Box] = []
             for box in remaining:
@@ -286,6 +360,32 @@ def _cover(boxes: list[Box], earlier: list[Rule], family: int) -> tuple[list[Box
             if len(remaining) > MAX_BOXES:
                 return remaining, used  # too fragmented: give up on this rule
     return remaining, used
+
+
+def _set_findings(policy: Policy) -> list[Finding]:
+    """Sets no rule uses, and rules that match nothing because of what their sets hold
+    (an empty set, or none of the IP versions the rule's other fields allow)."""
+    used = used_sets(policy)
+    findings = [Finding(s.line, f"set '@{s.name}' is used by no rule") for s in policy.sets
+                if s.name not in used]
+    for rule in policy.rules:
+        if rule.families:
+            continue
+        allowed = static_families(rule)
+        reasons = []
+        for field in (rule.src, rule.dst):
+            for item in field or ():
+                if type(item) is not PrefixSet:
+                    continue
+                if not len(item):
+                    reasons.append(f"@{item.name} is empty")
+                elif not item.families & allowed:
+                    versions = " and ".join(f"IPv{f}" for f in sorted(allowed))
+                    reasons.append(f"@{item.name} holds no {versions} prefix")
+        why = "; ".join(dict.fromkeys(reasons)) or "its sets hold nothing it can match"
+        findings.append(Finding(rule.line, f"rule '{rule.name}' matches no packet with what "
+                                f"its sets hold now: {why}", rule=rule.name))
+    return findings
 
 
 def _ndp_findings(policy: Policy) -> list[Finding]:

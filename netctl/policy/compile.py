@@ -27,7 +27,16 @@ from collections import defaultdict
 from itertools import combinations, product
 
 from ..errors import CompileError, MapFullError
-from .model import ICMP_PROTOS, PORT_PROTOS, Action, Direction, Policy, Rule, icmp_ranges
+from .model import (
+    ICMP_PROTOS,
+    PORT_PROTOS,
+    Action,
+    Direction,
+    Policy,
+    PrefixSet,
+    Rule,
+    icmp_ranges,
+)
 from .plan import (
     ACTION_ACCEPT,
     ACTION_DROP,
@@ -89,8 +98,8 @@ class _Info:
         self.direction = direction
         self.mask = mask          # the rule's own shape mask
         self.protos = protos      # ((family, protocols or None = any), ...) it can match
-        self.src = src            # None or ((family, prefixlen, network int), ...)
-        self.dst = dst
+        self.src = src            # None or (IPv4, IPv6): ((prefixlen, network int), ...) each
+        self.dst = dst            # sorted, unique (a set's own tuples when it is the field)
         self.sport = sport        # None or ((lo, hi), ...), sorted, unique
         self.dport = dport
         self.icmp = icmp          # None or ((family, ((type, type), ...)), ...)
@@ -220,8 +229,8 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
     protos = []
     icmp_types = []
     for family in (4, 6):
-        if (src is not None and all(p[0] != family for p in src)) or (
-                dst is not None and all(p[0] != family for p in dst)):
+        if (src is not None and not src[family == 6]) or (
+                dst is not None and not dst[family == 6]):
             continue
         if icmp:
             proto = _ICMP_PROTO_OF[family]
@@ -250,11 +259,11 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
     if not protos or sport == () or dport == ():
         return None
     if len(protos) == 1:  # drop items of a family the rule cannot match
-        family = protos[0][0]
+        keep = protos[0][0] == 4
         if src is not None:
-            src = tuple(p for p in src if p[0] == family)
+            src = (src[0], ()) if keep else ((), src[1])
         if dst is not None:
-            dst = tuple(p for p in dst if p[0] == family)
+            dst = (dst[0], ()) if keep else ((), dst[1])
     mask = ((FIELD_SRC if src is not None else 0) | (FIELD_DST if dst is not None else 0)
             | (FIELD_PROTO if rule.proto is not None or ports or icmp else 0)
             | (FIELD_SPORT if sport is not None else 0)
@@ -268,13 +277,34 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
                  shared(tuple(icmp_types)) if icmp else None)
 
 
-def _prefixes(networks) -> tuple[tuple[int, int, int], ...] | None:
-    if networks is None:
+_NONE: tuple = ()
+
+
+def _prefixes(items) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] | None:
+    """An address field as (IPv4 prefixes, IPv6 prefixes), each ((prefixlen, network), ...)
+    sorted and unique.  A field that is exactly one set is the set's own tuples (a million
+    prefixes are neither copied nor sorted again)."""
+    if items is None:
         return None
-    if len(networks) == 1:
-        net = networks[0]
-        return ((net.version, net.prefixlen, int(net.network_address)),)
-    return tuple(sorted({(n.version, n.prefixlen, int(n.network_address)) for n in networks}))
+    if len(items) == 1:
+        item = items[0]
+        if type(item) is PrefixSet:
+            return item.v4, item.v6
+        prefix = ((item.prefixlen, int(item.network_address)),)
+        return (prefix, _NONE) if item.version == 4 else (_NONE, prefix)
+    v4: set[tuple[int, int]] = set()
+    v6: set[tuple[int, int]] = set()
+    for item in items:
+        if type(item) is PrefixSet:
+            v4.update(item.v4)
+            v6.update(item.v6)
+        else:
+            (v4 if item.version == 4 else v6).add((item.prefixlen, int(item.network_address)))
+    return tuple(sorted(v4)), tuple(sorted(v6))
+
+
+def _count(part) -> int:
+    return len(part[0]) + len(part[1])
 
 
 def _ranges(ranges) -> tuple[tuple[int, int], ...] | None:
@@ -311,14 +341,15 @@ def _assign_shapes(infos: list[_Info], slots: int) -> tuple[dict[int, int], dict
     values: dict[tuple[int, int], set] = {}
     for mask, members in by_mask.items():
         total = 0
-        srcs: set = set()
-        dsts: set = set()
+        srcs: tuple[set, set] = (set(), set())
+        dsts: tuple[set, set] = (set(), set())
         for info in members:
             n = 1
             for part, seen in ((info.src, srcs), (info.dst, dsts)):
                 if part is not None:
-                    n *= len(part)
-                    seen.update(part)
+                    n *= _count(part)
+                    seen[0].update(part[0])
+                    seen[1].update(part[1])
             n *= sum(len(p) if p is not None else 256 for _, p in info.protos)
             for ranges in (info.sport, info.dport):
                 if ranges is not None:
@@ -331,11 +362,13 @@ def _assign_shapes(infos: list[_Info], slots: int) -> tuple[dict[int, int], dict
     def estimate(shape: int, members: set[int]) -> int:
         widen = {}
         for field in (FIELD_SRC, FIELD_DST):
-            seen: set = set()
+            seen4: set = set()
+            seen6: set = set()
             for m in members:
                 if m & field:
-                    seen |= values[(m, field)]
-            widen[field] = len(seen) + 1
+                    seen4 |= values[(m, field)][0]
+                    seen6 |= values[(m, field)][1]
+            widen[field] = len(seen4) + len(seen6) + 1
         widen[FIELD_PROTO] = 512
         total = 0
         for m in members:
@@ -490,12 +523,7 @@ def _address_classes(name, field, family, shapes, slot_rules, limits, inverted,
             if family not in info.families():
                 continue
             part = info.src if field == FIELD_SRC else info.dst
-            if part is None:
-                items = _ANY
-            elif len(part) == 1:
-                items = (part[0][1:],)
-            else:
-                items = tuple(p[1:] for p in part if p[0] == family)
+            items = _ANY if part is None else part[family == 6]
             gid = groups[slot].add(items, info.index)
             if len(groups[slot].rules[gid]) == 1:
                 code = gid * MAX_SHAPES + slot
@@ -647,15 +675,19 @@ def _direct_fields(shapes, slot_rules) -> list[int]:
     out = []
     for slot, mask in enumerate(shapes):
         if mask & FIELD_SRC and mask & FIELD_DST:
-            srcs: set = set()
-            dsts: set = set()
-            for info in slot_rules[slot]:
-                srcs.update(info.src or ())
-                dsts.update(info.dst or ())
-            out.append(FIELD_DST if len(dsts) > len(srcs) else FIELD_SRC)
+            out.append(FIELD_DST if _distinct(slot_rules[slot], "dst") >
+                       _distinct(slot_rules[slot], "src") else FIELD_SRC)
         else:
             out.append(mask & (FIELD_SRC | FIELD_DST))
     return out
+
+
+def _distinct(infos: list[_Info], name: str) -> int:
+    """Distinct prefixes the rules give in one address field (both families)."""
+    parts = [getattr(info, name) for info in infos if getattr(info, name) is not None]
+    if len(parts) == 1:
+        return _count(parts[0])   # already unique (a big set is not copied)
+    return sum(len(set().union(*(p[i] for p in parts))) for i in (0, 1))
 
 
 _ANY_PREFIX = ((0, 0),)
@@ -665,7 +697,7 @@ def _direct_prefixes(info: _Info, field: int, family: int):
     part = info.src if field == FIELD_SRC else info.dst if field == FIELD_DST else None
     if part is None:
         return _ANY_PREFIX  # the field is not in the shape, or widened: any address
-    return tuple(p[1:] for p in part if p[0] == family)
+    return part[family == 6]
 
 
 def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:
@@ -673,24 +705,32 @@ def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:
     prefix of the same header.  Keys: (slot, direction, family, proto, other address class,
     sport class, l4 class, prefix length, network)."""
     capacity = limits.rule_table
-    buckets: dict[tuple, dict[tuple[int, int], int]] = defaultdict(dict)
+    buckets: dict[tuple, dict[tuple[int, int], int]] = {}
+    mixed: set[tuple] = set()   # buckets that more than one rule wrote into
     total = 0
     added: dict[int, int] = {}
     for slot, mask in enumerate(shapes):
         field = direct[slot]
         for info in slot_rules[slot]:  # in rule order: the first writer of a key wins
             before = total
+            index = info.index
             for family, proto, srcs, dsts, sports, l4s in _combos(mask, slot, info, inverted,
                                                                   field):
                 others = srcs if field != FIELD_SRC else dsts
                 prefixes = _direct_prefixes(info, field, family)
                 for other, sp, l4 in product(others, sports, l4s):
-                    bucket = buckets[(slot, info.direction, family, proto, other, sp, l4)]
-                    for prefix in prefixes:
-                        if prefix not in bucket:
-                            bucket[prefix] = info.index
-                            total += 1
-            added[info.index] = total - before
+                    key = (slot, info.direction, family, proto, other, sp, l4)
+                    bucket = buckets.get(key)
+                    if bucket is None:   # prefixes are unique: all of them are new
+                        buckets[key] = dict.fromkeys(prefixes, index)
+                        total += len(prefixes)
+                        continue
+                    new = [prefix for prefix in prefixes if prefix not in bucket]
+                    if new:
+                        bucket.update(dict.fromkeys(new, index))
+                        total += len(new)
+                        mixed.add(key)
+            added[index] = total - before
     if total > capacity:
         worst = max(added, key=lambda i: (added[i], -i))
         name = next(x.name for rules in slot_rules for x in rules if x.index == worst)
@@ -699,26 +739,50 @@ def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:
             f"contributes the most ({added[worst]})", "rule_table", total)
     table: dict[tuple, int] = {}
     for header, bucket in buckets.items():
-        _propagate(bucket, _BITS[header[2]])
-        for (plen, network), rule in bucket.items():
-            table[(*header, plen, network)] = rule
+        if header in mixed:   # one writer: every entry already holds its only rule
+            _propagate(bucket, _BITS[header[2]])
+        table.update(zip([header + prefix for prefix in bucket], bucket.values(), strict=True))
     return table
 
 
 def _propagate(bucket: dict[tuple[int, int], int], bits: int) -> None:
     """Give every prefix the lowest rule index among itself and its shorter prefixes in the
-    bucket.  Visiting by length, a prefix's nearest shorter prefix is already final."""
-    lengths = sorted({plen for plen, _ in bucket})
+    bucket.  Visiting by length, shortest first, a prefix's shorter prefixes are final, and
+    the nearest one present holds the lowest index of everything above it.
+
+    Only lengths where some prefix has a lower index than the one visited can lower it, so
+    only those are probed (nearest first): a million-prefix set behind a few other rules'
+    prefixes costs a probe or two per prefix, not one per length present."""
+    lowest: dict[int, int] = {}   # prefix length -> the lowest rule index at that length
+    by_length: dict[int, list[tuple[int, int]]] = {}
+    for prefix, rule in bucket.items():
+        plen = prefix[0]
+        if plen in lowest:
+            by_length[plen].append(prefix)
+            if rule < lowest[plen]:
+                lowest[plen] = rule
+        else:
+            lowest[plen] = rule
+            by_length[plen] = [prefix]
+    lengths = sorted(lowest)
     if len(lengths) < 2:
         return
-    shorter = {plen: lengths[:i][::-1] for i, plen in enumerate(lengths)}
-    for plen, network in sorted(bucket):
-        for q in shorter[plen]:
-            above = bucket.get((q, network >> (bits - q) << (bits - q) if q else 0))
-            if above is not None:
-                if above < bucket[(plen, network)]:
-                    bucket[(plen, network)] = above
-                break
+    get = bucket.get
+    for i, plen in enumerate(lengths[1:], 1):
+        shorter = lengths[:i][::-1]
+        probes_for: dict[int, list[int]] = {}   # own rule index -> lengths worth probing
+        for prefix in by_length[plen]:
+            own = bucket[prefix]
+            probes = probes_for.get(own)
+            if probes is None:
+                probes = probes_for[own] = [q for q in shorter if lowest[q] < own]
+            network = prefix[1]
+            for q in probes:
+                above = get((q, network >> (bits - q) << (bits - q) if q else 0))
+                if above is not None:
+                    if above < own:
+                        bucket[prefix] = above
+                    break
 
 
 _ZERO = (0,)

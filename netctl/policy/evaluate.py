@@ -10,6 +10,8 @@ obviously right over being fast:
    ``allow_ndp: false``.
 2. Rules of the packet's direction are tried in order; the first whose every given field
    matches decides.  List items are ORed, fields ANDed, an omitted field matches anything.
+   A set ("@NAME") in src or dst is one item: the address is in it when one of its
+   prefixes contains the address.
 3. Otherwise the direction's default action decides.
 """
 
@@ -22,12 +24,13 @@ from .model import (
     PORT_PROTOS,
     Action,
     Address,
+    AddressItem,
     Direction,
-    Network,
     Packet,
     Policy,
     PortRange,
     Rule,
+    address_matches,
     ndp_exempt,
 )
 
@@ -58,11 +61,10 @@ def rule_matches(rule: Rule, packet: Packet) -> bool:
     )
 
 
-def _addresses_match(networks: tuple[Network, ...] | None, address: Address) -> bool:
-    if networks is None:
-        return True
-    # Items of the other family never match (an IPv4Address is never "in" an IPv6Network).
-    return any(net.version == address.version and address in net for net in networks)
+def _addresses_match(items: tuple[AddressItem, ...] | None, address: Address) -> bool:
+    # Items are networks and sets (the address is in a set when one of its prefixes of the
+    # address's family contains it); items of the other family never match.
+    return items is None or address_matches(items, address) is not None
 
 
 def _proto_matches(rule: Rule, packet: Packet) -> bool:

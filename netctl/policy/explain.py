@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from .evaluate import Decision, evaluate, rule_matches
 from .load import ICMP_TYPES, _proto_name
-from .model import ICMP_PROTOS, PORT_PROTOS, Direction, Packet, Policy, Rule
+from .model import ICMP_PROTOS, PORT_PROTOS, Direction, Packet, Policy, PrefixSet, Rule
+from .sets import format_prefix
 
 
 @dataclass(frozen=True)
@@ -38,22 +39,42 @@ def _list(items) -> str:
     return ", ".join(str(i) for i in items)
 
 
+def _item_words(item) -> str:
+    """An address item for humans: a set with its size."""
+    if isinstance(item, PrefixSet):
+        return f"set @{item.name} ({len(item):,} prefixes)"
+    return str(item)
+
+
+def _address_check(name: str, items, address) -> FieldCheck:
+    for item in items:
+        if isinstance(item, PrefixSet):
+            hit = item.match(address)
+            if hit is not None:
+                via = format_prefix(address.version, *hit)
+                return FieldCheck(name, True, f"{address} is in set @{item.name} (via {via})")
+        elif item.version == address.version and address in item:
+            return FieldCheck(name, True, f"{address} is in {item}")
+    own = [i for i in items if isinstance(i, PrefixSet) or i.version == address.version]
+    if not own:
+        return FieldCheck(name, False, f"{name} has no IPv{address.version} item")
+    if all(isinstance(i, PrefixSet) and not i.family(address.version) for i in own):
+        sets = ", ".join(f"@{i.name}" for i in own)
+        return FieldCheck(name, False, f"{name} has no IPv{address.version} item (set"
+                          f"{'s' if len(own) > 1 else ''} {sets} "
+                          f"{'hold' if len(own) > 1 else 'holds'} no IPv{address.version} "
+                          "prefix)")
+    shown = ", ".join(_item_words(i) for i in items[:4]) + (" ..." if len(items) > 4 else "")
+    return FieldCheck(name, False, f"{address} is not in {shown}")
+
+
 def check_fields(rule: Rule, packet: Packet) -> list[FieldCheck]:
     """Each field the rule sets, with whether the packet satisfies it and how."""
     checks = []
     for name in ("src", "dst"):
-        networks = getattr(rule, name)
-        if networks is None:
-            continue
-        address = getattr(packet, name)
-        hits = [n for n in networks if n.version == address.version and address in n]
-        if hits:
-            checks.append(FieldCheck(name, True, f"{address} is in {hits[0]}"))
-        elif not any(n.version == address.version for n in networks):
-            checks.append(FieldCheck(name, False, f"{name} has no IPv{address.version} item"))
-        else:
-            shown = _list(networks[:4]) + (" ..." if len(networks) > 4 else "")
-            checks.append(FieldCheck(name, False, f"{address} is not in {shown}"))
+        items = getattr(rule, name)
+        if items is not None:
+            checks.append(_address_check(name, items, getattr(packet, name)))
     if rule.proto is not None:
         allowed = _list(_proto_name(p) for p in rule.proto)
         family_ok = ICMP_PROTOS.get(packet.proto, packet.family) == packet.family

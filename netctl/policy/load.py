@@ -9,7 +9,9 @@ it is reported at the later of the two: the key that made the rule impossible.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import hashlib
 import ipaddress
 import os
 import re
@@ -37,11 +39,21 @@ from .model import (
     Policy,
     PolicyTest,
     PortRange,
+    PrefixSet,
     Route,
     Rule,
     TcHook,
     XdpMode,
     default_ttl,
+    item_families,
+)
+from .sets import (
+    MAX_SET_PREFIXES,
+    SET_NAME,
+    SET_NAME_MAX,
+    SetFileError,
+    make_set,
+    read_set_file,
 )
 from .yamlsrc import YMap, YSeq, compose, to_pos
 
@@ -93,8 +105,9 @@ ICMP_TYPES = {
 }
 
 TOP_KEYS = ("version", "interfaces", "defaults", "stateful", "conntrack", "allow_ndp",
-            "log_sample", "flow_cache", "rules", "routes",
+            "log_sample", "flow_cache", "sets", "rules", "routes",
             "tests")
+SET_KEYS = ("elements", "file")
 RULE_KEYS = ("name", "direction", "action", "src", "dst", "proto", "sport", "dport",
              "icmp_type", "icmp_code", "log", "metrics")
 ICMP_KEYS = ("icmp_type", "icmp_code")
@@ -145,13 +158,18 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
                                    f"are limited to {MAX_FILE_BYTES >> 20} MiB (the datapath "
                                    f"holds at most {MAX_RULES:,} rules)")])
     try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
+        with open(source, "rb") as f:
+            data = f.read()
+        text = data.decode("utf-8")
     except OSError as exc:
         raise PolicyError([Problem(source, 0, None, f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(source, 0, None, f"not UTF-8 text: {exc.reason}")]) from None
-    return _load_checked(text, source)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")   # as open() reads text
+    policy = _load_checked(text, source)
+    # What was read, not what the file holds by the time it is applied: `apply` records
+    # this, and a later apply of the same file compares it.
+    return dataclasses.replace(policy, source_sha256=hashlib.sha256(data).hexdigest())
 
 
 def _read_stdin() -> str:
@@ -191,13 +209,19 @@ def _load_checked(text: str, source: str) -> Policy:
 _NAME_KEY = re.compile(r"^[ \t]*(?:- )?[ \t]*\{?[ \t]*name[ \t]*:", re.M)
 
 
-def load_policy_text(text: str, source: str = "<policy>") -> Policy:
+def load_policy_text(text: str, source: str = "<policy>", base_dir: str | None = None
+                     ) -> Policy:
+    """Load policy text; ``source`` names it in problems.  Set files named by a relative
+    path are read from ``base_dir``: by default the policy file's directory, and the working
+    directory for standard input (``<stdin>``) and text that is no file (``<policy>``)."""
+    if base_dir is None:
+        base_dir = "" if source.startswith("<") else os.path.dirname(source)
     # Loading builds millions of small containers that never form cycles; the cyclic
     # collector would walk them again and again (measured: 40% of a 100,000-rule load).
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _Loader(source).load(text)
+        return _Loader(source, base_dir).load(text)
     finally:
         if was_enabled:
             gc.enable()
@@ -240,10 +264,12 @@ def _parse_network(text: str) -> Network | str:
 
 
 class _Loader:
-    def __init__(self, source: str):
+    def __init__(self, source: str, base_dir: str = ""):
         self.source = source
+        self.base_dir = base_dir
         self.problems: list[Problem] = []
         self._memo: dict[tuple[str, object], object] = {}
+        self._sets: dict[str, PrefixSet | None] = {}   # None: defined, but unreadable
 
     # -- reporting -----------------------------------------------------------------
 
@@ -315,7 +341,9 @@ class _Loader:
             return None
         return [(value, pos)]
 
-    def networks(self, value: object, pos: Pos, what: str) -> tuple[Network, ...] | None:
+    def networks(self, value: object, pos: Pos, what: str, sets: bool = True
+                 ) -> tuple[Network | PrefixSet, ...] | None:
+        """Addresses and prefixes, and with ``sets`` "@NAME" references to sets."""
         if type(value) is str:  # the common case, kept fast for 100,000-rule files
             net = _parse_network(value.strip())
             if not isinstance(net, str):
@@ -323,10 +351,15 @@ class _Loader:
         items = self.as_list(value, pos, what, "an IP address or prefix")
         if items is None:
             return None
-        result: list[Network] = []
+        result: list[Network | PrefixSet] = []
         for item, ipos in items:
             if not isinstance(item, str):
                 self.error(ipos, f"{what}: {item!r} is not an IP address or prefix")
+                continue
+            if item.strip().startswith("@"):
+                pset = self.set_reference(item.strip(), ipos, what, sets)
+                if pset is not None:
+                    result.append(pset)
                 continue
             net = _parse_network(item.strip())
             if isinstance(net, str):
@@ -334,6 +367,125 @@ class _Loader:
             else:
                 result.append(net)
         return tuple(dict.fromkeys(result)) if len(result) == len(items) else None
+
+    def set_reference(self, text: str, pos: Pos, what: str, allowed: bool
+                      ) -> PrefixSet | None:
+        """The set a "@NAME" item names, or None after reporting why not (an unknown name,
+        with the closest defined ones; a set that failed to load is not reported again)."""
+        name = text[1:]
+        if not allowed:
+            self.error(pos, f"{what}: {text!r}: a set cannot be used here (one prefix)")
+            return None
+        if not name:
+            self.error(pos, f"{what}: '@' must be followed by the name of a set")
+            return None
+        if name in self._sets:
+            return self._sets[name]
+        known = tuple(self._sets)
+        hint = " or ".join(f"'@{k}'" for k in closest_keys(name, known))
+        if hint:
+            advice = f"; did you mean {hint}?"
+        elif known:
+            advice = f" (sets: {', '.join('@' + k for k in known[:8])}" \
+                     f"{' ...' if len(known) > 8 else ''})"
+        else:
+            advice = " (the policy defines no sets: add them under 'sets:')"
+        self.error(pos, f"{what}: unknown set '{text}'{advice}")
+        return None
+
+    def sets_section(self, root: YMap) -> tuple[PrefixSet, ...]:
+        """``sets:``, a mapping of names to ``{elements: [...]}`` or ``{file: PATH}``; fills
+        ``self._sets`` for the rules' "@NAME" references."""
+        node, pos = root["sets"], root.valmarks["sets"]
+        if node is None:
+            return ()
+        if not isinstance(node, YMap):
+            self.error(pos, "'sets' must be a mapping of set names to {elements: [...]} or "
+                       "{file: PATH}")
+            return ()
+        budget = MAX_SET_PREFIXES
+        out = []
+        for key, value in node.items():
+            kpos = node.keymarks[key]
+            name = str(key) if type(key) in (str, int) else ""
+            if not SET_NAME.match(name):
+                self.error(kpos, f"set name {str(key)[:80]!r} must be 1 to {SET_NAME_MAX} "
+                           "letters, digits, '_', '.' or '-'")
+                continue
+            self._sets[name] = None
+            pset = self.prefix_set(name, value, kpos, node.valmarks[key], budget)
+            if pset is not None:
+                self._sets[name] = pset
+                budget -= len(pset)
+                out.append(pset)
+        return tuple(out)
+
+    def prefix_set(self, name: str, node: object, kpos: Pos, pos: Pos,
+                   budget: int) -> PrefixSet | None:
+        shape = "{elements: [PREFIX, ...]} or {file: PATH}"
+        if not isinstance(node, YMap):
+            self.error(pos, f"set '{name}' must be {shape}")
+            return None
+        before = len(self.problems)
+        self.check_keys(node, SET_KEYS, f"set '{name}'")
+        if len(self.problems) > before:
+            return None
+        if ("elements" in node) == ("file" in node):
+            where = later_pos(node, "elements", "file") if "file" in node else pos
+            self.error(where, f"set '{name}' needs exactly one of 'elements' (a list) and "
+                       "'file' (a path)")
+            return None
+        line = to_pos(kpos)[0]
+        if "elements" in node:
+            return self.set_elements(name, node["elements"], node.valmarks["elements"], line,
+                                     budget)
+        path, fpos = node["file"], node.valmarks["file"]
+        if not isinstance(path, str) or not path.strip():
+            self.error(fpos, f"set '{name}': file must be the path of a set file (one prefix "
+                       "per line)")
+            return None
+        path = path.strip()
+        resolved = path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+        try:
+            v4, v6, problems, digest = read_set_file(resolved, resolved, budget)
+        except SetFileError as exc:
+            self.error(fpos, f"set '{name}': {exc}")
+            return None
+        if problems:
+            self.problems.extend(problems)
+            return None
+        return PrefixSet(name, v4, v6, os.path.abspath(resolved), line, sha256=digest)
+
+    def set_elements(self, name: str, value: object, pos: Pos, line: int,
+                     budget: int) -> PrefixSet | None:
+        what = f"set '{name}' elements"
+        if value is None:
+            self.error(pos, f"{what}: empty (write [] for a set that holds nothing yet)")
+            return None
+        if isinstance(value, YSeq) and not value:
+            return PrefixSet(name, line=line)
+        items = self.as_list(value, pos, what, "an IP address or prefix")
+        if items is None:
+            return None
+        if len(items) > budget:
+            self.error(pos, f"{what}: {len(items):,} prefixes; a policy's sets hold at most "
+                       f"{MAX_SET_PREFIXES:,} in all")
+            return None
+        prefixes = []
+        for item, ipos in items:
+            text = item.strip() if isinstance(item, str) else None
+            net = _parse_network(text) if text and not text.startswith("@") else None
+            if isinstance(net, str):
+                self.error(ipos, f"{what}: {net}")
+            elif net is None:
+                self.error(ipos, f"{what}: {item!r} is not an IP address or prefix"
+                           + (" (a set holds prefixes, not other sets)"
+                              if text and text.startswith("@") else ""))
+            else:
+                prefixes.append((net.version, net.prefixlen, int(net.network_address)))
+        if len(prefixes) != len(items):
+            return None
+        return make_set(name, prefixes, None, line)
 
     def address(self, value: object, pos: Pos, what: str):
         if isinstance(value, str):
@@ -505,6 +657,8 @@ class _Loader:
                                   "flow_cache", FlowCache)
             if mode is not None:
                 fields["flow_cache"] = mode
+        if "sets" in root:
+            fields["sets"] = self.sets_section(root)
         self._names: dict[str, Pos] = {}
         self._directions: dict[str, Direction] = {}
         if "rules" in root:
@@ -791,6 +945,8 @@ class _Loader:
             if icmp_families:
                 icmp_type = self.icmp_types(node["icmp_type"], node.valmarks["icmp_type"],
                                             icmp_families, "icmp_type")
+        if self._sets:
+            families = _content_families(families, src, dst)
         return proto, icmp_type, frozenset(families)
 
     def route(self, node: object, pos: Pos, _index: int) -> Route | None:
@@ -808,7 +964,7 @@ class _Loader:
                        "(e.g. cubic, bbr, reno)")
         dst = via = None
         if "dst" in node:
-            dst = self.networks(node["dst"], node.valmarks["dst"], "dst")
+            dst = self.networks(node["dst"], node.valmarks["dst"], "dst", sets=False)
             if dst is not None and len(dst) != 1:
                 self.error(node.valmarks["dst"], "a route has exactly one destination prefix")
         if "via" in node:
@@ -963,11 +1119,32 @@ _PACKET_SCALARS = {"src": "address", "dst": "address", "proto": "protocol", "spo
 
 
 def _net_families(networks) -> frozenset[int]:
+    """The IP versions a field allows, a set counting as both: its contents are data that
+    change without the policy changing (a refreshed file, live edits), so they never make a
+    rule invalid; what they hold now narrows ``Rule.families`` (``_content_families``)."""
     if networks is None:
         return _BOTH
     if len(networks) == 1:
-        return _V4 if networks[0].version == 4 else _V6
+        net = networks[0]
+        if type(net) is PrefixSet:
+            return _BOTH
+        return _V4 if net.version == 4 else _V6
+    if any(type(n) is PrefixSet for n in networks):
+        return _BOTH
     return frozenset(n.version for n in networks)
+
+
+def _content_families(families, src, dst) -> frozenset[int]:
+    """``families`` narrowed to what the address fields' items hold now: a field with a set
+    matches only the families its literal items and its sets' contents have."""
+    out = frozenset(families)
+    for field in (src, dst):
+        if field is not None and any(type(i) is PrefixSet for i in field):
+            held: set[int] = set()
+            for item in field:
+                held |= item_families(item)
+            out &= held
+    return out
 
 
 _V4, _V6 = frozenset({4}), frozenset({6})

@@ -41,6 +41,7 @@ to one rule renumbers only the classes containing that rule and a diff stays sma
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 from collections.abc import Mapping
@@ -302,7 +303,8 @@ class MapPlan:
                              self.rule_names, self.conntrack_size]).encode())
         for name, contents in self._maps.items():
             h.update(name.encode())
-            h.update(pickle.dumps(list(contents.items()), protocol=5))
+            h.update(_pickled(list(contents.items()) if name in ("rules", "config")
+                              else self.tables[name]))
         return h.hexdigest()
 
     def constants(self) -> dict[str, int]:
@@ -320,6 +322,23 @@ class MapPlan:
                 in enumerate(zip(self.shapes, self.shape_members, strict=True)) if members]
         sizes = ", ".join(f"{n} {c}" for n, c in self.counts().items() if c)
         return f"{len(self.rules)} rules in {len(used)} shapes ({'; '.join(used)}); {sizes}"
+
+
+def _pickled(value: Any) -> memoryview:
+    """Plain data (dicts, tuples, ints) pickled without the memo: nothing in a plan refers
+    to itself, and the memo is most of the cost at a million entries (0.2 s against 1.6 s)."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=5)
+    pickler.fast = True
+    pickler.dump(value)
+    return out.getbuffer()
+
+
+def dump_plan(plan: MapPlan, file) -> None:
+    """Pickle a plan to an open binary file, as ``_pickled`` (no memo)."""
+    pickler = pickle.Pickler(file, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.fast = True
+    pickler.dump(plan)
 
 
 def _mask_words(mask: int) -> str:
@@ -359,6 +378,9 @@ class PlanDiff:
         return head + f"{self.entries()} entries: " + ", ".join(parts)
 
 
+_MISSING = object()
+
+
 def diff(old: MapPlan | None, new: MapPlan) -> PlanDiff:
     """Per map, the keys to add, change and remove to turn ``old`` into ``new``.
 
@@ -370,6 +392,11 @@ def diff(old: MapPlan | None, new: MapPlan) -> PlanDiff:
     out: dict[str, MapDiff] = {}
     for name, new_c in new._maps.items():
         old_c = old_maps.get(name, {})
+        # The dicts beneath a plan's read-only views: a view's get() costs twice a dict's.
+        if isinstance(old, MapPlan) and name in old.tables:
+            old_c = old.tables[name]
+        if name in new.tables:
+            new_c = new.tables[name]
         added: dict[Any, Any] = {}
         changed: dict[Any, tuple[Any, Any]] = {}
         removed: dict[Any, Any] = {}
@@ -386,16 +413,18 @@ def diff(old: MapPlan | None, new: MapPlan) -> PlanDiff:
             for key, value in old_c.items():
                 if key not in new_c and value != zero:
                     removed[key] = value
-        else:
-            for key, value in new_c.items():
-                before = old_c.get(key)
+        elif not old_c:
+            added = new_c.copy()   # a dict's copy (a plan's maps are read-only views)
+        elif old_c != new_c:   # equal maps (most, after a small edit) compare in C
+            get = old_c.get
+            for key, value in [(k, v) for k, v in new_c.items() if get(k, _MISSING) != v]:
+                before = get(key)
                 if before is None:
                     added[key] = value
-                elif before != value:
+                else:
                     changed[key] = (before, value)
-            for key, value in old_c.items():
-                if key not in new_c:
-                    removed[key] = value
+            if len(old_c) + len(added) != len(new_c):
+                removed = {k: v for k, v in old_c.items() if k not in new_c}
         out[name] = MapDiff(added, changed, removed)
     reload = old is None or old.constants() != new.constants()
     return PlanDiff(out, reload)

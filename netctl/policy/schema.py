@@ -15,9 +15,11 @@ from .load import (
     PROTOCOLS,
     RULE_KEYS,
     RULE_NAME_MAX,
+    SET_KEYS,
     TEST_KEYS,
     TOP_KEYS,
 )
+from .sets import SET_NAME_MAX
 
 
 def _one_or_many(item: dict, description: str) -> dict:
@@ -27,6 +29,18 @@ def _one_or_many(item: dict, description: str) -> dict:
 
 def policy_schema() -> dict:
     address = {"type": "string", "description": "IPv4/IPv6 address or prefix in network form"}
+    set_name = f"[A-Za-z0-9_.-]{{1,{SET_NAME_MAX}}}"
+    address_or_set = {"type": "string", "description": "IPv4/IPv6 address or prefix in "
+                      "network form, or \"@NAME\": every prefix of the set NAME (sets:)"}
+    prefix_set = {
+        "type": "object", "additionalProperties": False,
+        "description": "a named address set: exactly one of elements (a list) and file (one "
+                       "prefix per line, '#' or ';' comments, both families; relative to the "
+                       "policy file's directory). Live edits: netctl set add/del NAME PREFIX",
+        "properties": {"elements": {"type": "array", "items": address},
+                       "file": {"type": "string", "minLength": 1}},
+        "oneOf": [{"required": ["elements"]}, {"required": ["file"]}],
+    }
     port = {"oneOf": [
         {"type": "integer", "minimum": 0, "maximum": 65535},
         {"type": "string", "pattern": r"^\s*\d{1,5}\s*(-\s*\d{1,5}\s*)?$"},
@@ -65,8 +79,10 @@ def policy_schema() -> dict:
                      f"unique, 1-{RULE_NAME_MAX} characters without spaces"},
             "direction": direction,
             "action": action,
-            "src": _one_or_many(address, "source address(es); omitted = any"),
-            "dst": _one_or_many(address, "destination address(es); omitted = any"),
+            "src": _one_or_many(address_or_set, "source address(es) or \"@SET\"; omitted = "
+                                "any"),
+            "dst": _one_or_many(address_or_set, "destination address(es) or \"@SET\"; "
+                                "omitted = any"),
             "proto": _one_or_many(proto, "protocol name or number; icmp is IPv4-only, "
                                   "icmpv6 IPv6-only; the IPv6 extension headers 0, 43, 44 "
                                   "and 60 are walked past, never a protocol"),
@@ -162,6 +178,9 @@ def policy_schema() -> dict:
             "allow_ndp": {**boolean, "description": "accept ICMPv6 neighbour discovery "
                           "(types 133-137) with hop limit 255 (a redirect only from a "
                           "link-local source) before any rule; default true"},
+            "sets": {"type": ["object", "null"], "additionalProperties": False,
+                     "description": "named address sets, used in rules as \"@NAME\"",
+                     "patternProperties": {f"^{set_name}$": prefix_set}},
             "rules": {"type": ["array", "null"], "items": rule},
             "routes": {"type": ["array", "null"], "items": route},
             "tests": {"type": ["array", "null"], "items": test},
@@ -173,4 +192,5 @@ def policy_schema() -> dict:
     assert set(interface["oneOf"][1]["properties"]) == set(INTERFACE_KEYS)
     assert set(test["properties"]) == set(TEST_KEYS)
     assert set(packet["properties"]) == set(PACKET_KEYS)
+    assert set(prefix_set["properties"]) == set(SET_KEYS)
     return schema

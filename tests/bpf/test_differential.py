@@ -26,7 +26,7 @@ import frames
 import pytest
 from hypothesis import HealthCheck, given, settings
 from lockstep import Lockstep
-from strategies import policies, policy_and_packets
+from strategies import expand, policies, policy_and_packets
 
 from netctl.abi import DropReason
 from netctl.datapath.frames import Unrepresentable, frame_for
@@ -35,7 +35,7 @@ from netctl.policy.compile import compile_policy
 from netctl.policy.evaluate import evaluate
 from netctl.policy.frame import LINK_ETHERNET, LINK_L3, frame_verdict
 from netctl.policy.load import load_policy_text
-from netctl.policy.model import Direction
+from netctl.policy.model import Direction, Packet
 from netctl.policy.plan import Limits
 
 pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make setup)")
@@ -102,7 +102,7 @@ def test_programs_agree_on_random_and_mutated_frames(sandbox, policy):
     sandbox.load(compile_policy(policy, LIMITS))
     rng = random.Random(len(policy.rules) * 7919 + sum(len(r.name) for r in policy.rules))
     addresses = sorted({str(a) for r in policy.rules for nets in (r.src, r.dst) if nets
-                        for n in nets for a in (n.network_address, n.broadcast_address)})
+                        for n in expand(nets) for a in (n.network_address, n.broadcast_address)})
     ports = sorted({p for r in policy.rules for ranges in (r.sport, r.dport) if ranges
                     for pr in ranges for p in (pr.lo, pr.hi, max(pr.lo - 1, 0),
                                                min(pr.hi + 1, 65535))})
@@ -298,6 +298,78 @@ def test_the_conversations_met_every_outcome():
     refused replies (counted as invalid, judged by the rules), rule and default verdicts."""
     whys = RUNS.get("ct_whys", Counter())
     assert all(whys[w] > 50 for w in ("conntrack", "related", "rule", "default")), whys
+
+
+def test_a_set_of_thousands_agrees_with_the_model(sandbox):
+    """A named set of 4,000 prefixes (mixed lengths, both families, nested) as a rule's
+    whole source, in the buckets of rules before and after it, as a destination beside
+    ports, and a set of 300 as the classified field (an LPM class trie) of a rule with both
+    addresses; packets at the edges of their prefixes, both directions, every hook."""
+    import ipaddress
+
+    from netctl.policy.sets import make_set, replace_sets
+
+    rng = random.Random(1234)
+
+    def draw(n: int) -> list[tuple[int, int, int]]:
+        out = []
+        for _ in range(n):
+            if rng.random() < 0.8:
+                plen = rng.choice((8, 12, 16, 20, 24, 24, 25, 30, 32))
+                out.append((4, plen, rng.getrandbits(plen) << (32 - plen)))
+            else:
+                plen = rng.choice((16, 32, 48, 64, 127, 128))
+                out.append((6, plen, rng.getrandbits(plen) << (128 - plen)))
+        return out
+
+    blk, mid = draw(4000), draw(300)
+    policy = load_policy_text("""\
+version: 1
+sets:
+  blk: {elements: []}
+  mid: {elements: []}
+rules:
+  - {name: allow, action: accept, src: [10.0.0.0/8, "2001:db8::/32"]}
+  - {name: both, action: accept, src: "@blk", dst: ["@mid", 198.51.100.0/24], proto: tcp}
+  - {name: drop-blk, action: drop, src: "@blk"}
+  - {name: to-blk-dns, action: drop, dst: "@blk", proto: udp, dport: 53}
+  - {name: late, action: drop, src: [0.0.0.0/1, "8000::/1"], proto: icmp}
+  - {name: out-blk, action: drop, direction: egress, dst: "@blk"}
+""", "sets.yaml")
+    policy = replace_sets(policy, {"blk": make_set("blk", blk), "mid": make_set("mid", mid)})
+    plan = compile_policy(policy, LIMITS)
+    assert any(plan.maps()[f"dst_v{f}"] for f in (4, 6))   # @mid is classified
+    sandbox.load(plan)
+    seen = Counter()
+
+    def edges(family, plen, net):
+        bits = 32 if family == 4 else 128
+        last = net | ((1 << (bits - plen)) - 1)
+        return (rng.choice((net, last, (net + last) // 2)),
+                rng.choice((max(net - 1, 0), min(last + 1, (1 << bits) - 1))))
+
+    for family, plen, net in rng.sample(blk, 300):
+        make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        inside, outside = (make(a) for a in edges(family, plen, net))
+        own_mid = [m for m in mid if m[0] == family]
+        near, far = (make(a) for a in edges(*rng.choice(own_mid)))
+        other = make(rng.choice((0x0A010203, 0xC0000207, 0xC6336405)) if family == 4
+                     else rng.choice((0x20010DB8 << 96 | 1, 0x20010DB8_0005 << 80 | 1)))
+        for src, dst in ((inside, other), (outside, other), (other, inside), (other, outside),
+                         (inside, near), (inside, far)):
+            for proto, sport, dport in ((6, 1234, 80), (17, 1234, 53), (1, None, None)):
+                if family == 6 and proto == 1:
+                    proto = 58
+                icmp = (8, 0) if proto in (1, 58) else (None, None)
+                packet = Packet(src, dst, proto, sport, dport, *icmp)
+                frame = frame_for(packet)
+                for direction in (Direction.INGRESS, Direction.EGRESS):
+                    want = evaluate(policy, packet, direction)
+                    seen[want.rule.name if want.rule else want.why] += 1
+                    for hook in hooks_for(direction):
+                        check(sandbox, policy, frame, hook, f"{packet} {direction.value}")
+    assert all(seen[name] > 20 for name in ("allow", "both", "drop-blk", "to-blk-dns",
+                                            "late", "out-blk", "default")), seen
 
 
 def test_enough_packets_were_compared():
