@@ -452,14 +452,16 @@ def upper_layers(draw, family: int):
         return 6, layer, 20
     if kind == "udp":
         return 17, UDP(sport=draw(ports), dport=draw(ports)) / Raw(draw(payloads)), 8
+    # the parser needs 4 bytes of an ICMP header, 8 of an echo request or reply
     if kind == "icmp" and family == 4:
-        layer = ICMP(type=draw(st.integers(0, 255)), code=draw(st.integers(0, 255)))
-        return 1, layer / Raw(draw(payloads)), 4
+        icmp_type = draw(st.integers(0, 255))
+        layer = ICMP(type=icmp_type, code=draw(st.integers(0, 255)))
+        return 1, layer / Raw(draw(payloads)), 8 if icmp_type in (0, 8) else 4
     if kind == "icmp":
-        layer = ICMPv6Unknown(type=draw(st.sampled_from(SCAPY_ICMP6_TYPES)),
-                              code=draw(st.integers(0, 255)),
+        icmp_type = draw(st.sampled_from(SCAPY_ICMP6_TYPES))
+        layer = ICMPv6Unknown(type=icmp_type, code=draw(st.integers(0, 255)),
                               msgbody=draw(st.binary(min_size=40, max_size=48)))
-        return 58, layer, 4
+        return 58, layer, 8 if icmp_type in (128, 129) else 4
     return draw(st.sampled_from(OTHER[family])), Raw(draw(payloads)), 0
 
 
