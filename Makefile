@@ -37,10 +37,10 @@ demo: require-root  ## a namespace lab: apply an example policy, send its test p
 	$(NETCTL) validate $(EXAMPLE)
 	$(NETCTL) lab run $(EXAMPLE)
 
-bench: require-root  ## throughput, per-packet cost and apply cost against nftables, iptables, xdp-filter (~15 min)
+bench: require-root  ## throughput (two rule mixes, two floods), per-packet cost and apply cost against nftables, iptables, xdp-filter (~45 min)
 	$(PY) -m bench.run
 
-bench-quick: require-root  ## the same at N = 1, 1,000, 10,000 with short windows (~2 min)
+bench-quick: require-root  ## the same at N = 1, 1,000, 10,000 with short windows (~4 min)
 	$(PY) -m bench.run --quick
 
 budget: require-root  ## per-packet work (map operations, helper calls, program sizes) against bench/budget.json (~30 s)

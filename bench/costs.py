@@ -156,13 +156,13 @@ def _with_one_rule_changed(bench: list[BenchRule]) -> list[BenchRule]:
     return changed
 
 
-def apply_costs(ns_list: list[int]) -> list[dict]:
+def apply_costs(ns_list: list[int], mix: str = "bench") -> list[dict]:
     """Cold apply (programs built and attached), warm (same policy), one rule changed; map
-    entries written; peak controller RSS (the largest of the runs so far: ru_maxrss of
-    children); BPF map memory; and `nft -f` of the same rules as an interval set."""
+    entries written; peak controller RSS (the larger of the cold and the one-rule apply);
+    BPF map memory; and `nft -f` of the same rules as an interval set."""
     out = []
     for n in ns_list:
-        bench = rules(n)
+        bench = rules(n, mix)
         tmp = Path(tempfile.mkdtemp())
         (tmp / "a.yaml").write_text(netctl_policy(bench))
         (tmp / "b.yaml").write_text(netctl_policy(_with_one_rule_changed(bench)))
@@ -179,7 +179,7 @@ def apply_costs(ns_list: list[int]) -> list[dict]:
             started = time.monotonic()
             sh("nft", "-f", "-", ns=topo.dut, stdin=nft_set(bench, topo.dut_if), timeout=1800)
             nft_s = time.monotonic() - started
-        out.append({"rules": n, "cold_s": cold_s, "cold_entries": cold["entries"],
+        out.append({"rules": n, "mix": mix, "cold_s": cold_s, "cold_entries": cold["entries"],
                     "warm_s": warm_s, "warm_entries": warm["entries"],
                     "warm_unchanged": warm["unchanged"],
                     "one_rule_s": one_s, "one_rule_entries": one["entries"],

@@ -8,7 +8,10 @@ side and ``FLOOD_DST`` on the DUT side.
 
 The generator is trafgen (netsniff-ng): it sends from a packet socket's TX ring with one
 worker per CPU, so the generator is not the bottleneck; its own ceiling is measured with the
-DUT's end of the link down and reported next to every figure.  On a veth the DUT's receive
+DUT's end of the link down and reported next to every figure.  It sends one of two floods:
+the fixed flood (one frame, one flow) or the random-source flood (trafgen draws the last
+three bytes of the source address for every frame and recomputes the IPv4 checksum; the UDP
+checksum is 0, "none", which IPv4 allows).  On a veth the DUT's receive
 path runs on the sending CPU, so generator and DUT share the two CPUs: rates here are
 comparable with each other, not with a NIC.
 
@@ -16,11 +19,18 @@ A rate is what a system *judged* per second, read from its own counters over a w
 that starts after a warm-up: netctl's rule counter, the bare programs' counters, nftables and
 iptables rule counters, xdp-filter's XDP_DROP statistics, or the kernel's UDP NoPorts count
 for "no filter".
+
+A system is set up once per topology and may then be measured in several steps
+(``measure_steps``): each step installs a rule set (the two floods need different last
+rules) or a variant of the same system, then floods.  netctl's variants (default hook, XDP,
+flow cache off) share one topology, so its programs are built once per rule set and each
+later step is an ordinary apply, as an operator would make it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -37,11 +47,13 @@ from bench.rulesets import (
     FLOOD_DST,
     FLOOD_SPORT,
     FLOOD_SRC,
+    RANDOM_SRC_NET,
     BenchRule,
     iptables_raw,
     netctl_policy,
     nft_linear,
     nft_set,
+    xdp_filter_addresses,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +137,26 @@ def flood_frame(dst_mac: str, src: str = FLOOD_SRC, dst: str = FLOOD_DST,
     return frame
 
 
+def trafgen_config(frame: bytes, random_source: bool = False) -> str:
+    """trafgen's packet configuration for ``frame``.  With ``random_source``, the last three
+    bytes of the IPv4 source address are drawn per frame (``drnd``, within RANDOM_SRC_NET),
+    the IPv4 header checksum is computed per frame (``csumip``, after the draw) and the UDP
+    checksum is 0 (none): so every frame is valid, also for the stack behind the filters."""
+    def hexed(part: bytes) -> list[str]:
+        return [f"0x{b:02x}" for b in part]
+
+    if not random_source:
+        return "{ " + ", ".join(hexed(frame)) + " }\n"
+    net = ipaddress.ip_network(RANDOM_SRC_NET)
+    if net.prefixlen != 8 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        raise ValueError("the random-source flood is IPv4 UDP from an /8 of sources")
+    cells = (hexed(frame[:24]) + ["csumip(14, 33)"]                  # IPv4 checksum, 24-25
+             + hexed(net.network_address.packed[:1]) + ["drnd(3)"]  # source address, 26-29
+             + hexed(frame[30:40]) + ["0x00", "0x00"]               # UDP checksum, 40-41
+             + hexed(frame[42:]))
+    return "{ " + ", ".join(cells) + " }\n"
+
+
 @dataclass
 class Rate:
     pps: float          # judged per second by the system
@@ -132,15 +164,17 @@ class Rate:
 
 
 def flood(topo: Topology, counter: Callable[[], int], seconds: float,
-          warmup: float = 1.0, frame: bytes | None = None) -> Rate:
+          warmup: float = 1.0, frame: bytes | None = None,
+          random_source: bool = False) -> Rate:
     """Flood with trafgen (one worker per CPU) and read ``counter`` over a window."""
     frame = frame or flood_frame(topo.dut_mac)
     with tempfile.NamedTemporaryFile("w", suffix=".trafgen", delete=False) as f:
-        f.write("{ " + ", ".join(f"0x{b:02x}" for b in frame) + " }\n")
+        f.write(trafgen_config(frame, random_source))
         conf = f.name
-    # `timeout` ends trafgen with SIGINT (it then prints its totals) a little after the
-    # measurement window.
-    run_for = warmup + seconds + 1.0
+    # The generator is stopped (SIGINT: it then prints its totals) as soon as the window
+    # closes; `timeout` ends it anyway a little later, should this process die first.
+    run_for = warmup + seconds + 5.0
+    started = time.monotonic()
     proc = subprocess.Popen(["ip", "netns", "exec", topo.gen, "timeout", "-s", "INT",
                              f"{run_for:.1f}", "trafgen", "--dev", topo.gen_if, "--conf", conf,
                              "--cpus", str(CPUS), "--no-sock-mem"], start_new_session=True,
@@ -150,16 +184,17 @@ def flood(topo: Topology, counter: Callable[[], int], seconds: float,
         c0, t0 = counter(), time.monotonic()
         time.sleep(seconds)
         c1, t1 = counter(), time.monotonic()
-        # Wait for the process, not for the end of its output: a worker that outlives its
-        # parent keeps the pipe open (then only the sent count is lost, not the figure).
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=run_for + 30)
     finally:
+        # Stop the whole group before reading the output: a worker that outlived its parent
+        # would keep the pipe open.
         stop_group(proc)
+        total = time.monotonic() - started
         out = proc.stdout.read()
         proc.stdout.close()
         os.unlink(conf)
-    total = run_for
+    if proc.returncode is not None and proc.returncode > 0 and proc.returncode != 124 \
+            and "packets outgoing" not in out:
+        raise RuntimeError(f"trafgen failed: {out.strip()[-300:]}")
     match = re.search(r"(\d+) packets outgoing", out)
     sent = int(match.group(1)) if match else 0
     return Rate((c1 - c0) / (t1 - t0), sent / total if total else 0.0)
@@ -169,22 +204,36 @@ def flood(topo: Topology, counter: Callable[[], int], seconds: float,
 
 class System:
     """Set up on a fresh topology, count what it judged.  ``max_rules``: the most it can
-    hold (None: no limit)."""
+    hold (None: no limit).  ``rule_independent``: it judges without rules (a bare limit),
+    so it is measured once per flood, whatever the rule set."""
 
     name = "?"
     hook = "?"
     max_rules: int | None = None
+    rule_independent = False
+
+    def holds(self, rules: list[BenchRule]) -> bool:
+        """Whether its rule model can express ``rules`` (enough to drop the flood)."""
+        return self.max_rules is None or len(rules) <= self.max_rules
 
     def setup(self, topo: Topology, rules: list[BenchRule]) -> float:
-        """Install; returns the seconds it took."""
+        """Install ``rules``, replacing what an earlier step on this topology installed;
+        returns the seconds it took."""
         return 0.0
 
     def counter(self, topo: Topology) -> int:
         raise NotImplementedError
 
+    def pause(self, topo: Topology) -> None:
+        """The end of a step (the next may install other rules, or another system)."""
+
+    def teardown(self, topo: Topology) -> None:
+        """Remove what it installed and stop its helpers (the topology goes next)."""
+
 
 class GeneratorCeiling(System):
     name, hook = "generator ceiling (DUT link down)", "-"
+    rule_independent = True
 
     def setup(self, topo, rules):
         sh("ip", "link", "set", topo.dut_if, "down", ns=topo.dut)
@@ -198,6 +247,7 @@ class GeneratorCeiling(System):
 
 class NoFilter(System):
     name, hook = "no filter (closed port)", "stack"
+    rule_independent = True
 
     def counter(self, topo):
         lines = [line.split() for line in sh("cat", "/proc/net/snmp", ns=topo.dut).stdout
@@ -217,12 +267,16 @@ int bare_tc(struct __sk_buff *skb) { hit(); return 2; }
 class BareDrop(System):
     """A program that drops everything (and counts): the ceiling of its hook."""
 
+    rule_independent = True
+
     def __init__(self, hook: str):
         self.hook = hook
         self.name = f"bare {hook} drop"
-        self._maps = None
+        self._proc = None
 
     def setup(self, topo, rules):
+        if self._proc is not None:
+            return 0.0          # attached in an earlier step; it has no rules to change
         # Loaded and attached from inside the DUT namespace by a helper process that stays
         # alive (holding the counter map) until the topology goes.
         code = f"""
@@ -256,30 +310,42 @@ for line in sys.stdin:
         self._proc.stdin.flush()
         return int(self._proc.stdout.readline())
 
-    def close(self):
-        with contextlib.suppress(Exception):
-            self._proc.stdin.close()
-            self._proc.wait(timeout=10)
+    def teardown(self, topo):
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(Exception):
+                proc.stdin.close()
+                proc.wait(timeout=10)
 
 
 class Netctl(System):
-    def __init__(self, xdp_mode: str | None, label: str):
+    """netctl with its default hook (``xdp_mode`` None: `xdp: auto`) or forced to XDP, and
+    its flow cache as the policy says (None: the default, auto).  Variants measured on one
+    topology share its live datapath: each step is an apply of its own policy."""
+
+    def __init__(self, xdp_mode: str | None, label: str, flow_cache: str | None = None):
         self.xdp_mode = xdp_mode
+        self.flow_cache = flow_cache
         self.name = label
         self.hook = "xdp" if xdp_mode == "native" else "tc (auto)"
         self.rule_name = None
+        self._reader = None
 
     def setup(self, topo, rules):
+        self.pause(topo)
         path = Path(tempfile.mkdtemp()) / "bench.yaml"
-        path.write_text(netctl_policy(rules))
+        path.write_text(netctl_policy(rules, flow_cache=self.flow_cache))
         args = ["apply", str(path), "--dev", topo.dut_if, "-o", "json"]
         if self.xdp_mode:
             args += ["--xdp-mode", self.xdp_mode]
         started = time.monotonic()
-        sh(*NETCTL, *args, ns=topo.dut, timeout=900)
+        try:
+            sh(*NETCTL, *args, ns=topo.dut, timeout=1800)
+        finally:
+            path.unlink()
+            path.parent.rmdir()
         took = time.monotonic() - started
         self.rule_name = f"r{len(rules) - 1}"
-        self._reader = None
         self.counter(topo)           # start the reader now, before any flood
         return took
 
@@ -302,7 +368,7 @@ for line in sys.stdin:
 """
 
     def counter(self, topo):
-        if getattr(self, "_reader", None) is None:
+        if self._reader is None:
             self._reader = subprocess.Popen(
                 ["ip", "netns", "exec", topo.dut, sys.executable, "-c", self._READER,
                  self.rule_name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -312,12 +378,17 @@ for line in sys.stdin:
         self._reader.stdin.flush()
         return int(self._reader.stdout.readline())
 
-    def close_in(self, topo):
-        reader, self._reader = getattr(self, "_reader", None), None
+    def pause(self, topo):
+        # The reader reads the generation that was active when it started: the next apply
+        # makes another one active.
+        reader, self._reader = self._reader, None
         if reader is not None:
             with contextlib.suppress(Exception):
                 reader.stdin.close()
                 reader.wait(timeout=10)
+
+    def teardown(self, topo):
+        self.pause(topo)
         sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
 
 
@@ -330,7 +401,9 @@ class Nft(System):
     def setup(self, topo, rules):
         text = (nft_linear if self.style == "linear" else nft_set)(rules, topo.dut_if)
         started = time.monotonic()
-        sh("nft", "-f", "-", ns=topo.dut, stdin=text, timeout=1800)
+        # One transaction: the table of an earlier step (if any) goes, the new one comes.
+        sh("nft", "-f", "-", ns=topo.dut, stdin="table netdev nctlbench {}\n"
+           "delete table netdev nctlbench\n" + text, timeout=1800)
         return time.monotonic() - started
 
     def counter(self, topo):
@@ -350,6 +423,7 @@ class Iptables(System):
     name, hook = "iptables (raw PREROUTING)", "netfilter"
 
     def setup(self, topo, rules):
+        # iptables-restore replaces the whole raw table (an earlier step's rules too).
         started = time.monotonic()
         sh("iptables-restore", ns=topo.dut, stdin=iptables_raw(rules, 4), timeout=1800)
         return time.monotonic() - started
@@ -362,23 +436,25 @@ class Iptables(System):
 
 class XdpFilter(System):
     """xdp-tools' xdp-filter: deny lists of addresses (and ports), any match drops.  It cannot
-    combine an address with a port, and holds 10,000 IPv4 addresses: the rule set becomes
-    the rules' network addresses, the flood's source last."""
+    combine an address with a port, matches whole addresses (no prefixes), and holds 10,000
+    IPv4 addresses: the rule set becomes the rules' network addresses, the flood's source
+    last; a flood from many sources under one prefix is beyond it."""
 
     name, hook = "xdp-filter (addresses)", "xdp"
     max_rules = 10000
 
-    def setup(self, topo, rules):
-        import ipaddress
+    def holds(self, rules):
+        return super().holds(rules) and xdp_filter_addresses(rules) is not None
 
-        addresses = [str(ipaddress.ip_network(r.src).network_address) for r in rules
-                     if ipaddress.ip_network(r.src).version == 4]
-        if FLOOD_SRC in addresses[:-1]:
-            addresses = [a for a in addresses[:-1] if a != FLOOD_SRC] + [FLOOD_SRC]
+    def setup(self, topo, rules):
+        addresses = xdp_filter_addresses(rules)
+        if addresses is None:
+            raise ValueError("xdp-filter cannot express the last rule (a prefix)")
         started = time.monotonic()
         # xdp-filter pins under /sys/fs/bpf, which `ip netns exec` hides: mount a bpffs for
-        # this one shell; the program stays attached when it goes.  Its address list is
-        # filled through the map directly (one process per address would take hours).
+        # this one shell; the program stays attached when it goes (until the topology goes:
+        # one step per topology).  Its address list is filled through the map directly (one
+        # process per address would take hours).
         code = f"""
 import ipaddress, struct, subprocess, sys
 subprocess.run(['mount', '-t', 'bpf', 'bpf', '/sys/fs/bpf'], check=True)
@@ -407,16 +483,49 @@ print(maps['xdp_stats_map'].info.id)
         return int(sh(sys.executable, "-c", code, ns=topo.dut).stdout)
 
 
-def measure(system: System, rules: list[BenchRule], seconds: float,
-            tag: str = "b") -> dict:
+@dataclass(frozen=True)
+class Step:
+    """One measurement: ``system`` with ``rules`` under ``flood`` ("fixed": one flow;
+    "random": a new source address in every frame)."""
+
+    system: System
+    rules: list[BenchRule]
+    flood: str = "fixed"
+    mix: str | None = None      # for the record: which mix the rules come from
+
+
+def measure_steps(steps: list[Step], seconds: float, warmup: float = 1.0,
+                  tag: str = "b") -> list[dict]:
+    """Measure ``steps`` in turn on one fresh topology; each system is set up by each of its
+    steps (replacing its previous rules) and torn down at the end.  A step that fails is a
+    row with an error, and the steps after it still run."""
+    rows = []
     with topology(tag) as topo:
+        systems = list(dict.fromkeys(step.system for step in steps))
         try:
-            setup = system.setup(topo, rules)
-            rate = flood(topo, lambda: system.counter(topo), seconds)
+            for step in steps:
+                row = {"system": step.system.name, "hook": step.system.hook,
+                       "rules": len(step.rules), "mix": step.mix, "flood": step.flood}
+                try:
+                    setup = step.system.setup(topo, step.rules)
+                    rate = flood(topo, lambda s=step.system: s.counter(topo), seconds,
+                                 warmup=warmup, random_source=step.flood == "random")
+                    row.update(pps=rate.pps, sent_pps=rate.sent_pps, setup_s=setup)
+                except Exception as exc:  # a peer that fails is reported, not fatal
+                    row["error"] = str(exc)[:300]
+                finally:
+                    step.system.pause(topo)
+                rows.append(row)
         finally:
-            if isinstance(system, BareDrop):
-                system.close()
-            if isinstance(system, Netctl):
-                system.close_in(topo)
-    return {"system": system.name, "hook": system.hook, "rules": len(rules),
-            "pps": rate.pps, "sent_pps": rate.sent_pps, "setup_s": setup}
+            for system in systems:
+                system.teardown(topo)
+    return rows
+
+
+def measure(system: System, rules: list[BenchRule], seconds: float,
+            tag: str = "b", flood: str = "fixed") -> dict:
+    """One system, one rule set, one flood, on a fresh topology."""
+    row = measure_steps([Step(system, rules, flood)], seconds, tag=tag)[0]
+    if "error" in row:
+        raise RuntimeError(row["error"])
+    return row
