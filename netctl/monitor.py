@@ -231,18 +231,19 @@ def format_event(e: dict) -> str:
         what = f"{e['verdict']} {e['rule'] or e['reason']}"
     elif kind == "drop":
         where = (e.get("location") or "?")[:18]
-        what = f"drop {e.get('reason', '?')}"
+        what = f"drop {e.get('reason') or '?'}"
     elif kind == "retrans":
-        where = e.get("state", "")
+        # The fentry and kprobe variants may not know the socket's state: None.
+        where = e.get("state") or ""
         what = f"retransmit #{e.get('count', '')}".rstrip(" #")
     elif kind == "cong":
-        where = e.get("state", e.get("event", ""))
+        where = e.get("event") or ""
         what = (f"cwnd {e['snd_cwnd']} srtt {e.get('srtt', '?')}us" if "snd_cwnd" in e
-                else f"{e.get('oldstate', '?')} -> {e.get('state', '?')}")
+                else f"{e.get('old_state') or '?'} -> {e.get('state') or '?'}")
     else:
         where = e.get("comm", "") or ""
-        what = (f"{e.get('oldstate', '')} -> {e.get('newstate', '')}" if "newstate" in e
-                else e.get("event", "socket drop"))
+        what = (f"{e.get('oldstate') or '?'} -> {e.get('newstate') or '?'}" if "newstate" in e
+                else e.get("event") or "socket drop")
         if e.get("duration_ms") is not None:
             what += f" ({e['duration_ms']} ms)"
     line = f"{stamp:<12} {kind:<7} {where[:18]:<18} {what[:24]:<24} {_flow(e)}"
