@@ -1,4 +1,4 @@
-"""Compile a Policy into a MapPlan: per-shape cross-producted equivalence classes.
+"""Compile a Policy into a MapPlan: per-shape slots, classes and one rule trie.
 
 Pure: no bcc, no pyroute2, no root, no I/O.  Deterministic: the same policy and limits give
 an equal plan.  docs/classification.md explains the layout; in short:
@@ -6,12 +6,16 @@ an equal plan.  docs/classification.md explains the layout; in short:
 * A rule's *shape* is the set of fields it gives (``FIELD_*`` bits; ports and ICMP types
   imply PROTO).  Rules of one shape share a slot; at most ``limits.shapes`` slots are used,
   more distinct shapes are merged by widening SRC/DST/PROTO (never the L4 fields).
-* Per field and slot, values (addresses, ports, ICMP types) fall into equivalence classes:
-  two values are in one class when exactly the same rules of that slot match them there.
-  Class 0 is "no rule of this slot matches", which lets the datapath skip the slot.
-* ``rule_table`` maps, per slot and direction, every combination of classes that some
-  rule matches (with the family and, when the shape has PROTO, the protocol) to the first
-  such rule.  A packet costs a fixed number of lookups whatever the number of rules.
+* Per slot, one address field is looked up directly (src or dst; with both, the one with
+  more distinct prefixes).  Every other field falls into equivalence classes: two values
+  are in one class when exactly the same rules of that slot match them there (the other
+  address through a class trie, ports and ICMP type/code through interval arrays).  Class 0
+  is "no rule of this slot matches", which lets the datapath skip the slot.
+* ``rule_table`` is one LPM trie for all slots: its key is a header (generation, slot,
+  direction, family, protocol, the classes) followed by the direct field's prefix, and its
+  value the first rule whose prefix covers that entry's prefix (values propagated down the
+  prefix chain), so one longest-prefix lookup per slot gives the slot's first matching
+  rule.  A packet costs a fixed number of lookups whatever the number of rules.
 
 Rules are judged from their fields exactly as `netctl.policy.evaluate` does; the IP
 versions a rule can match are derived from those fields (they equal ``Rule.families`` for
