@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,18 +80,28 @@ def test_raw_tracepoint_really_attaches(checks):
     assert "attaches to kfree_skb" in checks["prog_raw_tracepoint"].detail
 
 
-def test_kprobes_are_absent_and_the_reason_is_the_missing_pmu(checks):
+def test_kprobes_are_found_exactly_where_the_kernel_offers_them(checks):
+    """Decided from sysfs and tracefs, independently of the doctor: a kprobe PMU or the
+    legacy kprobe_events file means kprobes attach; without either the doctor names the
+    missing PMU."""
     kprobe = checks["prog_kprobe"]
-    assert kprobe.ok is False and kprobe.required is False
-    assert "no kprobe PMU" in kprobe.detail
-    assert "CONFIG_KPROBES" in kprobe.detail
+    offered = (os.path.isdir("/sys/bus/event_source/devices/kprobe")
+               or os.path.exists("/sys/kernel/tracing/kprobe_events"))
+    assert kprobe.ok is offered and kprobe.required is False, kprobe
+    if offered:
+        assert "loads and attaches as a kprobe" in kprobe.detail
+    else:
+        assert "no kprobe PMU" in kprobe.detail and "CONFIG_KPROBES" in kprobe.detail
 
 
-def test_fentry_is_refused_with_eperm(checks):
+def test_fentry_either_attaches_or_the_refusal_names_its_errno(checks):
     fentry = checks["prog_fentry"]
-    assert fentry.ok is False and fentry.required is False
-    assert "EPERM" in fentry.detail and "Operation not permitted" in fentry.detail
+    assert fentry.required is False
     assert "BTF id" in fentry.detail  # the target was found in BTF: the load was real
+    if fentry.ok:
+        assert "loads and attaches to" in fentry.detail
+    else:
+        assert re.search(r"\bE[A-Z]+\b", fentry.detail), fentry.detail
 
 
 def test_veth_gets_native_xdp_and_a_clsact_filter_and_is_removed(checks):

@@ -1,10 +1,12 @@
 """netctl's kernel tracers (netctl.trace) on the real kernel, with real traffic.
 
-On the development machines (kernel 6.18): tracepoints attach, fentry loads get EPERM and
-there is no kprobe PMU (CONFIG_KPROBES off).  probe_hooks() must find exactly that by
-trying, the fentry and kprobe variants must still compile (and the kprobe program type
-load), and every scenario runs once per hook: here the fentry and kprobe runs skip, saying
-why, and run for real on a kernel that lets them attach.
+Tests decide from what the running kernel offers, never from one host: probe_hooks() must
+find by trying what attaches (kprobes exactly where sysfs or tracefs offer them, fentry
+where the kernel loads it, else its errno in words), the fentry and kprobe variants always
+compile (and the kprobe program type loads), and every scenario runs once per hook: a hook
+this kernel refuses skips, saying why, and runs for real on a kernel that lets it attach
+(kernels without kprobes or with fentry refused by lockdown or an LSM exist: the
+development machines are one).
 
 Scenarios, each in fresh network namespaces that are always removed:
   drop     UDP to a closed port on loopback: a NO_SOCKET drop (the name read from the
@@ -126,22 +128,40 @@ def test_probe_hooks_tracepoint_attaches_for_every_kind(report):
         assert all(":" in t for t in tp["targets"]), tp
 
 
-def test_probe_hooks_fentry_refused_with_errno_but_compiles(report):
-    text = f"{errno.errorcode[errno.EPERM]}: {os.strerror(errno.EPERM)}"
+def kprobes_offered() -> bool:
+    """Whether this kernel can attach kprobes at all: a kprobe PMU (perf_event_open) or the
+    legacy kprobe_events file in tracefs.  Read from sysfs, independently of netctl."""
+    return (os.path.isdir("/sys/bus/event_source/devices/kprobe")
+            or os.path.exists(f"{TRACEFS}/kprobe_events"))
+
+
+def test_probe_hooks_fentry_compiles_and_says_why_it_does_not_attach(report):
+    """fentry is decided by trying: where the kernel loads the program it attaches (and the
+    scenarios below run through it); where it refuses, the report keeps the errno and says
+    it in words.  The program always compiles: compiling needs only the kernel's BTF."""
     for kind in KINDS:
         fentry = report[kind]["fentry"]
-        assert not fentry["ok"] and fentry["errno"] == errno.EPERM, (kind, fentry)
-        assert text in fentry["why"] and "refused" in fentry["why"], fentry
-        assert fentry["compiled"] and not fentry["loaded"], fentry   # the load is refused
+        assert fentry["compiled"], (kind, fentry)
+        if fentry["ok"]:
+            assert fentry["loaded"] and fentry["targets"], (kind, fentry)
+            continue
+        assert fentry["errno"] in errno.errorcode, (kind, fentry)
+        code = fentry["errno"]
+        assert f"{errno.errorcode[code]}: {os.strerror(code)}" in fentry["why"], fentry
+        assert "refused" in fentry["why"] and not fentry["loaded"], fentry
 
 
-def test_probe_hooks_kprobe_has_no_pmu_but_compiles_and_loads(report):
+def test_probe_hooks_kprobe_attaches_exactly_where_the_kernel_offers_kprobes(report):
+    """The program type loads without kprobe support (only attaching needs it): where this
+    kernel has kprobes the hook attaches, elsewhere the report names the missing PMU."""
+    offered = kprobes_offered()
     for kind in KINDS:
         kprobe = report[kind]["kprobe"]
-        assert not kprobe["ok"], (kind, kprobe)
-        assert "no kprobe PMU" in kprobe["why"] and "CONFIG_KPROBES" in kprobe["why"], kprobe
-        # the program type loads without a PMU: only attaching needs one
         assert kprobe["compiled"] and kprobe["loaded"], kprobe
+        assert kprobe["ok"] == offered, (kind, offered, kprobe)
+        if not offered:
+            assert "no kprobe PMU" in kprobe["why"] and "CONFIG_KPROBES" in kprobe["why"], \
+                kprobe
 
 
 def test_forced_hook_that_cannot_load_names_kind_hook_and_errno(report):
