@@ -47,7 +47,11 @@ def inside(ns: str) -> Iterator[None]:
         try:
             yield
         finally:
-            libc.setns(home, _CLONE_NEWNET)
+            # A thread left in the lab's namespace would make every later socket there:
+            # a failed return is an error, never ignored.
+            if libc.setns(home, _CLONE_NEWNET) != 0:
+                raise NetctlError("cannot return to the original network namespace: "
+                                  f"{os.strerror(ctypes.get_errno())}")
     finally:
         os.close(target)
         os.close(home)
