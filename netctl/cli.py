@@ -336,63 +336,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def packet_from_args(args: argparse.Namespace):
     """Build a Packet from explain's options, reporting bad values like a policy would."""
-    from .policy.load import _Loader
-    from .policy.model import ICMP_PROTOS, PORT_PROTOS, Packet, default_ttl
+    from .policy.load import packet_from_options
 
-    reader = _Loader("command line")
-    src = reader.address(args.src, None, "--src")
-    dst = reader.address(args.dst, None, "--dst")
-    if reader.problems:
-        raise PolicyError(reader.problems)
-    if src.version != dst.version:
-        raise PolicyError([Problem("command line", 0, None,
-                                   "--src and --dst must be the same IP version")])
-    family = src.version
-    if args.proto is not None:
-        text = args.proto
-        proto = reader.protocol(int(text) if text.isdigit() else text, None, "--proto")
-    elif args.icmp_type is not None:
-        proto = 1 if family == 4 else 58
-    else:
-        proto = 6
-    if reader.problems:
-        raise PolicyError(reader.problems)
-    fields: dict[str, object] = {"fragment": args.fragment}
-    if proto in PORT_PROTOS:
-        for name, default in (("sport", 12345), ("dport", 0)):
-            value = getattr(args, name)
-            if value is None:
-                fields[name] = default
-                continue
-            port = reader.port_range(int(value) if value.isdigit() else value, None, f"--{name}")
-            if port is not None and port.lo != port.hi:
-                reader.error(None, f"--{name}: give one port, not a range")
-            elif port is not None:
-                fields[name] = port.lo
-    elif args.sport is not None or args.dport is not None:
-        reader.error(None, "--sport/--dport need --proto tcp or udp")
-    if ICMP_PROTOS.get(proto) == family:
-        icmp_type = 0
-        if args.icmp_type is not None:
-            text = args.icmp_type
-            types = reader.icmp_types(int(text) if text.isdigit() else text, None, [family],
-                                      "--icmp-type")
-            icmp_type = types[0][1] if types else 0
-        code = args.icmp_code if args.icmp_code is not None else 0
-        if not 0 <= code <= 255:
-            reader.error(None, "--icmp-code must be 0-255")
-        fields["icmp_type"], fields["icmp_code"] = icmp_type, code
-    elif args.icmp_type is not None or args.icmp_code is not None:
-        reader.error(None, f"--icmp-type/--icmp-code need --proto "
-                     f"{'icmp' if family == 4 else 'icmpv6'} for IPv{family} addresses")
-    ttl = args.ttl if args.ttl is not None else default_ttl(family, proto,
-                                                               fields.get("icmp_type"))
-    if not 0 <= ttl <= 255:
-        reader.error(None, "--ttl must be 0-255")
-    fields["ttl"] = ttl
-    if reader.problems:
-        raise PolicyError(reader.problems)
-    return Packet(src=src, dst=dst, proto=proto, **fields)  # type: ignore[arg-type]
+    return packet_from_options(args.src, args.dst, proto=args.proto, sport=args.sport,
+                               dport=args.dport, icmp_type=args.icmp_type,
+                               icmp_code=args.icmp_code, ttl=args.ttl, fragment=args.fragment)
 
 
 # -- test ---------------------------------------------------------------------------------

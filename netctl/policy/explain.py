@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .evaluate import Decision, evaluate, rule_matches
-from .load import ICMP_TYPES, _proto_name
+from .load import ICMP_TYPES, proto_name
 from .model import ICMP_PROTOS, PORT_PROTOS, Direction, Packet, Policy, PrefixSet, Rule
 from .sets import format_prefix
 
@@ -22,7 +22,7 @@ class FieldCheck:
 
 
 def describe_packet(packet: Packet) -> str:
-    text = f"{packet.src} -> {packet.dst} {_proto_name(packet.proto)}"
+    text = f"{packet.src} -> {packet.dst} {proto_name(packet.proto)}"
     if packet.fragment:
         return text + " (non-first fragment)"
     if packet.proto in PORT_PROTOS:
@@ -76,10 +76,10 @@ def check_fields(rule: Rule, packet: Packet) -> list[FieldCheck]:
         if items is not None:
             checks.append(_address_check(name, items, getattr(packet, name)))
     if rule.proto is not None:
-        allowed = _list(_proto_name(p) for p in rule.proto)
+        allowed = _list(proto_name(p) for p in rule.proto)
         family_ok = ICMP_PROTOS.get(packet.proto, packet.family) == packet.family
         ok = packet.proto in rule.proto and family_ok
-        detail = f"{_proto_name(packet.proto)} is {'' if ok else 'not '}in {allowed}"
+        detail = f"{proto_name(packet.proto)} is {'' if ok else 'not '}in {allowed}"
         if packet.proto in rule.proto and not family_ok:
             detail = f"protocol {packet.proto} in an IPv{packet.family} packet is not {allowed}"
         checks.append(FieldCheck("proto", ok, detail))

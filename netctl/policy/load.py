@@ -1164,10 +1164,10 @@ def later_pos(node: YMap, a: str, b: str) -> Pos:
 
 
 def _names_not_in(protos: tuple[int, ...], allowed) -> str:
-    return ", ".join(_proto_name(p) for p in protos if p not in allowed)
+    return ", ".join(proto_name(p) for p in protos if p not in allowed)
 
 
-def _proto_name(number: int) -> str:
+def proto_name(number: int) -> str:
     for name, value in PROTOCOLS.items():
         if value == number:
             return name
@@ -1206,3 +1206,61 @@ def edit_distance(a: str, b: str) -> int:
                 current[j] = min(current[j], before[j - 2] + 1)
         before, previous = previous, current
     return previous[-1]
+
+
+def packet_from_options(src: str, dst: str, proto: str | None = None,
+                        sport: str | None = None, dport: str | None = None,
+                        icmp_type: str | None = None, icmp_code: int | None = None,
+                        ttl: int | None = None, fragment: bool = False) -> Packet:
+    """A Packet from command-line options (``netctl explain``'s), each checked as a policy's
+    field would be; the problems are raised together as a PolicyError naming the option."""
+    reader = _Loader("command line")
+    source = reader.address(src, None, "--src")
+    dest = reader.address(dst, None, "--dst")
+    if reader.problems:
+        raise PolicyError(reader.problems)
+    if source.version != dest.version:
+        raise PolicyError([Problem("command line", 0, None,
+                                   "--src and --dst must be the same IP version")])
+    family = source.version
+    if proto is not None:
+        number = reader.protocol(int(proto) if proto.isdigit() else proto, None, "--proto")
+    elif icmp_type is not None:
+        number = 1 if family == 4 else 58
+    else:
+        number = 6
+    if reader.problems:
+        raise PolicyError(reader.problems)
+    fields: dict[str, object] = {"fragment": fragment}
+    if number in PORT_PROTOS:
+        for name, value, default in (("sport", sport, 12345), ("dport", dport, 0)):
+            if value is None:
+                fields[name] = default
+                continue
+            port = reader.port_range(int(value) if value.isdigit() else value, None, f"--{name}")
+            if port is not None and port.lo != port.hi:
+                reader.error(None, f"--{name}: give one port, not a range")
+            elif port is not None:
+                fields[name] = port.lo
+    elif sport is not None or dport is not None:
+        reader.error(None, "--sport/--dport need --proto tcp or udp")
+    if ICMP_PROTOS.get(number) == family:
+        type_number = 0
+        if icmp_type is not None:
+            types = reader.icmp_types(int(icmp_type) if icmp_type.isdigit() else icmp_type,
+                                      None, [family], "--icmp-type")
+            type_number = types[0][1] if types else 0
+        code = icmp_code if icmp_code is not None else 0
+        if not 0 <= code <= 255:
+            reader.error(None, "--icmp-code must be 0-255")
+        fields["icmp_type"], fields["icmp_code"] = type_number, code
+    elif icmp_type is not None or icmp_code is not None:
+        reader.error(None, f"--icmp-type/--icmp-code need --proto "
+                     f"{'icmp' if family == 4 else 'icmpv6'} for IPv{family} addresses")
+    hops = ttl if ttl is not None else default_ttl(family, number, fields.get("icmp_type"))
+    if not 0 <= hops <= 255:
+        reader.error(None, "--ttl must be 0-255")
+    fields["ttl"] = hops
+    if reader.problems:
+        raise PolicyError(reader.problems)
+    return Packet(src=source, dst=dest, proto=number, **fields)  # type: ignore[arg-type]
