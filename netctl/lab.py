@@ -186,8 +186,8 @@ def policy_text_without_routes(text: str, base_dir: str | None = None) -> str:
 
 def run(policy: Policy, path: str, count: int = 10, out=print) -> int:
     """Returns the exit code: 0 when every test packet was counted where expected."""
-    from .cli import format_status
     from .datapath.frames import Unrepresentable, frame_for
+    from .present import format_status
 
     # namespaces and mounts (CAP_SYS_ADMIN), veths (CAP_NET_ADMIN), programs (CAP_BPF)
     privilege.require("lab", privilege.CAP_SYS_ADMIN, *privilege.DATAPATH)

@@ -547,7 +547,7 @@ def test_bad_prefixes_exit_2_before_anything_is_read(capsys, monkeypatch):
 
 
 def test_set_list_prints_a_set_file(tmp_path):
-    from netctl.cli import format_set, format_sets
+    from netctl.present import format_set, format_sets
 
     report = {"name": "blk", "policy": "/p.yaml", "file": "/blk.txt", "prefixes": 3, "v4": 2,
               "v6": 1, "added": ["203.0.113.9/32"], "removed": ["198.51.100.0/24"],
