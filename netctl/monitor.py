@@ -23,8 +23,9 @@ from typing import Any
 
 from . import abi
 from .errors import NetctlError
+from .trace._kinds import KIND_TYPES
 
-TYPES = ("policy", "drop", "retrans", "cong", "socket")
+TYPES = ("policy", *KIND_TYPES)   # policy events, then every tracer kind
 DEFAULT_TYPES = ("policy", "drop")
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 

@@ -43,7 +43,7 @@ from . import _kernel as kernel
 from ._events import TraceHead
 from ._kinds import HOOKS, KIND_TYPES, Kind, Program
 
-KINDS = ("drop", "retrans", "cong", "socket")
+KINDS = tuple(KIND_TYPES)   # the registry of kinds (_kinds.py) is the one list
 
 
 class HookError(LoadError):

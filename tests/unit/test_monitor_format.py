@@ -70,3 +70,18 @@ def test_every_monitor_type_has_an_event_here():
     from netctl.monitor import TYPES
 
     assert set(TYPES) <= {e["type"] for e in EVENTS.values()}
+
+
+def test_the_kinds_are_one_list_and_the_cli_names_them_all():
+    import contextlib
+    import io
+
+    from netctl.cli import main
+    from netctl.monitor import TYPES
+    from netctl.trace import KINDS
+
+    assert ("policy", *KINDS) == TYPES
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main(["monitor", "--help"])
+    assert all(kind in out.getvalue() for kind in TYPES), out.getvalue()
