@@ -52,6 +52,7 @@ from bench.rulesets import (
     iptables_raw,
     netctl_policy,
     nft_linear,
+    nft_prefix_set,
     nft_set,
     xdp_filter_addresses,
 )
@@ -323,18 +324,24 @@ class Netctl(System):
     its flow cache as the policy says (None: the default, auto).  Variants measured on one
     topology share its live datapath: each step is an apply of its own policy."""
 
-    def __init__(self, xdp_mode: str | None, label: str, flow_cache: str | None = None):
+    def __init__(self, xdp_mode: str | None, label: str, flow_cache: str | None = None,
+                 policy: str | None = None, rule: str | None = None):
+        """``policy``: a policy text to apply instead of the step's rules (then ``rule``
+        names the rule whose counter is read; set files it names must be absolute)."""
         self.xdp_mode = xdp_mode
         self.flow_cache = flow_cache
         self.name = label
         self.hook = "xdp" if xdp_mode == "native" else "tc (auto)"
+        self.policy = policy
+        self.rule = rule
         self.rule_name = None
         self._reader = None
 
     def setup(self, topo, rules):
         self.pause(topo)
         path = Path(tempfile.mkdtemp()) / "bench.yaml"
-        path.write_text(netctl_policy(rules, flow_cache=self.flow_cache))
+        path.write_text(self.policy if self.policy is not None
+                        else netctl_policy(rules, flow_cache=self.flow_cache))
         args = ["apply", str(path), "--dev", topo.dut_if, "-o", "json"]
         if self.xdp_mode:
             args += ["--xdp-mode", self.xdp_mode]
@@ -345,7 +352,7 @@ class Netctl(System):
             path.unlink()
             path.parent.rmdir()
         took = time.monotonic() - started
-        self.rule_name = f"r{len(rules) - 1}"
+        self.rule_name = self.rule or f"r{len(rules) - 1}"
         self.counter(topo)           # start the reader now, before any flood
         return took
 
@@ -393,13 +400,19 @@ for line in sys.stdin:
 
 
 class Nft(System):
-    def __init__(self, style: str):
+    def __init__(self, style: str, elements: list[str] | None = None):
+        """``elements``: with the "set" style, an interval set of these IPv4 prefixes
+        (``nft_prefix_set``) instead of the step's rules."""
         self.style = style
+        self.elements = elements
         self.name = "nftables linear chain" if style == "linear" else "nftables interval set"
         self.hook = "netdev ingress"
 
     def setup(self, topo, rules):
-        text = (nft_linear if self.style == "linear" else nft_set)(rules, topo.dut_if)
+        if self.elements is not None and self.style == "set":
+            text = nft_prefix_set(self.elements, topo.dut_if)
+        else:
+            text = (nft_linear if self.style == "linear" else nft_set)(rules, topo.dut_if)
         started = time.monotonic()
         # One transaction: the table of an earlier step (if any) goes, the new one comes.
         sh("nft", "-f", "-", ns=topo.dut, stdin="table netdev nctlbench {}\n"
