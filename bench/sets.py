@@ -264,7 +264,7 @@ def table(sets: dict) -> str:
     out = [f"Sets: one rule on a set of {sets['size']:,} IPv4 prefixes "
            f"({sets['mix']}), fixed flood, Mpps judged"]
     for name, pps in by.items():
-        out.append(f"{name:<40}{pps / 1e6:>10.3f}" if pps else f"{name:<40}{'failed':>10}")
+        out.append(f"{name:<48}{pps / 1e6:>10.3f}" if pps else f"{name:<48}{'failed':>10}")
 
     def ratio(a: str, b: str) -> str:
         x, y = by.get(a), by.get(b)
@@ -273,7 +273,7 @@ def table(sets: dict) -> str:
     for mine, other in ((bench_run.DEFAULT, bench_run.BARE_TC),
                         (bench_run.DEFAULT, bench_run.NFT_SET),
                         (bench_run.XDP, bench_run.BARE_XDP)):
-        out.append(f"{mine + ' vs ' + other:<40}" + ratio(mine, other))
+        out.append(f"{mine + ' vs ' + other:<48}" + ratio(mine, other))
     a = sets["apply"]
 
     def cell(key: str, fmt: str = ".2f") -> str:
