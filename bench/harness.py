@@ -203,6 +203,29 @@ def flood(topo: Topology, counter: Callable[[], int], seconds: float,
 
 # ---- systems under test ----------------------------------------------------------------
 
+def start_reader(ns: str, code: str, *args: str, name: str = "?") -> subprocess.Popen:
+    """A counter reader that stays in ``ns``: Python ``code`` prints "ready", then one
+    figure for every line it reads (ask with ``read_counter``)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code, *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"{name}: the counter reader did not start")
+    return proc
+
+
+def read_counter(proc: subprocess.Popen) -> int:
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    return int(proc.stdout.readline())
+
+
+def stop_reader(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+            proc.wait(timeout=10)
+
+
 class System:
     """Set up on a fresh topology, count what it judged.  ``max_rules``: the most it can
     hold (None: no limit).  ``rule_independent``: it judges without rules (a bare limit),
@@ -376,23 +399,14 @@ for line in sys.stdin:
 
     def counter(self, topo):
         if self._reader is None:
-            self._reader = subprocess.Popen(
-                ["ip", "netns", "exec", topo.dut, sys.executable, "-c", self._READER,
-                 self.rule_name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            if self._reader.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"{self.name}: the counter reader did not start")
-        self._reader.stdin.write("\n")
-        self._reader.stdin.flush()
-        return int(self._reader.stdout.readline())
+            self._reader = start_reader(topo.dut, self._READER, self.rule_name, name=self.name)
+        return read_counter(self._reader)
 
     def pause(self, topo):
         # The reader reads the generation that was active when it started: the next apply
         # makes another one active.
         reader, self._reader = self._reader, None
-        if reader is not None:
-            with contextlib.suppress(Exception):
-                reader.stdin.close()
-                reader.wait(timeout=10)
+        stop_reader(reader)
 
     def teardown(self, topo):
         self.pause(topo)
@@ -441,21 +455,12 @@ for line in sys.stdin:
 
     def _netlink_counter(self, topo) -> int:
         if self._reader is None:
-            self._reader = subprocess.Popen(
-                ["ip", "netns", "exec", topo.dut, sys.executable, "-c", self._READER],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            if self._reader.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"{self.name}: the counter reader did not start")
-        self._reader.stdin.write("\n")
-        self._reader.stdin.flush()
-        return int(self._reader.stdout.readline())
+            self._reader = start_reader(topo.dut, self._READER, name=self.name)
+        return read_counter(self._reader)
 
     def pause(self, topo):
         reader, self._reader = self._reader, None
-        if reader is not None:
-            with contextlib.suppress(Exception):
-                reader.stdin.close()
-                reader.wait(timeout=10)
+        stop_reader(reader)
 
     def teardown(self, topo):
         self.pause(topo)
