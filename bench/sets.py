@@ -131,9 +131,11 @@ def policy(set_file: Path) -> str:
 
 
 # Polls the live datapath's `active` word in the DUT namespace, and prints the moment
-# (time.monotonic(), one clock for every namespace) it changes.
+# (time.monotonic(), one clock for every namespace) it changes; "none" when its standard
+# input closes (the apply is over) or the time limit passes without a flip (an apply that
+# rebuilt flips another build's word).
 _FLIP_WATCHER = """
-import sys, time
+import select, sys, time
 from netctl.datapath.control import _open_live, live_state
 from netctl.datapath.netns import Namespace
 state, _ = live_state(Namespace.current())
@@ -141,11 +143,15 @@ live, why = _open_live(Namespace.current(), state)
 before = live.active
 print("ready", flush=True)
 deadline = time.monotonic() + float(sys.argv[1])
+done = False
 while time.monotonic() < deadline:
     if live.active != before:
         print(time.monotonic(), flush=True)
         break
-    time.sleep(0.0005)
+    if done:
+        print("none", flush=True)
+        break
+    done = bool(select.select([sys.stdin], [], [], 0.0005)[0])
 else:
     print("none", flush=True)
 """
@@ -153,15 +159,17 @@ else:
 
 @contextlib.contextmanager
 def flip_watcher(ns: str, limit: float = 600.0) -> Iterator[list[float | None]]:
-    """Yields a list that holds, once the block ends, the time.monotonic() of the next flip
-    of the live generation in ``ns`` (None: none within ``limit`` seconds)."""
+    """Yields a list that holds, once the block ends, the time.monotonic() of the flip of
+    the live generation in ``ns`` during the block (None: none seen)."""
     proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _FLIP_WATCHER,
-                             str(limit)], stdout=subprocess.PIPE, text=True)
+                             str(limit)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
     try:
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError("the flip watcher did not start")
         got: list[float | None] = []
         yield got
+        proc.stdin.close()
         line = proc.stdout.readline().strip()
         got.append(None if line in ("", "none") else float(line))
     finally:
