@@ -131,21 +131,27 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def _timed_apply(ns: str, path: Path, dev: str) -> tuple[float, dict, int]:
-    """(seconds, the apply's JSON, that process's peak RSS in bytes)."""
+def timed_netctl(ns: str, *args: str) -> tuple[float, dict, int, float]:
+    """`netctl ARGS -o json` as a separate process in ``ns``: (seconds, its JSON, its peak
+    RSS in bytes, the time.monotonic() it was started at)."""
     read_fd, write_fd = os.pipe()
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", _WRAPPER, str(write_fd), "ip", "netns",
-                             "exec", ns, *NETCTL, "apply", str(path), "--dev", dev, "-o",
-                             "json"], capture_output=True, text=True, pass_fds=(write_fd,),
-                            timeout=1800, check=False)
+                             "exec", ns, *NETCTL, *args, "-o", "json"], capture_output=True,
+                            text=True, pass_fds=(write_fd,), timeout=1800, check=False)
     took = time.monotonic() - started
     os.close(write_fd)
     with os.fdopen(read_fd) as f:
         peak_kb = int(f.read() or 0)
     if result.returncode != 0:
-        raise RuntimeError(f"apply failed: {result.stderr}")
-    return took, json.loads(result.stdout), peak_kb * 1024
+        raise RuntimeError(f"netctl {args[0]} failed: {result.stderr}")
+    return took, json.loads(result.stdout), peak_kb * 1024, started
+
+
+def _timed_apply(ns: str, path: Path, dev: str) -> tuple[float, dict, int]:
+    """(seconds, the apply's JSON, that process's peak RSS in bytes)."""
+    took, out, peak, _ = timed_netctl(ns, "apply", str(path), "--dev", dev)
+    return took, out, peak
 
 
 def _with_one_rule_changed(bench: list[BenchRule]) -> list[BenchRule]:

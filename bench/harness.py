@@ -52,6 +52,7 @@ from bench.rulesets import (
     iptables_raw,
     netctl_policy,
     nft_linear,
+    nft_prefix_set,
     nft_set,
     xdp_filter_addresses,
 )
@@ -202,6 +203,29 @@ def flood(topo: Topology, counter: Callable[[], int], seconds: float,
 
 # ---- systems under test ----------------------------------------------------------------
 
+def start_reader(ns: str, code: str, *args: str, name: str = "?") -> subprocess.Popen:
+    """A counter reader that stays in ``ns``: Python ``code`` prints "ready", then one
+    figure for every line it reads (ask with ``read_counter``)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code, *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"{name}: the counter reader did not start")
+    return proc
+
+
+def read_counter(proc: subprocess.Popen) -> int:
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    return int(proc.stdout.readline())
+
+
+def stop_reader(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        with contextlib.suppress(Exception):
+            proc.stdin.close()
+            proc.wait(timeout=10)
+
+
 class System:
     """Set up on a fresh topology, count what it judged.  ``max_rules``: the most it can
     hold (None: no limit).  ``rule_independent``: it judges without rules (a bare limit),
@@ -323,18 +347,24 @@ class Netctl(System):
     its flow cache as the policy says (None: the default, auto).  Variants measured on one
     topology share its live datapath: each step is an apply of its own policy."""
 
-    def __init__(self, xdp_mode: str | None, label: str, flow_cache: str | None = None):
+    def __init__(self, xdp_mode: str | None, label: str, flow_cache: str | None = None,
+                 policy: str | None = None, rule: str | None = None):
+        """``policy``: a policy text to apply instead of the step's rules (then ``rule``
+        names the rule whose counter is read; set files it names must be absolute)."""
         self.xdp_mode = xdp_mode
         self.flow_cache = flow_cache
         self.name = label
         self.hook = "xdp" if xdp_mode == "native" else "tc (auto)"
+        self.policy = policy
+        self.rule = rule
         self.rule_name = None
         self._reader = None
 
     def setup(self, topo, rules):
         self.pause(topo)
         path = Path(tempfile.mkdtemp()) / "bench.yaml"
-        path.write_text(netctl_policy(rules, flow_cache=self.flow_cache))
+        path.write_text(self.policy if self.policy is not None
+                        else netctl_policy(rules, flow_cache=self.flow_cache))
         args = ["apply", str(path), "--dev", topo.dut_if, "-o", "json"]
         if self.xdp_mode:
             args += ["--xdp-mode", self.xdp_mode]
@@ -345,7 +375,7 @@ class Netctl(System):
             path.unlink()
             path.parent.rmdir()
         took = time.monotonic() - started
-        self.rule_name = f"r{len(rules) - 1}"
+        self.rule_name = self.rule or f"r{len(rules) - 1}"
         self.counter(topo)           # start the reader now, before any flood
         return took
 
@@ -369,23 +399,14 @@ for line in sys.stdin:
 
     def counter(self, topo):
         if self._reader is None:
-            self._reader = subprocess.Popen(
-                ["ip", "netns", "exec", topo.dut, sys.executable, "-c", self._READER,
-                 self.rule_name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            if self._reader.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"{self.name}: the counter reader did not start")
-        self._reader.stdin.write("\n")
-        self._reader.stdin.flush()
-        return int(self._reader.stdout.readline())
+            self._reader = start_reader(topo.dut, self._READER, self.rule_name, name=self.name)
+        return read_counter(self._reader)
 
     def pause(self, topo):
         # The reader reads the generation that was active when it started: the next apply
         # makes another one active.
         reader, self._reader = self._reader, None
-        if reader is not None:
-            with contextlib.suppress(Exception):
-                reader.stdin.close()
-                reader.wait(timeout=10)
+        stop_reader(reader)
 
     def teardown(self, topo):
         self.pause(topo)
@@ -393,20 +414,60 @@ for line in sys.stdin:
 
 
 class Nft(System):
-    def __init__(self, style: str):
+    def __init__(self, style: str, elements: list[str] | None = None):
+        """``elements``: with the "set" style, an interval set of these IPv4 prefixes
+        (``nft_prefix_set``) instead of the step's rules."""
         self.style = style
+        self.elements = elements
         self.name = "nftables linear chain" if style == "linear" else "nftables interval set"
         self.hook = "netdev ingress"
+        self._reader = None
 
     def setup(self, topo, rules):
-        text = (nft_linear if self.style == "linear" else nft_set)(rules, topo.dut_if)
+        if self.elements is not None and self.style == "set":
+            text = nft_prefix_set(self.elements, topo.dut_if)
+        else:
+            text = (nft_linear if self.style == "linear" else nft_set)(rules, topo.dut_if)
         started = time.monotonic()
         # One transaction: the table of an earlier step (if any) goes, the new one comes.
         sh("nft", "-f", "-", ns=topo.dut, stdin="table netdev nctlbench {}\n"
            "delete table netdev nctlbench\n" + text, timeout=1800)
         return time.monotonic() - started
 
+    # The rules' counters read over netlink by a process that stays in the DUT namespace:
+    # `nft list` fetches every set element first (with --terse too), half a second at
+    # 100,000 prefixes, inside the window and on the flood's CPUs.  Used with ``elements``.
+    _READER = """
+import sys
+from pyroute2.nftables.main import NFTables
+from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETRULE, nft_rule_msg
+nft = NFTables(nfgen_family=5)   # NFPROTO_NETDEV
+print("ready", flush=True)
+for line in sys.stdin:
+    total = 0
+    for msg in nft.request_get(nft_rule_msg(), NFT_MSG_GETRULE):
+        if msg.get_attr("NFTA_RULE_TABLE") == "nctlbench":
+            for expr in msg.get_attr("NFTA_RULE_EXPRESSIONS") or []:
+                if expr.get_attr("NFTA_EXPR_NAME") == "counter":
+                    total += expr.get_attr("NFTA_EXPR_DATA").get_attr("NFTA_COUNTER_PACKETS")
+    print(total, flush=True)
+"""
+
+    def _netlink_counter(self, topo) -> int:
+        if self._reader is None:
+            self._reader = start_reader(topo.dut, self._READER, name=self.name)
+        return read_counter(self._reader)
+
+    def pause(self, topo):
+        reader, self._reader = self._reader, None
+        stop_reader(reader)
+
+    def teardown(self, topo):
+        self.pause(topo)
+
     def counter(self, topo):
+        if self.elements is not None:
+            return self._netlink_counter(topo)
         data = json.loads(sh("nft", "-j", "list", "table", "netdev", "nctlbench",
                              ns=topo.dut).stdout)
         total = 0

@@ -258,6 +258,17 @@ def nft_set(bench: list[BenchRule], dev: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def nft_prefix_set(prefixes: list[str], dev: str) -> str:
+    """An IPv4 interval set of ``prefixes`` (disjoint) and one rule that drops its sources:
+    nftables' way of holding an address set."""
+    out = ["table netdev nctlbench {", "  set blk { type ipv4_addr; flags interval;"]
+    if prefixes:
+        out.append("    elements = { " + ",\n      ".join(prefixes) + " }")
+    out += ["  }", f"  chain ingress {{ type filter hook ingress device \"{dev}\" "
+            "priority -500; policy accept;", "    ip saddr @blk counter drop", "  }", "}"]
+    return "\n".join(out) + "\n"
+
+
 def iptables_raw(bench: list[BenchRule], family: int) -> str:
     out = ["*raw", ":PREROUTING ACCEPT [0:0]"]
     for r in bench:

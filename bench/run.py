@@ -7,7 +7,8 @@
 For each rule mix (bench, mixed: bench/rulesets.py) and each flood (fixed: one flow;
 random: a new source address in every frame), prints a table of what every system judged
 per second at each N with ratios to the bare limit of each hook and to the peers; then the
-per-packet program cost (BPF_PROG_TEST_RUN), the apply costs of both mixes, forwarding
+per-packet program cost (BPF_PROG_TEST_RUN), the apply costs of both mixes, one rule on a
+named set of a million prefixes (100,000 quick, 1,000 smoke: bench/sets.py), forwarding
 through a router namespace (bench/forwarding.py), the tracers' cost, and the figures against
 the targets.  The quick run measures the random flood and the mixed mix at 10,000 rules only.
 Writes bench/results/<time>-<mode>.json and latest-<mode>.json (every figure), a
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import costs, forwarding, harness, tracers
+from bench import costs, forwarding, harness, sets, tracers
 from bench.rulesets import FLOOD_SRC, FLOODS, MIXES, RANDOM_SRC_NET, rules
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,19 +38,21 @@ MODES = {
                                        for flood in FLOODS],
              "seconds": 4.0, "warmup": 1.0, "cost_ns": None,
              "apply_ns": [1000, 10000, 100000], "repeat": 1_000_000, "forward_n": 10000,
-             "tracer_rounds": 7, "tracer_seconds": 3.0, "event_rates": tracers.RATES},
+             "tracer_rounds": 7, "tracer_seconds": 3.0, "event_rates": tracers.RATES,
+             "set_n": 1_000_000},
     "quick": {"ns": [1, 1000, 10000],
               "matrix": [("bench", "fixed", [1, 1000, 10000]), ("bench", "random", [10000]),
                          ("mixed", "fixed", [10000]), ("mixed", "random", [10000])],
               "seconds": 1.5, "warmup": 0.8, "cost_ns": None,
               "apply_ns": [10000], "repeat": 1_000_000, "forward_n": 10000,
-              "tracer_rounds": 3, "tracer_seconds": 2.0, "event_rates": (10_000, 60_000)},
+              "tracer_rounds": 3, "tracer_seconds": 2.0, "event_rates": (10_000, 60_000),
+              "set_n": 100_000},
     "smoke": {"ns": [1, 100],
               "matrix": [("bench", "fixed", [1, 100]), ("bench", "random", [100]),
                          ("mixed", "fixed", [100]), ("mixed", "random", [100])],
               "seconds": 0.5, "warmup": 0.5, "cost_ns": None, "apply_ns": [100],
               "repeat": 1000, "forward_n": 100, "tracer_rounds": 1, "tracer_seconds": 1.0,
-              "event_rates": (1000,)},
+              "event_rates": (1000,), "set_n": 1000},
 }
 # Linear filters are measured up to where a run stays reasonable (their load and per-packet
 # cost grow with N; the trend is plain long before).
@@ -202,27 +205,33 @@ def throughput_table(result: dict, mix: str, flood: str, ns: list[int]) -> str:
     return "\n".join(out)
 
 
+def _target_row(rows: list[dict], mix: str, flood: str, n: int) -> dict:
+    row = {"mix": mix, "flood": flood, "rules": n}
+    for mine, other, least in TARGETS:
+        a, b = _at(rows, mine, n, mix, flood), _at(rows, other, n, mix, flood)
+        row[f"{mine} / {other}"] = {
+            "at_least": least, "pps": a, "other_pps": b,
+            "ratio": a / b if a and b else None,
+            "met": (a / b >= least) if a and b else None}
+    return row
+
+
 def targets(result: dict) -> list[dict]:
-    """For each mix, flood and N: each target's ratio and whether it is met."""
-    out = []
-    for mix, flood, ns in _cases(result):
-        for n in ns:
-            row = {"mix": mix, "flood": flood, "rules": n}
-            for mine, other, least in TARGETS:
-                a = _at(result["throughput"], mine, n, mix, flood)
-                b = _at(result["throughput"], other, n, mix, flood)
-                row[f"{mine} / {other}"] = {
-                    "at_least": least, "pps": a, "other_pps": b,
-                    "ratio": a / b if a and b else None,
-                    "met": (a / b >= least) if a and b else None}
-            out.append(row)
+    """For each mix, flood and N: each target's ratio and whether it is met; then the sets
+    section's (its mix named by the set's size: set1M)."""
+    out = [_target_row(result["throughput"], mix, flood, n)
+           for mix, flood, ns in _cases(result) for n in ns]
+    if result.get("sets"):
+        sets_result = result["sets"]
+        out.append(_target_row(sets_result["throughput"], sets_result["mix"], "fixed",
+                               sets_result["size"]))
     return out
 
 
 def targets_table(result: dict) -> str:
     heads = ("default/tc >= 0.85", "default/set >= 1.1", "xdp/xdp >= 0.85")
     out = ["Against the targets (netctl's figure / the other's; yes = at least the target)",
-           (f"{'mix':<6} {'flood':<7} {'rules':>8}  "
+           (f"{'mix':<8} {'flood':<7} {'rules':>9}  "
             + "  ".join(f"{h:<19}" for h in heads)).rstrip()]
     for row in result["targets"]:
         cells = []
@@ -230,7 +239,7 @@ def targets_table(result: dict) -> str:
             t = row[f"{mine} / {other}"]
             cells.append(f"{t['ratio']:.2f} {'yes' if t['met'] else 'no'}"
                          if t["ratio"] is not None else "-")
-        out.append((f"{row['mix']:<6} {row['flood']:<7} {row['rules']:>8,}  "
+        out.append((f"{row['mix']:<8} {row['flood']:<7} {row['rules']:>9,}  "
                     + "  ".join(f"{c:<19}" for c in cells)).rstrip())
     return "\n".join(out)
 
@@ -385,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     through = throughput(cfg["matrix"], cfg["seconds"], cfg["warmup"], say)
     section("apply costs")
     apply_rows = [row for mix in MIXES for row in costs.apply_costs(cfg["apply_ns"], mix)]
+    section(f"sets ({cfg['set_n']:,} prefixes)")
+    sets_result = sets.run(cfg["set_n"], cfg["seconds"], cfg["warmup"], say)
     section("forwarding")
     forward_rows = forwarding.run(cfg["forward_n"], cfg["seconds"], say)
     section("tracers")
@@ -401,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
               "floods": {"fixed": {"src": FLOOD_SRC, "last_rule": f"{FLOOD_SRC}/32"},
                          "random": {"src": RANDOM_SRC_NET, "last_rule": RANDOM_SRC_NET}},
               "throughput": through, "per_packet": cost_rows, "apply": apply_rows,
-              "forwarding": forward_rows, "tracers": tracer_result, "plots": plots}
+              "sets": sets_result, "forwarding": forward_rows, "tracers": tracer_result,
+              "plots": plots}
     result["targets"] = targets(result)
     result["elapsed_s"] = time.monotonic() - started
     for mix, flood, ns in cfg["matrix"]:
@@ -412,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / name).write_text(json.dumps(result, indent=1))
     say("")
     say(table(result))
+    say("")
+    say(sets.table(sets_result))
     say("")
     say(forwarding.table(forward_rows))
     say("")

@@ -1,7 +1,7 @@
 """The benchmark harness works end to end (`python -m bench.run --smoke`): every system
-under test is set up, flooded and counted under both rule mixes and both floods, and the
-report has every part.  Benchmarks are not tests: no figure is asserted, only that each was
-measured."""
+under test is set up, flooded and counted under both rule mixes and both floods and with
+one rule on a named set, and the report has every part.  Benchmarks are not tests: no
+figure is asserted, only that each was measured."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ SYSTEMS = {"netctl (default hook)", "netctl (XDP)", "nftables interval set",
            "bare xdp drop", "no filter (closed port)", "generator ceiling (DUT link down)"}
 # Only under the fixed flood: xdp-filter matches whole addresses (the random flood's last
 # rule is a prefix), and the flow cache's effect is shown on the flow it caches.
+SET_SYSTEMS = {"netctl (default hook)", "netctl (XDP)", "nftables interval set", "bare tc drop",
+               "bare xdp drop"}
 FIXED_ONLY = {"xdp-filter (addresses)", "netctl (default hook, flow cache off)"}
 
 
@@ -51,7 +53,7 @@ def test_bench_smoke_run_measures_every_system(tmp_path):
             want = SYSTEMS | (FIXED_ONLY if flood == "fixed" else set())
             assert got == want, (mix, flood, n, want ^ got)
         assert (tmp_path / report["plots"][f"{mix}-{flood}"]).stat().st_size > 10_000
-    assert len(report["targets"]) == sum(len(c["ns"]) for c in report["matrix"])
+    assert len(report["targets"]) == sum(len(c["ns"]) for c in report["matrix"]) + 1
     for target in report["targets"]:
         assert all(t["ratio"] > 0 for key, t in target.items() if " / " in key), target
     assert "Against the targets" in result.stdout
@@ -61,6 +63,25 @@ def test_bench_smoke_run_measures_every_system(tmp_path):
         assert applied["warm_unchanged"] is True
         assert applied["one_rule_entries"] < applied["cold_entries"]
     assert (tmp_path / report["plots"]["apply"]).stat().st_size > 10_000
+    # The sets section: one rule on a 1,000-prefix set, on the wire and in the controller.
+    sets = report["sets"]
+    assert (sets["size"], sets["mix"]) == (1000, "set1k")
+    assert not [r for r in sets["throughput"] if "error" in r], sets["throughput"]
+    assert {r["system"] for r in sets["throughput"]} == SET_SYSTEMS
+    assert all(r["pps"] > 0 and r["rules"] == 1000 for r in sets["throughput"])
+    applied = sets["apply"]
+    assert applied["cold_entries"] >= 1000 and applied["warm_unchanged"] is True
+    assert 0 < applied["change_entries"] < applied["cold_entries"]
+    assert 0 < applied["change_flip_s"] < applied["change_s"]
+    assert applied["set_add_done"] and applied["set_add_s"] > 0
+    assert applied["peak_rss_mb"] > 0 and applied["nft_set_load_s"] > 0
+    assert set(applied["targets"]) == {"cold_s", "warm_s", "change_flip_s", "peak_rss_mb"}
+    set_targets = [t for t in report["targets"] if t["mix"] == "set1k"]
+    assert len(set_targets) == 1 and all(
+        t["ratio"] > 0 for key, t in set_targets[0].items() if " / " in key), set_targets
+    assert "Sets: one rule on a set of 1,000" in result.stdout
+    assert "Sets apply against the targets" in result.stdout
+    assert re.search(r"^set1k +fixed +1,000 ", result.stdout, re.M), result.stdout[-3000:]
     forwarded = {r["system"]: r for r in report["forwarding"]}
     assert {"kernel forwarding", "kernel forwarding + nftables set", "bare tc redirect",
             "bare xdp redirect", "netctl (default hook: tc)", "netctl (XDP)"} <= set(forwarded)
