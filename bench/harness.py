@@ -436,7 +436,8 @@ class Nft(System):
 
     # The rules' counters read over netlink by a process that stays in the DUT namespace:
     # `nft list` fetches every set element first (with --terse too), half a second at
-    # 100,000 prefixes, inside the window and on the flood's CPUs.  Used with ``elements``.
+    # 100,000 prefixes, inside the window and on the flood's CPUs.  Used for every interval
+    # set (the linear chain has no set to fetch).
     _READER = """
 import sys
 from pyroute2.nftables.main import NFTables
@@ -466,7 +467,7 @@ for line in sys.stdin:
         self.pause(topo)
 
     def counter(self, topo):
-        if self.elements is not None:
+        if self.style == "set":
             return self._netlink_counter(topo)
         data = json.loads(sh("nft", "-j", "list", "table", "netdev", "nctlbench",
                              ns=topo.dut).stdout)
