@@ -628,8 +628,9 @@ def cmd_top(args: argparse.Namespace) -> int:
 def cmd_exporter(args: argparse.Namespace) -> int:
     from .exporter import serve
 
-    kinds = () if args.no_kernel else ("drop", "retrans")
-    return serve(args.listen, kinds, once=args.once, rules=args.rules)
+    if args.no_kernel:
+        return serve(args.listen, (), once=args.once, rules=args.rules)
+    return serve(args.listen, once=args.once, rules=args.rules)
 
 
 HANDLERS = {

@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from .errors import NetctlError
+from .trace.kinds import EXPORTED, KIND_TYPES
 
 DEFAULT_LISTEN = "127.0.0.1:9433"
 
@@ -161,16 +162,8 @@ class Collector:
     def _kernel(self, t: _Text) -> None:
         lost = []
         for tracer in self.tracers:
-            counts = tracer.counts()
-            if tracer.kind == "drop":
-                t.family("netctl_kernel_drops", "counter", "packets the kernel dropped, by "
-                         "the kernel's drop reason", ("reason",),
-                         [((reason,), n) for reason, n in sorted(counts.get("reason",
-                                                                            {}).items())])
-            elif tracer.kind == "retrans":
-                t.family("netctl_tcp_retransmits", "counter", "TCP segments retransmitted",
-                         (), [((), sum(counts.get("flows", {}).values())
-                               + sum(counts.get("sockets", {}).values()))])
+            for metric in KIND_TYPES[tracer.kind].metrics(tracer.counts()):
+                t.family(*metric)
             lost.append(((tracer.kind,), tracer.lost()))
         if self.tracers:
             t.family("netctl_tracer_events_lost", "counter", "tracer events the ring buffer "
@@ -211,7 +204,7 @@ def _http_server(host: str, port: int, collector: Collector):
     return server, thread
 
 
-def serve(listen: str = DEFAULT_LISTEN, kinds=("drop", "retrans"), once: bool = False,
+def serve(listen: str = DEFAULT_LISTEN, kinds=EXPORTED, once: bool = False,
           out=print, err=None, rules: str = "all") -> int:
     """Serve until SIGINT/SIGTERM (``once``: return the text of one scrape, for tests)."""
     from . import trace

@@ -23,9 +23,8 @@ from typing import Any
 
 from . import abi
 from .errors import NetctlError
-from .trace._kinds import KIND_TYPES
+from .trace.kinds import KIND_TYPES
 
-TYPES = ("policy", *KIND_TYPES)   # policy events, then every tracer kind
 DEFAULT_TYPES = ("policy", "drop")
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
@@ -103,6 +102,12 @@ class PolicySource:
                 info = links.find(name)
                 if info is not None:
                     self.names[info.index] = info.name
+
+    @staticmethod
+    def columns(e: dict) -> tuple[str, str]:
+        """WHERE and WHAT of a policy event (a tracer kind's ``columns`` does the same)."""
+        return (f"{e['dev']}/{e['hook']} {e['direction'][:3]}",
+                f"{e['verdict']} {e['rule'] or e['reason']}")
 
     def describe(self) -> str:
         gen = self.datapath.active
@@ -192,6 +197,11 @@ class _Lease:
             self._file.close()
 
 
+# Every source of events, the datapath's first: each presents its own events (``columns``).
+SOURCES: dict[str, Any] = {"policy": PolicySource, **KIND_TYPES}
+TYPES = tuple(SOURCES)
+
+
 def _cfg_event_sample() -> int:
     from .policy.plan import CFG_EVENT_SAMPLE
 
@@ -227,26 +237,7 @@ def format_event(e: dict) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(e["time"]))
     stamp += f".{int(e['time'] * 1000) % 1000:03d}"
     kind = e["type"]
-    if kind == "policy":
-        where = f"{e['dev']}/{e['hook']} {e['direction'][:3]}"
-        what = f"{e['verdict']} {e['rule'] or e['reason']}"
-    elif kind == "drop":
-        where = (e.get("location") or "?")[:18]
-        what = f"drop {e.get('reason') or '?'}"
-    elif kind == "retrans":
-        # The fentry and kprobe variants may not know the socket's state: None.
-        where = e.get("state") or ""
-        what = f"retransmit #{e.get('count', '')}".rstrip(" #")
-    elif kind == "cong":
-        where = e.get("event") or ""
-        what = (f"cwnd {e['snd_cwnd']} srtt {e.get('srtt', '?')}us" if "snd_cwnd" in e
-                else f"{e.get('old_state') or '?'} -> {e.get('state') or '?'}")
-    else:
-        where = e.get("comm", "") or ""
-        what = (f"{e.get('oldstate') or '?'} -> {e.get('newstate') or '?'}" if "newstate" in e
-                else e.get("event") or "socket drop")
-        if e.get("duration_ms") is not None:
-            what += f" ({e['duration_ms']} ms)"
+    where, what = SOURCES[kind].columns(e)
     line = f"{stamp:<12} {kind:<7} {where[:18]:<18} {what[:24]:<24} {_flow(e)}"
     return line[:100]
 

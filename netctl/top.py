@@ -19,15 +19,19 @@ from typing import Any
 
 from . import privilege
 from .errors import NetctlError
+from .trace.kinds import IN_TOP as KINDS
+from .trace.kinds import KIND_TYPES
 
-KINDS = ("drop", "retrans")
+# The datapath's sections (from `netctl status`), then each tracer kind's.
+TITLES = {"rules": "RULE", "defaults": "DEFAULT", "drops": "DATAPATH DROP REASON",
+          "routes": "ROUTE",
+          **{section: title for kind in KINDS
+             for section, title in KIND_TYPES[kind].top_sections.items()}}
 
 
 def snapshot(report: dict[str, Any], tracers: list) -> dict[str, Counter]:
     """Every counter `top` shows, flat, keyed by section then row label."""
-    snap: dict[str, Counter] = {s: Counter() for s in
-                                ("rules", "defaults", "drops", "routes", "kernel_drops",
-                                 "kernel_locations", "retrans")}
+    snap: dict[str, Counter] = {s: Counter() for s in TITLES}
     for r in report.get("rules", []):
         snap["rules"][f"{r['name']} ({r['action']})"] = r["packets"]
     for direction, d in report.get("defaults", {}).items():
@@ -38,13 +42,8 @@ def snapshot(report: dict[str, Any], tracers: list) -> dict[str, Counter]:
     for r in report.get("routes", []) or []:
         snap["routes"][f"{r['dst']} via {r['dev']}"] = r["packets"]
     for t in tracers:
-        counts = t.counts()
-        if t.kind == "drop":
-            snap["kernel_drops"].update(counts.get("reason", {}))
-            snap["kernel_locations"].update(counts.get("location", {}))
-        elif t.kind == "retrans":
-            for flow, n in counts.get("flows", {}).items():
-                snap["retrans"][f"{flow.saddr}:{flow.sport} > {flow.daddr}:{flow.dport}"] += n
+        for section, counts in KIND_TYPES[t.kind].top_rows(t.counts()).items():
+            snap[section].update(counts)
     return snap
 
 
@@ -65,10 +64,6 @@ def rows(first: dict[str, Counter], prev: dict[str, Counter], now: dict[str, Cou
         out[section] = table[:limit]
     return out
 
-
-TITLES = {"rules": "RULE", "defaults": "DEFAULT", "drops": "DATAPATH DROP REASON",
-          "routes": "ROUTE", "kernel_drops": "KERNEL DROP REASON",
-          "kernel_locations": "KERNEL DROP LOCATION", "retrans": "TCP RETRANSMITS (FLOW)"}
 
 
 def render(report: dict[str, Any], table: dict[str, list[dict]], tracers: list,

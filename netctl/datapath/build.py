@@ -1,11 +1,8 @@
 """Compile netctl's BPF programs with bcc.
 
 Constants reach the C as ``-D`` flags (the compiler's capacities, the pin directory),
-never by editing source text.  One wrinkle of bcc shapes how the source is handed over:
-bcc rewrites map operations (``table.lookup(&key)``) only in the main file of a compile,
-not in included headers.  So the entry file's own quoted includes (``#include
-"netctl_*.h"``, from bpf/include/) are inlined here, each under a ``#line`` directive so
-that compiler errors still name the real file and line; system includes stay as they are.
+never by editing source text.  The entry files reach bcc with their quoted includes
+inlined (netctl/bpfsrc.py says why).
 """
 
 from __future__ import annotations
@@ -13,44 +10,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import bpfsys
+from ..bpfsrc import BPF_DIR, INCLUDE_DIR, translation_unit
 from ..errors import LoadError
 from . import progcache
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
-INCLUDE_DIR = BPF_DIR / "include"
 XDP_SOURCE = BPF_DIR / "xdp" / "netctl_xdp.c"
 TC_SOURCE = BPF_DIR / "tc" / "netctl_tc.c"
 
-_QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
-
-
-def translation_unit(entry: Path) -> str:
-    """The entry file with its quoted includes inlined (each header once)."""
-    out: list[str] = []
-    _inline(entry, out, set())
-    return "".join(out)
-
-
-def _inline(path: Path, out: list[str], seen: set[Path]) -> None:
-    seen.add(path)
-    out.append(f'#line 1 "{path}"\n')
-    for number, line in enumerate(path.read_text().splitlines(keepends=True), start=1):
-        match = _QUOTED_INCLUDE.match(line)
-        if not match:
-            out.append(line)
-            continue
-        header = (path.parent / match.group(1))
-        if not header.exists():
-            header = INCLUDE_DIR / match.group(1)
-        header = header.resolve()
-        if header not in seen:
-            _inline(header, out, seen)
-        out.append(f'#line {number + 1} "{path}"\n')
+__all__ = ["INCLUDE_DIR", "TC_SOURCE", "XDP_SOURCE", "Programs", "compile_programs"]
 
 
 def unconfirmed_pin(ct_pin: str) -> str:

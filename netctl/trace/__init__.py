@@ -25,12 +25,12 @@ kprobe, and says which (``Tracer.hook``) and why (``Tracer.why``).  Usage::
 
 Every event is a dict with "type" (the kind), "time" (Unix seconds), "cpu", "pid", "tid"
 and "comm" (the task current when the event fired) and the kind's fields; see the
-``decode`` methods in ``_kinds`` and docs of each kind's C file.
+``decode`` methods in ``kinds/`` and docs of each kind's C file.
 """
 
 from ._kernel import TraceSetupError
-from ._kinds import HOOKS, Flow
 from ._tracer import KINDS, HookError, Tracer, open_tracers, probe_hooks
+from .kinds import HOOKS, Flow
 
 __all__ = ["HOOKS", "KINDS", "Flow", "HookError", "TraceSetupError", "Tracer", "open_tracers",
            "probe_hooks"]

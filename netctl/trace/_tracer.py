@@ -37,13 +37,13 @@ from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import Any
 
-from ..datapath.build import translation_unit
+from ..bpfsrc import translation_unit
 from ..errors import LoadError, NetctlError
 from . import _kernel as kernel
 from ._events import TraceHead
-from ._kinds import HOOKS, KIND_TYPES, Kind, Program
+from .kinds import HOOKS, KIND_TYPES, Kind, Program
 
-KINDS = tuple(KIND_TYPES)   # the registry of kinds (_kinds.py) is the one list
+KINDS = tuple(KIND_TYPES)   # the registry of kinds (kinds/) is the one list
 
 
 class HookError(LoadError):

@@ -350,7 +350,7 @@ PROBE_FIELDS = ("family", "snd_cwnd", "ssthresh", "srtt", "snd_wnd", "rcv_wnd", 
 def test_raw_tcp_probe_samples_exactly_what_the_tracepoint_gives(report, monkeypatch):
     """tcp_probe as a raw tracepoint (fields read at BTF offsets) and as a tracepoint (fields
     the kernel copies) sample the first ACK of each socket alike: every field equal."""
-    from netctl.trace._kinds import CongKind
+    from netctl.trace.kinds import CongKind
 
     if not report["cong"]["tracepoint"]["ok"]:
         pytest.skip(f"cong via tracepoint does not attach here: "

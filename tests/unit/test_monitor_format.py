@@ -1,6 +1,6 @@
 """`netctl monitor`'s text line for every event kind, as each tracer variant decodes it.
 
-The events below carry the keys the kinds' decoders write (netctl/trace/_kinds.py), once as
+The events below carry the keys the kinds' decoders write (netctl/trace/kinds/), once as
 the tracepoint variant fills them and once as the fentry and kprobe variants do, where the
 addresses, the socket state or the previous state can be unknown (None).  No kernel needed:
 formatting is pure."""
