@@ -21,25 +21,7 @@ from bench.rulesets import BenchRule, netctl_policy, nft_set, rules
 
 REPEAT = 1_000_000
 
-_LPM_ONLY = """
-struct key4 { u32 prefixlen; u8 addr[4]; };
-struct key6 { u32 prefixlen; u8 addr[16]; };
-BPF_F_TABLE("lpm_trie", struct key4, u32, src4, 262144, BPF_F_NO_PREALLOC);
-static __always_inline int judge(void *data, void *end) {
-    if (data + 34 > end) return 0;
-    __u8 *p = data;
-    if (p[12] != 0x08 || p[13] != 0x00) return 0;
-    struct key4 k = { .prefixlen = 32 };
-    __builtin_memcpy(k.addr, p + 26, 4);
-    return src4.lookup(&k) != 0;
-}
-int lpm_xdp(struct xdp_md *ctx) {
-    return judge((void *)(long)ctx->data, (void *)(long)ctx->data_end) ? XDP_DROP : XDP_PASS;
-}
-int lpm_tc(struct __sk_buff *skb) {
-    return judge((void *)(long)skb->data, (void *)(long)skb->data_end) ? 2 : -1;
-}
-"""
+LPM_FLOOR = Path(__file__).resolve().parent / "bpf" / "lpm_floor.c"
 
 
 def _best(fd: int, frame: bytes, runs: int = 3, repeat: int = REPEAT) -> int:
@@ -70,7 +52,7 @@ def per_packet(ns: list[int], repeat: int = REPEAT) -> list[dict]:
             box.load(plan)
             got = box.run(frame, "xdp")
             assert got.rule == n - 1, got
-            floor = BPF(text=_LPM_ONLY)
+            floor = BPF(src_file=str(LPM_FLOOR))
             try:
                 trie = floor["src4"]
                 for r in bench:

@@ -28,6 +28,9 @@ from pathlib import Path
 
 from bench.harness import CPUS, NETCTL, flood, flood_frame, sh
 from bench.rulesets import BenchRule, netctl_policy, nft_set, rules
+from netctl import netlab
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
 
 GEN, ROUTER_IN, ROUTER_OUT, SINK = "10.40.1.2", "10.40.1.1", "10.40.2.1", "10.40.2.2"
 
@@ -53,45 +56,30 @@ class Routed:
 def routed(tag: str = "f") -> Iterator[Routed]:
     pid = os.getpid() % 100000
     names = [f"nctl-fwd{pid}{tag}-{role}" for role in ("gen", "router", "sink")]
-    made = []
-    try:
+    r = Routed(*names)
+    with contextlib.ExitStack() as stack:
         for ns in names:
-            sh("ip", "netns", "add", ns)
-            made.append(ns)
-        r = Routed(*names)
-        q = str(CPUS)
+            stack.enter_context(netlab.netns(ns))
         for a, a_ns, b, b_ns in ((r.gen_if, r.gen, r.rin, r.router),
                                  (r.rout, r.router, r.sink_if, r.sink)):
-            sh("ip", "link", "add", a, "netns", a_ns, "numtxqueues", q, "numrxqueues", q,
-               "type", "veth", "peer", "name", b, "netns", b_ns, "numtxqueues", q,
-               "numrxqueues", q)
+            stack.enter_context(netlab.veth(a_ns, b_ns, a, b, queues=CPUS, quiet=True))
         for ns, dev, addr in ((r.gen, r.gen_if, GEN), (r.router, r.rin, ROUTER_IN),
                               (r.router, r.rout, ROUTER_OUT), (r.sink, r.sink_if, SINK)):
-            sh("sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=1", ns=ns, check=False)
             sh("ip", "addr", "add", f"{addr}/24", "dev", dev, ns=ns)
-            sh("ip", "link", "set", dev, "up", ns=ns)
         sh("ethtool", "-K", r.sink_if, "gro", "on", ns=r.sink, check=False)
         sh("ip", "route", "add", "default", "via", ROUTER_OUT, ns=r.sink)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=0", ns=r.router)
-        r.router_mac = json.loads(sh("ip", "-j", "link", "show", r.rin, ns=r.router).stdout)[0][
-            "address"]
-        r.sink_mac = json.loads(sh("ip", "-j", "link", "show", r.sink_if, ns=r.sink).stdout)[0][
-            "address"]
+        r.router_mac = netlab.link_mac(r.router, r.rin)
+        r.sink_mac = netlab.link_mac(r.sink, r.sink_if)
         sh("ping", "-c", "1", "-W", "2", SINK, ns=r.router)   # the router knows the sink
         yield r
-    finally:
-        for ns in reversed(made):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 _SINK = """
 import sys
 from bcc import BPF
 from pyroute2 import IPRoute
-b = BPF(text='''
-BPF_PERCPU_ARRAY(hits, u64, 1);
-int sink(struct xdp_md *ctx) { u32 k = 0; u64 *v = hits.lookup(&k); if (v) *v += 1;
-                               return XDP_DROP; }''')
+b = BPF(src_file=sys.argv[2])
 fn = b.load_func('sink', BPF.XDP)
 ip = IPRoute(); idx = ip.link_lookup(ifname=sys.argv[1])[0]
 ip.link('set', index=idx, xdp={'attrs': [('IFLA_XDP_FD', fn.fd), ('IFLA_XDP_FLAGS', 4)]})
@@ -108,22 +96,11 @@ from pyroute2 import IPRoute
 hook, rin, rout, via, router_mac, sink_mac = sys.argv[1:7]
 ip = IPRoute()
 i_in, i_out = ip.link_lookup(ifname=rin)[0], ip.link_lookup(ifname=rout)[0]
-mac = lambda m: ', '.join('0x' + x for x in m.split(':'))
-b = BPF(text=f'''
-#include <uapi/linux/pkt_cls.h>
-static long (*redirect_neigh)(u32, struct bpf_redir_neigh *, int, u64) = (void *)152;
-int bare_tc(struct __sk_buff *skb) {{
-    struct bpf_redir_neigh nh = {{ .nh_family = 2 }};
-    nh.ipv4_nh = {int.from_bytes(socket.inet_aton(via), 'little')}u;
-    return redirect_neigh({i_out}, &nh, sizeof(nh), 0);
-}}
-int bare_xdp(struct xdp_md *ctx) {{
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    if (data + 14 > end) return XDP_PASS;
-    unsigned char dst[6] = {{ {mac(sink_mac)} }}, src[6] = {{ {mac(router_mac)} }};
-    __builtin_memcpy(data, dst, 6); __builtin_memcpy(data + 6, src, 6);
-    return bpf_redirect({i_out}, 0);
-}}''')
+mac = lambda m: ','.join('0x' + x for x in m.split(':'))
+via_be = int.from_bytes(socket.inet_aton(via), 'little')
+b = BPF(src_file=sys.argv[7], cflags=[f'-DOUT_IFINDEX={i_out}', f'-DVIA_IPV4={via_be}u',
+                                      f'-DSINK_MAC={mac(sink_mac)}',
+                                      f'-DROUTER_MAC={mac(router_mac)}'])
 if hook == 'xdp':
     fn = b.load_func('bare_xdp', BPF.XDP)
     ip.link('set', index=i_in, xdp={'attrs': [('IFLA_XDP_FD', fn.fd), ('IFLA_XDP_FLAGS', 4)]})
@@ -168,7 +145,7 @@ def _netctl_policy(r: Routed, filter_rules: list[BenchRule]) -> str:
 def measure(system: str, n: int, seconds: float) -> dict:
     filter_rules = rules(n + 1)[:-1] if n else []   # without the rule the flood matches
     with routed() as r:
-        sink = Helper(r.sink, _SINK, r.sink_if)
+        sink = Helper(r.sink, _SINK, r.sink_if, str(BPF_DIR / "sink.c"))
         extra = None
         try:
             if system == "generator ceiling (router link down)":
@@ -186,7 +163,7 @@ def measure(system: str, n: int, seconds: float) -> dict:
             elif system.startswith("bare"):
                 hook = "xdp" if "xdp" in system else "tc"
                 extra = Helper(r.router, _BARE, hook, r.rin, r.rout, SINK, r.router_mac,
-                               r.sink_mac)
+                               r.sink_mac, str(BPF_DIR / "bare_redirect.c"))
             elif system.startswith("netctl"):
                 path = Path(tempfile.mkdtemp()) / "router.yaml"
                 path.write_text(_netctl_policy(r, filter_rules))

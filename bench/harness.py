@@ -56,6 +56,7 @@ from bench.rulesets import (
     nft_set,
     xdp_filter_addresses,
 )
+from netctl import netlab
 
 REPO = Path(__file__).resolve().parents[1]
 NETCTL = [sys.executable, "-m", "netctl"]
@@ -64,12 +65,7 @@ CPUS = os.cpu_count() or 1
 
 def sh(*argv: str, ns: str | None = None, check: bool = True, timeout: float = 600,
        stdin: str | None = None) -> subprocess.CompletedProcess:
-    full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
-    result = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                            input=stdin, check=False)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(full)}: {result.stderr.strip() or result.stdout}")
-    return result
+    return netlab.run(*argv, ns=ns, check=check, timeout=timeout, input=stdin)
 
 
 @dataclass
@@ -86,25 +82,11 @@ def topology(tag: str = "b") -> Iterator[Topology]:
     pid = os.getpid() % 100000
     gen, dut = f"nctl-bench{pid}{tag}-gen", f"nctl-bench{pid}{tag}-dut"
     gen_if, dut_if = f"bg{pid}{tag}"[:15], f"bd{pid}{tag}"[:15]
-    made = []
-    try:
-        for ns in (gen, dut):
-            sh("ip", "netns", "add", ns)
-            made.append(ns)
-        q = str(CPUS)
-        sh("ip", "link", "add", gen_if, "netns", gen, "numtxqueues", q, "numrxqueues", q,
-           "type", "veth", "peer", "name", dut_if, "netns", dut, "numtxqueues", q,
-           "numrxqueues", q)
+    with netlab.netns(gen), netlab.netns(dut), netlab.veth(gen, dut, gen_if, dut_if,
+                                                           queues=CPUS, quiet=True):
         for ns, ifname, addr in ((gen, gen_if, FLOOD_SRC), (dut, dut_if, FLOOD_DST)):
-            sh("sysctl", "-qw", f"net.ipv6.conf.{ifname}.disable_ipv6=1", ns=ns, check=False)
             sh("ip", "addr", "add", f"{addr}/24", "dev", ifname, ns=ns)
-            sh("ip", "link", "set", ifname, "up", ns=ns)
-            sh("ip", "link", "set", "lo", "up", ns=ns)
-        mac = sh("ip", "-j", "link", "show", dut_if, ns=dut).stdout
-        yield Topology(gen, dut, gen_if, dut_if, json.loads(mac)[0]["address"])
-    finally:
-        for ns in reversed(made):
-            sh("ip", "netns", "del", ns, check=False)
+        yield Topology(gen, dut, gen_if, dut_if, netlab.link_mac(dut, dut_if))
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -280,12 +262,7 @@ class NoFilter(System):
         return int(fields["NoPorts"]) + int(fields["InErrors"]) + int(fields["InDatagrams"])
 
 
-_BARE = """
-BPF_PERCPU_ARRAY(hits, u64, 1);
-static __always_inline void hit(void) { u32 k = 0; u64 *v = hits.lookup(&k); if (v) *v += 1; }
-int bare_xdp(struct xdp_md *ctx) { hit(); return XDP_DROP; }
-int bare_tc(struct __sk_buff *skb) { hit(); return 2; }
-"""
+BARE_DROP = REPO / "bench" / "bpf" / "bare_drop.c"
 
 
 class BareDrop(System):
@@ -307,7 +284,7 @@ class BareDrop(System):
 import sys, time
 from bcc import BPF
 from pyroute2 import IPRoute
-b = BPF(text='''{_BARE}''')
+b = BPF(src_file='{BARE_DROP}')
 ip = IPRoute(); idx = ip.link_lookup(ifname='{topo.dut_if}')[0]
 if '{self.hook}' == 'xdp':
     fn = b.load_func('bare_xdp', BPF.XDP)

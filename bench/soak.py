@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.harness import FLOOD_DST, NETCTL, sh, topology
+from netctl.netlab import inside
 
 POLICY_A = """
 version: 1
@@ -43,26 +44,8 @@ rules:
 """
 
 
-def _inside(ns: str):
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    class Ctx:
-        def __enter__(self):
-            self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            libc.setns(fd, 0x40000000)
-            os.close(fd)
-
-        def __exit__(self, *exc):
-            libc.setns(self.home, 0x40000000)
-            os.close(self.home)
-    return Ctx()
-
-
 def _udp_socket(ns: str, bind: tuple | None = None) -> socket.socket:
-    with _inside(ns):
+    with inside(ns):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if bind:
         s.bind(bind)

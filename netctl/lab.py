@@ -14,7 +14,6 @@ would (tc or XDP on the server's interface), whatever their addresses.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import socket
@@ -26,41 +25,13 @@ from dataclasses import dataclass
 
 from . import privilege
 from .errors import NetctlError
+from .netlab import inside, link_mac, netns, veth
 from .policy.evaluate import evaluate
 from .policy.explain import describe_packet
 from .policy.model import Direction, Policy
 from .policy.testing import expectation_met
 
-_CLONE_NEWNET = 0x40000000
 ETH_P_ALL = 0x0003
-
-
-@contextlib.contextmanager
-def inside(ns: str) -> Iterator[None]:
-    """This thread in network namespace ``ns`` for the body (sockets keep theirs)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if libc.setns(target, _CLONE_NEWNET) != 0:
-            raise NetctlError(f"cannot enter namespace {ns}: {os.strerror(ctypes.get_errno())}")
-        try:
-            yield
-        finally:
-            # A thread left in the lab's namespace would make every later socket there:
-            # a failed return is an error, never ignored.
-            if libc.setns(home, _CLONE_NEWNET) != 0:
-                raise NetctlError("cannot return to the original network namespace: "
-                                  f"{os.strerror(ctypes.get_errno())}")
-    finally:
-        os.close(target)
-        os.close(home)
-
-
-def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise NetctlError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
 
 @dataclass
@@ -75,42 +46,19 @@ class Lab:
 def namespaces(say) -> Iterator[Lab]:
     tag = f"{os.getpid() % 100000}"
     lab = Lab(f"nctl-lab{tag}-client", f"nctl-lab{tag}-server", f"lab{tag}c", f"lab{tag}s")
-    made: list[str] = []
-    try:
-        for ns in (lab.client, lab.server):
-            _ip("netns", "add", ns)
-            made.append(ns)
-        _ip("link", "add", lab.client_if, "netns", lab.client, "type", "veth", "peer", "name",
-            lab.server_if, "netns", lab.server)
-        for ns, ifname in ((lab.client, lab.client_if), (lab.server, lab.server_if)):
-            # No addresses and no IPv6 on the lab's links: the kernel then sends nothing of
-            # its own (neighbour discovery, router solicitations), so every frame counted
-            # is one the lab sent.  Hooks see frames whatever the stack's configuration.
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
-                            f"net.ipv6.conf.{ifname}.disable_ipv6=1"], check=False,
-                           capture_output=True)
-            _ip("-n", ns, "link", "set", ifname, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
+    # No addresses and no IPv6 on the lab's link (quiet): every frame counted is one the lab
+    # sent.  Hooks see frames whatever the stack's configuration.
+    with netns(lab.client), netns(lab.server), veth(lab.client, lab.server, lab.client_if,
+                                                    lab.server_if, quiet=True):
         say(f"lab: namespaces {lab.client} and {lab.server}, veth {lab.client_if} <-> "
             f"{lab.server_if}")
         yield lab
-    finally:
-        for ns in reversed(made):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 def _netctl(ns: str, *args: str) -> subprocess.CompletedProcess:
     """netctl as a separate short process inside ``ns``, as an operator would run it."""
     return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "netctl", *args],
                           capture_output=True, text=True, check=False)
-
-
-def _mac(ns: str, ifname: str) -> str:
-    from pyroute2 import IPRoute
-
-    # /sys shows the namespace of whoever mounted it, not this thread's: ask netlink.
-    with inside(ns), IPRoute() as ipr:
-        return ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_ADDRESS")
 
 
 def _send(ns: str, ifname: str, frames: list[bytes]) -> None:
@@ -227,8 +175,8 @@ def _traffic(lab: Lab, policy: Policy, count: int, out, frame_for, unrepresentab
 
     from scapy.layers.l2 import Ether
 
-    server_mac = _mac(lab.server, lab.server_if)
-    client_mac = _mac(lab.client, lab.client_if)
+    server_mac = link_mac(lab.server, lab.server_if)
+    client_mac = link_mac(lab.client, lab.client_if)
     out("")
     out(f"traffic: each tests: packet sent {count} times as real frames")
     failures = 0

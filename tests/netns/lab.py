@@ -17,6 +17,7 @@ from pathlib import Path
 
 from nsutil import inside, netns, netns_cookie, run
 
+from netctl.netlab import veth
 from netctl.paths import PIN_ROOT, STATE_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,14 +124,10 @@ def _remove_netctl_state(ns: str) -> None:
 def lab(tmp: Path, queues: int = 1) -> Iterator[Lab]:
     with netns("g") as gen, netns("d") as dut:
         gen_if, dut_if = f"lg{gen[-8:]}"[:15], f"ld{dut[-8:]}"[:15]
-        qargs = ["numtxqueues", str(queues), "numrxqueues", str(queues)] if queues > 1 else []
-        run("ip", "link", "add", gen_if, "netns", gen, *qargs, "type", "veth", "peer", "name",
-            dut_if, "netns", dut, *qargs)
-        try:
+        with veth(gen, dut, gen_if, dut_if, queues=queues):
             for ns, ifname, a4, a6 in ((gen, gen_if, GEN4, GEN6), (dut, dut_if, DUT4, DUT6)):
                 run("ip", "addr", "add", f"{a4}/24", "dev", ifname, ns=ns)
                 run("ip", "addr", "add", f"{a6}/64", "dev", ifname, "nodad", ns=ns)
-                run("ip", "link", "set", ifname, "up", ns=ns)
             # Resolve neighbours before any policy is applied, so tests count only their own
             # packets.
             for family, target in ((4, DUT4), (6, DUT6)):
@@ -143,8 +140,6 @@ def lab(tmp: Path, queues: int = 1) -> Iterator[Lab]:
                 yield the_lab
             finally:
                 _remove_netctl_state(dut)
-        finally:
-            run("ip", "link", "del", gen_if, ns=gen, check=False)
 
 
 def wait_for(predicate, timeout: float = 3.0, interval: float = 0.05) -> bool:
