@@ -362,7 +362,12 @@ def plot_apply(result: dict, path: Path) -> None:
 
 def machine() -> dict:
     jit = Path("/proc/sys/net/core/bpf_jit_enable")
+    import subprocess
+
+    git = subprocess.run(["git", "-C", str(RESULTS.parent.parent), "describe", "--always",
+                          "--dirty"], capture_output=True, text=True, check=False)
     return {"kernel": platform.release(), "cpus": os.cpu_count(),
+            "commit": git.stdout.strip() or None,
             "bpf_jit_enable": jit.read_text().strip() if jit.exists() else None,
             "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -432,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     say(tracers.table(tracer_result))
     say("")
     say(targets_table(result))
+    if mode == "full" and args.out == RESULTS:
+        from bench import report
+
+        for path in report.write(result, args.out):
+            say(f"bench: wrote {path.relative_to(report.REPO)}")
     say(f"\nresults: {args.out}/latest-{mode}.json and the plots "
         f"{', '.join(plots.values())} ({result['elapsed_s']:.0f} s)")
     return 0
