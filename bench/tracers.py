@@ -86,7 +86,11 @@ class Monitor:
             stop_group(self.proc)
             _, err = self.proc.communicate()
         self._sink.wait(timeout=10)
-        return err.strip().splitlines()[-1] if err.strip() else ""
+        # The summary line, wherever it is among what the monitor wrote to stderr (a warning
+        # after it made the last line something else: a run read 0 events shown).
+        lines = err.strip().splitlines()
+        return next((line for line in reversed(lines) if " events shown" in line),
+                    "\n".join(lines[-5:]))
 
 
 def iperf(topo, seconds: float) -> float:
@@ -162,8 +166,9 @@ def event_rate(topo, seconds: float, say, rates=RATES) -> list[dict]:
             after = _stats(topo)
         finally:
             closing = mon.stop()
-        shown = int(closing.split(" events shown")[0].rsplit(" ", 1)[-1]) \
-            if " events shown" in closing else 0
+        if " events shown" not in closing:
+            raise RuntimeError(f"netctl monitor wrote no summary; its stderr ended: {closing}")
+        shown = int(closing.split(" events shown")[0].rsplit(" ", 1)[-1])
         dropped = after["dropped"] - before["dropped"]
         lost = after["events"]["lost"] - before["events"]["lost"]
         row = {"offered_pps": rate, "dropped_pps": dropped / seconds, "events": dropped,
