@@ -9,9 +9,9 @@ gives that veth the NAPI that XDP_REDIRECT into it needs).  Every veth has one q
 Systems, in one run: the kernel forwarding (`ip_forward=1`, no BPF); the kernel forwarding
 behind nftables with N rules in an interval set that the flood passes; a bare redirect
 program per hook (the limit: tc `bpf_redirect_neigh`, XDP MAC rewrite and `bpf_redirect`);
-netctl with its default hook (tc on veth) and forced to XDP, each without rules and with the
-same N rules.  The flood matches none of the N rules (it must be forwarded): every filter
-judges it against all of them.
+netctl with its default hook (on veth, native XDP for a policy with routes: `xdp: auto`) and
+forced to XDP, each without rules and with the same N rules.  The flood matches none of the
+N rules (it must be forwarded): every filter judges it against all of them.
 """
 
 from __future__ import annotations
@@ -183,8 +183,8 @@ def measure(system: str, n: int, seconds: float) -> dict:
 
 SYSTEMS = [("generator ceiling (router link down)", False), ("kernel forwarding", False),
            ("kernel forwarding + nftables set", True), ("bare tc redirect", False),
-           ("bare xdp redirect", False), ("netctl (default hook: tc)", False),
-           ("netctl (XDP)", False), ("netctl (default hook: tc)", True), ("netctl (XDP)", True)]
+           ("bare xdp redirect", False), ("netctl (default hook)", False),
+           ("netctl (XDP)", False), ("netctl (default hook)", True), ("netctl (XDP)", True)]
 
 
 def run(n: int, seconds: float, say) -> list[dict]:
@@ -214,9 +214,9 @@ def table(rows: list[dict]) -> str:
 
     for system in dict.fromkeys(r["system"] for r in rows):
         out.append(f"{system:<40} {cell(get(system, 0), 10)} {cell(get(system, n), 12)}")
-    ratios = [("netctl (default hook: tc)", 0, "kernel forwarding", 0),
-              ("netctl (default hook: tc)", 0, "bare tc redirect", 0),
-              ("netctl (default hook: tc)", n, "kernel forwarding + nftables set", n),
+    ratios = [("netctl (default hook)", 0, "kernel forwarding", 0),
+              ("netctl (default hook)", 0, "bare tc redirect", 0),
+              ("netctl (default hook)", n, "kernel forwarding + nftables set", n),
               ("netctl (XDP)", 0, "bare xdp redirect", 0)]
     for a_name, a_n, b_name, b_n in ratios:
         a, b = get(a_name, a_n), get(b_name, b_n)
