@@ -49,8 +49,9 @@ budget: require-root  ## per-packet work (map operations, helper calls, program 
 soak: require-root  ## 10 minutes of traffic, tracers and an apply every few seconds: nothing may grow
 	$(PY) -m bench.soak 600
 
-lint:  ## ruff over the package and tests
+lint:  ## ruff over the package and tests; mypy over the package (strict on netctl/policy)
 	$(PY) -m ruff check netctl tests bench
+	$(PY) -m mypy netctl
 
 fuzz:  ## long loader fuzzing run (100,000 inputs, fresh random examples)
 	NETCTL_HYPOTHESIS=explore NETCTL_FUZZ_EXAMPLES=100000 $(PYTEST) tests/unit/test_load_fuzz.py -q -p no:cacheprovider

@@ -28,6 +28,7 @@ import bisect
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from .evaluate import evaluate
 from .model import (
@@ -39,6 +40,7 @@ from .model import (
     PROTO_TCP,
     PROTO_UDP,
     Action,
+    AddressItem,
     Direction,
     Packet,
     Policy,
@@ -68,7 +70,8 @@ class Finding:
 
 
 # A box: (src_lo, src_hi, dst_lo, dst_hi, protos, sp_lo, sp_hi, dp_lo, dp_hi, it_lo, it_hi)
-Box = tuple
+Box = tuple[int, int, int, int, frozenset[int], int, int, int, int, int, int]
+Ranges = tuple[tuple[int, int], ...]   # (lo, hi) ranges of one L4 axis
 
 
 def analyze(policy: Policy) -> list[Finding]:
@@ -87,12 +90,13 @@ class _TooBig(Exception):
 Windows = list[tuple[int, int]]   # merged address ranges a covering rule is clipped to
 
 
-def _ranges(items, family: int, window: Windows | None = None) -> list[tuple[int, int]]:
+def _ranges(items: tuple[AddressItem, ...] | None, family: int, window: Windows | None = None
+            ) -> list[tuple[int, int]]:
     """The field's address ranges of ``family``; a big set's only where they overlap
     ``window`` (_TooBig when there is none, or when too many do)."""
     if items is None:
         return [(0, (1 << _BITS[family]) - 1)]
-    out = []
+    out: list[tuple[int, int]] = []
     bits = _BITS[family]
     for item in items:
         if type(item) is not PrefixSet:
@@ -113,7 +117,7 @@ def _ranges(items, family: int, window: Windows | None = None) -> list[tuple[int
     return sorted(set(out)) if len(out) > 1 else out
 
 
-def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tuple, tuple]]:
+def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], Ranges, Ranges, Ranges]]:
     """Split the rule's protocols into groups with the same L4 shape, as
     (protocols, sport range(s), dport range(s), ICMP range(s) on the ``type << 8 | code``
     axis the datapath uses; -1 stands for "no such header", e.g. a non-first fragment)."""
@@ -124,7 +128,7 @@ def _l4_parts(rule: Rule, family: int) -> list[tuple[frozenset[int], tuple, tupl
         protos = protos - _ICMP_OF[_OTHER_FAMILY[family]]
     any_port = ((-1, 65535),)
     no_port = ((-1, -1),)
-    parts = []
+    parts: list[tuple[frozenset[int], Ranges, Ranges, Ranges]] = []
     if rule.sport is not None or rule.dport is not None:
         ports = protos & PORT_PROTOS
         sp = tuple((r.lo, r.hi) for r in rule.sport) if rule.sport else ((0, 65535),)
@@ -153,7 +157,7 @@ def _boxes(rule: Rule, family: int, windows: tuple[Windows, Windows] | None = No
            ) -> list[Box]:
     """The rule's boxes; ``windows`` (src, dst) clip a big set's prefixes to those that can
     matter (raises _TooBig when a big set cannot be clipped)."""
-    boxes = []
+    boxes: list[Box] = []
     src_window, dst_window = windows if windows is not None else (None, None)
     for s_lo, s_hi in _ranges(rule.src, family, src_window):
         for d_lo, d_hi in _ranges(rule.dst, family, dst_window):
@@ -179,7 +183,9 @@ def _intersects(a: Box, b: Box) -> bool:
 def _subtract(a: Box, b: Box) -> list[Box]:
     """a minus b, as disjoint boxes (a and b intersect)."""
     out: list[Box] = []
-    cur = list(a)
+    cur: list[Any] = list(a)   # the axes' ints, and the protocols at 4
+    lo: Literal[0, 2, 5, 7, 9]
+    hi: Literal[1, 3, 6, 8, 10]
     for lo, hi in ((0, 1), (2, 3), (5, 6), (7, 8), (9, 10)):
         if cur[lo] < b[lo]:
             piece = list(cur)
@@ -288,7 +294,7 @@ def shadowed_rules(policy: Policy) -> list[Finding]:
             if not candidates:
                 dead = False
                 break
-            remaining, used = _cover(boxes, [rules[i] for i in sorted(candidates)], family)
+            remaining, used = _cover(boxes, [rules[i] for i in sorted(candidates)], family)  # type: ignore[arg-type]  # candidates: boxes
             if remaining:
                 dead = False
                 break
@@ -306,7 +312,7 @@ def shadowed_rules(policy: Policy) -> list[Finding]:
     return findings
 
 
-def _minimal_cover(rule: Rule, covering: set[int], rules) -> set[int]:
+def _minimal_cover(rule: Rule, covering: set[int], rules: tuple[Rule, ...]) -> set[int]:
     """Drop covering rules that the others make unnecessary (greedy, bounded)."""
     needed = set(covering)
     for candidate in sorted(covering)[:16]:
@@ -324,7 +330,7 @@ def _has_big_set(rule: Rule) -> bool:
                for field in (rule.src, rule.dst) if field for item in field)
 
 
-def _window(boxes: list[Box], lo: int, hi: int) -> Windows:
+def _window(boxes: list[Box], lo: Literal[0, 2], hi: Literal[1, 3]) -> Windows:
     """The union of the boxes' ranges on one axis, merged."""
     merged: Windows = []
     for a, b in sorted({(box[lo], box[hi]) for box in boxes}):

@@ -28,15 +28,19 @@ import hashlib
 import sys
 from array import array
 from collections import defaultdict
+from collections.abc import Collection, Iterable
 from itertools import combinations, product
+from typing import Any, TypeVar
 
 from ..errors import CompileError, MapFullError
 from .model import (
     ICMP_PROTOS,
     PORT_PROTOS,
     Action,
+    AddressItem,
     Direction,
     Policy,
+    PortRange,
     PrefixSet,
     Rule,
     icmp_ranges,
@@ -89,6 +93,16 @@ _U32 = 0xFFFFFFFF
 _DIRECTIONS = {Direction.INGRESS: DIR_INGRESS, Direction.EGRESS: DIR_EGRESS}
 _ACTIONS = {Action.ACCEPT: ACTION_ACCEPT, Action.DROP: ACTION_DROP}
 
+_T = TypeVar("_T")
+Prefixes = tuple[tuple[int, int], ...]     # ((prefixlen, network int), ...)
+AddressPart = tuple[Prefixes, Prefixes]    # an address field: (IPv4, IPv6)
+Ranges = tuple[tuple[int, int], ...]       # ((lo, hi), ...): ports, or ICMP type << 8 | code
+Protos = tuple[tuple[int, tuple[int, ...] | None], ...]   # ((family, protocols or None), ...)
+IcmpTypes = tuple[tuple[int, Ranges], ...]                 # ((family, ranges), ...)
+ClassIndex = dict[int, int | list[int]]    # rule index -> its class id (an int), or ids
+Inverted = dict[tuple[int, int, int], ClassIndex]   # (slot, field, sub) -> ClassIndex
+Classes = tuple[int, ...] | list[int]      # one rule's class ids in one field
+
 
 class _Info:
     """What the compiler needs of one live rule, in integers (shared parts interned)."""
@@ -96,7 +110,9 @@ class _Info:
     __slots__ = ("index", "name", "direction", "mask", "protos", "src", "dst", "sport",
                  "dport", "icmp")
 
-    def __init__(self, index, name, direction, mask, protos, src, dst, sport, dport, icmp):
+    def __init__(self, index: int, name: str, direction: int, mask: int, protos: Protos,
+                 src: AddressPart | None, dst: AddressPart | None, sport: Ranges | None,
+                 dport: Ranges | None, icmp: IcmpTypes | None) -> None:
         self.index = index
         self.name = name
         self.direction = direction
@@ -136,8 +152,8 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
     if len(rules) > limits.rules:
         raise MapFullError(f"rules: needs {len(rules)} entries, capacity {limits.rules}",
                            "rules", len(rules))
-    intern: dict = {}
-    infos = []
+    intern: dict[Any, Any] = {}   # each shared part, as itself
+    infos: list[_Info] = []
     for position, rule in enumerate(rules):
         if rule.index != position:
             raise CompileError(f"rule {rule.name!r} has index {rule.index} at position "
@@ -153,15 +169,16 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
     for info in infos:
         slot_rules[slot_of[shape_of[info.mask]]].append(info)
 
-    tables: dict[str, dict] = {}
+    tables: dict[str, dict[Any, Any]] = {}
     direct = _direct_fields(shapes, slot_rules)
-    # inverted indexes: (slot, field, sub) -> {rule index: [class ids]}
-    inverted: dict[tuple[int, int, int], dict[int, list[int]]] = defaultdict(dict)
+    # inverted indexes: (slot, field, sub) -> {rule index: class id or [class ids]}
+    inverted: Inverted = defaultdict(dict)
     for field, prefix in ((FIELD_SRC, "src"), (FIELD_DST, "dst")):
         for family in (4, 6):
             name = f"{prefix}_v{family}"
             tables[name] = _address_classes(name, field, family, shapes, slot_rules, limits,
                                             inverted, direct)
+    index: dict[int, int] | int   # an interval index here, a route's index below
     for field, name in ((FIELD_SPORT, "sport"), (FIELD_DPORT, "dport"), (FIELD_ICMP, "icmp")):
         capacity = limits.icmp_intervals if field == FIELD_ICMP else limits.port_intervals
         index, classes = _value_classes(name, field, shapes, slot_rules, capacity, inverted,
@@ -222,7 +239,7 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
 # ---- rules -------------------------------------------------------------------------------
 
 
-def _rule_info(rule: Rule, intern: dict) -> _Info | None:
+def _rule_info(rule: Rule, intern: dict[Any, Any]) -> _Info | None:
     """The rule in integers, or None when it can match no packet at all."""
     ports = rule.sport is not None or rule.dport is not None
     icmp = rule.has_icmp
@@ -230,8 +247,8 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
         return None  # ports never match ICMP
     src = _prefixes(rule.src)
     dst = _prefixes(rule.dst)
-    protos = []
-    icmp_types = []
+    protos: list[tuple[int, tuple[int, ...] | None]] = []
+    icmp_types: list[tuple[int, Ranges]] = []
     for family in (4, 6):
         if (src is not None and not src[family == 6]) or (
                 dst is not None and not dst[family == 6]):
@@ -273,7 +290,7 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
             | (FIELD_SPORT if sport is not None else 0)
             | (FIELD_DPORT if dport is not None else 0) | (FIELD_ICMP if icmp else 0))
 
-    def shared(value):
+    def shared(value: _T) -> _T:
         return value if value is None else intern.setdefault(value, value)
 
     return _Info(rule.index, rule.name, _DIRECTIONS[Direction(rule.direction)], mask,
@@ -281,10 +298,10 @@ def _rule_info(rule: Rule, intern: dict) -> _Info | None:
                  shared(tuple(icmp_types)) if icmp else None)
 
 
-_NONE: tuple = ()
+_NONE: Prefixes = ()
 
 
-def _prefixes(items) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] | None:
+def _prefixes(items: tuple[AddressItem, ...] | None) -> AddressPart | None:
     """An address field as (IPv4 prefixes, IPv6 prefixes), each ((prefixlen, network), ...)
     sorted and unique.  A field that is exactly one set is the set's own tuples (a million
     prefixes are neither copied nor sorted again)."""
@@ -307,11 +324,11 @@ def _prefixes(items) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int]
     return tuple(sorted(v4)), tuple(sorted(v6))
 
 
-def _count(part) -> int:
+def _count(part: AddressPart) -> int:
     return len(part[0]) + len(part[1])
 
 
-def _ranges(ranges) -> tuple[tuple[int, int], ...] | None:
+def _ranges(ranges: tuple[PortRange, ...] | None) -> Ranges | None:
     if ranges is None:
         return None
     out = sorted({(r.lo, r.hi) for r in ranges})
@@ -324,7 +341,8 @@ def _ranges(ranges) -> tuple[tuple[int, int], ...] | None:
 # ---- shapes ------------------------------------------------------------------------------
 
 
-def _assign_shapes(infos: list[_Info], slots: int) -> tuple[dict[int, int], dict[int, set]]:
+def _assign_shapes(infos: list[_Info], slots: int
+                   ) -> tuple[dict[int, int], dict[int, set[int]]]:
     """Map every rule mask to the shape mask of its slot, merging when there are too many.
 
     Merging only joins masks with the same L4 bits and widens SRC/DST/PROTO: a non-first
@@ -342,11 +360,13 @@ def _assign_shapes(infos: list[_Info], slots: int) -> tuple[dict[int, int], dict
         raise CompileError(f"the policy needs at least {len(variants)} shape slots (kinds of "
                            f"port/ICMP fields), the datapath has {slots}")
     weight: dict[int, int] = {}
-    values: dict[tuple[int, int], set] = {}
+    # (mask, field) -> the field's distinct prefixes in the mask's rules: (IPv4, IPv6)
+    values: dict[tuple[int, int], tuple[set[tuple[int, int]], set[tuple[int, int]]]] = {}
+    members: list[_Info] | set[int]   # a mask's rules here, a shape's masks below
     for mask, members in by_mask.items():
         total = 0
-        srcs: tuple[set, set] = (set(), set())
-        dsts: tuple[set, set] = (set(), set())
+        srcs: tuple[set[tuple[int, int]], set[tuple[int, int]]] = (set(), set())
+        dsts: tuple[set[tuple[int, int]], set[tuple[int, int]]] = (set(), set())
         for info in members:
             n = 1
             for part, seen in ((info.src, srcs), (info.dst, dsts)):
@@ -364,10 +384,10 @@ def _assign_shapes(infos: list[_Info], slots: int) -> tuple[dict[int, int], dict
         values[(mask, FIELD_DST)] = dsts
 
     def estimate(shape: int, members: set[int]) -> int:
-        widen = {}
+        widen: dict[int, int] = {}
         for field in (FIELD_SRC, FIELD_DST):
-            seen4: set = set()
-            seen6: set = set()
+            seen4: set[tuple[int, int]] = set()
+            seen6: set[tuple[int, int]] = set()
             for m in members:
                 if m & field:
                     seen4 |= values[(m, field)][0]
@@ -384,7 +404,7 @@ def _assign_shapes(infos: list[_Info], slots: int) -> tuple[dict[int, int], dict
         return total
 
     while len(groups) > slots:
-        best = None
+        best: tuple[int, int, int, int] | None = None
         for a, b in combinations(sorted(groups), 2):
             if a & L4_FIELDS != b & L4_FIELDS:
                 continue
@@ -418,7 +438,7 @@ def _digest_bytes(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-def _digest_ints(values) -> int:
+def _digest_ints(values: Iterable[int]) -> int:
     data = array("Q", values)
     if sys.byteorder != "little":
         data.byteswap()
@@ -430,13 +450,13 @@ class _Groups:
 
     __slots__ = ("ids", "items", "rules", "_digests")
 
-    def __init__(self):
-        self.ids: dict[tuple, int] = {}
-        self.items: list[tuple] = []
+    def __init__(self) -> None:
+        self.ids: dict[Ranges, int] = {}
+        self.items: list[Ranges] = []   # a group's prefixes or ranges
         self.rules: list[list[int]] = []
         self._digests: dict[int, int] = {}
 
-    def add(self, items: tuple, rule: int) -> int:
+    def add(self, items: Ranges, rule: int) -> int:
         gid = self.ids.get(items)
         if gid is None:
             gid = self.ids[items] = len(self.items)
@@ -451,11 +471,12 @@ class _Groups:
             d = self._digests[gid] = _digest_bytes(repr(self.items[gid]).encode())
         return d
 
-    def class_ids(self, sets, index: dict) -> dict[tuple[int, ...], int]:
+    def class_ids(self, sets: Iterable[tuple[int, ...]], index: ClassIndex
+                  ) -> dict[tuple[int, ...], int]:
         """Stable u32 ids (never 0) for group sets (sorted gid tuples), collisions resolved
         by probing in (hash, content) order; records in ``index`` each rule's class ids
         (an int for one, else a list)."""
-        keyed = []
+        keyed: list[tuple[int, int, tuple[int, ...]]] = []
         for gids in sets:
             if len(gids) == 1:
                 h = self.digest(gids[0])
@@ -478,16 +499,16 @@ class _Groups:
                     elif type(have) is int:
                         index[r] = [have, cid]
                     else:
-                        have.append(cid)
+                        have.append(cid)  # type: ignore[union-attr]  # not an int: a list
         return out
 
 
-def _classes_of(index: dict, rule: int) -> tuple[int, ...] | list[int]:
+def _classes_of(index: ClassIndex, rule: int) -> Classes:
     have = index.get(rule, ())
-    return (have,) if type(have) is int else have
+    return (have,) if type(have) is int else have  # type: ignore[return-value]  # else: ids
 
 
-def _index_ids(vectors, capacity: int, name: str,
+def _index_ids(vectors: Collection[tuple[int, ...]], capacity: int, name: str,
                limit: str | None = None) -> dict[tuple[int, ...], int]:
     """Ids 1..capacity-1 for distinct non-zero class vectors, hashed then probed in order."""
     if len(vectors) > capacity - 1:
@@ -510,8 +531,9 @@ def _index_ids(vectors, capacity: int, name: str,
 _ANY = ((0, 0),)  # the /0 a widened field stands for
 
 
-def _address_classes(name, field, family, shapes, slot_rules, limits, inverted,
-                     direct) -> dict:
+def _address_classes(name: str, field: int, family: int, shapes: list[int],
+                     slot_rules: list[list[_Info]], limits: Limits, inverted: Inverted,
+                     direct: list[int]) -> dict[tuple[int, int], tuple[int, ...]]:
     """One LPM trie: every prefix a slot classifies on this field, valued with each slot's
     class there (slots that look this field up directly in the rule trie have none).
 
@@ -538,15 +560,16 @@ def _address_classes(name, field, family, shapes, slot_rules, limits, inverted,
                     elif type(have) is int:
                         own[item] = [have, code]
                     else:
-                        have.append(code)
+                        have.append(code)  # type: ignore[union-attr]  # not an int: a list
     if len(own) > limits.lpm_entries:
         raise MapFullError(f"{name}: needs {len(own)} entries, capacity {limits.lpm_entries}",
                            "lpm_entries", len(own))
     bits = _BITS[family]
-    intern: list[dict[tuple, tuple]] = [{} for _ in shapes]
-    empty: list = [None] * len(shapes)
-    stack: list[tuple[int, int, list]] = []
-    rows: list[tuple[tuple[int, int], list]] = []
+    # Per slot, a prefix's group set (sorted gids; None: no group of the slot covers it).
+    intern: list[dict[tuple[int, ...], tuple[int, ...]]] = [{} for _ in shapes]
+    empty: list[tuple[int, ...] | None] = [None] * len(shapes)
+    stack: list[tuple[int, int, list[tuple[int, ...] | None]]] = []
+    rows: list[tuple[tuple[int, int], list[tuple[int, ...] | None]]] = []
     for plen, net in sorted(own, key=lambda k: (k[1], k[0])):
         while stack:
             top_len, top_net, _ = stack[-1]
@@ -557,7 +580,7 @@ def _address_classes(name, field, family, shapes, slot_rules, limits, inverted,
         sets = list(stack[-1][2]) if stack else list(empty)
         codes = own[(plen, net)]
         by_slot: dict[int, list[int]] = {}
-        for code in (codes,) if type(codes) is int else codes:
+        for code in (codes,) if type(codes) is int else codes:  # type: ignore[union-attr]  # else: a list
             by_slot.setdefault(code % MAX_SHAPES, []).append(code // MAX_SHAPES)
         for slot, gids in by_slot.items():
             cur = sets[slot]
@@ -581,7 +604,9 @@ def _address_classes(name, field, family, shapes, slot_rules, limits, inverted,
 # ---- ports and ICMP types ----------------------------------------------------------------
 
 
-def _value_classes(name, field, shapes, slot_rules, capacity, inverted, limit):
+def _value_classes(name: str, field: int, shapes: list[int], slot_rules: list[list[_Info]],
+                   capacity: int, inverted: Inverted, limit: str
+                   ) -> tuple[dict[int, int], dict[int, tuple[int, ...]]]:
     """Interval index and class-vector arrays for sport, dport or ICMP type.
 
     Per sub-slot (tcp/udp, or ICMP/ICMPv6) the value axis is cut at every range boundary;
@@ -590,7 +615,8 @@ def _value_classes(name, field, shapes, slot_rules, capacity, inverted, limit):
     """
     domain = 65536   # ports, or ICMP type << 8 | code
     subs = ((4, 0), (6, 1)) if field == FIELD_ICMP else ((6, 0), (17, 1))
-    intervals = []   # (sub, lo, hi_exclusive, per slot its class id or 0)
+    # (sub, lo, hi_exclusive, per slot its class id or 0)
+    intervals: list[tuple[int, int, int, tuple[int, ...]]] = []
     for key, sub in subs:
         groups = [_Groups() for _ in shapes]
         for slot, mask in enumerate(shapes):
@@ -601,6 +627,7 @@ def _value_classes(name, field, shapes, slot_rules, capacity, inverted, limit):
                 if ranges:
                     groups[slot].add(ranges, info.index)
         events: dict[int, list[tuple[tuple[int, int], int]]] = defaultdict(list)
+        g: _Groups | tuple[int, int]   # a slot's groups here, a (slot, gid) below
         for slot, g in enumerate(groups):
             for gid, ranges in enumerate(g.items):
                 for lo, hi in ranges:
@@ -611,8 +638,8 @@ def _value_classes(name, field, shapes, slot_rules, capacity, inverted, limit):
             continue
         bounds = sorted(set(events) | {0})
         active: dict[tuple[int, int], int] = defaultdict(int)
-        memo: dict[frozenset, list] = {}
-        cuts = []
+        memo: dict[frozenset[tuple[int, int]], list[tuple[int, ...] | None]] = {}
+        cuts: list[tuple[int, int, list[tuple[int, ...] | None]]] = []
         for i, lo in enumerate(bounds):
             for g, delta in events.get(lo, ()):
                 active[g] += delta
@@ -629,7 +656,7 @@ def _value_classes(name, field, shapes, slot_rules, capacity, inverted, limit):
                 for slot, gids in by_slot.items():
                     sets[slot] = tuple(sorted(gids))
             cuts.append((lo, hi, sets))
-        ids = [groups[slot].class_ids({sets[slot] for sets in memo.values()
+        ids = [groups[slot].class_ids({sets[slot] for sets in memo.values()  # type: ignore[misc]  # None: filtered
                                        if sets[slot] is not None},
                                       inverted[(slot, field, sub)])
                for slot in range(len(shapes))]
@@ -649,7 +676,7 @@ def _value_classes(name, field, shapes, slot_rules, capacity, inverted, limit):
     return index, classes
 
 
-def _field_ranges(info: _Info, field: int, key: int):
+def _field_ranges(info: _Info, field: int, key: int) -> Ranges | None:
     if field == FIELD_ICMP:
         return dict(info.icmp).get(key) if info.icmp else None
     ranges = info.sport if field == FIELD_SPORT else info.dport
@@ -672,11 +699,11 @@ def _field_ranges(info: _Info, field: int, key: int):
 # header, not one per narrower class beneath it, which a cross product of classes would.
 
 
-def _direct_fields(shapes, slot_rules) -> list[int]:
+def _direct_fields(shapes: list[int], slot_rules: list[list[_Info]]) -> list[int]:
     """Per slot, the address field looked up directly (FIELD_SRC, FIELD_DST or 0).  With both
     in the shape, the one with more distinct prefixes: the other's classes then multiply
     fewer entries."""
-    out = []
+    out: list[int] = []
     for slot, mask in enumerate(shapes):
         if mask & FIELD_SRC and mask & FIELD_DST:
             out.append(FIELD_DST if _distinct(slot_rules[slot], "dst") >
@@ -697,20 +724,21 @@ def _distinct(infos: list[_Info], name: str) -> int:
 _ANY_PREFIX = ((0, 0),)
 
 
-def _direct_prefixes(info: _Info, field: int, family: int):
+def _direct_prefixes(info: _Info, field: int, family: int) -> Prefixes:
     part = info.src if field == FIELD_SRC else info.dst if field == FIELD_DST else None
     if part is None:
         return _ANY_PREFIX  # the field is not in the shape, or widened: any address
     return part[family == 6]
 
 
-def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:
+def _rule_trie(shapes: list[int], direct: list[int], slot_rules: list[list[_Info]],
+               inverted: Inverted, limits: Limits) -> dict[tuple[int, ...], int]:
     """Every (header, prefix) some rule matches -> the first rule matching it or a shorter
     prefix of the same header.  Keys: (slot, direction, family, proto, other address class,
     sport class, l4 class, prefix length, network)."""
     capacity = limits.rule_table
-    buckets: dict[tuple, dict[tuple[int, int], int]] = {}
-    mixed: set[tuple] = set()   # buckets that more than one rule wrote into
+    buckets: dict[tuple[int, ...], dict[tuple[int, int], int]] = {}
+    mixed: set[tuple[int, ...]] = set()   # buckets that more than one rule wrote into
     total = 0
     added: dict[int, int] = {}
     for slot, mask in enumerate(shapes):
@@ -741,7 +769,7 @@ def _rule_trie(shapes, direct, slot_rules, inverted, limits: Limits) -> dict:
         raise MapFullError(
             f"rule_table: needs {total} entries, capacity {capacity}; rule {name!r} "
             f"contributes the most ({added[worst]})", "rule_table", total)
-    table: dict[tuple, int] = {}
+    table: dict[tuple[int, ...], int] = {}
     for header, bucket in buckets.items():
         if header in mixed:   # one writer: every entry already holds its only rule
             _propagate(bucket, _BITS[header[2]])
@@ -792,10 +820,11 @@ def _propagate(bucket: dict[tuple[int, int], int], bits: int) -> None:
 _ZERO = (0,)
 
 
-def _combos(mask: int, slot: int, info: _Info, inverted, direct: int):
+def _combos(mask: int, slot: int, info: _Info, inverted: Inverted, direct: int
+            ) -> list[tuple[int, int, Classes, Classes, Classes, Classes]]:
     """Per family and protocol, the class lists of one rule in its slot (0 = field absent
     or looked up directly)."""
-    out = []
+    out: list[tuple[int, int, Classes, Classes, Classes, Classes]] = []
     l4_field = FIELD_DPORT if mask & FIELD_DPORT else FIELD_ICMP if mask & FIELD_ICMP else 0
     for family, protos in info.protos:
         srcs = _classes_of(inverted[(slot, FIELD_SRC, family)], info.index) \

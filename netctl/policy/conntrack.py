@@ -38,6 +38,7 @@ from .model import (
     PROTO_TCP,
     PROTO_UDP,
     Action,
+    Address,
     Conntrack,
     Direction,
     Policy,
@@ -83,7 +84,7 @@ class Entry:
     our_maxend: int = 0
 
 
-def _addr(address) -> bytes:
+def _addr(address: Address) -> bytes:
     return address.packed.ljust(16, b"\0")
 
 
@@ -99,7 +100,7 @@ def reply_key(ip: Ip) -> Key | None:
     if p.fragment or t is None:
         return None
     if p.proto in (PROTO_TCP, PROTO_UDP):
-        return p.family, p.proto, p.dport, p.sport, _addr(p.dst), _addr(p.src)
+        return p.family, p.proto, p.dport, p.sport, _addr(p.dst), _addr(p.src)  # type: ignore[return-value]  # ports: not a fragment
     if _echo(ip, {4: 8, 6: 128}):
         return p.family, p.proto, t.icmp_id, 0, _addr(p.dst), _addr(p.src)
     return None
@@ -111,7 +112,7 @@ def own_key(ip: Ip) -> Key | None:
     if p.fragment or t is None:
         return None
     if p.proto in (PROTO_TCP, PROTO_UDP):
-        return p.family, p.proto, p.sport, p.dport, _addr(p.src), _addr(p.dst)
+        return p.family, p.proto, p.sport, p.dport, _addr(p.src), _addr(p.dst)  # type: ignore[return-value]  # ports: not a fragment
     if _echo(ip, {4: 0, 6: 129}):
         return p.family, p.proto, t.icmp_id, 0, _addr(p.src), _addr(p.dst)
     return None
@@ -147,7 +148,7 @@ class Tracker:
         key = reply_key(ip)
         if key is None:
             return
-        t = ip.transport
+        t: Transport = ip.transport  # type: ignore[assignment]  # it has a key: not None
         tcp = ip.packet.proto == PROTO_TCP
         if tcp and t.tcp_flags & SYN:
             origin = F_SYNACK if t.tcp_flags & ACK else F_SYN
@@ -192,8 +193,9 @@ class Tracker:
         entry.seen_ns = now
         entry.packets_out += 1
         if ip.packet.proto == PROTO_TCP:
-            _our_segment(entry, ip.transport)
-            if ip.transport.tcp_flags & (FIN | RST):
+            # A tracked packet (it has a key): its transport is not None.
+            _our_segment(entry, ip.transport)  # type: ignore[arg-type]
+            if ip.transport.tcp_flags & (FIN | RST):  # type: ignore[union-attr]
                 entry.state = CLOSING
 
     # -- ingress
@@ -202,7 +204,7 @@ class Tracker:
         key = own_key(ip)
         if key is None:
             return False
-        t = ip.transport
+        t: Transport = ip.transport  # type: ignore[assignment]  # it has a key: not None
         proto = ip.packet.proto
         tcp = proto == PROTO_TCP
         flags = t.tcp_flags if tcp else 0

@@ -6,11 +6,22 @@ on it, so an explanation can never disagree with the decision it explains.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .evaluate import Decision, evaluate, rule_matches
 from .load import ICMP_TYPES, proto_name
-from .model import ICMP_PROTOS, PORT_PROTOS, Direction, Packet, Policy, PrefixSet, Rule
+from .model import (
+    ICMP_PROTOS,
+    PORT_PROTOS,
+    Address,
+    AddressItem,
+    Direction,
+    Packet,
+    Policy,
+    PrefixSet,
+    Rule,
+)
 from .sets import format_prefix
 
 
@@ -35,18 +46,18 @@ def describe_packet(packet: Packet) -> str:
     return text
 
 
-def _list(items) -> str:
+def _list(items: Iterable[object]) -> str:
     return ", ".join(str(i) for i in items)
 
 
-def _item_words(item) -> str:
+def _item_words(item: AddressItem) -> str:
     """An address item for humans: a set with its size."""
     if isinstance(item, PrefixSet):
         return f"set @{item.name} ({len(item):,} prefixes)"
     return str(item)
 
 
-def _address_check(name: str, items, address) -> FieldCheck:
+def _address_check(name: str, items: tuple[AddressItem, ...], address: Address) -> FieldCheck:
     for item in items:
         if isinstance(item, PrefixSet):
             hit = item.match(address)
@@ -59,7 +70,7 @@ def _address_check(name: str, items, address) -> FieldCheck:
     if not own:
         return FieldCheck(name, False, f"{name} has no IPv{address.version} item")
     if all(isinstance(i, PrefixSet) and not i.family(address.version) for i in own):
-        sets = ", ".join(f"@{i.name}" for i in own)
+        sets = ", ".join(f"@{i.name}" for i in own)  # type: ignore[union-attr]  # all sets
         return FieldCheck(name, False, f"{name} has no IPv{address.version} item (set"
                           f"{'s' if len(own) > 1 else ''} {sets} "
                           f"{'hold' if len(own) > 1 else 'holds'} no IPv{address.version} "
@@ -126,7 +137,7 @@ class Explanation:
     matched: list[FieldCheck]  # the deciding rule's fields (empty for default/ndp)
     near_misses: list[tuple[Rule, list[FieldCheck]]]  # earlier rules failing on one field
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         rule = self.decision.rule
         return {
             "verdict": self.decision.verdict.value,
@@ -149,7 +160,7 @@ def explain(policy: Policy, packet: Packet, direction: Direction, max_misses: in
     decision = evaluate(policy, packet, direction)
     matched = check_fields(decision.rule, packet) if decision.rule is not None else []
     stop = decision.rule.index if decision.rule is not None else len(policy.rules)
-    misses = []
+    misses: list[tuple[Rule, list[FieldCheck]]] = []
     for rule in policy.rules[:stop]:
         if rule.direction is not direction or len(misses) >= max_misses:
             continue

@@ -28,7 +28,8 @@ Per packet (after VLAN tags and IPv6 extension headers):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from .model import Action, Direction, Packet, ndp_exempt
 from .plan import (
@@ -70,19 +71,21 @@ def _action(code: int) -> Action:
     return Action.DROP if code == ACTION_DROP else Action.ACCEPT
 
 
-def _lpm(trie, bits: int, address: int) -> tuple[int, ...]:
+def _lpm(trie: Mapping[Any, Any], bits: int, address: int) -> tuple[int, ...]:
     # A software LPM trie lookup: the longest prefix length first.
     for plen in range(bits, -1, -1):
-        value = trie.get((plen, (address >> (bits - plen)) << (bits - plen)))
+        value: tuple[int, ...] | None = trie.get(
+            (plen, (address >> (bits - plen)) << (bits - plen)))
         if value is not None:
             return value
     return ZERO_CLASSES
 
 
-def _lpm_keyed(trie, header: tuple, bits: int, address: int):
+def _lpm_keyed(trie: Mapping[Any, Any], header: tuple[int, ...], bits: int, address: int
+               ) -> int | None:
     # The rule trie: a fully matched header, then the longest prefix of the address.
     for plen in range(bits, -1, -1):
-        value = trie.get((*header, plen, (address >> (bits - plen)) << (bits - plen)))
+        value: int | None = trie.get((*header, plen, (address >> (bits - plen)) << (bits - plen)))
         if value is not None:
             return value
     return None
@@ -90,7 +93,7 @@ def _lpm_keyed(trie, header: tuple, bits: int, address: int):
 
 def interpret(plan: MapPlan, packet: Packet, direction: Direction) -> PlanDecision:
     maps = plan.maps()
-    cfg = maps["config"].get(0)
+    cfg: tuple[int, ...] = maps["config"].get(0)  # type: ignore[assignment]  # a plan has it
     family = packet.family
     fragment = packet.fragment
     proto = packet.proto

@@ -10,6 +10,7 @@ it is reported at the later of the two: the key that made the rule impossible.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import gc
 import hashlib
 import ipaddress
@@ -17,8 +18,9 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from ..errors import PolicyError, Problem
 from .model import (
@@ -29,6 +31,8 @@ from .model import (
     PROTO_TCP,
     PROTO_UDP,
     Action,
+    Address,
+    AddressItem,
     Conntrack,
     Direction,
     Expectation,
@@ -55,9 +59,14 @@ from .sets import (
     make_set,
     read_set_file,
 )
-from .yamlsrc import YMap, YSeq, compose, to_pos
+from .yamlsrc import Mark, YMap, YSeq, compose, to_pos
 
-Pos = object  # where a value was: a libyaml mark (see yamlsrc)
+Pos = Mark  # where a value was: a libyaml mark or a packed int (see yamlsrc)
+# What a problem is reported at: a value's position, a (line, column) pair, or nothing
+# (command-line options).
+Where = Pos | tuple[int, int | None] | None
+_E = TypeVar("_E", bound=enum.Enum)
+_T = TypeVar("_T")
 
 PROTOCOLS = {
     "icmp": PROTO_ICMP,
@@ -181,7 +190,7 @@ def _read_stdin() -> str:
     if stream is None or sys.stdin.closed:
         raise refuse("cannot read: standard input is closed")
     try:
-        data = stream.read(MAX_FILE_BYTES + 1)
+        data: bytes = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise refuse(f"cannot read: {exc.strerror}") from None
     if len(data) > MAX_FILE_BYTES:
@@ -273,7 +282,7 @@ class _Loader:
 
     # -- reporting -----------------------------------------------------------------
 
-    def error(self, where: Pos | None, message: str) -> None:
+    def error(self, where: Where, message: str) -> None:
         if where is None:
             line, column = 0, None
         elif isinstance(where, tuple):
@@ -294,7 +303,7 @@ class _Loader:
 
     # -- scalar readers: each returns the value or None after reporting ---------------
 
-    def as_bool(self, value: object, pos: Pos, what: str) -> bool | None:
+    def as_bool(self, value: object, pos: Pos | None, what: str) -> bool | None:
         if isinstance(value, str) and value.lower() in _TRUE:
             return True
         if isinstance(value, str) and value.lower() in _FALSE:
@@ -302,24 +311,25 @@ class _Loader:
         self.error(pos, f"{what} must be true or false, not {value!r}")
         return None
 
-    def as_choice(self, value: object, pos: Pos, what: str, enum_type):
+    def as_choice(self, value: object, pos: Pos | None, what: str, enum_type: type[_E]
+                  ) -> _E | None:
         try:
-            return enum_type._value2member_map_[value]
+            return enum_type._value2member_map_[value]  # type: ignore[return-value]  # a member of enum_type
         except (KeyError, TypeError):
             pass
         choices = [m.value for m in enum_type]
         self.error(pos, f"{what} must be one of {', '.join(choices)}, not {value!r}")
         return None
 
-    def as_list(self, value: object, pos: Pos, what: str, expected: str
-                ) -> list[tuple[object, Pos]] | None:
+    def as_list(self, value: object, pos: Pos | None, what: str, expected: str
+                ) -> list[tuple[object, Pos | None]] | None:
         """A scalar or a list of scalars, as (item, position) pairs; None after reporting
         every item that is not a scalar (`expected` says what an item should be)."""
         if isinstance(value, YSeq):
             if not value:
                 self.error(pos, f"{what}: empty list (omit the field to match anything)")
                 return None
-            items = []
+            items: list[tuple[object, Pos | None]] = []
             for item, ipos in zip(value, value.itemmarks, strict=True):
                 if isinstance(item, YSeq):
                     self.error(ipos, f"{what}: a list item must be {expected}, not a list "
@@ -342,7 +352,7 @@ class _Loader:
         return [(value, pos)]
 
     def networks(self, value: object, pos: Pos, what: str, sets: bool = True
-                 ) -> tuple[Network | PrefixSet, ...] | None:
+                 ) -> tuple[AddressItem, ...] | None:
         """Addresses and prefixes, and with ``sets`` "@NAME" references to sets."""
         if type(value) is str:  # the common case, kept fast for 100,000-rule files
             net = _parse_network(value.strip())
@@ -351,7 +361,7 @@ class _Loader:
         items = self.as_list(value, pos, what, "an IP address or prefix")
         if items is None:
             return None
-        result: list[Network | PrefixSet] = []
+        result: list[AddressItem] = []
         for item, ipos in items:
             if not isinstance(item, str):
                 self.error(ipos, f"{what}: {item!r} is not an IP address or prefix")
@@ -368,7 +378,7 @@ class _Loader:
                 result.append(net)
         return tuple(dict.fromkeys(result)) if len(result) == len(items) else None
 
-    def set_reference(self, text: str, pos: Pos, what: str, allowed: bool
+    def set_reference(self, text: str, pos: Pos | None, what: str, allowed: bool
                       ) -> PrefixSet | None:
         """The set a "@NAME" item names, or None after reporting why not (an unknown name,
         with the closest defined ones; a set that failed to load is not reported again)."""
@@ -404,7 +414,7 @@ class _Loader:
                        "{file: PATH}")
             return ()
         budget = MAX_SET_PREFIXES
-        out = []
+        out: list[PrefixSet] = []
         for key, value in node.items():
             kpos = node.keymarks[key]
             name = str(key) if type(key) in (str, int) else ""
@@ -471,7 +481,7 @@ class _Loader:
             self.error(pos, f"{what}: {len(items):,} prefixes; a policy's sets hold at most "
                        f"{MAX_SET_PREFIXES:,} in all")
             return None
-        prefixes = []
+        prefixes: list[tuple[int, int, int]] = []
         for item, ipos in items:
             text = item.strip() if isinstance(item, str) else None
             net = _parse_network(text) if text and not text.startswith("@") else None
@@ -487,7 +497,7 @@ class _Loader:
             return None
         return make_set(name, prefixes, None, line)
 
-    def address(self, value: object, pos: Pos, what: str):
+    def address(self, value: object, pos: Pos | None, what: str) -> Address | None:
         if isinstance(value, str):
             try:
                 return ipaddress.ip_address(value.strip())
@@ -512,7 +522,7 @@ class _Loader:
     def icmp_codes(self, value: object, pos: Pos, what: str) -> tuple[PortRange, ...] | None:
         return self.ports(value, pos, what, top=255)
 
-    def port_range(self, item: object, pos: Pos, what: str,
+    def port_range(self, item: object, pos: Pos | None, what: str,
                    top: int = 65535) -> PortRange | None:
         noun = "port" if top == 65535 else "code"
         if isinstance(item, int) and not isinstance(item, bool):
@@ -549,7 +559,7 @@ class _Loader:
                 result.append(number)
         return tuple(dict.fromkeys(result)) if len(result) == len(items) else None
 
-    def protocol(self, item: object, pos: Pos, what: str) -> int | None:
+    def protocol(self, item: object, pos: Pos | None, what: str) -> int | None:
         if isinstance(item, str) and _DIGITS.match(item.strip()):
             item = int(item)  # a quoted number, as ports allow
         if isinstance(item, int) and not isinstance(item, bool):
@@ -568,7 +578,8 @@ class _Loader:
         self.error(pos, f"{what}: unknown protocol {item!r} (use {names} or a number 0-255)")
         return None
 
-    def icmp_types(self, value: object, pos: Pos, families: list[int], what: str):
+    def icmp_types(self, value: object, pos: Pos | None, families: list[int], what: str
+                   ) -> tuple[tuple[int, int], ...] | None:
         """Resolve names/numbers into (family, type) pairs for the ICMP families given."""
         items = self.as_list(value, pos, what, "an ICMP type name or number")
         if items is None:
@@ -620,7 +631,7 @@ class _Loader:
 
     def policy(self, root: YMap) -> Policy:
         self.check_keys(root, TOP_KEYS, "the policy")
-        fields: dict[str, object] = {"source": self.source}
+        fields: dict[str, Any] = {"source": self.source}   # Policy's keyword arguments
         if "version" not in root:
             self.error(root.mark, "missing 'version: 1'")
         else:
@@ -637,7 +648,7 @@ class _Loader:
             self.defaults(root["defaults"], root.valmarks["defaults"], fields)
         for key in ("stateful", "allow_ndp"):
             if key in root:
-                value = self.as_bool(root[key], root.valmarks[key], key)
+                value: object = self.as_bool(root[key], root.valmarks[key], key)
                 if value is not None:
                     fields[key] = value
         if "conntrack" in root:
@@ -673,7 +684,7 @@ class _Loader:
             self.check_duplicate_routes(fields["routes"])
         if "tests" in root:
             fields["tests"] = self.section(root, "tests", lambda n, p, i: self.test(n, p))
-        return Policy(**fields)  # type: ignore[arg-type]
+        return Policy(**fields)
 
     def version(self, value: object, pos: Pos) -> None:
         if value == 1 and type(value) is int:
@@ -690,7 +701,7 @@ class _Loader:
             self.error(pos, f"unsupported policy version {value!r} (this netctl reads "
                        "version 1)")
 
-    def conntrack(self, root: YMap, fields: dict) -> None:
+    def conntrack(self, root: YMap, fields: dict[str, Any]) -> None:
         node, pos = root["conntrack"], root.valmarks["conntrack"]
         if not isinstance(node, YMap):
             self.error(pos, "conntrack must be a mapping {size, tcp_established, tcp_closing, "
@@ -700,7 +711,7 @@ class _Loader:
         if not fields.get("stateful"):
             self.error(root.keymarks["conntrack"], "conntrack settings need 'stateful: true' "
                        "(without it no connection is tracked)")
-        values = {}
+        values: dict[str, int] = {}
         for key in CONNTRACK_KEYS:
             if key not in node:
                 continue
@@ -715,21 +726,22 @@ class _Loader:
             values[key] = value
         fields["conntrack"] = Conntrack(**values)
 
-    def section(self, root: YMap, key: str, build: Callable) -> tuple:
+    def section(self, root: YMap, key: str, build: Callable[[object, Pos, int], _T | None]
+                ) -> tuple[_T, ...]:
         value, pos = root[key], root.valmarks[key]
         if value is None:
             return ()
         if not isinstance(value, YSeq):
             self.error(pos, f"'{key}' must be a list")
             return ()
-        built = []
+        built: list[_T] = []
         for item, ipos in zip(value, value.itemmarks, strict=True):
             result = build(item, ipos, len(built))
             if result is not None:
                 built.append(result)
         return tuple(built)
 
-    def defaults(self, node: object, pos: Pos, fields: dict[str, object]) -> None:
+    def defaults(self, node: object, pos: Pos, fields: dict[str, Any]) -> None:
         if not isinstance(node, YMap):
             self.error(pos, "'defaults' must be a mapping like {ingress: drop, egress: accept}")
             return
@@ -809,14 +821,14 @@ class _Loader:
             self.error(pos, "a rule needs an 'action' (accept or drop)")
         else:
             action = self.as_choice(node["action"], node.valmarks["action"], "action", Action)
-        direction = Direction.INGRESS
+        direction: Direction | None = Direction.INGRESS
         if "direction" in node:
             direction = self.as_choice(node["direction"], node.valmarks["direction"],
                                        "direction", Direction)
-        log = False
+        log: bool | None = False
         if "log" in node:
             log = self.as_bool(node["log"], node.valmarks["log"], "log")
-        metrics = False
+        metrics: bool | None = False
         if "metrics" in node:
             metrics = self.as_bool(node["metrics"], node.valmarks["metrics"], "metrics")
         field = self.field
@@ -838,12 +850,16 @@ class _Loader:
         proto, icmp_type, families = self.rule_constraints(node, src, dst, proto)
         if len(self.problems) > before:
             return None
-        return Rule(name=name, index=index, line=to_pos(pos)[0], direction=direction,
-                    action=action, src=src, dst=dst, proto=proto, sport=sport, dport=dport,
-                    icmp_type=icmp_type, icmp_code=icmp_code, log=log,
-                    metrics=bool(metrics), families=families)
+        # Every field was read: a reader that returned None (and a name that is no str)
+        # reported a problem, and the rule was refused above.
+        return Rule(name=name, index=index, line=to_pos(pos)[0],  # type: ignore[arg-type]
+                    direction=direction,  # type: ignore[arg-type]
+                    action=action, src=src, dst=dst, proto=proto, sport=sport,  # type: ignore[arg-type]
+                    dport=dport, icmp_type=icmp_type, icmp_code=icmp_code,
+                    log=log, metrics=bool(metrics), families=families)  # type: ignore[arg-type]
 
-    def field(self, node: YMap, key: str, reader: Callable):
+    def field(self, node: YMap, key: str, reader: Callable[[object, Pos, str], _T | None]
+              ) -> _T | None:
         """Read one match field.  Big policies repeat values (ports, protocols, prefixes):
         each distinct one is parsed once.  Only successes are remembered (errors need
         their own line)."""
@@ -852,7 +868,7 @@ class _Loader:
         value = node[key]
         memo_key = (key, tuple(value) if type(value) is YSeq else value)
         try:
-            return self._memo[memo_key]
+            return self._memo[memo_key]  # type: ignore[return-value]  # reader's result for it
         except KeyError:
             pass
         except TypeError:  # unhashable: a mapping where a value belongs
@@ -862,12 +878,15 @@ class _Loader:
             self._memo[memo_key] = result
         return result
 
-    def rule_constraints(self, node: YMap, src, dst, proto):
+    def rule_constraints(self, node: YMap, src: tuple[AddressItem, ...] | None,
+                         dst: tuple[AddressItem, ...] | None, proto: tuple[int, ...] | None
+                         ) -> tuple[tuple[int, ...] | None, tuple[tuple[int, int], ...] | None,
+                                    frozenset[int]]:
         """Cross-field checks; returns (proto, icmp_type, families)."""
         keypos = node.keymarks
         before = len(self.problems)
 
-        def later(a: str, b: str):
+        def later(a: str, b: str) -> Pos:
             return max(keypos[a], keypos[b], key=to_pos)
 
         # Ports need tcp/udp and icmp_type needs icmp/icmpv6.  Walk the keys in file order
@@ -886,12 +905,12 @@ class _Loader:
             message = None
             if key == "proto":
                 if port_key:
-                    names = _names_not_in(proto, PORT_PROTOS)
+                    names = _names_not_in(proto, PORT_PROTOS)  # type: ignore[arg-type]  # proto was read
                     if names:
                         message = (f"{port_key} needs proto tcp or udp; proto also has "
                                    f"{names}, which has no ports")
                 elif icmp_seen:
-                    names = _names_not_in(proto, ICMP_PROTOS)
+                    names = _names_not_in(proto, ICMP_PROTOS)  # type: ignore[arg-type]  # proto was read
                     if names:
                         message = (f"{icmp_seen} needs proto icmp or icmpv6; proto also has "
                                    f"{names}")
@@ -900,14 +919,14 @@ class _Loader:
                 if port_key:
                     message = f"{key} and {port_key} cannot match the same packet"
                 elif "proto" in l4_keys[: l4_keys.index(key)]:
-                    names = _names_not_in(proto, ICMP_PROTOS)
+                    names = _names_not_in(proto, ICMP_PROTOS)  # type: ignore[arg-type]  # proto was read
                     if names:
                         message = f"{key} needs proto icmp or icmpv6; proto also has {names}"
             else:
                 if icmp_seen:
                     message = f"{icmp_seen} and {key} cannot match the same packet"
                 elif port_key is None and "proto" in l4_keys[: l4_keys.index(key)]:
-                    names = _names_not_in(proto, PORT_PROTOS)
+                    names = _names_not_in(proto, PORT_PROTOS)  # type: ignore[arg-type]  # proto was read
                     if names:
                         message = (f"{key} needs proto tcp or udp; proto also has {names}, "
                                    "which has no ports")
@@ -975,11 +994,13 @@ class _Loader:
                 self.error(node.valmarks["dev"], problem)
         if len(self.problems) > before:
             return None
-        if via.version != dst[0].version:
+        # Every field was read (a missing or unreadable one was reported above): dst is one
+        # network (sets=False), via an address, dev a valid name and cc a str or None.
+        if via.version != dst[0].version:  # type: ignore[union-attr, index]
             self.error(later_pos(node, "dst", "via"),
-                       f"next hop {via} is IPv{via.version} but the route is IPv{dst[0].version}")
+                       f"next hop {via} is IPv{via.version} but the route is IPv{dst[0].version}")  # type: ignore[union-attr, index]
             return None
-        return Route(dst=dst[0], via=via, dev=node["dev"], line=to_pos(pos)[0], cc=cc)
+        return Route(dst=dst[0], via=via, dev=node["dev"], line=to_pos(pos)[0], cc=cc)  # type: ignore[arg-type, index]
 
     def check_duplicate_routes(self, routes: tuple[Route, ...]) -> None:
         seen: dict[Network, int] = {}
@@ -997,7 +1018,7 @@ class _Loader:
         for key in ("packet", "expect"):
             if key not in node:
                 self.error(pos, f"a test needs '{key}'")
-        direction = Direction.INGRESS
+        direction: Direction | None = Direction.INGRESS
         if "direction" in node:
             direction = self.as_choice(node["direction"], node.valmarks["direction"],
                                        "direction", Direction)
@@ -1033,7 +1054,7 @@ class _Loader:
         proto = None
         if "proto" in readable:
             proto = self.protocol(node["proto"], node.valmarks["proto"], "proto")
-        fields: dict[str, object] = {}
+        fields: dict[str, Any] = {}   # Packet's other keyword arguments
         for key in ("sport", "dport"):
             if key in readable:
                 port_range = self.port_range(node[key], node.valmarks[key], key)
@@ -1046,11 +1067,12 @@ class _Loader:
                                               "fragment")
         if len(self.problems) > before:
             return None
-        if src.version != dst.version:
+        # Here src, dst and proto were read (a missing or unreadable one was reported above).
+        if src.version != dst.version:  # type: ignore[union-attr]
             self.error(later_pos(node, "src", "dst"), "src and dst of a test packet must be "
                        "the same IP version")
             return None
-        family = src.version
+        family = src.version  # type: ignore[union-attr]
         if proto in PORT_PROTOS:
             fields.setdefault("sport", 12345)  # a typical ephemeral port when not given
             fields.setdefault("dport", 0)
@@ -1058,13 +1080,13 @@ class _Loader:
             self.error(later_pos(node, "proto", "dport" if "dport" in node else "sport"),
                        "ports need proto tcp or udp")
             return None
-        if ("icmp_type" in node or "icmp_code" in node) and ICMP_PROTOS.get(proto) != family:
+        if ("icmp_type" in node or "icmp_code" in node) and ICMP_PROTOS.get(proto) != family:  # type: ignore[arg-type]
             key = "icmp_type" if "icmp_type" in node else "icmp_code"
             self.error(later_pos(node, "proto", key),
                        f"{key} needs proto {'icmp' if family == 4 else 'icmpv6'} "
                        f"for an IPv{family} packet")
             return None
-        if ICMP_PROTOS.get(proto) == family:
+        if ICMP_PROTOS.get(proto) == family:  # type: ignore[arg-type]
             icmp_type = 0
             if "icmp_type" in node:
                 types = self.icmp_types(node["icmp_type"], node.valmarks["icmp_type"], [family],
@@ -1080,7 +1102,7 @@ class _Loader:
                 self.error(node.valmarks.get("icmp_code", pos), "icmp_code must be 0-255")
                 return None
             fields["icmp_code"] = code
-        ttl = node.get("ttl", default_ttl(family, proto, fields.get("icmp_type")))
+        ttl = node.get("ttl", default_ttl(family, proto, fields.get("icmp_type")))  # type: ignore[arg-type]
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= 255:
             self.error(node.valmarks.get("ttl", pos), "ttl (the IPv4 TTL or IPv6 hop limit) "
                        "must be 0-255")
@@ -1118,7 +1140,7 @@ _PACKET_SCALARS = {"src": "address", "dst": "address", "proto": "protocol", "spo
                    "dport": "port"}
 
 
-def _net_families(networks) -> frozenset[int]:
+def _net_families(networks: tuple[AddressItem, ...] | None) -> frozenset[int]:
     """The IP versions a field allows, a set counting as both: its contents are data that
     change without the policy changing (a refreshed file, live edits), so they never make a
     rule invalid; what they hold now narrows ``Rule.families`` (``_content_families``)."""
@@ -1131,10 +1153,11 @@ def _net_families(networks) -> frozenset[int]:
         return _V4 if net.version == 4 else _V6
     if any(type(n) is PrefixSet for n in networks):
         return _BOTH
-    return frozenset(n.version for n in networks)
+    return frozenset(n.version for n in networks)  # type: ignore[union-attr]  # no set: above
 
 
-def _content_families(families, src, dst) -> frozenset[int]:
+def _content_families(families: Iterable[int], src: tuple[AddressItem, ...] | None,
+                      dst: tuple[AddressItem, ...] | None) -> frozenset[int]:
     """``families`` narrowed to what the address fields' items hold now: a field with a set
     matches only the families its literal items and its sets' contents have."""
     out = frozenset(families)
@@ -1163,7 +1186,7 @@ def later_pos(node: YMap, a: str, b: str) -> Pos:
     return max(node.keymarks[a], node.keymarks[b], key=to_pos)
 
 
-def _names_not_in(protos: tuple[int, ...], allowed) -> str:
+def _names_not_in(protos: tuple[int, ...], allowed: Iterable[int]) -> str:
     return ", ".join(proto_name(p) for p in protos if p not in allowed)
 
 
@@ -1219,10 +1242,11 @@ def packet_from_options(src: str, dst: str, proto: str | None = None,
     dest = reader.address(dst, None, "--dst")
     if reader.problems:
         raise PolicyError(reader.problems)
-    if source.version != dest.version:
+    # Here the addresses (and below, after the same test, the protocol) were read.
+    if source.version != dest.version:  # type: ignore[union-attr]
         raise PolicyError([Problem("command line", 0, None,
                                    "--src and --dst must be the same IP version")])
-    family = source.version
+    family = source.version  # type: ignore[union-attr]
     if proto is not None:
         number = reader.protocol(int(proto) if proto.isdigit() else proto, None, "--proto")
     elif icmp_type is not None:
@@ -1231,7 +1255,7 @@ def packet_from_options(src: str, dst: str, proto: str | None = None,
         number = 6
     if reader.problems:
         raise PolicyError(reader.problems)
-    fields: dict[str, object] = {"fragment": fragment}
+    fields: dict[str, Any] = {"fragment": fragment}   # Packet's other keyword arguments
     if number in PORT_PROTOS:
         for name, value, default in (("sport", sport, 12345), ("dport", dport, 0)):
             if value is None:
@@ -1244,7 +1268,7 @@ def packet_from_options(src: str, dst: str, proto: str | None = None,
                 fields[name] = port.lo
     elif sport is not None or dport is not None:
         reader.error(None, "--sport/--dport need --proto tcp or udp")
-    if ICMP_PROTOS.get(number) == family:
+    if ICMP_PROTOS.get(number) == family:  # type: ignore[arg-type]
         type_number = 0
         if icmp_type is not None:
             types = reader.icmp_types(int(icmp_type) if icmp_type.isdigit() else icmp_type,
@@ -1257,7 +1281,7 @@ def packet_from_options(src: str, dst: str, proto: str | None = None,
     elif icmp_type is not None or icmp_code is not None:
         reader.error(None, f"--icmp-type/--icmp-code need --proto "
                      f"{'icmp' if family == 4 else 'icmpv6'} for IPv{family} addresses")
-    hops = ttl if ttl is not None else default_ttl(family, number, fields.get("icmp_type"))
+    hops = ttl if ttl is not None else default_ttl(family, number, fields.get("icmp_type"))  # type: ignore[arg-type]
     if not 0 <= hops <= 255:
         reader.error(None, "--ttl must be 0-255")
     fields["ttl"] = hops

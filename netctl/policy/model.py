@@ -31,6 +31,7 @@ import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import repeat
+from typing import Any, final
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -98,6 +99,7 @@ BITS = {4: 32, 6: 128}
 Prefix = tuple[int, int]   # (prefix length, network as an int), host bits zero
 
 
+@final   # readers test ``type(item) is PrefixSet``
 @dataclass(frozen=True, eq=False)
 class PrefixSet:
     """A named address set: prefixes of both families, used in rules as ``"@NAME"``.
@@ -147,7 +149,7 @@ class PrefixSet:
     def __repr__(self) -> str:
         return f"PrefixSet(@{self.name}: {len(self.v4)} IPv4, {len(self.v6)} IPv6)"
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         # The lookup indexes are derived: rebuilt on demand, never pickled.  The contents
         # are pickled packed (one bytes object per family, not a million tuples for the
         # pickler to remember).
@@ -157,7 +159,7 @@ class PrefixSet:
                            _pack_prefixes(self.v6, 6))
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         form, v4, v6 = state.pop("packed", (None, None, None))
         if form != _PACKED_FORMAT:
             raise ValueError("a set pickled in another format (by another netctl)")
@@ -406,7 +408,8 @@ class Expectation:
     rule: str | None = None
 
     def __str__(self) -> str:
-        return f"rule {self.rule}" if self.rule is not None else str(self.verdict.value)
+        # An expectation holds a verdict or a rule name, never neither.
+        return f"rule {self.rule}" if self.rule is not None else str(self.verdict.value)  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import IO, Any
 
 # ---- compile-time constants shared with the datapath (passed as -D NAME=VALUE) ----------
 
@@ -134,7 +134,7 @@ class Limits:
     routes: int = 4096              # routes (per family trie, and next hops)
     icmp_intervals: int = 4096      # entries of icmp_classes
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 1 <= self.shapes <= MAX_SHAPES:
             raise ValueError(f"shapes must be 1..{MAX_SHAPES}")
         if self.port_intervals < 2 or self.icmp_intervals < 2:
@@ -281,7 +281,7 @@ class MapPlan:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         # The read-only views of maps() are derived (and cannot be pickled).
         state = dict(self.__dict__)
         state.pop("_maps", None)
@@ -334,7 +334,7 @@ def _pickled(value: Any) -> memoryview:
     return out.getbuffer()
 
 
-def dump_plan(plan: MapPlan, file) -> None:
+def dump_plan(plan: MapPlan, file: IO[bytes]) -> None:
     """Pickle a plan to an open binary file, as ``_pickled`` (no memo)."""
     pickler = pickle.Pickler(file, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.fast = True
@@ -414,7 +414,7 @@ def diff(old: MapPlan | None, new: MapPlan) -> PlanDiff:
                 if key not in new_c and value != zero:
                     removed[key] = value
         elif not old_c:
-            added = new_c.copy()   # a dict's copy (a plan's maps are read-only views)
+            added = new_c.copy()   # type: ignore[attr-defined]  # a dict's copy (a plan's maps are read-only views)
         elif old_c != new_c:   # equal maps (most, after a small edit) compare in C
             get = old_c.get
             for key, value in [(k, v) for k, v in new_c.items() if get(k, _MISSING) != v]:

@@ -7,6 +7,8 @@ descriptions so an editor's hover text tells the whole contract.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .load import (
     EXT_HEADER_NAMES,
     ICMP_TYPES,
@@ -21,18 +23,21 @@ from .load import (
 )
 from .sets import SET_NAME_MAX
 
+# A JSON document: its values are of every JSON type.
+JsonObject = dict[str, Any]
 
-def _one_or_many(item: dict, description: str) -> dict:
+
+def _one_or_many(item: JsonObject, description: str) -> JsonObject:
     return {"description": description,
             "oneOf": [item, {"type": "array", "items": item, "minItems": 1}]}
 
 
-def policy_schema() -> dict:
+def policy_schema() -> JsonObject:
     address = {"type": "string", "description": "IPv4/IPv6 address or prefix in network form"}
     set_name = f"[A-Za-z0-9_.-]{{1,{SET_NAME_MAX}}}"
     address_or_set = {"type": "string", "description": "IPv4/IPv6 address or prefix in "
                       "network form, or \"@NAME\": every prefix of the set NAME (sets:)"}
-    prefix_set = {
+    prefix_set: JsonObject = {
         "type": "object", "additionalProperties": False,
         "description": "a named address set: exactly one of elements (a list) and file (one "
                        "prefix per line, '#' or ';' comments, both families; relative to the "
@@ -65,7 +70,7 @@ def policy_schema() -> dict:
     boolean = {"oneOf": [{"type": "boolean"},
                          {"type": "string", "enum": ["yes", "no", "on", "off"]}]}
 
-    rule = {
+    rule: JsonObject = {
         "type": "object",
         "additionalProperties": False,
         "required": ["name", "action"],
@@ -95,7 +100,7 @@ def policy_schema() -> dict:
                         "this rule's counters"},
         },
     }
-    interface = {"oneOf": [ifname, {
+    interface: JsonObject = {"oneOf": [ifname, {
         "type": "object",
         "additionalProperties": False,
         "required": ["name"],
@@ -130,7 +135,7 @@ def policy_schema() -> dict:
                        "udp": {**seconds, "default": 60},
                        "icmp": {**seconds, "default": 30}},
     }
-    packet = {
+    packet: JsonObject = {
         "type": "object", "additionalProperties": False, "required": ["src", "dst", "proto"],
         "properties": {
             "src": {"type": "string"}, "dst": {"type": "string"}, "proto": proto,
@@ -144,7 +149,7 @@ def policy_schema() -> dict:
             "fragment": boolean,
         },
     }
-    test = {
+    test: JsonObject = {
         "type": "object", "additionalProperties": False, "required": ["packet", "expect"],
         "properties": {
             "packet": packet,
@@ -155,7 +160,7 @@ def policy_schema() -> dict:
             }]},
         },
     }
-    schema = {
+    schema: JsonObject = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "netctl-policy-v1",
         "title": "netctl policy v1",

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from itertools import repeat
 
 from ..errors import PolicyError, Problem
-from .model import BITS, Policy, PrefixSet, Rule, item_families
+from .model import BITS, AddressItem, Policy, PrefixSet, Rule, item_families
 
 # A set's name: what follows '@' in a rule.
 SET_NAME_MAX = 64
@@ -131,7 +131,8 @@ def parse_set_text(text: str, shown: str, budget: int = MAX_SET_PREFIXES
     """``read_set_file`` on text already read."""
     # Per family, per prefix length, the networks in file order: a published list is sorted
     # by address, so each length's list is sorted already and sorting it costs one pass.
-    by_length = {4: [[] for _ in range(33)], 6: [[] for _ in range(129)]}
+    by_length: dict[int, list[list[int]]] = {4: [[] for _ in range(33)],
+                                             6: [[] for _ in range(129)]}
     add4 = [networks.append for networks in by_length[4]]
     add6 = [networks.append for networks in by_length[6]]
     lengths4 = {str(plen): plen for plen in range(33)}
@@ -426,7 +427,8 @@ def _uses(rule: Rule, names: Mapping[str, PrefixSet]) -> bool:
                for field in (rule.src, rule.dst) if field for item in field)
 
 
-def _swap(field, replaced):
+def _swap(field: tuple[AddressItem, ...] | None, replaced: Mapping[str, PrefixSet]
+          ) -> tuple[AddressItem, ...] | None:
     if field is None:
         return None
     return tuple(replaced.get(i.name, i) if isinstance(i, PrefixSet) else i for i in field)
@@ -443,7 +445,7 @@ def static_families(rule: Rule) -> frozenset[int]:
     families = set(_BOTH)
     for field in (rule.src, rule.dst):
         if field is not None and not any(isinstance(i, PrefixSet) for i in field):
-            families &= {i.version for i in field}
+            families &= {i.version for i in field}  # type: ignore[union-attr]  # no set
     if rule.proto is not None:
         allowed: set[int] = set()
         for p in rule.proto:
@@ -452,7 +454,8 @@ def static_families(rule: Rule) -> frozenset[int]:
     return frozenset(families)
 
 
-def content_families(rule: Rule, src, dst) -> frozenset[int]:
+def content_families(rule: Rule, src: tuple[AddressItem, ...] | None,
+                     dst: tuple[AddressItem, ...] | None) -> frozenset[int]:
     """What ``Rule.families`` is with these address fields: the static families narrowed
     by what the fields' items (a set's contents) hold now."""
     families = set(static_families(dataclasses.replace(rule, src=src, dst=dst)))
@@ -470,10 +473,10 @@ def used_sets(policy: Policy) -> set[str]:
             for item in field if isinstance(item, PrefixSet)}
 
 
-def sets_record(policy: Policy) -> dict[str, dict]:
+def sets_record(policy: Policy) -> dict[str, dict[str, object]]:
     """What `apply` records of a policy's sets: per set its source, sizes and live edits
     (status shows it; the next apply and the set verbs read the edits back)."""
-    out = {}
+    out: dict[str, dict[str, object]] = {}
     for pset in policy.sets:
         base = pset.base or pset
         out[pset.name] = {"file": pset.source, "sha256": pset.sha256, "v4": len(pset.v4),

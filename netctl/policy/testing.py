@@ -30,7 +30,7 @@ class TestResult:
                                                                 "the default")
         return f"{d.verdict.value} ({by})"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         return {
             "line": self.test.line,
             "direction": self.test.direction.value,
@@ -55,12 +55,12 @@ def run_policy_tests(policy: Policy) -> list[TestResult]:
 
     plan = compile_policy(policy) if policy.tests else None
     engines = ["reference model", "compiled maps"]
-    results = []
+    results: list[TestResult] = []
     for test in policy.tests:
         decision = evaluate(policy, test.packet, test.direction)
-        problems = []
+        problems: list[str] = []
         passed = expectation_met(test, decision)
-        compiled = interpret(plan, test.packet, test.direction)
+        compiled = interpret(plan, test.packet, test.direction)  # type: ignore[arg-type]  # tests: a plan
         compiled_rule = compiled.rule
         reference_rule = decision.rule.index if decision.rule is not None else None
         if (compiled.verdict, compiled_rule, compiled.why) != (

@@ -16,7 +16,9 @@ overwritten.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import yaml
 from yaml import events as ev
@@ -28,20 +30,35 @@ except ImportError:  # pragma: no cover - Debian's and PyPI's PyYAML both ship i
 
 Pos = tuple[int, int]  # (line, column), 1-based
 
+
+class LibyamlMark(Protocol):
+    """libyaml's position of an event (yaml.error.Mark, or the C parser's): 0-based."""
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def column(self) -> int: ...
+
+
+# Where a node was: libyaml's mark, or from the fast path an int packing
+# (line << 16) + column, already 1-based.  to_pos() reads either.
+Mark = int | LibyamlMark
+
 _INT = re.compile(r"[-+]?[0-9]+\Z")
 _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 
 
-class YMap(dict):
+class YMap(dict[object, object]):
     """A mapping that knows where it, each key and each value were."""
 
     __slots__ = ("mark", "keymarks", "valmarks")
 
-    def __init__(self, mark):
+    def __init__(self, mark: Mark) -> None:
         super().__init__()
         self.mark = mark
-        self.keymarks: dict[object, object] = {}
-        self.valmarks: dict[object, object] = {}
+        self.keymarks: dict[object, Mark] = {}
+        self.valmarks: dict[object, Mark] = {}
 
     @property
     def pos(self) -> Pos:
@@ -54,21 +71,21 @@ class YMap(dict):
         return to_pos(self.valmarks[key])
 
 
-class YSeq(list):
+class YSeq(list[object]):
     """A sequence that knows where it and each item were."""
 
     __slots__ = ("mark", "itemmarks")
 
-    def __init__(self, mark):
+    def __init__(self, mark: Mark) -> None:
         super().__init__()
         self.mark = mark
-        self.itemmarks: list[object] = []
+        self.itemmarks: list[Mark] = []
 
     @property
     def pos(self) -> Pos:
         return to_pos(self.mark)
 
-    def items_with_pos(self):
+    def items_with_pos(self) -> Iterator[tuple[object, Mark]]:
         """(item, mark) pairs; convert a mark with to_pos() when reporting."""
         return zip(self, self.itemmarks, strict=True)
 
@@ -162,7 +179,7 @@ def compose(text: str) -> tuple[object, list[YamlProblem]]:
     if text.count("\n") > 1000 and not _BLOCK_SCALAR.search(text):
         where = [0, 0]  # (offset, line) of the last match, to count lines incrementally
 
-        def replace(m: re.Match) -> str:
+        def replace(m: re.Match[str]) -> str:
             start = m.start()
             lineno = where[1] + text.count("\n", where[0], start)
             where[0], where[1] = start, lineno
@@ -185,7 +202,7 @@ def _compose(text: str, fast: dict[int, YMap]) -> tuple[object, list[YamlProblem
     problems: list[YamlProblem] = []
     anchors: dict[str, object] = {}
     # Each stack frame: [container, pending key (or _NOKEY), pending key mark, anchor]
-    stack: list[list] = []
+    stack: list[list[Any]] = []
     root: object = None
     documents = 0
     int_match = _INT.match
@@ -194,13 +211,16 @@ def _compose(text: str, fast: dict[int, YMap]) -> tuple[object, list[YamlProblem
     map_start, seq_start = ev.MappingStartEvent, ev.SequenceStartEvent
     map_end, seq_end = ev.MappingEndEvent, ev.SequenceEndEvent
     loader = _Loader(text)
-    get_event = loader.get_event
+    # An event's kind is told by comparing its type with local aliases of the classes (for
+    # speed), which mypy cannot narrow by: events, their marks and the node each one makes
+    # (a scalar's str, a popped frame's container...) are read as Any.
+    get_event: Callable[[], Any] = loader.get_event
     try:
         while (event := get_event()) is not None:
             kind = type(event)
             mark = event.start_mark
             if kind is scalar_event:
-                node: object = event.value
+                node: Any = event.value
                 if event.implicit[0]:  # plain (unquoted, untagged)
                     if int_match(node):
                         node = int(node, 10)
@@ -284,10 +304,10 @@ def _compose(text: str, fast: dict[int, YMap]) -> tuple[object, list[YamlProblem
     return root, problems
 
 
-def to_pos(mark) -> Pos:
+def to_pos(mark: Mark) -> Pos:
     """A position as a 1-based (line, column).  Marks are libyaml's (0-based attributes)
     or, from the fast path, ints packing (line << 16) + column, already 1-based."""
-    if type(mark) is int:
+    if isinstance(mark, int):
         return (mark >> 16, mark & 0xFFFF)
     return (mark.line + 1, mark.column + 1)
 
