@@ -17,7 +17,7 @@ setup:  ## install everything on a fresh Debian 12 machine (root; quick when don
 
 # Each tier is its own pytest run: pytest exits 5 when it collects nothing, and make
 # stops on any non-zero status, so an empty tier can never pass as green.
-test: require-root test-unit test-bpf test-netns  ## run every tier: unit, bpf, netns (root)
+test: require-root lint test-unit test-bpf test-netns  ## lint (ruff, mypy), then every tier: unit, bpf, netns (root)
 
 test-unit:  ## pure logic: loader, compiler, reference model, property tests (no root)
 	$(PYTEST) tests/unit -q -p no:cacheprovider
