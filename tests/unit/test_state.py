@@ -224,3 +224,20 @@ def test_carried_counters_default_to_zero():
     copied.rules["a"] = [1, 1]
     assert carried.rules == {}
 
+
+def test_generation_record_of_an_apply_has_todays_keys(tmp_path, monkeypatch):
+    """The record an apply makes now carries the keys the old one did, nothing renamed."""
+    from netctl.datapath.transaction import generation_record
+    from netctl.policy.compile import compile_policy
+    from netctl.policy.load import load_policy_text
+
+    text = ("version: 1\ninterfaces: [{name: eth0}]\ndefaults: {ingress: drop}\n"
+            "rules:\n  - {name: web, action: accept, proto: tcp, dport: 80, metrics: true}\n")
+    (tmp_path / "p.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    policy = load_policy_text(text, "p.yaml")
+    record = generation_record(policy, compile_policy(policy)).to_json()
+    assert list(record) == ["policy", "policy_sha256", "digest", "contents", "applied_at",
+                            "rules", "actions", "metrics", "nexthops"]
+    assert record["rules"] == ["web"] and record["actions"] == [0] and record["metrics"] == [0]
+    assert record["policy"] == str(tmp_path / "p.yaml") and len(record["policy_sha256"]) == 64
