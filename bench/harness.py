@@ -362,12 +362,12 @@ class Netctl(System):
     # of the bare drop at 10,000 rules read this way against 0.54 with status).
     _READER = """
 import sys
-from netctl.datapath.control import _open_live, live_state
+from netctl.datapath.live import live_state, open_live
 from netctl.datapath.netns import Namespace
 state, _ = live_state(Namespace.current())
-live, why = _open_live(Namespace.current(), state)
+live, why = open_live(Namespace.current(), state)
 gen = live.active
-names = state["generations"][str(gen)]["rules"]
+names = state.generations[gen].rules
 index = names.index(sys.argv[1])
 print("ready", flush=True)
 for line in sys.stdin:

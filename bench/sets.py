@@ -136,10 +136,10 @@ def policy(set_file: Path) -> str:
 # rebuilt flips another build's word).
 _FLIP_WATCHER = """
 import select, sys, time
-from netctl.datapath.control import _open_live, live_state
+from netctl.datapath.live import live_state, open_live
 from netctl.datapath.netns import Namespace
 state, _ = live_state(Namespace.current())
-live, why = _open_live(Namespace.current(), state)
+live, why = open_live(Namespace.current(), state)
 before = live.active
 print("ready", flush=True)
 deadline = time.monotonic() + float(sys.argv[1])

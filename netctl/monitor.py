@@ -19,11 +19,14 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import abi
 from .errors import NetctlError
 from .trace.kinds import KIND_TYPES
+
+if TYPE_CHECKING:
+    from .datapath.state import State
 
 DEFAULT_TYPES = ("policy", "drop")
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
@@ -71,20 +74,20 @@ class PolicySource:
 
     reader: Any
     datapath: Any
-    state: dict
+    state: State
     names: dict[int, str] = field(default_factory=dict)
     start_stats: list = field(default_factory=list)
     _lease: Any = None
 
     @classmethod
     def open(cls) -> PolicySource | None:
-        from .datapath.control import _open_live, live_state
+        from .datapath.live import live_state, open_live
         from .datapath.netns import Namespace
         from .ringbuf import RingReader
 
         ns = Namespace.current()
         state, _notes = live_state(ns)
-        live, _why = _open_live(ns, state)
+        live, _why = open_live(ns, state)
         if live is None:
             return None
         source = cls(RingReader(live.maps["events"]), live, state, start_stats=live.stats())
@@ -98,7 +101,7 @@ class PolicySource:
         from .datapath.attach import Links
 
         with Links() as links:
-            for name in self.state.get("interfaces", {}):
+            for name in self.state.interfaces:
                 info = links.find(name)
                 if info is not None:
                     self.names[info.index] = info.name
@@ -132,10 +135,11 @@ class PolicySource:
         out = []
         now_mono = time.monotonic_ns()
         now = time.time()
-        gens = self.state.get("generations", {})
+        gens = self.state.generations
         for record in self.reader.records():
             e = abi.unpack_event(record)
-            names = gens.get(str(e["gen"]), {}).get("rules", [])
+            record = gens.get(e["gen"])
+            names = record.rules if record is not None else []
             rule = e.pop("rule")
             e["rule"] = names[rule] if rule is not None and rule < len(names) else None
             e["time"] = now - (now_mono - e.pop("ts_ns")) / 1e9

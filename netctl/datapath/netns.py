@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import pickle
 import shutil
@@ -22,14 +21,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import NetctlError, PrivilegeError
 from ..paths import PIN_ROOT, STATE_ROOT
+from . import state as statefile
+from .state import State
 
 SO_NETNS_COOKIE = 71
 BPF_FS_MAGIC = 0xCAFE4A11
-STATE_VERSION = 1
 
 
 def netns_cookie() -> int:
@@ -133,29 +132,14 @@ class Namespace:
         return self.state_dir / "state.json"
 
     # -- state
-    def read_state(self) -> dict[str, Any] | None:
-        try:
-            text = self.state_file.read_text()
-        except FileNotFoundError:
-            return None
-        try:
-            state = json.loads(text)
-        except ValueError:
-            raise NetctlError(f"{self.state_file} is corrupt; 'netctl detach --all' "
-                              "removes netctl's state and datapath") from None
-        return state if state.get("version") == STATE_VERSION else None
+    def read_state(self) -> State | None:
+        """The state file (netctl.datapath.state), or None when there is none; NetctlError
+        when it is corrupt or of another version."""
+        return statefile.read(self.state_file)
 
-    def write_state(self, state: dict[str, Any]) -> None:
+    def write_state(self, state: State) -> None:
         """Atomically (write a temporary file, then rename it over the old one)."""
-        state["version"] = STATE_VERSION
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.state_dir / f".state.{os.getpid()}.tmp"
-        text = json.dumps(state, separators=(",", ":"))  # json.dumps uses the C encoder
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_file)
+        statefile.write(self.state_file, state)
 
     # -- what each generation holds, so an apply need not read it back from the kernel
     def save_plan(self, gen: int, plan) -> None:

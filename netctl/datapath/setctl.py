@@ -53,6 +53,7 @@ from ..policy.sets import (
     with_edits,
 )
 from .netns import Namespace
+from .state import Generation, Request, State
 
 SNAPSHOT = "applied.policy"
 
@@ -84,7 +85,7 @@ def edits_lock(ns: Namespace, timeout: float = 120.0) -> Iterator[None]:
 
 # ---- the snapshot of the applied policy ------------------------------------------------------
 
-def save_snapshot(ns: Namespace, policy: Policy, record: dict[str, Any]) -> None:
+def save_snapshot(ns: Namespace, policy: Policy, record: Generation) -> None:
     """Save the policy being applied, its sets as their files and elements give them (the
     edits are in the record), for the set verbs, and name it in its generation's record
     (called by apply before the record is written).  A set edit starts from the snapshot
@@ -92,19 +93,19 @@ def save_snapshot(ns: Namespace, policy: Policy, record: dict[str, Any]) -> None
     base = strip_edits(policy)
     known = _SNAPSHOTS.get(str(ns.state_dir))
     if known is not None and known[1] == base and (ns.state_dir / SNAPSHOT).exists():
-        record["snapshot"] = known[0]
+        record.snapshot = known[0]
         return
     token = secrets.token_hex(8)
     ns.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = ns.state_dir / f".{SNAPSHOT}.{os.getpid()}.tmp"
     # The path as recorded (absolute), so that an edit made from another directory records
     # the same policy file.
-    base = dataclasses.replace(base, source=record["policy"])
+    base = dataclasses.replace(base, source=record.policy)
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         pickle.dump({"token": token, "policy": base}, f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, ns.state_dir / SNAPSHOT)
     _SNAPSHOTS[str(ns.state_dir)] = (token, base)
-    record["snapshot"] = token
+    record.snapshot = token
 
 
 # The snapshot this process loaded or saved, per state directory: (token, base policy).
@@ -117,15 +118,15 @@ def strip_edits(policy: Policy) -> Policy:
     return replace_sets(policy, edited) if edited else policy
 
 
-def load_snapshot(ns: Namespace, record: dict[str, Any]) -> Policy:
+def load_snapshot(ns: Namespace, record: Generation) -> Policy:
     """The live policy as it was applied, its sets as their files and elements give them
     (``live_policy`` puts the record's edits in force)."""
-    if not record.get("sets"):
-        raise NetctlError(f"the live policy ({record.get('policy')}) defines no sets")
+    if not record.sets:
+        raise NetctlError(f"the live policy ({record.policy}) defines no sets")
     known = _SNAPSHOTS.get(str(ns.state_dir))
-    if known is not None and known[0] == record.get("snapshot"):
+    if known is not None and known[0] == record.snapshot:
         return known[1]
-    again = (f"run 'netctl apply {record.get('policy')}' again (it keeps the live edits) "
+    again = (f"run 'netctl apply {record.policy}' again (it keeps the live edits) "
              "and retry")
     try:
         with open(ns.state_dir / SNAPSHOT, "rb") as f:
@@ -134,7 +135,7 @@ def load_snapshot(ns: Namespace, record: dict[str, Any]) -> Policy:
             ValueError) as exc:
         raise NetctlError(f"the snapshot of the applied policy is unreadable ({exc}): "
                           f"{again}") from None
-    if not isinstance(saved, dict) or saved.get("token") != record.get("snapshot") \
+    if not isinstance(saved, dict) or saved.get("token") != record.snapshot \
             or not isinstance(saved.get("policy"), Policy):
         raise NetctlError(f"the snapshot of the applied policy does not match what is live "
                           f"(an apply was interrupted?): {again}")
@@ -142,7 +143,7 @@ def load_snapshot(ns: Namespace, record: dict[str, Any]) -> Policy:
     return saved["policy"]
 
 
-def live_policy(ns: Namespace, record: dict[str, Any]) -> Policy:
+def live_policy(ns: Namespace, record: Generation) -> Policy:
     """The live policy: the snapshot with the record's live edits in force."""
     policy, _gone = with_edits(load_snapshot(ns, record), live_edits(record))
     return policy
@@ -150,25 +151,17 @@ def live_policy(ns: Namespace, record: dict[str, Any]) -> Policy:
 
 # ---- what is live -----------------------------------------------------------------------------
 
-def live_record(ns: Namespace) -> tuple[dict, dict | None]:
+def live_record(ns: Namespace) -> tuple[State, Generation | None]:
     """(state, the live generation's record or None when nothing is applied)."""
-    from .control import _open_live, live_state
+    from .live import live_generation
 
-    state, _notes = live_state(ns)
-    state = state or {}
-    live, _why = _open_live(ns, state)
-    if live is None:
-        return state, None
-    with live:
-        gen = live.active
-    return state, state.get("generations", {}).get(str(gen))
+    state, _gen, record = live_generation(ns)
+    return state or State(), record
 
 
-def live_edits(record: dict | None) -> dict[str, dict[str, list[str]]]:
+def live_edits(record: Generation | None) -> dict[str, dict[str, list[str]]]:
     """The overlay of each set in force in a generation's record."""
-    return {name: {"add": rec.get("add", []), "del": rec.get("del", [])}
-            for name, rec in ((record or {}).get("sets") or {}).items()
-            if rec.get("add") or rec.get("del")}
+    return record.set_edits() if record is not None else {}
 
 
 def apply_keeping_edits(policy: Policy, devs: list[str] | None = None,
@@ -194,22 +187,22 @@ def apply_keeping_edits(policy: Policy, devs: list[str] | None = None,
     return result
 
 
-def _peek_state(ns: Namespace) -> dict | None:
+def _peek_state(ns: Namespace) -> State | None:
     try:
         return ns.read_state()
     except OSError:   # unreadable here: the apply itself says why
         return None
 
 
-def _any_edits(state: dict | None) -> bool:
+def _any_edits(state: State | None) -> bool:
     """Whether any generation of the state has live set edits (read only)."""
-    return any(live_edits(record) for record in ((state or {}).get("generations") or {})
-               .values())
+    return state is not None and any(live_edits(record)
+                                     for record in state.generations.values())
 
 
 # ---- the verbs -----------------------------------------------------------------------------
 
-def _live_policy(ns: Namespace) -> tuple[dict, dict, Policy]:
+def _live_policy(ns: Namespace) -> tuple[State, Generation, Policy]:
     state, record = live_record(ns)
     if record is None:
         raise NetctlError("nothing is applied in this network namespace: 'netctl apply FILE' "
@@ -223,15 +216,15 @@ def set_list(name: str | None = None) -> dict[str, Any]:
     ns = Namespace.current()
     _state, record, policy = _live_policy(ns)
     if name is None:
-        return {"policy": record.get("policy"),
-                "sets": [dict(rec, name=n) for n, rec in record.get("sets", {}).items()]}
+        return {"policy": record.policy,
+                "sets": [dict(rec, name=n) for n, rec in (record.sets or {}).items()]}
     pset = policy.prefix_set(name)
     if pset is None:
         from ..errors import PolicyError, Problem
 
         raise PolicyError([Problem("command line", 0, None, unknown_set(policy, name))])
-    rec = record.get("sets", {}).get(name, {})
-    return {"name": name, "policy": record.get("policy"), "file": pset.source,
+    rec = (record.sets or {}).get(name, {})
+    return {"name": name, "policy": record.policy, "file": pset.source,
             "prefixes": len(pset), "v4": len(pset.v4), "v6": len(pset.v6),
             "added": rec.get("add", []), "removed": rec.get("del", []),
             "elements": [format_prefix(*item) for item in set_items(pset)]}
@@ -251,7 +244,7 @@ def set_edit(name: str, add: list[Prefix3] = (), delete: list[Prefix3] = (),  # 
         edited, outcome = edit_set(policy, name, add, delete, reset)
         if edited is policy:
             return outcome, None
-        request = state.get("request") or {}
-        result = apply(edited, devs=request.get("devs"), xdp_mode=request.get("xdp_mode"))
+        request = state.request or Request()
+        result = apply(edited, devs=request.devs, xdp_mode=request.xdp_mode)
     result.sets = sets_record(edited)
     return outcome, result

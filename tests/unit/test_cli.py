@@ -278,11 +278,11 @@ def test_generation_record_of_standard_input_has_no_file(tmp_path, monkeypatch):
     (tmp_path / "<stdin>").write_text(POLICY)   # a file that happens to bear the name
     policy = load_policy_text(POLICY, "<stdin>")
     record = _generation_record(policy, compile_policy(policy))
-    assert record["policy"] == "<stdin>" and record["policy_sha256"] is None
+    assert record.policy == "<stdin>" and record.policy_sha256 is None
     (tmp_path / "p.yaml").write_text(POLICY)
     policy = load_policy_text(POLICY, "p.yaml")
     record = _generation_record(policy, compile_policy(policy))
-    assert record["policy"] == str(tmp_path / "p.yaml") and record["policy_sha256"]
+    assert record.policy == str(tmp_path / "p.yaml") and record.policy_sha256
 
 
 def test_lab_refuses_standard_input_before_anything(capsys, stdin):

@@ -576,9 +576,11 @@ def test_apply_keeps_the_live_edits_and_drops_those_of_sets_gone(monkeypatch, tm
 
     monkeypatch.setattr(setctl.privilege, "require", lambda *a: None)
     monkeypatch.setattr(setctl, "edits_lock", lambda ns: _nothing())
-    record = {"sets": {"blk": {"add": ["203.0.113.9/32"], "del": ["198.51.100.0/24"]},
-                       "gone": {"add": ["10.0.0.0/8"], "del": []}}}
-    monkeypatch.setattr(setctl, "live_record", lambda ns: ({}, record))
+    from netctl.datapath.state import Generation, State
+
+    record = Generation(sets={"blk": {"add": ["203.0.113.9/32"], "del": ["198.51.100.0/24"]},
+                              "gone": {"add": ["10.0.0.0/8"], "del": []}})
+    monkeypatch.setattr(setctl, "live_record", lambda ns: (State(), record))
     applied = []
 
     def fake_apply(policy, **_kw):

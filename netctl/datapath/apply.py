@@ -1,0 +1,169 @@
+"""`netctl apply`: from a policy to the interfaces and hooks it goes live on, then the
+transaction (netctl.datapath.transaction) under the namespace lock; and the two cheaper
+ways out: a dry run, and the same file already live.
+
+In order (each step leaves the previous policy running if it fails):
+
+1. load and compile the policy (pure; an invalid policy changes nothing);
+2. find every interface and decide its hooks (a missing interface changes nothing);
+3. under the namespace lock, the transaction: open the live datapath from its pins or
+   build a new one, write, attach, record, flip, finish.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+
+from ..errors import AttachError
+from ..policy.compile import compile_fitting
+from ..policy.model import Policy
+from ..policy.plan import Limits, MapPlan, diff
+from ..policy.plan import constants as plan_constants
+from ..policy.sets import file_sha256
+from . import attach as att
+from .build import source_digest
+from .hooks import (
+    Found,
+    attachments_intact,
+    check_link_layer,
+    coverage_warnings,
+    decide_hooks,
+    interface_record,
+    targets,
+)
+from .instance import contents_plan
+from .live import (
+    build_limits,
+    changed_maps,
+    fits,
+    larger,
+    live_state,
+    open_live,
+    require_privilege,
+    reusable,
+    stale_builds,
+)
+from .netns import Namespace, ensure_pin_root, netns_name
+from .routes import resolve_routes
+from .state import Request, State
+from .transaction import ApplyResult, Transaction, as_json
+
+
+def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = None,
+          dry_run: bool = False, limits: Limits = Limits(),  # noqa: B008
+          extra_cflags: tuple[str, ...] = (), max_entries: int | None = None) -> ApplyResult:
+    started = time.monotonic()
+    wanted = targets(policy, devs, xdp_mode)
+    require_privilege("apply")
+    ns = Namespace.current()
+    # Capacities only grow: into the live build's when the policy fits there (no rebuild),
+    # else as large as the policy needs (a rebuild).
+    plan = compile_fitting(policy, larger(limits, build_limits(live_state(ns)[0])),
+                           max_entries)
+    with att.Links() as links:
+        found: list[Found] = []
+        for t in wanted:
+            link = links.find(t.name)
+            if link is None:
+                raise AttachError(t.name, errno.ENODEV, "no such interface in this network "
+                                  f"namespace ({netns_name() or 'unnamed'})")
+            check_link_layer(link)
+            found.append((t, link, decide_hooks(link, t, bool(policy.routes))))
+        warnings = coverage_warnings(policy, found)
+        nexthops = resolve_routes(links, policy, warnings, found)
+        if dry_run:
+            return _dry_run(ns, plan, policy, found, warnings, started)
+        ensure_pin_root()
+        with ns.lock():
+            result = Transaction(ns, links, policy, plan, found, extra_cflags,
+                                 nexthops).run()
+            _record_request(ns, devs, xdp_mode)
+    result.warnings = warnings + result.warnings
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _record_request(ns: Namespace, devs: list[str] | None, xdp_mode: str | None) -> None:
+    state = ns.read_state() or State()
+    state.request = Request(devs, xdp_mode)
+    ns.write_state(state)
+
+
+def _dry_run(ns: Namespace, plan: MapPlan, policy: Policy, found: list[Found],
+             warnings: list[str], started: float) -> ApplyResult:
+    state, _notes = live_state(ns)
+    live, _ = open_live(ns, state)
+    reload = True
+    try:
+        if live is not None and reusable(state, plan):
+            assert state is not None
+            gen = live.active
+            rec = state.generation(gen)
+            current = ns.load_plan(gen, rec.digest if rec is not None else None) \
+                or contents_plan(live.read_generation(gen), plan)
+            change = diff(current, plan)
+            reload = False
+        else:
+            change = diff(None, plan)
+    finally:
+        if live is not None:
+            live.close()
+    interfaces = {t.name: interface_record(t, link, hooks, False) for t, link, hooks in found}
+    previous = set(state.interfaces) if state is not None else set()
+    return ApplyResult(policy.source, -1, reload, change, as_json(interfaces),
+                       detached=sorted(previous - set(interfaces)), warnings=warnings,
+                       dry_run=True, seconds=time.monotonic() - started)
+
+
+def _file_sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
+                 limits: Limits = Limits()) -> dict | None:  # noqa: B008
+    """The live generation's record (as JSON, with ``generation`` and ``interfaces``) when
+    the very same file (by content), applied the same way, is live and intact: then there
+    is nothing to load, compile or write.  None when anything differs; the caller then does
+    a full apply (which may still find nothing to write)."""
+    require_privilege("apply")
+    ns = Namespace.current()
+    state = ns.read_state()
+    if state is None or state.build is None:
+        return None
+    build = state.build
+    built = build.capacities()
+    if state.request != Request(devs, xdp_mode) or build.constants != plan_constants(built) \
+            or not fits(limits, built) or build.source != source_digest():
+        return None
+    if state.pending is not None or stale_builds(ns, build):
+        return None                     # an apply was killed: a full one cleans up after it
+    live, _ = open_live(ns, state)
+    if live is None:
+        return None
+    with live:
+        record = state.generation(live.active)
+        if (record is None or record.policy != os.path.abspath(path)
+                or record.policy_sha256 != _file_sha256(path)
+                or record.nexthops):   # routes: an apply refreshes their next hops
+            return None
+        for rec in (record.sets or {}).values():   # a set file changed: apply it
+            if rec.get("file") and file_sha256(rec["file"]) != rec.get("sha256"):
+                return None
+        with att.Links() as links:
+            for iface in state.interfaces.values():
+                link = links.find(iface.name)
+                if link is None or link.index != iface.ifindex:
+                    return None
+            if not attachments_intact(links, live.prog_ids(), state.interfaces):
+                return None
+        if changed_maps(live, live.active, record):   # changed by hand: apply rewrites
+            return None
+        return dict(record.to_json(), generation=live.active,
+                    interfaces=as_json(state.interfaces))
