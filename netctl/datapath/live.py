@@ -44,9 +44,9 @@ def live_state(ns: Namespace) -> tuple[State | None, list[str]]:
     the build.  A kill between the two leaves interfaces running the pending build: then it
     is what judges their traffic, and what status, conntrack and the monitor must read."""
     state = ns.read_state()
-    pending = state.pending if state is not None else None
-    if pending is None:
+    if state is None or state.pending is None:
         return state, []
+    pending = state.pending
     dp, _why = _open_build(ns, pending.build)
     if dp is None:
         return state, []

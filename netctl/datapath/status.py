@@ -95,10 +95,10 @@ def _counters(out: dict[str, Any], live: Datapath, gen: int, record: Generation,
              for i, (p, b) in enumerate(live.stats())]
     defaults: dict[str, dict[str, Any]] = {}
     for direction, dir_code in (("ingress", 0), ("egress", 1)):
-        for action_code, action in enumerate(actions):
+        for action_code, verdict in enumerate(actions):
             packets, nbytes = stats[abi.stat_default(dir_code, action_code)]
-            defaults.setdefault(direction, {})[action] = {"packets": packets,
-                                                          "bytes": nbytes}
+            defaults.setdefault(direction, {})[verdict] = {"packets": packets,
+                                                           "bytes": nbytes}
     dp_cfg = live.read_config(gen)
     for direction, word in (("ingress", 0), ("egress", 1)):
         defaults[direction]["action"] = actions[dp_cfg[word] & 1]

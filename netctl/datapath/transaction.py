@@ -190,6 +190,7 @@ class Transaction:
                 and _attachments_intact(self.links, dp.prog_ids(), state.interfaces):
             if not changed_maps(dp, active, rec):
                 dp.close()
+                assert state.build is not None   # a recorded generation has its build
                 remove_stale_builds(self.ns, state.build)
                 if state.pending is not None:
                     self.state = state = dataclasses.replace(state, pending=None)
