@@ -30,18 +30,7 @@ from array import array
 from collections import defaultdict
 from itertools import combinations, product
 
-from ..errors import CompileError, MapFullError
-from .model import (
-    ICMP_PROTOS,
-    PORT_PROTOS,
-    Action,
-    Direction,
-    Policy,
-    PrefixSet,
-    Rule,
-    icmp_ranges,
-)
-from .plan import (
+from ..abi import (
     ACTION_ACCEPT,
     ACTION_DROP,
     CFG_ALLOW_NDP,
@@ -78,9 +67,19 @@ from .plan import (
     L4_FIELDS,
     MAX_SHAPES,
     PORT_SLOTS,
-    Limits,
-    MapPlan,
 )
+from ..errors import CompileError, MapFullError
+from .model import (
+    ICMP_PROTOS,
+    PORT_PROTOS,
+    Action,
+    Direction,
+    Policy,
+    PrefixSet,
+    Rule,
+    icmp_ranges,
+)
+from .plan import Limits, MapPlan
 
 _BITS = {4: 32, 6: 128}
 _ALL_PROTOS = tuple(range(256))

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .model import Action, Direction, Packet, ndp_exempt
-from .plan import (
+from ..abi import (
     ACTION_DROP,
     CFG_ALLOW_NDP,
     CFG_DEFAULT_EGRESS,
@@ -52,8 +51,9 @@ from .plan import (
     MAX_SHAPES,
     PORT_SLOTS,
     ZERO_CLASSES,
-    MapPlan,
 )
+from .model import Action, Direction, Packet, ndp_exempt
+from .plan import MapPlan
 
 _ICMP_OF_FAMILY = {4: 1, 6: 58}
 _BITS = {4: 32, 6: 128}

@@ -50,65 +50,53 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
-# ---- compile-time constants shared with the datapath (passed as -D NAME=VALUE) ----------
+# The constants the datapath shares live in netctl/abi (the ABI imports nothing from here);
+# the compiler's modules and many tests know them as the plan's, so they are re-exported.
+from ..abi.constants import (  # noqa: F401
+    ACTION_ACCEPT,
+    ACTION_DROP,
+    CFG_ALLOW_NDP,
+    CFG_CLASSIFY,
+    CFG_CT_ICMP,
+    CFG_CT_TCP_CLOSING,
+    CFG_CT_TCP_ESTABLISHED,
+    CFG_CT_TCP_UNCONFIRMED,
+    CFG_CT_UDP,
+    CFG_DEFAULT_EGRESS,
+    CFG_DEFAULT_INGRESS,
+    CFG_DIRECT_DST,
+    CFG_EVENT_SAMPLE,
+    CFG_FLOW_CACHE,
+    CFG_ROUTES,
+    CFG_SHAPES,
+    CFG_SIZE,
+    CFG_SLOTS_EGRESS,
+    CFG_SLOTS_INGRESS,
+    CFG_STATEFUL,
+    CLASSIFY_DST,
+    CLASSIFY_SRC,
+    DIR_EGRESS,
+    DIR_INGRESS,
+    FIELD_DPORT,
+    FIELD_DST,
+    FIELD_ICMP,
+    FIELD_PROTO,
+    FIELD_SPORT,
+    FIELD_SRC,
+    FLAG_LOG,
+    FLOW_CACHE_MODES,
+    ICMP_INDEX_SIZE,
+    ICMP_SLOTS,
+    L4_FIELDS,
+    MAX_SHAPES,
+    PORT_INDEX_SIZE,
+    PORT_SLOTS,
+    RULE_KEY_HEADER_BITS,
+    ZERO_CLASSES,
+)
 
-MAX_SHAPES = 8          # shape slots; every class vector has this many u32 entries
-
-# Field bits of a shape mask.
-FIELD_SRC = 1
-FIELD_DST = 2
-FIELD_PROTO = 4
-FIELD_SPORT = 8
-FIELD_DPORT = 16
-FIELD_ICMP = 32
-L4_FIELDS = FIELD_SPORT | FIELD_DPORT | FIELD_ICMP
 FIELD_NAMES = {FIELD_SRC: "src", FIELD_DST: "dst", FIELD_PROTO: "proto",
                FIELD_SPORT: "sport", FIELD_DPORT: "dport", FIELD_ICMP: "icmp_type"}
-
-ACTION_ACCEPT = 0
-ACTION_DROP = 1
-FLAG_LOG = 1
-
-DIR_INGRESS = 0
-DIR_EGRESS = 1
-
-PORT_SLOTS = {6: 0, 17: 1}          # protocol -> port slot (tcp, udp)
-ICMP_SLOTS = {4: 0, 6: 1}           # family -> icmp slot (ICMP proto 1, ICMPv6 proto 58)
-PORT_INDEX_SIZE = 2 * 65536
-ICMP_INDEX_SIZE = 2 * 65536          # type << 8 | code, per icmp slot
-
-# Positions in the config entry.
-CFG_DEFAULT_INGRESS = 0   # ACTION_*
-CFG_DEFAULT_EGRESS = 1
-CFG_ALLOW_NDP = 2         # 0/1
-CFG_SLOTS_INGRESS = 3     # bitmap of slots that hold ingress rules
-CFG_SLOTS_EGRESS = 4
-CFG_SHAPES = 5            # CFG_SHAPES + slot: that slot's shape mask
-# A slot is in use when a direction's bitmap has it.  Its mask may be 0: the shape of rules
-# that give no field at all (they match every IP packet of their direction).
-CFG_DIRECT_DST = CFG_SHAPES + MAX_SHAPES   # bitmap: slots whose rule trie is keyed by dst
-CFG_CLASSIFY = CFG_DIRECT_DST + 1          # CLASSIFY_*: which address class tries to read
-CFG_STATEFUL = CFG_CLASSIFY + 1           # 0/1: connection tracking on
-CFG_CT_TCP_ESTABLISHED = CFG_STATEFUL + 1  # idle timeouts, seconds
-CFG_CT_TCP_CLOSING = CFG_STATEFUL + 2
-CFG_CT_UDP = CFG_STATEFUL + 3
-CFG_CT_ICMP = CFG_STATEFUL + 4
-CFG_ROUTES = CFG_CT_ICMP + 1               # number of routes (0: no forwarding)
-CFG_EVENT_SAMPLE = CFG_ROUTES + 1          # events: one in this many goes to monitor
-CFG_CT_TCP_UNCONFIRMED = CFG_EVENT_SAMPLE + 1  # idle timeout of TCP before its handshake
-CFG_FLOW_CACHE = CFG_CT_TCP_UNCONFIRMED + 1   # FLOW_CACHE_*
-CFG_SIZE = CFG_FLOW_CACHE + 1
-
-FLOW_CACHE_MODES = {"off": 0, "auto": 1, "on": 2}
-
-# A slot's directly looked-up address field: dst when its CFG_DIRECT_DST bit is set (and
-# the shape has dst), else src when the shape has src, else none.  The other address field
-# of a shape with both is looked up as a class.
-CLASSIFY_SRC = 1
-CLASSIFY_DST = 2
-RULE_KEY_HEADER_BITS = 160  # gen, slot, direction, family, proto, pad, three class ids
-
-ZERO_CLASSES: tuple[int, ...] = (0,) * MAX_SHAPES
 
 LPM_MAPS = ("src_v4", "src_v6", "dst_v4", "dst_v6")
 INTERVAL_MAPS = ("sport_interval", "dport_interval", "icmp_interval")
