@@ -7,14 +7,18 @@ and the tools all build on it:
 ``constants``  every #define and enum of netctl_abi.h (config positions, field bits, stat
                slots, drop reasons, conntrack states...)
 ``structs``    ctypes mirrors of its structs
-``codec``      plan entries <-> map bytes
+``codec``      plan entries <-> map bytes, one ``Codec`` per key or value layout
+``maps``       ``MAPS``: every map, declared once (kind, codecs, capacity, role)
 ``records``    the runtime records: counters, conntrack entries, next hops, events
 
-tests/bpf/test_abi.py compiles the headers with bcc and compares sizes and offsets.
-Everything is re-exported here (``abi.pack_u32``, ``abi.STAT_MAX``...).
+tests/bpf/test_abi.py compiles the headers with bcc and compares sizes and offsets;
+tests/unit/test_abi_headers.py compares constants, struct fields and map declarations with
+the headers' text, without root.  Everything is re-exported here (``abi.pack_u32``,
+``abi.STAT_MAX``, ``abi.MAPS``...).
 """
 
 from .codec import *  # noqa: F403
 from .constants import *  # noqa: F403
+from .maps import *  # noqa: F403
 from .records import *  # noqa: F403
 from .structs import *  # noqa: F403

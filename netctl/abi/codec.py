@@ -2,26 +2,26 @@
 
 A ``MapPlan`` (netctl/policy/plan.py) holds plain ints and tuples; here they become the
 bytes of the structs in netctl_abi.h, with the generation in every trie key
-(docs/classification.md, "Atomic updates"; an array's generation is its index's stride,
-``array_stride``).
+(docs/classification.md, "Atomic updates"; an array's generation is its index's stride, see
+``maps.MapDef.per_generation``).  Each layout is one ``Codec``; the registry (``maps``)
+names the codec of every map's key and value.
 
-The bulk packers write hundreds of thousands of entries per apply, back to
+The bulk packers (``pack_many``) write hundreds of thousands of entries per apply, back to
 back in one pass, each entry exactly as the single-entry packer writes it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import sys
 from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
-from .constants import (
-    CFG_SIZE,
-    ICMP_INDEX_SIZE,
-    MAX_SHAPES,
-    PORT_INDEX_SIZE,
-    RULE_KEY_HEADER_BITS,
-)
+from . import structs
+from .constants import CFG_SIZE, MAX_SHAPES, RULE_KEY_HEADER_BITS, ZERO_CLASSES
 
 _CLASSES = struct.Struct(f"<{MAX_SHAPES}I")
 _RULE_KEY = struct.Struct("<IBBBBB3xIII16s")
@@ -140,8 +140,90 @@ def pack_u32s(values) -> bytes:
     return data.tobytes()
 
 
-# Per-generation strides of the array maps: index = gen * stride + plan index.
-def array_stride(name: str, constants: dict[str, int]) -> int:
-    fixed = {"sport_interval": PORT_INDEX_SIZE, "dport_interval": PORT_INDEX_SIZE,
-             "icmp_interval": ICMP_INDEX_SIZE, "config": 1}
-    return fixed.get(name) or constants[f"NETCTL_{name.upper()}_ENTRIES"]
+def pack_classes_many(values: Iterable[tuple[int, ...]]) -> bytes:
+    pack = _CLASSES.pack
+    return b"".join([pack(*v) for v in values])
+
+
+# ---- codecs ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Codec:
+    """One layout of a map's keys or values: the C type the map is declared with in
+    netctl_maps.h, its size, and for the policy maps how plan entries become its bytes.
+
+    Keys of LPM tries carry the generation: ``pack(gen, key)``, ``unpack(data) -> (gen,
+    key)``, ``pack_many(gen, keys)``.  Array indexes and values: ``pack(value)``,
+    ``unpack(data)``, ``pack_many(values)``; ``zero`` is the plan's value for all-zero bytes
+    (what an array holds where nothing was written)."""
+
+    ctype: str
+    size: int
+    pack: Callable[..., bytes] | None = None
+    unpack: Callable[[bytes], Any] | None = None
+    pack_many: Callable[..., bytes] | None = None
+    zero: Any = None
+    zero_bytes: bytes = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "zero_bytes", bytes(self.size))
+
+    def nonzero(self, blob: bytes) -> dict[int, Any]:
+        """The entries of an array part (values back to back) that are not all zeros, by
+        index, unpacked."""
+        size, zero, unpack = self.size, self.zero_bytes, self.unpack
+        if size == 4 and unpack is unpack_u32:
+            values = array("I", blob if isinstance(blob, bytes) else bytes(blob))
+            return {index: value for index, value in enumerate(values) if value}
+        part = memoryview(blob)
+        out: dict[int, Any] = {}
+        for index in range(len(part) // size):
+            raw = part[index * size:(index + 1) * size]
+            if raw != zero:
+                out[index] = unpack(raw.tobytes())
+        return out
+
+
+def _struct(name: str) -> Codec:
+    """A record with no plan form (runtime maps): its type and size only."""
+    return Codec(f"struct {name}", ctypes.sizeof(structs.STRUCTS[name]))
+
+
+def _lpm_key(family: int) -> Codec:
+    def pack(gen: int, key: tuple[int, int]) -> bytes:
+        plen, network = key
+        return pack_lpm_key(gen, family, plen, network)
+
+    def unpack(data: bytes) -> tuple[int, tuple[int, int]]:
+        gen, plen, network = unpack_lpm_key(data)
+        return gen, (plen, network)
+
+    def pack_many(gen: int, keys) -> bytes:
+        return pack_lpm_keys(gen, family, keys)
+
+    name = f"netctl_lpm{family}_key"
+    return Codec(f"struct {name}", ctypes.sizeof(structs.STRUCTS[name]), pack, unpack,
+                 pack_many)
+
+
+U32 = Codec("u32", 4, pack_u32, unpack_u32, pack_u32s, zero=0)
+U64 = Codec("u64", 8)
+LPM4_KEY = _lpm_key(4)
+LPM6_KEY = _lpm_key(6)
+RULE_KEY = Codec("struct netctl_rule_key", ctypes.sizeof(structs.RuleKey), pack_rule_key,
+                 unpack_rule_key, pack_rule_keys)
+CLASSES = Codec("struct netctl_classes", ctypes.sizeof(structs.Classes), pack_classes,
+                unpack_classes, pack_classes_many, zero=ZERO_CLASSES)
+RULE = Codec("struct netctl_rule", ctypes.sizeof(structs.Rule), pack_rule, unpack_rule,
+             lambda values: b"".join([pack_rule(v) for v in values]), zero=(0, 0))
+CONFIG = Codec("struct netctl_config", ctypes.sizeof(structs.Config), pack_config,
+               unpack_config, lambda values: b"".join([pack_config(v) for v in values]),
+               zero=(0,) * CFG_SIZE)
+NEXTHOP = _struct("netctl_nexthop")
+COUNTER = _struct("netctl_counter")
+LOCAL_KEY = _struct("netctl_local_key")
+CT_KEY = _struct("netctl_ct_key")
+CT_ENTRY = _struct("netctl_ct_entry")
+FLOW_KEY = _struct("netctl_flow_key")
+FLOW_STAT = _struct("netctl_flow_stat")
+EVENTS_CTL = _struct("netctl_events_ctl")

@@ -3,7 +3,8 @@
 `netctl.policy.compile.compile_policy` builds a `MapPlan` from a `Policy`; the loader
 writes it into the datapath's maps (adding the generation tag to every key, see
 docs/classification.md); `netctl.policy.interp.interpret` runs the datapath's lookups on
-it in pure Python.  The layout, per map (``maps()`` gives exactly these names):
+it in pure Python.  netctl/abi/maps.py declares every map (kind, key and value codecs,
+capacity); the layout of the plan's, per map (``maps()`` gives exactly these names):
 
 ``src_v4``, ``src_v6``, ``dst_v4``, ``dst_v6`` (LPM tries)
     key ``(prefixlen, network as int)``, value a tuple of ``MAX_SHAPES`` class ids, one per
@@ -50,6 +51,8 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
+from ..abi import BUILD_DEFINES, MAPS, MAX_SHAPES, PLAN_MAPS
+
 # The constants the datapath shares live in netctl/abi (the ABI imports nothing from here);
 # the compiler's modules and many tests know them as the plan's, so they are re-exported.
 from ..abi.constants import (  # noqa: F401
@@ -88,7 +91,6 @@ from ..abi.constants import (  # noqa: F401
     ICMP_INDEX_SIZE,
     ICMP_SLOTS,
     L4_FIELDS,
-    MAX_SHAPES,
     PORT_INDEX_SIZE,
     PORT_SLOTS,
     RULE_KEY_HEADER_BITS,
@@ -98,12 +100,9 @@ from ..abi.constants import (  # noqa: F401
 FIELD_NAMES = {FIELD_SRC: "src", FIELD_DST: "dst", FIELD_PROTO: "proto",
                FIELD_SPORT: "sport", FIELD_DPORT: "dport", FIELD_ICMP: "icmp_type"}
 
-LPM_MAPS = ("src_v4", "src_v6", "dst_v4", "dst_v6")
-INTERVAL_MAPS = ("sport_interval", "dport_interval", "icmp_interval")
-CLASS_MAPS = ("sport_classes", "dport_classes", "icmp_classes")
-ROUTE_MAPS = ("routes_v4", "routes_v6")
-MAP_NAMES = (*LPM_MAPS, *INTERVAL_MAPS, *CLASS_MAPS, "rule_table", "rules", "config",
-             *ROUTE_MAPS)
+# The plan's maps, in order: netctl/abi/maps.py declares them (PLAN_MAPS).
+MAP_NAMES = tuple(PLAN_MAPS)
+ARRAY_MAPS = frozenset(n for n, d in PLAN_MAPS.items() if d.kind == "array")
 
 
 @dataclass(frozen=True)
@@ -164,28 +163,8 @@ class MapSpec:
 
 
 def map_specs(limits: Limits) -> dict[str, MapSpec]:
-    vec = f"u32[{MAX_SHAPES}] class ids"
-    specs = [MapSpec(n, "lpm_trie", f"prefixlen u32, addr u8[{4 if n.endswith('4') else 16}]",
-                     vec, limits.lpm_entries) for n in LPM_MAPS]
-    specs += [MapSpec("sport_interval", "array", "u32 port_slot*65536+port", "u32 interval id",
-                      PORT_INDEX_SIZE),
-              MapSpec("dport_interval", "array", "u32 port_slot*65536+port", "u32 interval id",
-                      PORT_INDEX_SIZE),
-              MapSpec("icmp_interval", "array", "u32 icmp_slot*65536+(type<<8|code)",
-                      "u32 interval id",
-                      ICMP_INDEX_SIZE),
-              MapSpec("sport_classes", "array", "u32 interval id", vec, limits.port_intervals),
-              MapSpec("dport_classes", "array", "u32 interval id", vec, limits.port_intervals),
-              MapSpec("icmp_classes", "array", "u32 interval id", vec, limits.icmp_intervals),
-              MapSpec("rule_table", "lpm_trie",
-                      "prefixlen u32, u8 gen, slot, direction, family, proto, pad[3], "
-                      "u32 addr_cls, sport_cls, l4_cls, u8 addr[16]", "u32 rule index",
-                      limits.rule_table),
-              MapSpec("rules", "array", "u32 rule index", "u8 action, u8 flags", limits.rules),
-              MapSpec("config", "array", "u32 0", f"u32[{CFG_SIZE}]", 1)]
-    specs += [MapSpec(n, "lpm_trie", f"prefixlen u32, addr u8[{4 if n.endswith('4') else 16}]",
-                      "u32 route index", limits.routes) for n in ROUTE_MAPS]
-    return {s.name: s for s in specs}
+    return {name: MapSpec(name, d.kind, *d.doc, d.capacity(limits))
+            for name, d in PLAN_MAPS.items()}
 
 
 # The table of unconfirmed flows (no valid reply yet) is this share of the conntrack size,
@@ -201,27 +180,17 @@ def unconfirmed_size(conntrack_size: int) -> int:
 
 def constants(limits: Limits, conntrack_size: int = 65536) -> dict[str, int]:
     """The -D constants of a datapath built for ``limits`` and a conntrack table size."""
-    out = {"NETCTL_MAX_SHAPES": MAX_SHAPES, "NETCTL_CFG_SIZE": CFG_SIZE,
-           "NETCTL_CT_ENTRIES": conntrack_size,
-           "NETCTL_CT_UNCONFIRMED_ENTRIES": unconfirmed_size(conntrack_size),
-           "NETCTL_NEXTHOPS_ENTRIES": limits.routes}
-    for name, spec in map_specs(limits).items():
-        out[f"NETCTL_{name.upper()}_ENTRIES"] = spec.max_entries
+    out = dict(BUILD_DEFINES)
+    out["NETCTL_CT_ENTRIES"] = conntrack_size
+    out["NETCTL_CT_UNCONFIRMED_ENTRIES"] = unconfirmed_size(conntrack_size)
+    for d in MAPS.values():
+        if d.size is not None:   # its capacity is a -D constant
+            out[d.entries] = d.capacity(limits)
     return out
 
 
 def _zero(name: str) -> Any:
-    if name in LPM_MAPS or name in CLASS_MAPS:
-        return ZERO_CLASSES
-    if name == "rules":
-        return (0, 0)
-    if name == "config":
-        return (0,) * CFG_SIZE
-    return 0
-
-
-ARRAY_MAPS = frozenset(n for n in MAP_NAMES if n in INTERVAL_MAPS or n in CLASS_MAPS
-                       or n in ("rules", "config"))
+    return PLAN_MAPS[name].value.zero
 
 
 @dataclass(frozen=True, eq=False)
