@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _kernel as kernel
 from ._events import (
+    AF_INET,
+    AF_INET6,
     CONG_PROBE,
     CONG_STATE,
     OLD_UNKNOWN,
@@ -70,9 +72,9 @@ class Flow(NamedTuple):
 
 def _addr(family: int, raw) -> str | None:
     data = bytes(raw)
-    if family == 2:
+    if family == AF_INET:
         return str(ipaddress.IPv4Address(data[:4]))
-    if family == 10:
+    if family == AF_INET6:
         return str(ipaddress.IPv6Address(data[:16]))
     return None
 
