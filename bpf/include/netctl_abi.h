@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* netctl ABI: the one header shared by the BPF programs and user space.
  *
- * Mirrored field by field in netctl/abi.py; tests/bpf/test_abi.py compiles this header with
- * bcc and checks every size and offset against the mirror.  Numbers here are a stable
- * interface: never renumber a drop reason or a stat slot, only append.
+ * Mirrored field by field in netctl/abi/ (constants.py, structs.py): without root,
+ * tests/unit/test_abi_headers.py compares the two as text; tests/bpf/test_abi.py compiles
+ * this header with bcc and checks every size and offset against the mirror.  Numbers here
+ * are a stable interface: never renumber a drop reason or a stat slot, only append.
  *
  * Capacities come from the compiler's Limits as -D flags (NETCTL_*_ENTRIES, per
  * generation); every map that holds policy data has room for NETCTL_GENS generations, and
@@ -19,7 +20,7 @@
 
 #define NETCTL_GENS 2
 
-/* Field bits of a shape mask (netctl/policy/plan.py FIELD_*). */
+/* Field bits of a shape mask (FIELD_* in netctl/abi/constants.py). */
 #define NETCTL_FIELD_SRC 1
 #define NETCTL_FIELD_DST 2
 #define NETCTL_FIELD_PROTO 4

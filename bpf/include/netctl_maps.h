@@ -5,7 +5,8 @@
  * first program compiled for a datapath creates the maps and every later one (the other
  * hook, a later process) shares them.  Sizes are per generation (-D NETCTL_*_ENTRIES from
  * the compiler's Limits) times NETCTL_GENS.  Layouts: netctl_abi.h and
- * docs/classification.md.
+ * docs/classification.md.  User space declares the same maps once, in netctl/abi/maps.py
+ * (MAPS, in this order); tests/unit/test_abi_headers.py compares the two.
  */
 #ifndef NETCTL_MAPS_H
 #define NETCTL_MAPS_H

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* What every tracer shares (kernel side only; each event struct is mirrored by ctypes in
  * netctl/trace/_events.py, and the loader passes the mirror's size as -D<KIND>_EVENT_SIZE
- * so that a drifted layout fails the compile instead of garbling events).
+ * so that a drifted layout fails the compile instead of garbling events; without root,
+ * tests/unit/test_abi_headers.py compares the fields and #defines with the mirror as text).
  *
  * Every tracer source holds three variants of its entry points, each compiled unless the
  * loader turns it off (-DWITH_FENTRY=0 when the target function is not in the kernel's BTF,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .. import abi, bpfsys
 from ..errors import NetctlError
-from ..policy.plan import MAP_NAMES, MapPlan, PlanDiff, diff
+from ..policy.plan import MapPlan, PlanDiff, diff
 from . import maps as mapio
 from .build import ROLES, compile_programs, unconfirmed_pin
 
@@ -23,8 +23,9 @@ from .build import ROLES, compile_programs, unconfirmed_pin
 # not name it).
 CLOCK_MONOTONIC_COARSE = 6
 
-ALL_MAPS = (*MAP_NAMES, "active", "counters", "stats", "nexthops", "route_counters",
-            "local_addrs", "events_ctl", "flow_cache", "flow_epoch", "flow_stat")
+# The maps opened from the pin directory by name (netctl/abi/maps.py: the plan's and the
+# runtime state's); conntrack and the event ring buffer are opened apart.
+ALL_MAPS = abi.PINNED_MAPS
 
 
 class PinsMissing(NetctlError):

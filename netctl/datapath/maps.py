@@ -16,23 +16,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
-from array import array
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from .. import abi
+from ..abi import PLAN_MAPS
 from ..bpfsys import BpfError
 from ..errors import MapFullError
-from ..policy.plan import (
-    ARRAY_MAPS,
-    CLASS_MAPS,
-    INTERVAL_MAPS,
-    LPM_MAPS,
-    MAP_NAMES,
-    ROUTE_MAPS,
-    ZERO_CLASSES,
-    MapDiff,
-)
+from ..policy.plan import ARRAY_MAPS, MAP_NAMES, MapDiff
 
 
 class RawMap(Protocol):
@@ -131,96 +122,35 @@ class MemoryMap:
 
 
 # ---- the generation-tagged layout of every map ---------------------------------------------
+# Each plan map's kind and codecs come from its declaration in netctl/abi/maps.py: an LPM
+# trie's key carries the generation, an array's index is gen * stride + the plan's index.
 
 def map_kind(name: str) -> str:
-    if name in LPM_MAPS or name in ROUTE_MAPS or name == "rule_table":
-        return "lpm_trie"
-    return "array" if name in ARRAY_MAPS else "hash"
-
-
-def _family(name: str) -> int:
-    return 4 if name.endswith("4") else 6
+    d = abi.MAPS.get(name)
+    return d.kind if d is not None else "hash"
 
 
 def encode(name: str, gen: int, key: Any, value: Any,
            constants: dict[str, int]) -> tuple[bytes, bytes]:
     """One plan entry of map ``name`` as the (key, value) bytes of generation ``gen``."""
-    if name in LPM_MAPS:
-        plen, network = key
-        return abi.pack_lpm_key(gen, _family(name), plen, network), abi.pack_classes(value)
-    if name == "rule_table":
-        return abi.pack_rule_key(gen, key), abi.pack_u32(value)
-    if name in ROUTE_MAPS:
-        plen, network = key
-        return abi.pack_lpm_key(gen, _family(name), plen, network), abi.pack_u32(value)
-    index = abi.pack_u32(gen * abi.array_stride(name, constants) + key)
-    if name in INTERVAL_MAPS:
-        return index, abi.pack_u32(value)
-    if name in CLASS_MAPS:
-        return index, abi.pack_classes(value)
-    if name == "rules":
-        return index, abi.pack_rule(value)
-    if name == "config":
-        return index, abi.pack_config(value)
-    raise KeyError(name)
-
-
-def _zero_value(name: str) -> bytes:
-    if name in CLASS_MAPS:
-        return abi.pack_classes(ZERO_CLASSES)
-    if name == "rules":
-        return abi.pack_rule((0, 0))
-    if name == "config":
-        return abi.pack_config((0,) * len(abi.Config().word))
-    return abi.pack_u32(0)
-
-
-def _decode_array(name: str, part: bytes, constants: dict[str, int]) -> dict:
-    """The non-zero entries of one generation of an array map, read as one blob."""
-    size = len(_zero_value(name))
-    part = memoryview(part)
-    out: dict[int, Any] = {}
-    if name in INTERVAL_MAPS:
-        values = array("I", part.tobytes())
-        for index, value in enumerate(values):
-            if value:
-                out[index] = value
-        return out
-    zero = _zero_value(name)
-    for index in range(len(part) // size):
-        raw = part[index * size:(index + 1) * size]
-        if raw != zero:
-            raw = raw.tobytes()
-            if name in CLASS_MAPS:
-                out[index] = abi.unpack_classes(raw)
-            elif name == "rules":
-                out[index] = abi.unpack_rule(raw)
-            else:
-                out[index] = abi.unpack_config(raw)
-    return out
+    d = PLAN_MAPS[name]
+    if d.kind == "array":
+        return abi.pack_u32(gen * d.per_generation(constants) + key), d.value.pack(value)
+    return d.key.pack(gen, key), d.value.pack(value)
 
 
 def read_generation(maps: Mapping[str, RawMap], gen: int,
                     constants: dict[str, int]) -> dict[str, dict]:
     """What generation ``gen`` holds, in the plan's canonical form (arrays: non-zero only)."""
     out: dict[str, dict] = {}
-    for name in MAP_NAMES:
+    for name, d in PLAN_MAPS.items():
         m = maps[name]
-        if name in LPM_MAPS:
-            out[name] = _read_trie(m, gen, _lpm_key, abi.unpack_classes)
-        elif name in ROUTE_MAPS:
-            out[name] = _read_trie(m, gen, _lpm_key, abi.unpack_u32)
-        elif name == "rule_table":
-            out[name] = _read_trie(m, gen, abi.unpack_rule_key, abi.unpack_u32)
+        if d.kind == "array":
+            stride = d.per_generation(constants)
+            out[name] = d.value.nonzero(m.read_array(gen * stride, stride))
         else:
-            stride = abi.array_stride(name, constants)
-            out[name] = _decode_array(name, m.read_array(gen * stride, stride), constants)
+            out[name] = _read_trie(m, gen, d.key.unpack, d.value.unpack)
     return out
-
-
-def _lpm_key(key: bytes) -> tuple[int, tuple[int, Any]]:
-    g, plen, network = abi.unpack_lpm_key(key)
-    return g, (plen, network)
 
 
 def _read_trie(m: RawMap, gen: int, unpack_key, unpack_value) -> dict:
@@ -296,40 +226,29 @@ def write_diff(maps: Mapping[str, RawMap], name: str, gen: int, change: MapDiff,
         writes.update((k, new) for k, (_, new) in change.changed.items())
     else:
         writes = change.added
+    d = PLAN_MAPS[name]
     try:
-        if map_kind(name) == "lpm_trie":
-            m.delete_many(encode(name, gen, k, v, constants)[0]
-                          for k, v in change.removed.items())
-            if writes and not _batch_trie(m, *_trie_blobs(name, gen, writes)):
-                m.update_many(encode(name, gen, k, v, constants) for k, v in writes.items())
+        if d.kind == "lpm_trie":
+            pack_key = d.key.pack
+            m.delete_many(pack_key(gen, k) for k in change.removed)
+            # Packed back to back in one pass each (a million-prefix set is a million
+            # rule-trie entries: one ``encode`` call per entry would cost seconds).
+            if writes and not _batch_trie(m, d.key.pack_many(gen, writes),
+                                          d.value.pack_many(writes.values()), len(writes)):
+                pack_value = d.value.pack
+                m.update_many((pack_key(gen, k), pack_value(v)) for k, v in writes.items())
             return
-        if map_kind(name) == "array":
-            zero = _zero_value(name)
-            pairs = [encode(name, gen, k, v, constants) for k, v in writes.items()]
-            pairs += [(encode(name, gen, k, v, constants)[0], zero)
-                      for k, v in change.removed.items()]
-            _batch(m, pairs)
-            return
-        m.delete_many(encode(name, gen, k, v, constants)[0] for k, v in change.removed.items())
-        _batch(m, [encode(name, gen, k, v, constants) for k, v in writes.items()])
+        # An array: removed entries become zeros.
+        base = gen * d.per_generation(constants)
+        indexes = [base + k for k in writes]
+        indexes += [base + k for k in change.removed]
+        values = d.value.pack_many(writes.values()) + d.value.zero_bytes * len(change.removed)
+        _batch_blobs(m, abi.pack_u32s(indexes), values, len(indexes))
     except BpfError as exc:
         if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
             raise MapFullError(f"{name}: the kernel refused another entry ({exc.strerror}); "
                                f"raise the capacity or shrink the policy") from None
         raise
-
-
-def _trie_blobs(name: str, gen: int, writes: Mapping[Any, Any]) -> tuple[bytes, bytes, int]:
-    """An LPM trie's entries as (keys, values, count), packed back to back in one pass each
-    (a million-prefix set is a million rule-trie entries: one ``encode`` call per entry
-    would cost seconds)."""
-    if name == "rule_table":
-        return abi.pack_rule_keys(gen, writes), abi.pack_u32s(writes.values()), len(writes)
-    if name in LPM_MAPS:
-        values = b"".join([abi.pack_classes(v) for v in writes.values()])
-        return abi.pack_lpm_keys(gen, _family(name), writes), values, len(writes)
-    keys = abi.pack_lpm_keys(gen, _family(name), writes)   # routes
-    return keys, abi.pack_u32s(writes.values()), len(writes)
 
 
 _BATCH = 8192
@@ -357,13 +276,10 @@ def _batch_trie(m: RawMap, keys: bytes, values: bytes, count: int) -> bool:
     return True
 
 
-def _batch(m: RawMap, pairs: list[tuple[bytes, bytes]]) -> None:
-    for start in range(0, len(pairs), _BATCH):
-        chunk = pairs[start:start + _BATCH]
-        m.update_batch(b"".join(k for k, _ in chunk), b"".join(v for _, v in chunk), len(chunk))
-
-
 def _batch_blobs(m: RawMap, keys: bytes, values: bytes, count: int) -> None:
+    """Write ``count`` entries packed back to back, ``_BATCH`` to a syscall."""
+    if not count:
+        return
     ks, vs = len(keys) // count, len(values) // count
     kview, vview = memoryview(keys), memoryview(values)
     for start in range(0, count, _BATCH):
@@ -384,28 +300,8 @@ def set_active(maps: Mapping[str, RawMap], gen: int) -> None:
 def memory_maps(constants: dict[str, int]) -> dict[str, MemoryMap]:
     """In-memory maps shaped like the datapath's (for tests without root)."""
     out: dict[str, MemoryMap] = {}
-    for name in MAP_NAMES:
-        kind = map_kind(name)
-        key, value = encode(name, 0, _sample_key(name), _sample_value(name), constants)
-        per_gen = constants[f"NETCTL_{name.upper()}_ENTRIES"]
-        out[name] = MemoryMap(kind, len(key), len(value), abi.GENS * per_gen)
+    for name, d in PLAN_MAPS.items():
+        out[name] = MemoryMap(d.kind, d.key.size, d.value.size,
+                              abi.GENS * d.per_generation(constants))
     out["active"] = MemoryMap("array", 4, 4, 1)
     return out
-
-
-def _sample_key(name: str) -> Any:
-    if name in LPM_MAPS or name in ROUTE_MAPS:
-        return (0, 0)
-    if name == "rule_table":
-        return (0, 0, 4, 0, 0, 0, 0, 0, 0)
-    return 0
-
-
-def _sample_value(name: str) -> Any:
-    if name in LPM_MAPS or name in CLASS_MAPS:
-        return ZERO_CLASSES
-    if name == "rules":
-        return (0, 0)
-    if name == "config":
-        return (0,) * len(abi.Config().word)
-    return 0

@@ -74,7 +74,7 @@ def _counters(out: dict[str, Any], live: Datapath, gen: int, record: Generation,
               carried: Carried) -> None:
     """Rules, defaults, drops, passes, conntrack, events, routes, forwarding and the flow
     cache of generation ``gen``, counters carried over from earlier generations added."""
-    from ..policy.plan import CFG_EVENT_SAMPLE, CFG_FLOW_CACHE, FLOW_CACHE_MODES
+    from ..abi import CFG_EVENT_SAMPLE, CFG_FLOW_CACHE, FLOW_CACHE_MODES
 
     carried_stats = carried.all_stats()
     counters = live.rule_counters(gen, len(record.rules))
@@ -143,7 +143,7 @@ def conntrack_summary(live: Datapath, cfg: tuple[int, ...], stats) -> dict[str, 
     they are derived: an entry enters the unconfirmed table when created and leaves it
     confirmed, expired or evicted; it enters the confirmed table when confirmed and leaves
     it expired (or ended by a new connection on its tuple) or evicted."""
-    from ..policy.plan import CFG_STATEFUL
+    from ..abi import CFG_STATEFUL
 
     def count(slot: int) -> int:
         return stats[slot][0]

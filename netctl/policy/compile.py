@@ -32,20 +32,7 @@ from collections.abc import Collection, Iterable
 from itertools import combinations, product
 from typing import Any, TypeVar
 
-from ..errors import CompileError, MapFullError
-from .model import (
-    ICMP_PROTOS,
-    PORT_PROTOS,
-    Action,
-    AddressItem,
-    Direction,
-    Policy,
-    PortRange,
-    PrefixSet,
-    Rule,
-    icmp_ranges,
-)
-from .plan import (
+from ..abi import (
     ACTION_ACCEPT,
     ACTION_DROP,
     CFG_ALLOW_NDP,
@@ -82,9 +69,21 @@ from .plan import (
     L4_FIELDS,
     MAX_SHAPES,
     PORT_SLOTS,
-    Limits,
-    MapPlan,
 )
+from ..errors import CompileError, MapFullError
+from .model import (
+    ICMP_PROTOS,
+    PORT_PROTOS,
+    Action,
+    AddressItem,
+    Direction,
+    Policy,
+    PortRange,
+    PrefixSet,
+    Rule,
+    icmp_ranges,
+)
+from .plan import Limits, MapPlan
 
 _BITS = {4: 32, 6: 128}
 _ALL_PROTOS = tuple(range(256))

@@ -31,8 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .model import Action, Direction, Packet, ndp_exempt
-from .plan import (
+from ..abi import (
     ACTION_DROP,
     CFG_ALLOW_NDP,
     CFG_DEFAULT_EGRESS,
@@ -53,8 +52,9 @@ from .plan import (
     MAX_SHAPES,
     PORT_SLOTS,
     ZERO_CLASSES,
-    MapPlan,
 )
+from .model import Action, Direction, Packet, ndp_exempt
+from .plan import MapPlan
 
 _ICMP_OF_FAMILY = {4: 1, 6: 58}
 _BITS = {4: 32, 6: 128}

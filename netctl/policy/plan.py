@@ -3,7 +3,8 @@
 `netctl.policy.compile.compile_policy` builds a `MapPlan` from a `Policy`; the loader
 writes it into the datapath's maps (adding the generation tag to every key, see
 docs/classification.md); `netctl.policy.interp.interpret` runs the datapath's lookups on
-it in pure Python.  The layout, per map (``maps()`` gives exactly these names):
+it in pure Python.  netctl/abi/maps.py declares every map (kind, key and value codecs,
+capacity); the layout of the plan's, per map (``maps()`` gives exactly these names):
 
 ``src_v4``, ``src_v6``, ``dst_v4``, ``dst_v6`` (LPM tries)
     key ``(prefixlen, network as int)``, value a tuple of ``MAX_SHAPES`` class ids, one per
@@ -50,72 +51,58 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import IO, Any
 
-# ---- compile-time constants shared with the datapath (passed as -D NAME=VALUE) ----------
+from ..abi import BUILD_DEFINES, MAPS, MAX_SHAPES, PLAN_MAPS
 
-MAX_SHAPES = 8          # shape slots; every class vector has this many u32 entries
+# The constants the datapath shares live in netctl/abi (the ABI imports nothing from here);
+# the compiler's modules and many tests know them as the plan's, so they are re-exported.
+from ..abi.constants import (  # noqa: F401
+    ACTION_ACCEPT,
+    ACTION_DROP,
+    CFG_ALLOW_NDP,
+    CFG_CLASSIFY,
+    CFG_CT_ICMP,
+    CFG_CT_TCP_CLOSING,
+    CFG_CT_TCP_ESTABLISHED,
+    CFG_CT_TCP_UNCONFIRMED,
+    CFG_CT_UDP,
+    CFG_DEFAULT_EGRESS,
+    CFG_DEFAULT_INGRESS,
+    CFG_DIRECT_DST,
+    CFG_EVENT_SAMPLE,
+    CFG_FLOW_CACHE,
+    CFG_ROUTES,
+    CFG_SHAPES,
+    CFG_SIZE,
+    CFG_SLOTS_EGRESS,
+    CFG_SLOTS_INGRESS,
+    CFG_STATEFUL,
+    CLASSIFY_DST,
+    CLASSIFY_SRC,
+    DIR_EGRESS,
+    DIR_INGRESS,
+    FIELD_DPORT,
+    FIELD_DST,
+    FIELD_ICMP,
+    FIELD_PROTO,
+    FIELD_SPORT,
+    FIELD_SRC,
+    FLAG_LOG,
+    FLOW_CACHE_MODES,
+    ICMP_INDEX_SIZE,
+    ICMP_SLOTS,
+    L4_FIELDS,
+    PORT_INDEX_SIZE,
+    PORT_SLOTS,
+    RULE_KEY_HEADER_BITS,
+    ZERO_CLASSES,
+)
 
-# Field bits of a shape mask.
-FIELD_SRC = 1
-FIELD_DST = 2
-FIELD_PROTO = 4
-FIELD_SPORT = 8
-FIELD_DPORT = 16
-FIELD_ICMP = 32
-L4_FIELDS = FIELD_SPORT | FIELD_DPORT | FIELD_ICMP
 FIELD_NAMES = {FIELD_SRC: "src", FIELD_DST: "dst", FIELD_PROTO: "proto",
                FIELD_SPORT: "sport", FIELD_DPORT: "dport", FIELD_ICMP: "icmp_type"}
 
-ACTION_ACCEPT = 0
-ACTION_DROP = 1
-FLAG_LOG = 1
-
-DIR_INGRESS = 0
-DIR_EGRESS = 1
-
-PORT_SLOTS = {6: 0, 17: 1}          # protocol -> port slot (tcp, udp)
-ICMP_SLOTS = {4: 0, 6: 1}           # family -> icmp slot (ICMP proto 1, ICMPv6 proto 58)
-PORT_INDEX_SIZE = 2 * 65536
-ICMP_INDEX_SIZE = 2 * 65536          # type << 8 | code, per icmp slot
-
-# Positions in the config entry.
-CFG_DEFAULT_INGRESS = 0   # ACTION_*
-CFG_DEFAULT_EGRESS = 1
-CFG_ALLOW_NDP = 2         # 0/1
-CFG_SLOTS_INGRESS = 3     # bitmap of slots that hold ingress rules
-CFG_SLOTS_EGRESS = 4
-CFG_SHAPES = 5            # CFG_SHAPES + slot: that slot's shape mask
-# A slot is in use when a direction's bitmap has it.  Its mask may be 0: the shape of rules
-# that give no field at all (they match every IP packet of their direction).
-CFG_DIRECT_DST = CFG_SHAPES + MAX_SHAPES   # bitmap: slots whose rule trie is keyed by dst
-CFG_CLASSIFY = CFG_DIRECT_DST + 1          # CLASSIFY_*: which address class tries to read
-CFG_STATEFUL = CFG_CLASSIFY + 1           # 0/1: connection tracking on
-CFG_CT_TCP_ESTABLISHED = CFG_STATEFUL + 1  # idle timeouts, seconds
-CFG_CT_TCP_CLOSING = CFG_STATEFUL + 2
-CFG_CT_UDP = CFG_STATEFUL + 3
-CFG_CT_ICMP = CFG_STATEFUL + 4
-CFG_ROUTES = CFG_CT_ICMP + 1               # number of routes (0: no forwarding)
-CFG_EVENT_SAMPLE = CFG_ROUTES + 1          # events: one in this many goes to monitor
-CFG_CT_TCP_UNCONFIRMED = CFG_EVENT_SAMPLE + 1  # idle timeout of TCP before its handshake
-CFG_FLOW_CACHE = CFG_CT_TCP_UNCONFIRMED + 1   # FLOW_CACHE_*
-CFG_SIZE = CFG_FLOW_CACHE + 1
-
-FLOW_CACHE_MODES = {"off": 0, "auto": 1, "on": 2}
-
-# A slot's directly looked-up address field: dst when its CFG_DIRECT_DST bit is set (and
-# the shape has dst), else src when the shape has src, else none.  The other address field
-# of a shape with both is looked up as a class.
-CLASSIFY_SRC = 1
-CLASSIFY_DST = 2
-RULE_KEY_HEADER_BITS = 160  # gen, slot, direction, family, proto, pad, three class ids
-
-ZERO_CLASSES: tuple[int, ...] = (0,) * MAX_SHAPES
-
-LPM_MAPS = ("src_v4", "src_v6", "dst_v4", "dst_v6")
-INTERVAL_MAPS = ("sport_interval", "dport_interval", "icmp_interval")
-CLASS_MAPS = ("sport_classes", "dport_classes", "icmp_classes")
-ROUTE_MAPS = ("routes_v4", "routes_v6")
-MAP_NAMES = (*LPM_MAPS, *INTERVAL_MAPS, *CLASS_MAPS, "rule_table", "rules", "config",
-             *ROUTE_MAPS)
+# The plan's maps, in order: netctl/abi/maps.py declares them (PLAN_MAPS).
+MAP_NAMES = tuple(PLAN_MAPS)
+ARRAY_MAPS = frozenset(n for n, d in PLAN_MAPS.items() if d.kind == "array")
 
 
 @dataclass(frozen=True)
@@ -176,28 +163,8 @@ class MapSpec:
 
 
 def map_specs(limits: Limits) -> dict[str, MapSpec]:
-    vec = f"u32[{MAX_SHAPES}] class ids"
-    specs = [MapSpec(n, "lpm_trie", f"prefixlen u32, addr u8[{4 if n.endswith('4') else 16}]",
-                     vec, limits.lpm_entries) for n in LPM_MAPS]
-    specs += [MapSpec("sport_interval", "array", "u32 port_slot*65536+port", "u32 interval id",
-                      PORT_INDEX_SIZE),
-              MapSpec("dport_interval", "array", "u32 port_slot*65536+port", "u32 interval id",
-                      PORT_INDEX_SIZE),
-              MapSpec("icmp_interval", "array", "u32 icmp_slot*65536+(type<<8|code)",
-                      "u32 interval id",
-                      ICMP_INDEX_SIZE),
-              MapSpec("sport_classes", "array", "u32 interval id", vec, limits.port_intervals),
-              MapSpec("dport_classes", "array", "u32 interval id", vec, limits.port_intervals),
-              MapSpec("icmp_classes", "array", "u32 interval id", vec, limits.icmp_intervals),
-              MapSpec("rule_table", "lpm_trie",
-                      "prefixlen u32, u8 gen, slot, direction, family, proto, pad[3], "
-                      "u32 addr_cls, sport_cls, l4_cls, u8 addr[16]", "u32 rule index",
-                      limits.rule_table),
-              MapSpec("rules", "array", "u32 rule index", "u8 action, u8 flags", limits.rules),
-              MapSpec("config", "array", "u32 0", f"u32[{CFG_SIZE}]", 1)]
-    specs += [MapSpec(n, "lpm_trie", f"prefixlen u32, addr u8[{4 if n.endswith('4') else 16}]",
-                      "u32 route index", limits.routes) for n in ROUTE_MAPS]
-    return {s.name: s for s in specs}
+    return {name: MapSpec(name, d.kind, *d.doc, d.capacity(limits))
+            for name, d in PLAN_MAPS.items()}
 
 
 # The table of unconfirmed flows (no valid reply yet) is this share of the conntrack size,
@@ -213,27 +180,19 @@ def unconfirmed_size(conntrack_size: int) -> int:
 
 def constants(limits: Limits, conntrack_size: int = 65536) -> dict[str, int]:
     """The -D constants of a datapath built for ``limits`` and a conntrack table size."""
-    out = {"NETCTL_MAX_SHAPES": MAX_SHAPES, "NETCTL_CFG_SIZE": CFG_SIZE,
-           "NETCTL_CT_ENTRIES": conntrack_size,
-           "NETCTL_CT_UNCONFIRMED_ENTRIES": unconfirmed_size(conntrack_size),
-           "NETCTL_NEXTHOPS_ENTRIES": limits.routes}
-    for name, spec in map_specs(limits).items():
-        out[f"NETCTL_{name.upper()}_ENTRIES"] = spec.max_entries
+    out = dict(BUILD_DEFINES)
+    out["NETCTL_CT_ENTRIES"] = conntrack_size
+    out["NETCTL_CT_UNCONFIRMED_ENTRIES"] = unconfirmed_size(conntrack_size)
+    for d in MAPS.values():
+        if d.size is not None and isinstance(d.entries, str):   # capacity is a -D constant
+            out[d.entries] = d.capacity(limits)
     return out
 
 
 def _zero(name: str) -> Any:
-    if name in LPM_MAPS or name in CLASS_MAPS:
-        return ZERO_CLASSES
-    if name == "rules":
-        return (0, 0)
-    if name == "config":
-        return (0,) * CFG_SIZE
-    return 0
-
-
-ARRAY_MAPS = frozenset(n for n in MAP_NAMES if n in INTERVAL_MAPS or n in CLASS_MAPS
-                       or n in ("rules", "config"))
+    value = PLAN_MAPS[name].value
+    assert value is not None   # every map a plan fills has a value codec
+    return value.zero
 
 
 @dataclass(frozen=True, eq=False)

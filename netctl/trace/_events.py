@@ -1,7 +1,10 @@
-"""ctypes mirrors of the event structs in bpf/trace/*.c.
+"""ctypes mirrors of the event structs in bpf/trace/*.c, and the numbers they carry: the
+tracers' ABI (imports only the standard library).
 
 The loader passes each mirror's size to the compile (``-D<KIND>_EVENT_SIZE``) and the C
-asserts it, so a field added on one side only fails the build instead of garbling events.
+asserts it, so a field added on one side only fails the build instead of garbling events;
+tests/unit/test_abi_headers.py compares every mirror's fields (names, types, array lengths)
+and the constants below with the C sources as text, without root.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ import ctypes
 from ctypes import c_char, c_int32, c_uint8, c_uint16, c_uint32, c_uint64
 
 Addr16 = c_uint8 * 16
+
+AF_INET = 2          # NETCTL_AF_INET: an event's family
+AF_INET6 = 10
 
 
 class TraceHead(ctypes.Structure):
@@ -124,3 +130,9 @@ class SocketEvent(ctypes.Structure):
         ("pad", c_uint32),
         ("body", _SocketBody),
     ]
+
+
+# The C name of every mirror (struct <name> in bpf/trace/netctl_trace.h or <kind>.c).
+EVENT_STRUCTS = {"trace_head": TraceHead, "drop_event": DropEvent,
+                 "retrans_event": RetransEvent, "cong_event": CongEvent,
+                 "sock_state": SockState, "socket_event": SocketEvent}

@@ -1,4 +1,4 @@
-"""bpf/include/netctl_abi.h and netctl/abi.py describe the same bytes.
+"""bpf/include/netctl_abi.h and netctl/abi describe the same bytes.
 
 bcc compiles the header and describes every struct it sees as a ctypes type (the Key and
 Leaf of a map declared with it); each must have the mirror's size, field names and offsets.

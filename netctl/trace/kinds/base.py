@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ...bpfsrc import TRACE_DIR
 from .. import _kernel as kernel
-from .._events import TraceHead
+from .._events import AF_INET, AF_INET6, TraceHead
 
 if TYPE_CHECKING:
     from .._tracer import Tracer
@@ -56,9 +56,9 @@ class Flow(NamedTuple):
 
 def addr(family: int, raw) -> str | None:
     data = bytes(raw)
-    if family == 2:
+    if family == AF_INET:
         return str(ipaddress.IPv4Address(data[:4]))
-    if family == 10:
+    if family == AF_INET6:
         return str(ipaddress.IPv6Address(data[:16]))
     return None
 
