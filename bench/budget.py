@@ -220,7 +220,7 @@ def _kernel_symbols() -> dict[int, str]:
 
 
 def program_figures(fd: int, symbols: dict[int, str]) -> dict:
-    from netctl import bpfsys
+    from netctl.kernel import bpfsys
 
     size = bpfsys.prog_size(fd)
     base = next((a for a, n in symbols.items() if n == "__bpf_call_base"), None)
@@ -281,8 +281,8 @@ class _Counting:
     """A sandbox built with -DNETCTL_COUNT_CALLS, its counting map, and the policy loaded."""
 
     def __init__(self, extra: tuple[str, ...]):
-        from netctl import bpfsys
         from netctl.datapath.sandbox import Sandbox
+        from netctl.kernel import bpfsys
         from netctl.policy.plan import Limits
 
         # small rule arrays: reading every counter after each packet stays cheap (calls per
@@ -382,7 +382,7 @@ def _outcome(box: _Counting, hook: str, retval: int, before) -> str:
 
 def measure_packets(box: _Counting, classes, frame_bytes: dict[str, bytes]) -> dict:
     """Each class on each of its hooks, from the same state: what one packet made."""
-    from netctl import bpfsys
+    from netctl.kernel import bpfsys
 
     kinds, markers = call_kinds()
     runs = next(slot for slot, name in markers.items() if name == "run")
@@ -422,9 +422,9 @@ def measure(progress=lambda text: None) -> dict:
     """Everything the budget holds, measured now (root: BPF loads and test runs)."""
     import bcc
 
-    from netctl import bpfsys
     from netctl.datapath.sandbox import Sandbox
     from netctl.errors import LoadError
+    from netctl.kernel import bpfsys
     from netctl.policy.plan import Limits
 
     symbols = _kernel_symbols()

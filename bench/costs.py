@@ -25,7 +25,7 @@ LPM_FLOOR = Path(__file__).resolve().parent / "bpf" / "lpm_floor.c"
 
 
 def _best(fd: int, frame: bytes, runs: int = 3, repeat: int = REPEAT) -> int:
-    from netctl import bpfsys
+    from netctl.kernel import bpfsys
 
     return min(bpfsys.test_run(fd, frame, repeat=repeat).duration_ns for _ in range(runs))
 

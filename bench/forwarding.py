@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.harness import CPUS, NETCTL, flood, flood_frame, sh
 from bench.rulesets import BenchRule, netctl_policy, nft_set, rules
-from netctl import netlab
+from netctl.kernel import netlab
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 

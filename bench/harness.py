@@ -56,7 +56,7 @@ from bench.rulesets import (
     nft_set,
     xdp_filter_addresses,
 )
-from netctl import netlab
+from netctl.kernel import netlab
 
 REPO = Path(__file__).resolve().parents[1]
 NETCTL = [sys.executable, "-m", "netctl"]

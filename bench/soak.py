@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench.harness import FLOOD_DST, NETCTL, sh, topology
-from netctl.netlab import inside
+from netctl.kernel.netlab import inside
 
 POLICY_A = """
 version: 1
@@ -68,7 +68,7 @@ def _probe(gen: str, dut: str, port: int) -> bool:
 
 
 def _sample(monitor: subprocess.Popen, pin_dir: str) -> dict:
-    from netctl import bpfsys
+    from netctl.kernel import bpfsys
 
     pid = monitor.pid
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,

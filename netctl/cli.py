@@ -13,8 +13,9 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from . import __version__, privilege
+from . import __version__
 from .errors import NetctlError, PolicyError, Problem
+from .kernel import privilege
 from .present import format_set, format_sets, format_status
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
@@ -400,7 +401,7 @@ def cmd_schema(_args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from . import doctor
+    from .tools import doctor
 
     return doctor.main(args.output)
 
@@ -565,8 +566,8 @@ def cmd_set(args: argparse.Namespace) -> int:
 def cmd_lab(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import lab
     from .policy.load import STDIN, load_policy
+    from .tools import lab
 
     if args.file == STDIN:   # the lab applies the file from inside its namespace
         print("netctl lab run: give the policy as a file; the lab does not read standard "
@@ -612,7 +613,7 @@ def cmd_conntrack(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from .monitor import Filters, monitor
+    from .observe.monitor import Filters, monitor
 
     types = [t.strip() for t in args.type.split(",") if t.strip()]
     filters = Filters.parse(args.dev, args.src, args.dst, args.port)
@@ -620,13 +621,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from .top import top
+    from .observe.top import top
 
     return top(args.interval, args.iterations, args.limit, args.output, not args.no_kernel)
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
-    from .exporter import serve
+    from .observe.exporter import serve
 
     if args.no_kernel:
         return serve(args.listen, (), once=args.once, rules=args.rules)

@@ -1,7 +1,7 @@
 """Just enough of a C reader for netctl's own headers and tracer sources, as text: object-like
 #defines (with their values evaluated), enums, struct and union field lists, and bcc's map
 declarations.  tests/unit/test_abi_headers.py compares what it reads with netctl/abi and
-netctl/trace/_events.py; it knows only the forms those files use, and says so (an
+netctl/observe/trace/_events.py; it knows only the forms those files use, and says so (an
 AssertionError naming the text) when it meets another."""
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
-from .. import bpfsys
 from ..errors import AttachError
+from ..kernel import bpfsys
 from .build import KERNEL_NAMES
 
 # pyroute2 does not decode the program id and tag of a bpf filter; add them to its

@@ -2,7 +2,7 @@
 
 Constants reach the C as ``-D`` flags (the compiler's capacities, the pin directory),
 never by editing source text.  The entry files reach bcc with their quoted includes
-inlined (netctl/bpfsrc.py says why).
+inlined (netctl/kernel/bpfsrc.py says why).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import bpfsys
-from ..bpfsrc import BPF_DIR, INCLUDE_DIR, translation_unit
 from ..errors import LoadError
+from ..kernel import bpfsys
+from ..kernel.bpfsrc import BPF_DIR, INCLUDE_DIR, translation_unit
 from . import progcache
 
 XDP_SOURCE = BPF_DIR / "xdp" / "netctl_xdp.c"

@@ -204,7 +204,7 @@ def _xdp_restorer(links: att.Links, link: att.LinkInfo):
         if now is None:
             return
         if before is not None and before.xdp_prog_id is not None and links.xdp_is_ours(before):
-            from .. import bpfsys
+            from ..kernel import bpfsys
 
             fd = bpfsys.prog_fd_by_id(before.xdp_prog_id)
             try:
@@ -222,7 +222,7 @@ def _tc_restorer(links: att.Links, link: att.LinkInfo, direction: str):
 
     def restore():
         if before and before[0].prog_id:
-            from .. import bpfsys
+            from ..kernel import bpfsys
 
             fd = bpfsys.prog_fd_by_id(before[0].prog_id)
             try:

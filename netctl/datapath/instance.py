@@ -13,8 +13,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .. import abi, bpfsys
+from .. import abi
 from ..errors import NetctlError
+from ..kernel import bpfsys
 from ..policy.plan import MapPlan, PlanDiff, diff
 from . import maps as mapio
 from .build import ROLES, compile_programs, unconfirmed_pin

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from .. import privilege
+from ..kernel import privilege
 from ..policy.plan import Limits, MapPlan
 from . import attach as att
 from . import maps as mapio

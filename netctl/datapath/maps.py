@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 from .. import abi
 from ..abi import PLAN_MAPS
-from ..bpfsys import BpfError
 from ..errors import MapFullError
+from ..kernel.bpfsys import BpfError
 from ..policy.plan import ARRAY_MAPS, MAP_NAMES, MapDiff
 
 

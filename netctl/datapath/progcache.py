@@ -31,7 +31,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from .. import bpfsys
+from ..kernel import bpfsys
 
 DEFAULT_DIR = "/var/cache/netctl/programs"
 KEEP = 16                  # entries kept; the least recently used go first

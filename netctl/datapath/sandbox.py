@@ -14,7 +14,8 @@ import errno
 import os
 from dataclasses import dataclass
 
-from .. import abi, bpfsys
+from .. import abi
+from ..kernel import bpfsys
 from ..paths import PIN_ROOT
 from ..policy.model import Action
 from ..policy.plan import Limits, MapPlan

@@ -38,8 +38,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .. import privilege
 from ..errors import NetctlError
+from ..kernel import privilege
 from ..policy.model import Policy
 from ..policy.sets import (
     EditOutcome,

@@ -12,7 +12,7 @@ import ctypes
 import pytest
 
 from netctl import abi
-from netctl.bpfsrc import INCLUDE_DIR
+from netctl.kernel.bpfsrc import INCLUDE_DIR
 from netctl.policy import plan
 from netctl.policy.plan import (
     CFG_CLASSIFY,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from netctl import doctor
+from netctl.tools import doctor
 
 NETCTL = str(Path(sys.executable).with_name("netctl"))
 NAMES = ["kernel", "privilege", "btf", "headers", "jit", "bpffs", "pin_root", "tracefs", "debugfs",

@@ -16,7 +16,7 @@ import random
 import pytest
 
 from netctl import abi
-from netctl.bpfsrc import INCLUDE_DIR
+from netctl.kernel.bpfsrc import INCLUDE_DIR
 from netctl.policy.compile import compile_policy
 from netctl.policy.interp import _lpm, _lpm_keyed
 from netctl.policy.load import load_policy_text

@@ -9,9 +9,9 @@ import json
 import pytest
 from strategies import make_policy
 
-from netctl import bpfsys
 from netctl.datapath import progcache
 from netctl.datapath.sandbox import Sandbox, sandbox_limits
+from netctl.kernel import bpfsys
 from netctl.policy.compile import compile_policy
 
 pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make setup)")

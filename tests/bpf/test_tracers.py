@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from netctl.errors import NetctlError
-from netctl.trace import HOOKS, KINDS, Flow, HookError, open_tracers, probe_hooks
+from netctl.observe.trace import HOOKS, KINDS, Flow, HookError, open_tracers, probe_hooks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "netns"))
 from nsutil import inside, netns, run, veth_pair  # noqa: E402
@@ -350,7 +350,7 @@ PROBE_FIELDS = ("family", "snd_cwnd", "ssthresh", "srtt", "snd_wnd", "rcv_wnd", 
 def test_raw_tcp_probe_samples_exactly_what_the_tracepoint_gives(report, monkeypatch):
     """tcp_probe as a raw tracepoint (fields read at BTF offsets) and as a tracepoint (fields
     the kernel copies) sample the first ACK of each socket alike: every field equal."""
-    from netctl.trace.kinds import CongKind
+    from netctl.observe.trace.kinds import CongKind
 
     if not report["cong"]["tracepoint"]["ok"]:
         pytest.skip(f"cong via tracepoint does not attach here: "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nsutil import inside, netns, netns_cookie, run
 
-from netctl.netlab import veth
+from netctl.kernel.netlab import veth
 from netctl.paths import PIN_ROOT, STATE_ROOT
 
 REPO = Path(__file__).resolve().parents[2]

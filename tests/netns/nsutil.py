@@ -1,4 +1,4 @@
-"""Network namespaces for tests, on netctl's own lab module (netctl/netlab.py): unique
+"""Network namespaces for tests, on netctl's own lab module (netctl/kernel/netlab.py): unique
 names, always removed.
 
 Names start with NS_PREFIX and carry the pid and a counter, so parallel runs never
@@ -11,8 +11,8 @@ import contextlib
 import itertools
 from collections.abc import Iterator
 
-from netctl import netlab
-from netctl.netlab import inside, namespaces, netns_cookie, run
+from netctl.kernel import netlab
+from netctl.kernel.netlab import inside, namespaces, netns_cookie, run
 
 __all__ = ["NS_PREFIX", "inside", "namespaces", "netns", "netns_cookie", "run", "veth_pair"]
 

@@ -44,7 +44,7 @@ def _add_foreign_filter(ns: str, dev: str) -> None:
     from nsutil import inside
     from pyroute2 import IPRoute
 
-    from netctl import bpfsys
+    from netctl.kernel import bpfsys
 
     fd = bpfsys.prog_load(bpfsys.PROG_SCHED_CLS, bpfsys.return_imm(-1), "foreign")
     try:

@@ -2,8 +2,8 @@
 
 bpf/include/netctl_abi.h and netctl_maps.h against netctl/abi (constants, struct mirrors,
 the map registry and the -D constants the plan passes), and the tracers' event structs in
-bpf/trace/ against netctl/trace/_events.py.  A number, a field or a map changed on one side
-only fails here, naming both sides.  tests/bpf/test_abi.py also compiles the headers with
+bpf/trace/ against netctl/observe/trace/_events.py.  A number, a field or a map changed on
+one side only fails here, naming both sides.  tests/bpf/test_abi.py also compiles the headers with
 bcc and compares sizes and offsets.
 """
 
@@ -19,10 +19,10 @@ import pytest
 
 from netctl import abi
 from netctl.abi import constants as abi_constants
+from netctl.observe.trace import _events
+from netctl.observe.trace.kinds import KIND_TYPES
 from netctl.policy.plan import Limits
 from netctl.policy.plan import constants as plan_constants
-from netctl.trace import _events
-from netctl.trace.kinds import KIND_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 INCLUDE = ROOT / "bpf" / "include"
@@ -257,14 +257,15 @@ def test_every_trace_constant_has_its_python_twin():
             if getattr(_events, twin, None) != values[name]:
                 problems.append(f"{name} = {values[name]} in bpf/trace/{source}, "
                                 f"{twin} = {getattr(_events, twin, 'missing')} in "
-                                f"netctl/trace/_events.py (or say why in TRACE_KERNEL_ONLY)")
+                                "netctl/observe/trace/_events.py (or say why in "
+                                "TRACE_KERNEL_ONLY)")
     _check(problems)
 
 
 # ---- the ground floor --------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", [*sorted((ROOT / "netctl" / "abi").glob("*.py")),
-                                  ROOT / "netctl" / "trace" / "_events.py"],
+                                  ROOT / "netctl" / "observe" / "trace" / "_events.py"],
                          ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_the_abi_imports_only_the_standard_library(path):
     """The ABI is the ground floor: the compiler, the datapath and the tools import it, it

@@ -12,8 +12,8 @@ import struct
 
 import pytest
 
-from netctl import btf
-from netctl.btf import Btf, BtfError
+from netctl.kernel import btf
+from netctl.kernel.btf import Btf, BtfError
 
 # ---- synthetic BTF --------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ def test_raw_tracepoint_arguments_are_the_structs_pointed_to():
 
 
 def test_vmlinux_tcp_probe_and_the_fields_the_raw_cong_probe_reads():
-    from netctl.trace.kinds import RAW_PROBE_FIELDS
+    from netctl.observe.trace.kinds import RAW_PROBE_FIELDS
 
     assert btf.vmlinux().raw_tracepoint_args("tcp_probe") == ["sock", "sk_buff"]
     offsets = {macro: btf.vmlinux().member_offset(*where)

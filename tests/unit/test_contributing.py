@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from netctl import cli
+from netctl.observe.trace.kinds import EXPORTED, IN_TOP, KIND_TYPES, Kind
 from netctl.policy import evaluate, explain, load, model, schema
-from netctl.trace.kinds import EXPORTED, IN_TOP, KIND_TYPES, Kind
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRIBUTING = (REPO / "docs" / "contributing.md").read_text()
@@ -72,7 +72,7 @@ def test_a_tracer_kind_is_complete(name):
         text = source.read_text()
         if kind.size_macro not in text:
             missing.append(f"{source.name}: never checks {kind.size_macro} (the event struct "
-                           "in netctl/trace/_events.py and the C can drift)")
+                           "in netctl/observe/trace/_events.py and the C can drift)")
         for _tracepoint, fn in kind.tracepoints:
             if fn not in text:
                 missing.append(f"{source.name}: no entry function {fn}")

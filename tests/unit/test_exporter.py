@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from netctl.errors import NetctlError
-from netctl.exporter import Collector, parse_rules, select_rules
+from netctl.observe.exporter import Collector, parse_rules, select_rules
 
 
 def _report(rules: int) -> dict:

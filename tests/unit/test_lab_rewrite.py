@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from test_load_fuzz import SMALL, mutated
 
 from netctl.errors import PolicyError
-from netctl.lab import policy_text_without_routes
 from netctl.policy.load import load_policy, load_policy_text
 from netctl.policy.model import Policy
+from netctl.tools.lab import policy_text_without_routes
 
 POLICIES = sorted((Path(__file__).resolve().parents[2] / "policies").glob("*.yaml"))
 ROUTER = Path(__file__).resolve().parents[2] / "policies" / "router.yaml"

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from strategies import make_policy, policies
 
 from netctl import abi
-from netctl.bpfsys import BpfError
 from netctl.datapath.instance import contents_plan
 from netctl.datapath.maps import (
     MemoryMap,
@@ -37,6 +36,7 @@ from netctl.datapath.maps import (
     write_diff,
 )
 from netctl.errors import MapFullError
+from netctl.kernel.bpfsys import BpfError
 from netctl.policy.compile import compile_policy
 from netctl.policy.load import load_policy, load_policy_text
 from netctl.policy.model import Policy, PortRange

@@ -1,6 +1,6 @@
 """`netctl monitor`'s text line for every event kind, as each tracer variant decodes it.
 
-The events below carry the keys the kinds' decoders write (netctl/trace/kinds/), once as
+The events below carry the keys the kinds' decoders write (netctl/observe/trace/kinds/), once as
 the tracepoint variant fills them and once as the fentry and kprobe variants do, where the
 addresses, the socket state or the previous state can be unknown (None).  No kernel needed:
 formatting is pure."""
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from netctl.monitor import format_event
+from netctl.observe.monitor import format_event
 
 BASE = {"time": 1_700_000_000.25, "cpu": 1, "pid": 42, "tid": 42, "comm": "curl"}
 UNKNOWN_FLOW = {"family": None, "saddr": None, "sport": None, "daddr": None, "dport": None}
@@ -67,7 +67,7 @@ def test_every_kind_and_variant_formats(name):
 
 
 def test_every_monitor_type_has_an_event_here():
-    from netctl.monitor import TYPES
+    from netctl.observe.monitor import TYPES
 
     assert set(TYPES) <= {e["type"] for e in EVENTS.values()}
 
@@ -77,8 +77,8 @@ def test_the_kinds_are_one_list_and_the_cli_names_them_all():
     import io
 
     from netctl.cli import main
-    from netctl.monitor import TYPES
-    from netctl.trace import KINDS
+    from netctl.observe.monitor import TYPES
+    from netctl.observe.trace import KINDS
 
     assert ("policy", *KINDS) == TYPES
     out = io.StringIO()

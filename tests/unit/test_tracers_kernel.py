@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 
-from netctl.trace import _kernel as kernel
+from netctl.observe.trace import _kernel as kernel
 
 KFREE_SKB = """name: kfree_skb
 ID: 2310

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from functools import cache
 
-from ..errors import NetctlError
+from ...errors import NetctlError
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 TRACEFS_MOUNT = "/sys/kernel/tracing"
@@ -378,7 +378,7 @@ def kallsyms_functions() -> frozenset[str]:
 
 def btf_function(name: str) -> int | None:
     """The BTF id of kernel function ``name`` (what fentry attaches by), or None."""
-    from ..btf import BtfError, func_id
+    from ...kernel.btf import BtfError, func_id
 
     try:
         return func_id(name)
@@ -396,7 +396,7 @@ def skb_offset(member: str) -> int | None:
 def struct_offset(struct_name: str, member: str) -> int | None:
     """The byte offset of ``member`` in the running kernel's ``struct struct_name``, or None
     when BTF is missing or has no such member (or it is a bit field)."""
-    from ..btf import BtfError, vmlinux
+    from ...kernel.btf import BtfError, vmlinux
 
     try:
         return vmlinux().member_offset(struct_name, member)
@@ -407,7 +407,7 @@ def struct_offset(struct_name: str, member: str) -> int | None:
 @cache
 def raw_tracepoint_args(event: str) -> tuple[str, ...] | None:
     """The structs a raw tracepoint's pointer arguments point to (btf.Btf), or None."""
-    from ..btf import BtfError, vmlinux
+    from ...kernel.btf import BtfError, vmlinux
 
     try:
         args = vmlinux().raw_tracepoint_args(event)

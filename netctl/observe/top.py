@@ -17,8 +17,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from . import privilege
-from .errors import NetctlError
+from ..errors import NetctlError
+from ..kernel import privilege
 from .trace.kinds import IN_TOP as KINDS
 from .trace.kinds import KIND_TYPES
 
@@ -98,8 +98,8 @@ def render(report: dict[str, Any], table: dict[str, list[dict]], tracers: list,
 
 def top(interval: float = 1.0, iterations: int | None = None, limit: int = 10,
         output: str = "text", kernel: bool = True, out=None, err=None) -> int:
+    from ..datapath.control import status
     from . import trace
-    from .datapath.control import status
 
     out = out or sys.stdout
     err = err or sys.stderr

@@ -23,13 +23,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from . import privilege
-from .errors import NetctlError
-from .netlab import inside, link_mac, netns, veth
-from .policy.evaluate import evaluate
-from .policy.explain import describe_packet
-from .policy.model import Direction, Policy
-from .policy.testing import expectation_met
+from ..errors import NetctlError
+from ..kernel import privilege
+from ..kernel.netlab import inside, link_mac, netns, veth
+from ..policy.evaluate import evaluate
+from ..policy.explain import describe_packet
+from ..policy.model import Direction, Policy
+from ..policy.testing import expectation_met
 
 ETH_P_ALL = 0x0003
 
@@ -102,7 +102,7 @@ def policy_text_without_routes(text: str, base_dir: str | None = None) -> str:
     plain `xdp: off` into false, `010` into eight and `1:2:3:4:5:6:7:8` into a number."""
     import yaml
 
-    from .policy.yamlsrc import YMap, YSeq, compose
+    from ..policy.yamlsrc import YMap, YSeq, compose
 
     root, problems = compose(text)
     if problems or not isinstance(root, YMap):
@@ -134,8 +134,8 @@ def policy_text_without_routes(text: str, base_dir: str | None = None) -> str:
 
 def run(policy: Policy, path: str, count: int = 10, out=print) -> int:
     """Returns the exit code: 0 when every test packet was counted where expected."""
-    from .datapath.frames import Unrepresentable, frame_for
-    from .present import format_status
+    from ..datapath.frames import Unrepresentable, frame_for
+    from ..present import format_status
 
     # namespaces and mounts (CAP_SYS_ADMIN), veths (CAP_NET_ADMIN), programs (CAP_BPF)
     privilege.require("lab", privilege.CAP_SYS_ADMIN, *privilege.DATAPATH)

@@ -28,9 +28,9 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from . import bpfsys, privilege
-from .paths import PIN_ROOT
-from .privilege import CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN
+from ..kernel import bpfsys, privilege
+from ..kernel.privilege import CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN
+from ..paths import PIN_ROOT
 
 MIN_KERNEL = (5, 10)
 BTF_PATH = "/sys/kernel/btf/vmlinux"
@@ -232,7 +232,7 @@ def check_privilege(ctx: Context) -> Check:
 
 def check_btf(_ctx: Context) -> Check:
     try:
-        from .btf import vmlinux
+        from ..kernel.btf import vmlinux
         size = os.path.getsize(BTF_PATH)
         types = len(vmlinux()) - 1
     except (OSError, ValueError) as exc:
@@ -421,7 +421,7 @@ def check_prog_kprobe(p: Probes) -> Check:
 
 
 def check_prog_fentry(p: Probes) -> Check:
-    from .btf import vmlinux
+    from ..kernel.btf import vmlinux
 
     try:
         btf = vmlinux()

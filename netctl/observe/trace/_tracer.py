@@ -37,8 +37,8 @@ from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import Any
 
-from ..bpfsrc import translation_unit
-from ..errors import LoadError, NetctlError
+from ...errors import LoadError, NetctlError
+from ...kernel.bpfsrc import translation_unit
 from . import _kernel as kernel
 from ._events import TraceHead
 from .kinds import HOOKS, KIND_TYPES, Kind, Program

@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import abi
-from .errors import NetctlError
+from .. import abi
+from ..errors import NetctlError
 from .trace.kinds import KIND_TYPES
 
 if TYPE_CHECKING:
-    from .datapath.state import State
+    from ..datapath.state import State
 
 DEFAULT_TYPES = ("policy", "drop")
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
@@ -81,9 +81,9 @@ class PolicySource:
 
     @classmethod
     def open(cls) -> PolicySource | None:
-        from .datapath.live import live_state, open_live
-        from .datapath.netns import Namespace
-        from .ringbuf import RingReader
+        from ..datapath.live import live_state, open_live
+        from ..datapath.netns import Namespace
+        from ..kernel.ringbuf import RingReader
 
         ns = Namespace.current()
         state, _notes = live_state(ns)
@@ -98,7 +98,7 @@ class PolicySource:
     def _learn_names(self) -> None:
         """Interface names of the attached interfaces, resolved now: the first lookup
         loads the netlink library, which takes long enough for a busy ring to fill."""
-        from .datapath.attach import Links
+        from ..datapath.attach import Links
 
         with Links() as links:
             for name in self.state.interfaces:
@@ -120,7 +120,7 @@ class PolicySource:
 
     def _ifname(self, index: int) -> str:
         if index not in self.names:
-            from .datapath.attach import Links
+            from ..datapath.attach import Links
 
             with Links() as links:
                 info = links.info(index)
@@ -207,7 +207,7 @@ TYPES = tuple(SOURCES)
 
 
 def _cfg_event_sample() -> int:
-    from .policy.plan import CFG_EVENT_SAMPLE
+    from ..policy.plan import CFG_EVENT_SAMPLE
 
     return CFG_EVENT_SAMPLE
 
@@ -261,7 +261,7 @@ def monitor(types: list[str], filters: Filters, output: str = "text", count: int
     if unknown:
         raise NetctlError(f"--type: unknown {', '.join(unknown)} (choose from "
                           f"{', '.join(TYPES)})")
-    from . import privilege
+    from ..kernel import privilege
 
     privilege.require("monitor", *privilege.TRACING)
     policy = PolicySource.open() if "policy" in types else None

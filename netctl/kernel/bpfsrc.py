@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 INCLUDE_DIR = BPF_DIR / "include"
 TRACE_DIR = BPF_DIR / "trace"
 

@@ -16,7 +16,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 
-from .errors import NetctlError
+from ..errors import NetctlError
 
 _CLONE_NEWNET = 0x40000000
 _SO_NETNS_COOKIE = 71

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any
 
-from .errors import NetctlError
+from ..errors import NetctlError
 from .trace.kinds import EXPORTED, KIND_TYPES
 
 DEFAULT_LISTEN = "127.0.0.1:9433"
@@ -100,7 +100,7 @@ class Collector:
         self.lock = threading.Lock()
 
     def scrape(self) -> str:
-        from .datapath.control import status
+        from ..datapath.control import status
 
         with self.lock:
             report: dict[str, Any] = status(verify=False)
@@ -207,8 +207,8 @@ def _http_server(host: str, port: int, collector: Collector):
 def serve(listen: str = DEFAULT_LISTEN, kinds=EXPORTED, once: bool = False,
           out=print, err=None, rules: str = "all") -> int:
     """Serve until SIGINT/SIGTERM (``once``: return the text of one scrape, for tests)."""
+    from ..datapath.control import require_privilege
     from . import trace
-    from .datapath.control import require_privilege
 
     require_privilege("exporter")
     host, port = parse_listen(listen)

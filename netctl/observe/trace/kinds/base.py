@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ...bpfsrc import TRACE_DIR
+from ....kernel.bpfsrc import TRACE_DIR
 from .. import _kernel as kernel
 from .._events import AF_INET, AF_INET6, TraceHead
 

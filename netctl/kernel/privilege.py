@@ -8,7 +8,7 @@ never the user id.  A missing one is a PrivilegeError (exit 77) naming it.
 
 from __future__ import annotations
 
-from .errors import PrivilegeError
+from ..errors import PrivilegeError
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
