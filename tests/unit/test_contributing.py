@@ -57,7 +57,7 @@ def test_a_match_field_is_known_to_every_layer(field):
         missing.append("docs/policy.md: not documented")
     explain_options = _options("explain")
     if f"--{field.replace('_', '-')}" not in explain_options:
-        missing.append("netctl/cli.py: `netctl explain` has no option for it")
+        missing.append("netctl/cli_parser.py: `netctl explain` has no option for it")
     assert not missing, f"match field {field!r}:\n  " + "\n  ".join(missing)
 
 
@@ -89,7 +89,7 @@ def test_a_tracer_kind_is_complete(name):
     if f"`{name}`" not in (REPO / "docs" / "observability.md").read_text():
         missing.append("docs/observability.md: not documented")
     if name not in _help("monitor"):
-        missing.append("netctl/cli.py: `netctl monitor --type` help does not name it")
+        missing.append("netctl/cli_parser.py: `netctl monitor --type` help does not name it")
     from test_monitor_format import EVENTS
 
     if not any(e["type"] == name for e in EVENTS.values()):
@@ -111,13 +111,13 @@ def test_exported_and_top_kinds_present_their_counts():
 def test_a_verb_is_complete(verb):
     missing = []
     if verb not in cli.EXAMPLES:
-        missing.append("netctl/cli.py: EXAMPLES (its --help shows how to use it)")
+        missing.append("netctl/cli_parser.py: EXAMPLES (its --help shows how to use it)")
     elif not any(line.strip().startswith(("netctl ", "ip netns exec", "sudo netctl",
                                           "cat ", "echo "))
                  for line in cli.EXAMPLES[verb].splitlines()):
-        missing.append("netctl/cli.py: EXAMPLES has no command line")
+        missing.append("netctl/cli_parser.py: EXAMPLES has no command line")
     if verb not in _verbs():
-        missing.append("netctl/cli.py: _parser() has no sub-parser")
+        missing.append("netctl/cli_parser.py: parser() has no sub-parser")
     if not re.search(rf"`netctl {verb}\b", (REPO / "README.md").read_text()):
         missing.append("README.md: the command table does not list it")
     assert not missing, f"verb {verb!r}:\n  " + "\n  ".join(missing)
