@@ -161,7 +161,9 @@ def test_veth_pair_is_removed_when_a_veth_step_blows_up(monkeypatch):
     def boom(*_args):
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(doctor, "_tc_on_veth", boom)
+    from netctl.tools.doctor import probes as probe_checks
+
+    monkeypatch.setattr(probe_checks, "_tc_on_veth", boom)
     probes = doctor.Probes(doctor.Context())
     try:
         result = {c.name: c for c in doctor._veth_checks(probes)}
