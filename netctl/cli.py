@@ -294,6 +294,9 @@ def cmd_detach(args: argparse.Namespace) -> int:
     if args.output == "json":
         _emit_json(result)
         return EXIT_OK
+    if result.get("unreadable_state"):
+        print(f"the state file could not be read ({result['unreadable_state']}): "
+              "detached from every interface netctl's programs were found on")
     if not result["detached"] and not result["gone"]:
         print("nothing of netctl's was attached")
     for name in result["detached"]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from ..errors import AttachError
+from ..errors import AttachError, NetctlError
 from . import attach as att
 from .hooks import detach_interface, has_ours
 from .live import require_privilege
@@ -20,7 +20,16 @@ def detach(devs: list[str] | None = None, everything: bool = False) -> dict[str,
     require_privilege("detach")
     ns = Namespace.current()
     with ns.lock():
-        state = ns.read_state() or State()
+        unreadable = None
+        try:
+            state = ns.read_state() or State()
+        except NetctlError as exc:
+            # The way out its own message names: with --all (or no interface named) a
+            # state file that cannot be read is no reason to stay; the sweep below finds
+            # netctl's programs on every interface without it.
+            if devs and not everything:
+                raise
+            unreadable, state = str(exc), State()
         recorded = dict(state.interfaces)
         names = list(recorded) if (everything or not devs) else devs
         detached, gone = [], []
@@ -57,4 +66,7 @@ def detach(devs: list[str] | None = None, everything: bool = False) -> dict[str,
         else:
             ns.remove_all_pins()
             ns.remove_state()
-    return {"detached": detached, "gone": gone, "removed_pins": not recorded}
+    out: dict[str, Any] = {"detached": detached, "gone": gone, "removed_pins": not recorded}
+    if unreadable is not None:
+        out["unreadable_state"] = unreadable
+    return out

@@ -221,6 +221,26 @@ def test_pins_removed_by_hand_are_explained_and_rebuilt(the_lab):
     assert _which_policy(the_lab) == "A"
 
 
+def test_a_corrupt_state_file_does_not_block_detach_all(the_lab):
+    """The corrupt-state message names `netctl detach --all` as the way out: it must work
+    without the state (the programs are found on the interfaces), and leave nothing."""
+    the_lab.apply(POLICY_A)
+    assert _which_policy(the_lab) == "A"
+    state = f"{STATE_ROOT}/ns{netns_cookie(the_lab.dut)}/state.json"
+    with open(state, "w") as f:
+        f.write("{not json")
+    out = the_lab.netctl("status", check=False)
+    assert out.returncode != 0 and "corrupt" in out.stderr and "detach --all" in out.stderr
+    out = the_lab.netctl("detach", "--dev", the_lab.dut_if, check=False)
+    assert out.returncode != 0 and "corrupt" in out.stderr   # one interface: refused
+    out = the_lab.netctl("detach", "--all")
+    assert "could not be read" in out.stdout and f"detached from {the_lab.dut_if}" in out.stdout
+    # Programs, filters, pins and state are gone; the clsact qdisc stays, since without the
+    # state netctl cannot know it made it (it never removes a qdisc it may not own).
+    assert [x for x in the_lab.leftovers() if not x.startswith("qdisc")] == []
+    assert _which_policy(the_lab) == "mix 1111:2 2222:2"    # nothing filters any more
+
+
 def test_a_policy_too_big_for_the_rule_table_changes_nothing(the_lab):
     the_lab.apply(POLICY_A)
     # 1,100 sources x 1,100 destinations that all cover each other: about 1.2 million
