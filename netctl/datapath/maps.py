@@ -3,7 +3,7 @@
 A ``MapPlan`` (netctl/policy/plan.py) is generation-free; here every key or index gets the
 generation added (docs/classification.md, "Atomic updates") and entries become the bytes
 of netctl_abi.h.  Map I/O goes through ``RawMap``, which the kernel's maps
-(``netctl.bpfsys.Map``) and ``MemoryMap`` (kernel semantics in a dict, for tests without
+(``netctl.kernel.bpfsys.Map``) and ``MemoryMap`` (kernel semantics in a dict, for tests without
 root) both provide.
 
 Writing a plan is: read what the inactive generation holds (``read_generation``), diff it

@@ -6,7 +6,7 @@ Two sources, in one stream:
   default dropped, malformed frames, and matches of rules with `log: true`, read from the
   datapath's pinned ring buffer (sampled by the policy's `log_sample`; what a full buffer
   refused or sampling left out is counted in the datapath and reported, never hidden);
-* **kernel** events from the tracers of `netctl.trace`: kernel drops with the kernel's own
+* **kernel** events from the tracers of `netctl.observe.trace`: kernel drops with the kernel's own
   reason and stack, TCP retransmits, congestion-state changes, socket lifecycle and
   socket-level drops.  Each tracer takes the best hook the running kernel offers
   (fentry, tracepoint, kprobe), and the first line says which and why.

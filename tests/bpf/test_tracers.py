@@ -1,4 +1,4 @@
-"""netctl's kernel tracers (netctl.trace) on the real kernel, with real traffic.
+"""netctl's kernel tracers (netctl.observe.trace) on the real kernel, with real traffic.
 
 Tests decide from what the running kernel offers, never from one host: probe_hooks() must
 find by trying what attaches (kprobes exactly where sysfs or tracefs offer them, fentry
