@@ -38,9 +38,9 @@ def test_the_match_fields_are_the_ones_the_checklist_was_written_for():
 def test_a_match_field_is_known_to_every_layer(field):
     missing = []
     if field not in load.RULE_KEYS:
-        missing.append("netctl/policy/load.py: RULE_KEYS (the loader refuses the key)")
+        missing.append("netctl/policy/load_values.py: RULE_KEYS (the loader refuses the key)")
     if field not in load.PACKET_KEYS:
-        missing.append("netctl/policy/load.py: PACKET_KEYS (a policy's tests cannot set it)")
+        missing.append("netctl/policy/load_values.py: PACKET_KEYS (a policy's tests cannot set it)")
     rule_schema = schema.policy_schema()["properties"]["rules"]["items"]["properties"]
     if field not in rule_schema:
         missing.append("netctl/policy/schema.py: the rule's properties")
