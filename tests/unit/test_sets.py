@@ -147,7 +147,7 @@ def test_set_file_ceilings(tmp_path, monkeypatch):
     _, _, problems, _ = read_set_file(path, budget=100)
     assert problems[-1].message.startswith("200 prefixes: more than the 100 left of the")
     monkeypatch.setattr(setmod, "MAX_SET_PREFIXES", 150)
-    import netctl.policy.load_rules as set_reader   # the sets: section's reader
+    import netctl.policy.load_rules as set_reader  # the sets: section's reader
 
     monkeypatch.setattr(set_reader, "MAX_SET_PREFIXES", 150)
     found = problems_of(tmp_path, """\

@@ -13,7 +13,8 @@ import pytest
 from netctl import abi
 from netctl.datapath import maps as mapio
 from netctl.policy.analyze import analyze
-from netctl.policy.compile import _propagate, compile_policy
+from netctl.policy.compile import compile_policy
+from netctl.policy.compile_trie import _propagate
 from netctl.policy.evaluate import evaluate
 from netctl.policy.explain import explain
 from netctl.policy.interp import interpret
