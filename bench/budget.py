@@ -220,9 +220,9 @@ def _kernel_symbols() -> dict[int, str]:
 
 
 def program_figures(fd: int, symbols: dict[int, str]) -> dict:
-    from netctl.kernel import bpfsys
+    from netctl.kernel import insns
 
-    size = bpfsys.prog_size(fd)
+    size = insns.prog_size(fd)
     base = next((a for a, n in symbols.items() if n == "__bpf_call_base"), None)
     sites: dict[str, int] = {}
     code = size.xlated

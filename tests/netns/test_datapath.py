@@ -45,8 +45,9 @@ def _add_foreign_filter(ns: str, dev: str) -> None:
     from pyroute2 import IPRoute
 
     from netctl.kernel import bpfsys
+    from netctl.kernel import insns as asm
 
-    fd = bpfsys.prog_load(bpfsys.PROG_SCHED_CLS, bpfsys.return_imm(-1), "foreign")
+    fd = bpfsys.prog_load(bpfsys.PROG_SCHED_CLS, asm.return_imm(-1), "foreign")
     try:
         with inside(ns), IPRoute() as ipr:
             index = ipr.link_lookup(ifname=dev)[0]

@@ -10,6 +10,7 @@ import os
 import struct
 
 from ...kernel import bpfsys
+from ...kernel import insns as asm
 from .base import (
     BTF_PATH,
     DEBUGFS,
@@ -62,10 +63,10 @@ class Probes:
         return fd
 
     def xdp(self) -> int:
-        return self.load("xdp", bpfsys.PROG_XDP, bpfsys.return_imm(XDP_PASS))
+        return self.load("xdp", bpfsys.PROG_XDP, asm.return_imm(XDP_PASS))
 
     def sched_cls(self) -> int:
-        return self.load("sched_cls", bpfsys.PROG_SCHED_CLS, bpfsys.return_imm(TC_ACT_OK))
+        return self.load("sched_cls", bpfsys.PROG_SCHED_CLS, asm.return_imm(TC_ACT_OK))
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -85,7 +86,7 @@ def check_prog_sched_cls(p: Probes) -> Check:
 
 
 def check_prog_tracepoint(p: Probes) -> Check:
-    fd = p.load("tracepoint", bpfsys.PROG_TRACEPOINT, bpfsys.return_imm(0))
+    fd = p.load("tracepoint", bpfsys.PROG_TRACEPOINT, asm.return_imm(0))
     tracefs = next((d for d in (TRACEFS, f"{DEBUGFS}/tracing")
                     if p.ctx.fstype(d) == "tracefs"), None)
     event = "/".join(TRACEPOINT)
@@ -106,7 +107,7 @@ def check_prog_tracepoint(p: Probes) -> Check:
 
 
 def check_prog_raw_tracepoint(p: Probes) -> Check:
-    fd = p.load("raw_tp", bpfsys.PROG_RAW_TRACEPOINT, bpfsys.return_imm(0))
+    fd = p.load("raw_tp", bpfsys.PROG_RAW_TRACEPOINT, asm.return_imm(0))
     try:
         link = bpfsys.raw_tracepoint_open(RAW_TRACEPOINT, fd)
     except bpfsys.BpfError as exc:
@@ -118,7 +119,7 @@ def check_prog_raw_tracepoint(p: Probes) -> Check:
 
 def check_prog_kprobe(p: Probes) -> Check:
     # Loading a kprobe-type program needs no kprobe support: attaching does.
-    fd = p.load("kprobe", bpfsys.PROG_KPROBE, bpfsys.return_imm(0))
+    fd = p.load("kprobe", bpfsys.PROG_KPROBE, asm.return_imm(0))
     try:
         with open(KPROBE_PMU) as f:
             pmu = int(f.read())
@@ -151,7 +152,7 @@ def check_prog_fentry(p: Probes) -> Check:
         raise ProbeFailed(f"none of {', '.join(TRACE_FUNCS)} is a function in {BTF_PATH}")
     func, btf_id = target
     try:
-        fd = p.load("fentry", bpfsys.PROG_TRACING, bpfsys.return_imm(0),
+        fd = p.load("fentry", bpfsys.PROG_TRACING, asm.return_imm(0),
                     expected_attach_type=bpfsys.TRACE_FENTRY, attach_btf_id=btf_id)
     except ProbeFailed as exc:
         text = f"fentry on {func} (BTF id {btf_id}): {exc}"
@@ -191,12 +192,12 @@ def check_ringbuf(p: Probes) -> Check:
     except bpfsys.BpfError as exc:
         raise ProbeFailed(p.ctx.why(exc, "cannot create a ring buffer")) from None
     with ring:
-        insns = (bpfsys.st_dw_imm(10, -8, marker)
-                 + bpfsys.ld_map_fd(1, ring.fd)
-                 + bpfsys.mov64_reg(2, 10) + bpfsys.add64_imm(2, -8)
-                 + bpfsys.mov64_imm(3, 8) + bpfsys.mov64_imm(4, 0)
-                 + bpfsys.call(HELPER_RINGBUF_OUTPUT)
-                 + bpfsys.return_imm(XDP_PASS))
+        insns = (asm.st_dw_imm(10, -8, marker)
+                 + asm.ld_map_fd(1, ring.fd)
+                 + asm.mov64_reg(2, 10) + asm.add64_imm(2, -8)
+                 + asm.mov64_imm(3, 8) + asm.mov64_imm(4, 0)
+                 + asm.call(HELPER_RINGBUF_OUTPUT)
+                 + asm.return_imm(XDP_PASS))
         fd = p.load("ringbuf", bpfsys.PROG_XDP, insns)
         try:
             bpfsys.test_run(fd, _frame(64))
