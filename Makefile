@@ -49,7 +49,7 @@ budget: require-root  ## per-packet work (map operations, helper calls, program 
 soak: require-root  ## 10 minutes of traffic, tracers and an apply every few seconds: nothing may grow
 	$(PY) -m bench.soak 600
 
-lint:  ## ruff over the package and tests; mypy over the package (strict on netctl/policy)
+lint:  ## ruff over the package and tests; mypy over the package (strict on netctl/policy and netctl/abi)
 	$(PY) -m ruff check netctl tests bench
 	$(PY) -m mypy netctl
 

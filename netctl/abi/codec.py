@@ -77,7 +77,8 @@ def pack_u32(value: int) -> bytes:
 
 
 def unpack_u32(data: bytes) -> int:
-    return _U32.unpack(data)[0]
+    value: int = _U32.unpack(data)[0]
+    return value
 
 
 def pack_rule(value: tuple[int, int]) -> bytes:
@@ -103,7 +104,7 @@ _RULE_HEAD = struct.Struct("<BBBBB3xIII")   # a rule key after its prefix length
 _ADDR_SHIFT = {4: 96, 6: 0}                  # an address as the key's 16 bytes, big-endian
 
 
-class _RuleHeads(dict):
+class _RuleHeads(dict[tuple[int, ...], bytes]):
     """Packed rule-key headers of one generation, each packed once."""
 
     def __init__(self, gen: int):
@@ -115,7 +116,7 @@ class _RuleHeads(dict):
         return packed
 
 
-def pack_rule_keys(gen: int, keys) -> bytes:
+def pack_rule_keys(gen: int, keys: Iterable[tuple[int, ...]]) -> bytes:
     """Many rule-trie keys back to back, each as ``pack_rule_key`` packs it: a million-prefix
     set is a million keys sharing a few headers, so headers are packed once each."""
     lengths = [_U32.pack(RULE_KEY_HEADER_BITS + plen) for plen in range(129)]
@@ -125,14 +126,14 @@ def pack_rule_keys(gen: int, keys) -> bytes:
                      for k in keys])
 
 
-def pack_lpm_keys(gen: int, family: int, keys) -> bytes:
+def pack_lpm_keys(gen: int, family: int, keys: Iterable[tuple[int, int]]) -> bytes:
     """Many LPM-trie keys ``(prefixlen, network)`` back to back, as ``pack_lpm_key``."""
     n = ADDR_BYTES[family]
     lengths = [_LPM_HEAD.pack(32 + plen, gen) for plen in range(129)]
     return b"".join([lengths[plen] + network.to_bytes(n, "big") for plen, network in keys])
 
 
-def pack_u32s(values) -> bytes:
+def pack_u32s(values: Iterable[int]) -> bytes:
     """Many u32 back to back, little-endian (as pack_u32 each)."""
     data = array("I", values)
     if sys.byteorder != "little":
@@ -165,7 +166,7 @@ class Codec:
     zero: Any = None
     zero_bytes: bytes = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "zero_bytes", bytes(self.size))
 
     def nonzero(self, blob: bytes) -> dict[int, Any]:
@@ -199,7 +200,7 @@ def _lpm_key(family: int) -> Codec:
         gen, plen, network = unpack_lpm_key(data)
         return gen, (plen, network)
 
-    def pack_many(gen: int, keys) -> bytes:
+    def pack_many(gen: int, keys: Iterable[tuple[int, int]]) -> bytes:
         return pack_lpm_keys(gen, family, keys)
 
     name = f"netctl_lpm{family}_key"

@@ -59,7 +59,8 @@ class MapDef:
     def capacity(self, limits: Any) -> int:
         """Entries per generation in a datapath built for ``limits`` (a plan.Limits)."""
         if isinstance(self.size, str):
-            return getattr(limits, self.size)
+            value: int = getattr(limits, self.size)
+            return value
         if self.size is None:
             raise ValueError(f"{self.name}: no capacity rule")
         return self.size
@@ -90,12 +91,14 @@ _LPM4 = "prefixlen u32, addr u8[4]"
 _LPM6 = "prefixlen u32, addr u8[16]"
 
 
-def _plan(name, kind, key, value, size, doc, flags=None) -> MapDef:
+def _plan(name: str, kind: str, key: Codec, value: Codec | None, size: str | int | None,
+          doc: tuple[str, str], flags: str | None = None) -> MapDef:
     return MapDef(name, kind, key, value, PLAN, f"NETCTL_{name.upper()}_ENTRIES", True, size,
                   flags, doc)
 
 
-def _trie(name, key, value, size, doc) -> MapDef:
+def _trie(name: str, key: Codec, value: Codec | None, size: str | int | None,
+          doc: tuple[str, str]) -> MapDef:
     return _plan(name, "lpm_trie", key, value, size, doc, _NO_PREALLOC)
 
 

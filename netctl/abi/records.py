@@ -5,6 +5,7 @@ hops, local addresses and datapath events (struct formats equal to the ctypes mi
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from .codec import ADDR_BYTES
 from .constants import CT_F_ACKED, CT_OPENED_BY, CT_STATES, HOOK_NAMES, DropReason
@@ -37,7 +38,7 @@ def pack_ct_key(family: int, proto: int, sport: int, dport: int, saddr: bytes,
                         daddr.ljust(16, b"\0"))
 
 
-def unpack_ct_entry(value: bytes) -> dict:
+def unpack_ct_entry(value: bytes) -> dict[str, Any]:
     """Every field of a conntrack entry, as in struct netctl_ct_entry."""
     (created, seen, out, inn, state, flags, wscale, start, end, ack, maxwin,
      maxend) = _CT_ENTRY.unpack(value)
@@ -46,7 +47,7 @@ def unpack_ct_entry(value: bytes) -> dict:
             "our_end": end, "our_ack": ack, "our_maxwin": maxwin, "our_maxend": maxend}
 
 
-def unpack_ct(key: bytes, value: bytes) -> dict:
+def unpack_ct(key: bytes, value: bytes) -> dict[str, Any]:
     """A conntrack entry as the flow this host started: (local -> remote), its state, ages
     (from the kernel's monotonic clock, ns) and packet counts; for TCP also how this host's
     side was first seen and what it sent (sequence numbers, window)."""
@@ -99,7 +100,7 @@ def pack_local_key(family: int, address: int) -> bytes:
 _EVENT = struct.Struct("<QIIIBBBBBBHHBB16s16s")
 
 
-def unpack_event(data: bytes) -> dict:
+def unpack_event(data: bytes) -> dict[str, Any]:
     """A datapath event as plain fields (addresses as text, None when not parsed)."""
     import ipaddress
 
