@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import costs, forwarding, harness, sets, tracers
+from bench import costs, forwarding, sets, systems, tracers
 from bench.rulesets import FLOOD_SRC, FLOODS, MIXES, RANDOM_SRC_NET, rules
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,25 +70,25 @@ CEILING = "generator ceiling (DUT link down)"
 TARGETS = ((DEFAULT, BARE_TC, 0.85), (DEFAULT, NFT_SET, 1.1), (XDP, BARE_XDP, 0.85))
 
 
-def rule_independent() -> list[harness.System]:
+def rule_independent() -> list[systems.System]:
     """The limits, measured once per flood: they judge without rules."""
-    return [harness.GeneratorCeiling(), harness.NoFilter(), harness.BareDrop("xdp"),
-            harness.BareDrop("tc")]
+    return [systems.GeneratorCeiling(), systems.NoFilter(), systems.BareDrop("xdp"),
+            systems.BareDrop("tc")]
 
 
-def peers() -> list[harness.System]:
-    return [harness.Nft("set"), harness.Nft("linear"), harness.Iptables(),
-            harness.XdpFilter()]
+def peers() -> list[systems.System]:
+    return [systems.Nft("set"), systems.Nft("linear"), systems.Iptables(),
+            systems.XdpFilter()]
 
 
-def _limit(system: harness.System) -> int | None:
-    if isinstance(system, harness.Nft | harness.Iptables) and getattr(
+def _limit(system: systems.System) -> int | None:
+    if isinstance(system, systems.Nft | systems.Iptables) and getattr(
             system, "style", "linear") == "linear":
         return LINEAR_MAX
     return system.max_rules
 
 
-def _holds(system: harness.System, bench: list) -> bool:
+def _holds(system: systems.System, bench: list) -> bool:
     limit = _limit(system)
     return (limit is None or len(bench) <= limit) and system.holds(bench)
 
@@ -114,7 +114,7 @@ def throughput(matrix: list, seconds: float, warmup: float, say) -> list[dict]:
     rows: list[dict] = []
     done: dict[tuple, dict] = {}
 
-    def run(steps: list[harness.Step]) -> None:
+    def run(steps: list[systems.Step]) -> None:
         todo = []
         for step in steps:
             key = (step.system.name, step.flood, tuple(step.rules))
@@ -122,7 +122,7 @@ def throughput(matrix: list, seconds: float, warmup: float, say) -> list[dict]:
                 rows.append(dict(done[key], mix=step.mix, same_rules_as=done[key]["mix"]))
             else:
                 todo.append(step)
-        for step, row in zip(todo, harness.measure_steps(todo, seconds, warmup) if todo
+        for step, row in zip(todo, systems.measure_steps(todo, seconds, warmup) if todo
                              else [], strict=True):
             done[(step.system.name, step.flood, tuple(step.rules))] = row
             rows.append(row)
@@ -135,18 +135,18 @@ def throughput(matrix: list, seconds: float, warmup: float, say) -> list[dict]:
 
     floods = [f for f in FLOODS if any(f == fl for _, fl, _ in matrix)]
     for system in rule_independent():
-        run([harness.Step(system, [], flood) for flood in floods])
+        run([systems.Step(system, [], flood) for flood in floods])
     for mix, n, floods in plan(matrix):
         by_flood = {flood: rules(n, mix, flood) for flood in floods}
-        variants = {"default": harness.Netctl(None, DEFAULT), "xdp": harness.Netctl("native", XDP),
-                    "off": harness.Netctl(None, CACHE_OFF, flow_cache="off")}
+        variants = {"default": systems.Netctl(None, DEFAULT), "xdp": systems.Netctl("native", XDP),
+                    "off": systems.Netctl(None, CACHE_OFF, flow_cache="off")}
         steps = []
         for flood in floods:
             names = ("default", "xdp", "off") if flood == "fixed" else ("default", "xdp")
-            steps += [harness.Step(variants[v], by_flood[flood], flood, mix) for v in names]
+            steps += [systems.Step(variants[v], by_flood[flood], flood, mix) for v in names]
         run(steps)
         for system in peers():
-            run([harness.Step(system, by_flood[flood], flood, mix) for flood in floods
+            run([systems.Step(system, by_flood[flood], flood, mix) for flood in floods
                  if _holds(system, by_flood[flood])])
     return rows
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import costs, harness
+from bench import costs, harness, systems
 from bench.rulesets import FLOOD_SRC, nft_prefix_set
 
 SEED = 20261204
@@ -188,14 +188,14 @@ def throughput(n: int, items: list[str], set_file: Path, seconds: float, warmup:
     text = policy(set_file)
     mix = label(n)
     groups = [
-        [harness.Netctl(None, run.DEFAULT, policy=text, rule=RULE),
-         harness.Netctl("native", run.XDP, policy=text, rule=RULE)],
-        [harness.Nft("set", elements=items)],
-        [harness.BareDrop("tc")], [harness.BareDrop("xdp")]]
+        [systems.Netctl(None, run.DEFAULT, policy=text, rule=RULE),
+         systems.Netctl("native", run.XDP, policy=text, rule=RULE)],
+        [systems.Nft("set", elements=items)],
+        [systems.BareDrop("tc")], [systems.BareDrop("xdp")]]
     rows = []
     for group in groups:
-        steps = [harness.Step(system, [], "fixed", mix) for system in group]
-        for row in harness.measure_steps(steps, seconds, warmup, tag="s"):
+        steps = [systems.Step(system, [], "fixed", mix) for system in group]
+        for row in systems.measure_steps(steps, seconds, warmup, tag="s"):
             row.update(rules=n, set_size=n)
             pps = f"{row['pps'] / 1e6:6.3f} Mpps" if "pps" in row else \
                 f"failed: {row.get('error', '')[:200]}"

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* A program that drops everything and counts: the ceiling of its hook (bench/harness.py). */
+/* A program that drops everything and counts: the ceiling of its hook (bench/systems.py). */
 BPF_PERCPU_ARRAY(hits, u64, 1);
 
 static __always_inline void hit(void)
