@@ -82,7 +82,7 @@ def _map_memory(ns: str) -> int:
     code = """
 import os, glob
 from netctl.datapath.netns import Namespace
-from netctl import bpfsys
+from netctl.kernel import bpfsys
 total = 0
 root = Namespace.current().pin_dir
 for path in glob.glob(root + '/*/*'):

@@ -329,7 +329,7 @@ subprocess.run(['mount', '-t', 'bpf', 'bpf', '/sys/fs/bpf'], check=True)
 subprocess.run(['xdp-filter', 'load', '-m', 'native', '-f', 'ipv4,udp', '{topo.dut_if}'],
                check=True)
 subprocess.run(['xdp-filter', 'ip', '-m', 'src', '{addresses[0]}'], check=True)
-from netctl import bpfsys
+from netctl.kernel import bpfsys
 from netctl.datapath.attach import Links
 with Links() as links:
     info = bpfsys.prog_info(bpfsys.prog_fd_by_id(links.find('{topo.dut_if}').xdp_prog_id))
@@ -346,8 +346,9 @@ print(maps['xdp_stats_map'].info.id)
         return time.monotonic() - started
 
     def counter(self, topo):
-        code = (f"from netctl import bpfsys, abi; m = bpfsys.Map(bpfsys.map_fd_by_id("
-                f"{self.stats_id})); print(abi.sum_counters(m.lookup(abi.pack_u32(1)))[0])")
+        code = ("from netctl import abi; from netctl.kernel import bpfsys; "
+                f"m = bpfsys.Map(bpfsys.map_fd_by_id({self.stats_id})); "
+                "print(abi.sum_counters(m.lookup(abi.pack_u32(1)))[0])")
         return int(sh(sys.executable, "-c", code, ns=topo.dut).stdout)
 
 

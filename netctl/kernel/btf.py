@@ -223,6 +223,6 @@ def func_id(name: str, path: str = VMLINUX) -> int | None:
     return btf.func_id(name)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m netctl.btf NAME...`
+if __name__ == "__main__":  # pragma: no cover - `python -m netctl.kernel.btf NAME...`
     for arg in sys.argv[1:]:
         print(arg, func_id(arg))

@@ -1,4 +1,4 @@
-"""The minimal BTF reader (netctl.btf) finds kernel functions by name.
+"""The minimal BTF reader (netctl.kernel.btf) finds kernel functions by name.
 
 Synthetic BTF blobs check the format handling anywhere; the running kernel's
 /sys/kernel/btf/vmlinux (world-readable, no root needed) checks it on real data.
