@@ -60,10 +60,23 @@ class System:
         raise NotImplementedError
 
     def pause(self, topo: Topology) -> None:
-        """The end of a step (the next may install other rules, or another system)."""
+        """The end of a step (the next may install other rules, or another system): a
+        resident reader stops (it read the state of the step that started it)."""
+        reader, self._reader = self._reader, None
+        stop_reader(reader)
 
     def teardown(self, topo: Topology) -> None:
         """Remove what it installed and stop its helpers (the topology goes next)."""
+        self.pause(topo)
+
+    # A counter read by a process that stays in the DUT namespace (start_reader): started
+    # on the first read of a step, asked for each later read.
+    _reader = None
+
+    def read_resident(self, topo: Topology, code: str, *args: str) -> int:
+        if self._reader is None:
+            self._reader = start_reader(topo.dut, code, *args, name=self.name)
+        return read_counter(self._reader)
 
 
 class GeneratorCeiling(System):
@@ -164,7 +177,6 @@ class Netctl(System):
         self.policy = policy
         self.rule = rule
         self.rule_name = None
-        self._reader = None
 
     def setup(self, topo, rules):
         self.pause(topo)
@@ -204,15 +216,9 @@ for line in sys.stdin:
 """
 
     def counter(self, topo):
-        if self._reader is None:
-            self._reader = start_reader(topo.dut, self._READER, self.rule_name, name=self.name)
-        return read_counter(self._reader)
-
-    def pause(self, topo):
-        # The reader reads the generation that was active when it started: the next apply
-        # makes another one active.
-        reader, self._reader = self._reader, None
-        stop_reader(reader)
+        # The reader reads the generation that was active when it started: pause() stops it
+        # at the end of a step, as the next apply makes another one active.
+        return self.read_resident(topo, self._READER, self.rule_name)
 
     def teardown(self, topo):
         self.pause(topo)
@@ -227,7 +233,6 @@ class Nft(System):
         self.elements = elements
         self.name = "nftables linear chain" if style == "linear" else "nftables interval set"
         self.hook = "netdev ingress"
-        self._reader = None
 
     def setup(self, topo, rules):
         if self.elements is not None and self.style == "set":
@@ -260,21 +265,9 @@ for line in sys.stdin:
     print(total, flush=True)
 """
 
-    def _netlink_counter(self, topo) -> int:
-        if self._reader is None:
-            self._reader = start_reader(topo.dut, self._READER, name=self.name)
-        return read_counter(self._reader)
-
-    def pause(self, topo):
-        reader, self._reader = self._reader, None
-        stop_reader(reader)
-
-    def teardown(self, topo):
-        self.pause(topo)
-
     def counter(self, topo):
         if self.style == "set":
-            return self._netlink_counter(topo)
+            return self.read_resident(topo, self._READER)
         data = json.loads(sh("nft", "-j", "list", "table", "netdev", "nctlbench",
                              ns=topo.dut).stdout)
         total = 0

@@ -207,7 +207,7 @@ TYPES = tuple(SOURCES)
 
 
 def _cfg_event_sample() -> int:
-    from ..policy.plan import CFG_EVENT_SAMPLE
+    from ..abi import CFG_EVENT_SAMPLE
 
     return CFG_EVENT_SAMPLE
 

@@ -52,50 +52,7 @@ from types import MappingProxyType
 from typing import IO, Any
 
 from ..abi import BUILD_DEFINES, MAPS, MAX_SHAPES, PLAN_MAPS
-
-# The constants the datapath shares live in netctl/abi (the ABI imports nothing from here);
-# the compiler's modules and many tests know them as the plan's, so they are re-exported.
-from ..abi.constants import (  # noqa: F401
-    ACTION_ACCEPT,
-    ACTION_DROP,
-    CFG_ALLOW_NDP,
-    CFG_CLASSIFY,
-    CFG_CT_ICMP,
-    CFG_CT_TCP_CLOSING,
-    CFG_CT_TCP_ESTABLISHED,
-    CFG_CT_TCP_UNCONFIRMED,
-    CFG_CT_UDP,
-    CFG_DEFAULT_EGRESS,
-    CFG_DEFAULT_INGRESS,
-    CFG_DIRECT_DST,
-    CFG_EVENT_SAMPLE,
-    CFG_FLOW_CACHE,
-    CFG_ROUTES,
-    CFG_SHAPES,
-    CFG_SIZE,
-    CFG_SLOTS_EGRESS,
-    CFG_SLOTS_INGRESS,
-    CFG_STATEFUL,
-    CLASSIFY_DST,
-    CLASSIFY_SRC,
-    DIR_EGRESS,
-    DIR_INGRESS,
-    FIELD_DPORT,
-    FIELD_DST,
-    FIELD_ICMP,
-    FIELD_PROTO,
-    FIELD_SPORT,
-    FIELD_SRC,
-    FLAG_LOG,
-    FLOW_CACHE_MODES,
-    ICMP_INDEX_SIZE,
-    ICMP_SLOTS,
-    L4_FIELDS,
-    PORT_INDEX_SIZE,
-    PORT_SLOTS,
-    RULE_KEY_HEADER_BITS,
-    ZERO_CLASSES,
-)
+from ..abi.constants import FIELD_DPORT, FIELD_DST, FIELD_ICMP, FIELD_PROTO, FIELD_SPORT, FIELD_SRC
 
 FIELD_NAMES = {FIELD_SRC: "src", FIELD_DST: "dst", FIELD_PROTO: "proto",
                FIELD_SPORT: "sport", FIELD_DPORT: "dport", FIELD_ICMP: "icmp_type"}

@@ -12,9 +12,7 @@ import ctypes
 import pytest
 
 from netctl import abi
-from netctl.kernel.bpfsrc import INCLUDE_DIR
-from netctl.policy import plan
-from netctl.policy.plan import (
+from netctl.abi import (
     CFG_CLASSIFY,
     CFG_DIRECT_DST,
     CFG_SHAPES,
@@ -25,6 +23,7 @@ from netctl.policy.plan import (
     MAX_SHAPES,
     RULE_KEY_HEADER_BITS,
 )
+from netctl.kernel.bpfsrc import INCLUDE_DIR
 
 bcc = pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make setup)")
 
@@ -84,18 +83,18 @@ def test_constants_match_the_header():
     assert CFG_STATEFUL == CFG_CLASSIFY + 1
     for offset, name in enumerate(("TCP_ESTABLISHED", "TCP_CLOSING", "UDP", "ICMP"), start=1):
         assert f"#define NETCTL_CFG_CT_{name} (NETCTL_CFG_STATEFUL + {offset})" in text
-        assert getattr(plan, f"CFG_CT_{name}") == CFG_STATEFUL + offset
+        assert getattr(abi, f"CFG_CT_{name}") == CFG_STATEFUL + offset
     assert "#define NETCTL_CFG_ROUTES (NETCTL_CFG_CT_ICMP + 1)" in text
-    assert plan.CFG_ROUTES == plan.CFG_CT_ICMP + 1
+    assert abi.CFG_ROUTES == abi.CFG_CT_ICMP + 1
     assert "#define NETCTL_CFG_EVENT_SAMPLE (NETCTL_CFG_ROUTES + 1)" in text
-    assert plan.CFG_EVENT_SAMPLE == plan.CFG_ROUTES + 1
+    assert abi.CFG_EVENT_SAMPLE == abi.CFG_ROUTES + 1
     assert "#define NETCTL_CFG_CT_TCP_UNCONFIRMED (NETCTL_CFG_EVENT_SAMPLE + 1)" in text
-    assert plan.CFG_CT_TCP_UNCONFIRMED == plan.CFG_EVENT_SAMPLE + 1
+    assert abi.CFG_CT_TCP_UNCONFIRMED == abi.CFG_EVENT_SAMPLE + 1
     assert "#define NETCTL_CFG_FLOW_CACHE (NETCTL_CFG_CT_TCP_UNCONFIRMED + 1)" in text
-    assert plan.CFG_FLOW_CACHE == plan.CFG_CT_TCP_UNCONFIRMED + 1
-    assert plan.CFG_SIZE == plan.CFG_FLOW_CACHE + 1
+    assert abi.CFG_FLOW_CACHE == abi.CFG_CT_TCP_UNCONFIRMED + 1
+    assert abi.CFG_SIZE == abi.CFG_FLOW_CACHE + 1
     assert {mode: defines[f"NETCTL_FLOW_CACHE_{mode.upper()}"]
-            for mode in plan.FLOW_CACHE_MODES} == plan.FLOW_CACHE_MODES
+            for mode in abi.FLOW_CACHE_MODES} == abi.FLOW_CACHE_MODES
     for name in ("FWD_LOCAL", "FWD_TTL", "FWD_OPTIONS", "FWD_UNRESOLVED", "FWD_NOT_UNICAST",
                  "FLOW_HIT", "FLOW_MISS"):
         assert defines[f"NETCTL_STAT_{name}"] == getattr(abi, f"STAT_{name}")

@@ -16,11 +16,11 @@ import random
 import pytest
 
 from netctl import abi
+from netctl.abi import CFG_SIZE, MAX_SHAPES, ZERO_CLASSES
 from netctl.kernel.bpfsrc import INCLUDE_DIR
 from netctl.policy.compile import compile_policy
 from netctl.policy.interp import _lpm, _lpm_keyed
 from netctl.policy.load import load_policy_text
-from netctl.policy.plan import CFG_SIZE, MAX_SHAPES, ZERO_CLASSES
 
 bcc = pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make setup)")
 

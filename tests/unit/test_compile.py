@@ -13,12 +13,7 @@ from pathlib import Path
 import pytest
 from strategies import make_policy
 
-from netctl.errors import CompileError, MapFullError
-from netctl.policy.compile import compile_policy
-from netctl.policy.evaluate import evaluate
-from netctl.policy.interp import interpret
-from netctl.policy.model import Action, Direction, Packet, Policy, PortRange, Rule
-from netctl.policy.plan import (
+from netctl.abi import (
     CFG_SLOTS_EGRESS,
     CFG_SLOTS_INGRESS,
     FIELD_DPORT,
@@ -27,12 +22,14 @@ from netctl.policy.plan import (
     FIELD_PROTO,
     FIELD_SPORT,
     FIELD_SRC,
-    MAP_NAMES,
     MAX_SHAPES,
-    Limits,
-    MapPlan,
-    diff,
 )
+from netctl.errors import CompileError, MapFullError
+from netctl.policy.compile import compile_policy
+from netctl.policy.evaluate import evaluate
+from netctl.policy.interp import interpret
+from netctl.policy.model import Action, Direction, Packet, Policy, PortRange, Rule
+from netctl.policy.plan import MAP_NAMES, Limits, MapPlan, diff
 
 IN, OUT = Direction.INGRESS, Direction.EGRESS
 

@@ -12,6 +12,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 
+from netctl.abi import CFG_CT_TCP_UNCONFIRMED
 from netctl.errors import PolicyError
 from netctl.policy.compile import compile_policy
 from netctl.policy.conntrack import (
@@ -28,7 +29,7 @@ from netctl.policy.conntrack import (
 from netctl.policy.frame import Ip, parse_frame
 from netctl.policy.load import load_policy_text
 from netctl.policy.model import Conntrack, Direction
-from netctl.policy.plan import CFG_CT_TCP_UNCONFIRMED, unconfirmed_size
+from netctl.policy.plan import unconfirmed_size
 
 HOST, PEER = "10.9.0.1", "10.9.0.2"
 
