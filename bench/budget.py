@@ -22,8 +22,9 @@ Over budget (a failure): a packet class making more calls of a kind than its bud
 taking another path or outcome; a program more than ``tolerance`` (3 %) above its budgeted
 size or verifier count, or with more call sites of a target.  Sizes and call sites depend
 on the kernel and on bcc's LLVM, so they are compared only when the budget was written with
-the same kernel and bcc (else only the per-packet counts are, and the printout says so).
-Anything well under budget is listed too: --write then records the tighter figures.
+the same kernel version (its build suffix aside) and bcc (else only the per-packet counts
+are, and the printout says so).  Anything well under budget is listed too: --write then
+records the tighter figures.
 
 Changing the budget is a reviewed decision: a change that adds work on purpose runs
 --write and says in its commit message what it added and why (docs/performance.md, "The
@@ -340,7 +341,10 @@ def check(now: dict, budget: dict) -> tuple[list[str], list[str], list[str]]:
         over.append(f"the counting lines change the programs built without "
                     f"{COUNT_CALLS} ({', '.join(differ)}): netctl_called must compile to "
                     "nothing")
-    same = [k for k in ("kernel", "bcc") if budget.get(k) == now.get(k)]
+    # The kernel's version, not its build: the same version built again (another local
+    # suffix after the first "-") verifies and rewrites programs alike.
+    same = [k for k in ("kernel", "bcc")
+            if _version(budget.get(k)) == _version(now.get(k))]
     if len(same) < 2:
         remarks.append(f"budget written with kernel {budget.get('kernel')}, bcc "
                        f"{budget.get('bcc')}; this is kernel {now['kernel']}, bcc "
@@ -441,6 +445,10 @@ def load(path: Path = BUDGET) -> dict:
 def write(now: dict, path: Path = BUDGET) -> None:
     kept = {k: now[k] for k in ("kernel", "bcc", "programs", "packets")}
     path.write_text(json.dumps({"tolerance": TOLERANCE, **kept}, indent=1) + "\n")
+
+
+def _version(release: str | None) -> str | None:
+    return release.split("-")[0] if release else release
 
 
 def main(argv: list[str] | None = None) -> int:

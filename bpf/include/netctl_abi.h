@@ -63,6 +63,11 @@
 #define NETCTL_FLOW_CACHE_OFF 0
 #define NETCTL_FLOW_CACHE_AUTO 1     /* on, and bypassed while it does not pay */
 #define NETCTL_FLOW_CACHE_ON 2       /* on, never bypassed */
+/* Bitmap: slots whose rule trie is keyed by the destination port (big-endian, in the first
+ * two bytes of the key's address) rather than by an address.  Read only by programs built
+ * with -DNETCTL_DIRECT_PORT=1, which the compiler asks for when a plan has such a slot:
+ * the others are verified and run without that code. */
+#define NETCTL_CFG_DIRECT_PORT (NETCTL_CFG_FLOW_CACHE + 1)
 
 #define NETCTL_PORT_INDEX 65536    /* port slot stride: tcp 0, udp 1 */
 #define NETCTL_ICMP_INDEX 65536    /* icmp slot stride: ICMP 0, ICMPv6 1; type << 8 | code */
@@ -135,9 +140,10 @@ struct netctl_classes {
     __u32 cls[NETCTL_MAX_SHAPES];   /* class id per shape slot; 0 = no rule of that slot */
 };
 
-/* The rule trie's key: a header matched in full, then the slot's directly looked-up
- * address (IPv4 in the first 4 bytes).  prefixlen = NETCTL_RULE_KEY_HEADER_BITS + the
- * address prefix length. */
+/* The rule trie's key: a header matched in full, then the slot's directly looked-up field:
+ * an address (IPv4 in the first 4 bytes) or, in a NETCTL_CFG_DIRECT_PORT slot, the
+ * destination port (big-endian, first 2 bytes).  prefixlen = NETCTL_RULE_KEY_HEADER_BITS +
+ * that field's prefix length. */
 struct netctl_rule_key {
     __u32 prefixlen;
     __u8 gen;
@@ -146,9 +152,9 @@ struct netctl_rule_key {
     __u8 family;      /* 4 or 6 */
     __u8 proto;       /* 0 unless the slot's shape has NETCTL_FIELD_PROTO */
     __u8 pad[3];
-    __u32 addr_cls;   /* class of the other address field, when the shape has both */
+    __u32 addr_cls;   /* class of the address field that is not direct, if the shape has one */
     __u32 sport_cls;
-    __u32 l4_cls;     /* dport class, or ICMP type class */
+    __u32 l4_cls;     /* dport class (0 when dport is direct), or ICMP type class */
     __u8 addr[16];
 };
 

@@ -117,6 +117,11 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
     __u32 bitmap = cfg->word[dir == NETCTL_DIR_INGRESS ? NETCTL_CFG_SLOTS_INGRESS
                                                        : NETCTL_CFG_SLOTS_EGRESS];
     __u32 direct_dst = cfg->word[NETCTL_CFG_DIRECT_DST];
+#if defined(NETCTL_DIRECT_PORT) && NETCTL_DIRECT_PORT
+    __u32 direct_port = cfg->word[NETCTL_CFG_DIRECT_PORT];
+#else
+    __u32 direct_port = 0;   /* built for plans without port-keyed slots: none is */
+#endif
     __u32 best = NETCTL_NO_RULE;
     struct netctl_rule_key key = {};
     key.gen = gen;
@@ -129,35 +134,48 @@ static __always_inline __u32 netctl_classify(struct netctl_pkt *p, __u32 gen,
         if (!(bitmap & (1u << slot)))
             continue;
         __u32 mask = cfg->word[NETCTL_CFG_SHAPES + slot];
-        /* The slot's direct field goes into the key as an address; the other address
-         * field, ports and ICMP type as classes.  A class of 0 rules the slot out. */
-        int use_dst = (mask & NETCTL_FIELD_DST) && (direct_dst & (1u << slot));
+        /* The slot's direct field goes into the key: the destination port, dst or src.
+         * An address field that is not direct, the ports and the ICMP type go in as
+         * classes; a class of 0 rules the slot out. */
+        int use_port = (direct_port >> slot) & 1;
+        int use_dst = !use_port && (mask & NETCTL_FIELD_DST) && ((direct_dst >> slot) & 1);
+        __u32 classified = mask & (NETCTL_FIELD_SRC | NETCTL_FIELD_DST);
+        if (!use_port)
+            classified &= use_dst ? NETCTL_FIELD_SRC : NETCTL_FIELD_DST;
         __u32 other = 0;
-        if (use_dst && (mask & NETCTL_FIELD_SRC)) {
-            other = cp->src.cls[slot];
-            if (!other)
-                continue;
-        } else if (!use_dst && (mask & NETCTL_FIELD_SRC) && (mask & NETCTL_FIELD_DST)) {
-            other = cp->dst.cls[slot];
+        if (classified) {
+            other = classified & NETCTL_FIELD_SRC ? cp->src.cls[slot] : cp->dst.cls[slot];
             if (!other)
                 continue;
         }
         __u32 sp = mask & NETCTL_FIELD_SPORT ? cp->sport.cls[slot] : 0;
-        __u32 l = mask & NETCTL_FIELD_DPORT ? cp->dport.cls[slot]
-                : mask & NETCTL_FIELD_ICMP ? cp->icmp.cls[slot] : 0;
-        if (((mask & NETCTL_FIELD_SPORT) && !sp) ||
-            ((mask & (NETCTL_FIELD_DPORT | NETCTL_FIELD_ICMP)) && !l))
+        if ((mask & NETCTL_FIELD_SPORT) && !sp)
             continue;
+        __u32 l = 0;
+        if (use_port) {
+            if (p->l4 != NETCTL_L4_PORTS)
+                continue;
+        } else {
+            l = mask & NETCTL_FIELD_DPORT ? cp->dport.cls[slot]
+              : mask & NETCTL_FIELD_ICMP ? cp->icmp.cls[slot] : 0;
+            if ((mask & (NETCTL_FIELD_DPORT | NETCTL_FIELD_ICMP)) && !l)
+                continue;
+        }
         key.prefixlen = NETCTL_RULE_KEY_HEADER_BITS + addr_bits;
         key.slot = slot;
         key.proto = mask & NETCTL_FIELD_PROTO ? p->proto : 0;
         key.addr_cls = other;
         key.sport_cls = sp;
         key.l4_cls = l;
-        if (use_dst)
+        if (use_port) {
+            __builtin_memset(key.addr, 0, 16);
+            key.addr[0] = p->dport >> 8;
+            key.addr[1] = p->dport & 0xff;
+        } else if (use_dst) {
             __builtin_memcpy(key.addr, p->dst.v6.addr, 16);
-        else
+        } else {
             __builtin_memcpy(key.addr, p->src.v6.addr, 16);
+        }
         netctl_called(LPM);
         __u32 *rule = rule_table.lookup(&key);
         if (rule && *rule < best)

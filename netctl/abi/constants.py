@@ -60,7 +60,8 @@ CFG_ROUTES = CFG_CT_ICMP + 1               # number of routes (0: no forwarding)
 CFG_EVENT_SAMPLE = CFG_ROUTES + 1          # events: one in this many goes to monitor
 CFG_CT_TCP_UNCONFIRMED = CFG_EVENT_SAMPLE + 1  # idle timeout of TCP before its handshake
 CFG_FLOW_CACHE = CFG_CT_TCP_UNCONFIRMED + 1   # FLOW_CACHE_*
-CFG_SIZE = CFG_FLOW_CACHE + 1                 # words of struct netctl_config (-D)
+CFG_DIRECT_PORT = CFG_FLOW_CACHE + 1          # bitmap: slots whose rule trie is keyed by dport
+CFG_SIZE = CFG_DIRECT_PORT + 1                # words of struct netctl_config (-D)
 CFG_WORDS = CFG_SIZE
 
 FLOW_CACHE_OFF = 0
@@ -72,9 +73,11 @@ FLOW_MIN_HIT_SHARE = 4    # ... it pays when at least one in this many hits
 FLOW_BYPASS = 65536       # ... else it is bypassed for this many packets
 FLOW_CACHE_ENTRIES = 65536  # flow cache entries (per CPU), unless -D says otherwise
 
-# A slot's directly looked-up address field: dst when its CFG_DIRECT_DST bit is set (and
-# the shape has dst), else src when the shape has src, else none.  The other address field
-# of a shape with both is looked up as a class.
+# A slot's directly looked-up field: the destination port when its CFG_DIRECT_PORT bit is set
+# (only for shapes with dport and at most one address field), else dst when its
+# CFG_DIRECT_DST bit is set (and the shape has dst), else src when the shape has src, else
+# none.  An address field that is not direct is looked up as a class.  A port goes into the
+# key where an address would, big-endian in its first two bytes (a prefix of at most 16).
 CLASSIFY_SRC = 1
 CLASSIFY_DST = 2
 RULE_KEY_HEADER_BITS = 160  # gen, slot, direction, family, proto, pad, three class ids

@@ -65,7 +65,7 @@ def sandbox_limits(rules: int) -> Limits:
 
 class Sandbox:
     def __init__(self, limits: Limits, extra_cflags: tuple[str, ...] = (),
-                 conntrack_size: int | None = None):
+                 conntrack_size: int | None = None, direct_port: bool = False):
         ensure_pin_root()
         self.limits = limits
         pin_dir = f"{PIN_ROOT}/sandbox-{os.getpid()}-{id(self):x}"
@@ -74,6 +74,8 @@ class Sandbox:
 
         sized = Policy(conntrack=Conntrack(size=conntrack_size)) if conntrack_size else Policy()
         constants = compile_policy(sized, limits).constants()
+        if direct_port:   # built for plans with slots keyed by the destination port
+            constants["NETCTL_DIRECT_PORT"] = 1
         try:
             self.dp = Datapath.build(pin_dir, constants, extra_cflags)
         finally:

@@ -6,8 +6,9 @@ an equal plan.  docs/classification.md explains the layout; in short:
 * A rule's *shape* is the set of fields it gives (``FIELD_*`` bits; ports and ICMP types
   imply PROTO).  Rules of one shape share a slot; at most ``limits.shapes`` slots are used,
   more distinct shapes are merged by widening SRC/DST/PROTO (never the L4 fields).
-* Per slot, one address field is looked up directly (src or dst; with both, the one with
-  more distinct prefixes).  Every other field falls into equivalence classes: two values
+* Per slot, one field is looked up directly: an address (src or dst; with both, the one
+  with more distinct prefixes), or dport where port ranges would otherwise cut the
+  address's entries into many classes.  Every other field falls into equivalence classes: two values
   are in one class when exactly the same rules of that slot match them there (the other
   address through a class trie, ports and ICMP type/code through interval arrays).  Class 0
   is "no rule of this slot matches", which lets the datapath skip the slot.
@@ -39,6 +40,7 @@ from ..abi import (
     CFG_DEFAULT_EGRESS,
     CFG_DEFAULT_INGRESS,
     CFG_DIRECT_DST,
+    CFG_DIRECT_PORT,
     CFG_EVENT_SAMPLE,
     CFG_FLOW_CACHE,
     CFG_ROUTES,
@@ -78,6 +80,7 @@ from .compile_classes import (
     _value_classes,
 )
 from .compile_trie import (
+    DIRECT_CHOICES,
     _direct_fields,
     _rule_trie,
 )
@@ -114,7 +117,13 @@ def compile_fitting(policy: Policy, limits: Limits = Limits(),  # noqa: B008
             limits = grown
 
 
-def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noqa: B008
+def compile_policy(policy: Policy, limits: Limits = Limits(),  # noqa: B008
+                   direct: str = "auto") -> MapPlan:
+    """The plan of ``policy`` within ``limits``.  ``direct`` chooses, for slots that could
+    be keyed by the destination port, whether they are: "auto" (when it writes far fewer
+    entries), "port" or "address" (tests and the benchmark compare them)."""
+    if direct not in DIRECT_CHOICES:
+        raise CompileError(f"direct: {direct!r} is not one of {', '.join(DIRECT_CHOICES)}")
     rules = policy.rules
     if len(rules) > limits.rules:
         raise MapFullError(f"rules: needs {len(rules)} entries, capacity {limits.rules}",
@@ -137,23 +146,23 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
         slot_rules[slot_of[shape_of[info.mask]]].append(info)
 
     tables: dict[str, dict[Any, Any]] = {}
-    direct = _direct_fields(shapes, slot_rules)
+    direct_fields = _direct_fields(shapes, slot_rules, direct)
     # inverted indexes: (slot, field, sub) -> {rule index: class id or [class ids]}
     inverted: Inverted = defaultdict(dict)
     for field, prefix in ((FIELD_SRC, "src"), (FIELD_DST, "dst")):
         for family in (4, 6):
             name = f"{prefix}_v{family}"
             tables[name] = _address_classes(name, field, family, shapes, slot_rules, limits,
-                                            inverted, direct)
+                                            inverted, direct_fields)
     index: dict[int, int] | int   # an interval index here, a route's index below
     for field, name in ((FIELD_SPORT, "sport"), (FIELD_DPORT, "dport"), (FIELD_ICMP, "icmp")):
         capacity = limits.icmp_intervals if field == FIELD_ICMP else limits.port_intervals
         index, classes = _value_classes(name, field, shapes, slot_rules, capacity, inverted,
                                         "icmp_intervals" if field == FIELD_ICMP
-                                        else "port_intervals")
+                                        else "port_intervals", direct_fields)
         tables[f"{name}_interval"] = index
         tables[f"{name}_classes"] = classes
-    tables["rule_table"] = _rule_trie(shapes, direct, slot_rules, inverted, limits)
+    tables["rule_table"] = _rule_trie(shapes, direct_fields, slot_rules, inverted, limits)
 
     slots_by_dir = [0, 0]
     for slot, members in enumerate(slot_rules):
@@ -185,10 +194,12 @@ def compile_policy(policy: Policy, limits: Limits = Limits()) -> MapPlan:  # noq
     config[CFG_SLOTS_EGRESS] = slots_by_dir[DIR_EGRESS]
     for slot, mask in enumerate(shapes):
         config[CFG_SHAPES + slot] = mask
-        if direct[slot] == FIELD_DST:
+        if direct_fields[slot] == FIELD_DST:
             config[CFG_DIRECT_DST] |= 1 << slot
+        elif direct_fields[slot] == FIELD_DPORT:
+            config[CFG_DIRECT_PORT] |= 1 << slot
         for field, bit in ((FIELD_SRC, CLASSIFY_SRC), (FIELD_DST, CLASSIFY_DST)):
-            if mask & field and direct[slot] != field:
+            if mask & field and direct_fields[slot] != field:
                 config[CFG_CLASSIFY] |= bit
     pad = MAX_SHAPES - len(shapes)
     return MapPlan(

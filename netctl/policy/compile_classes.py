@@ -251,9 +251,10 @@ def _address_classes(name: str, field: int, family: int, shapes: list[int],
 
 
 def _value_classes(name: str, field: int, shapes: list[int], slot_rules: list[list[_Info]],
-                   capacity: int, inverted: Inverted, limit: str
+                   capacity: int, inverted: Inverted, limit: str, direct: list[int]
                    ) -> tuple[dict[int, int], dict[int, tuple[int, ...]]]:
-    """Interval index and class-vector arrays for sport, dport or ICMP type.
+    """Interval index and class-vector arrays for sport, dport or ICMP type (slots that
+    look this field up directly in the rule trie have no classes of it).
 
     Per sub-slot (tcp/udp, or ICMP/ICMPv6) the value axis is cut at every range boundary;
     each elementary interval gets, per slot, the set of that slot's groups covering it, so
@@ -266,7 +267,7 @@ def _value_classes(name: str, field: int, shapes: list[int], slot_rules: list[li
     for key, sub in subs:
         groups = [_Groups() for _ in shapes]
         for slot, mask in enumerate(shapes):
-            if not mask & field:
+            if not mask & field or direct[slot] == field:
                 continue
             for info in slot_rules[slot]:
                 ranges = _field_ranges(info, field, key)

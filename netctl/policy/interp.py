@@ -17,12 +17,14 @@ Per packet (after VLAN tags and IPv6 extension headers):
    ICMP in IPv4 or ICMPv6 in IPv6, not a fragment: ``icmp_interval`` at
    ``icmp_slot * 65536 + (type << 8 | code)``, then ``icmp_classes``.  Otherwise those
    classes are all 0.
-4. For each slot in the direction's bitmap: its directly looked-up address field is dst
-   when its ``CFG_DIRECT_DST`` bit is set, else src if the shape has it, else none.  Skip
-   the slot when a field it classifies has class 0 there; else look up ``rule_table``, an
-   LPM trie, with the header ``(slot, direction, family, proto if PROTO else 0, other
-   address class, sport, dport-or-icmp)`` and the direct field's address (longest match),
-   and keep the lowest rule index found.
+4. For each slot in the direction's bitmap: its directly looked-up field is the
+   destination port when its ``CFG_DIRECT_PORT`` bit is set (a packet without ports skips
+   the slot), else dst when its ``CFG_DIRECT_DST`` bit is set, else src (which may be
+   absent from the shape: then no address is classified).  Skip the slot when a field it
+   classifies has class 0 there; else look up ``rule_table``, an LPM trie, with the header
+   ``(slot, direction, family, proto if PROTO else 0, the classified address's class,
+   sport, dport-or-icmp unless dport is direct)`` and the direct field (longest match; a
+   port in the top 16 of the family's bits), and keep the lowest rule index found.
 5. A rule found: its action ("rule").  Else the direction's default ("default").
 """
 
@@ -37,6 +39,7 @@ from ..abi import (
     CFG_DEFAULT_EGRESS,
     CFG_DEFAULT_INGRESS,
     CFG_DIRECT_DST,
+    CFG_DIRECT_PORT,
     CFG_SHAPES,
     CFG_SLOTS_EGRESS,
     CFG_SLOTS_INGRESS,
@@ -121,25 +124,35 @@ def interpret(plan: MapPlan, packet: Packet, direction: Direction) -> PlanDecisi
     bitmap = cfg[CFG_SLOTS_INGRESS if dir_code == DIR_INGRESS else CFG_SLOTS_EGRESS]
     table = maps["rule_table"]
     best: int | None = None
+    has_ports = not fragment and proto in PORT_SLOTS and packet.dport is not None
     for slot in range(MAX_SHAPES):
         if not bitmap & (1 << slot):
             continue
         mask = cfg[CFG_SHAPES + slot]
-        direct = (FIELD_DST if mask & FIELD_DST and cfg[CFG_DIRECT_DST] >> slot & 1
-                  else FIELD_SRC if mask & FIELD_SRC else 0)
+        use_port = cfg[CFG_DIRECT_PORT] >> slot & 1
+        use_dst = not use_port and mask & FIELD_DST and cfg[CFG_DIRECT_DST] >> slot & 1
+        classified = mask & (FIELD_SRC | FIELD_DST)
+        if not use_port:
+            classified &= FIELD_SRC if use_dst else FIELD_DST
         other = 0
-        if direct != FIELD_SRC and mask & FIELD_SRC:
-            other = src[slot]
-        elif direct != FIELD_DST and mask & FIELD_DST:
-            other = dst[slot]
+        if classified:
+            other = src[slot] if classified & FIELD_SRC else dst[slot]
+            if not other:
+                continue
         sp = sport[slot] if mask & FIELD_SPORT else 0
-        l4 = dport[slot] if mask & FIELD_DPORT else icmp[slot] if mask & FIELD_ICMP else 0
-        classified = (FIELD_SRC | FIELD_DST) & mask & ~direct
-        if ((classified and not other) or (mask & FIELD_SPORT and not sp)
-                or (mask & (FIELD_DPORT | FIELD_ICMP) and not l4)):
+        if mask & FIELD_SPORT and not sp:
             continue
+        l4 = 0
+        if use_port:
+            if not has_ports:
+                continue
+            address = packet.dport << (bits - 16)  # type: ignore[operator]  # has_ports
+        else:
+            l4 = dport[slot] if mask & FIELD_DPORT else icmp[slot] if mask & FIELD_ICMP else 0
+            if mask & (FIELD_DPORT | FIELD_ICMP) and not l4:
+                continue
+            address = int(packet.dst) if use_dst else int(packet.src)
         header = (slot, dir_code, family, proto if mask & FIELD_PROTO else 0, other, sp, l4)
-        address = int(packet.dst) if direct == FIELD_DST else int(packet.src)
         index = _lpm_keyed(table, header, bits, address)
         if index is not None and (best is None or index < best):
             best = index

@@ -19,10 +19,12 @@ capacity); the layout of the plan's, per map (``maps()`` gives exactly these nam
     "no range of any rule covers the value" and its classes are all 0.
 ``rule_table`` (LPM trie)
     key ``(slot, direction, family, proto, addr_cls, sport_cls, l4_cls, prefixlen,
-    network)``: a header of classes, then a prefix of the slot's directly looked-up address
-    field (src or dst, see ``CFG_DIRECT_DST``; length 0 when the shape has no address).
-    ``addr_cls`` is the class of the other address field when the shape has both, else 0;
-    ``l4_cls`` the dport class or the ICMP-type class (no rule has both); absent fields 0.
+    network)``: a header of classes, then a prefix of the slot's directly looked-up field:
+    src or dst (see ``CFG_DIRECT_DST``; length 0 when the shape has no address), or dport
+    (see ``CFG_DIRECT_PORT``: the port prefix in the top 16 of the family's bits).
+    ``addr_cls`` is the class of the address field that is not direct, else 0; ``l4_cls``
+    the dport class (0 when dport is direct) or the ICMP-type class (no rule has both);
+    absent fields 0.
     The value is the index of the first rule of that slot, direction and header whose
     prefix covers the entry's prefix, so the longest match gives the first matching rule.
 ``rules`` (array)
@@ -51,7 +53,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import IO, Any
 
-from ..abi import BUILD_DEFINES, MAPS, MAX_SHAPES, PLAN_MAPS
+from ..abi import BUILD_DEFINES, CFG_DIRECT_PORT, MAPS, MAX_SHAPES, PLAN_MAPS
 from ..abi.constants import FIELD_DPORT, FIELD_DST, FIELD_ICMP, FIELD_PROTO, FIELD_SPORT, FIELD_SRC
 
 FIELD_NAMES = {FIELD_SRC: "src", FIELD_DST: "dst", FIELD_PROTO: "proto",
@@ -135,9 +137,14 @@ def unconfirmed_size(conntrack_size: int) -> int:
     return max(UNCONFIRMED_MIN, conntrack_size // UNCONFIRMED_SHARE)
 
 
-def constants(limits: Limits, conntrack_size: int = 65536) -> dict[str, int]:
-    """The -D constants of a datapath built for ``limits`` and a conntrack table size."""
+def constants(limits: Limits, conntrack_size: int = 65536, direct_port: bool = False
+              ) -> dict[str, int]:
+    """The -D constants of a datapath built for ``limits``, a conntrack table size and,
+    with ``direct_port``, rule-trie slots keyed by the destination port (code that other
+    plans are built without)."""
     out = dict(BUILD_DEFINES)
+    if direct_port:
+        out["NETCTL_DIRECT_PORT"] = 1
     out["NETCTL_CT_ENTRIES"] = conntrack_size
     out["NETCTL_CT_UNCONFIRMED_ENTRIES"] = unconfirmed_size(conntrack_size)
     for d in MAPS.values():
@@ -225,7 +232,8 @@ class MapPlan:
 
     def constants(self) -> dict[str, int]:
         """The -D constants the datapath is compiled with (a change needs a reload)."""
-        return constants(self.limits, self.conntrack_size)
+        return constants(self.limits, self.conntrack_size,
+                         bool(self.config[CFG_DIRECT_PORT]))
 
     def rule_name(self, index: int | None) -> str | None:
         return None if index is None else self.rule_names[index]

@@ -92,7 +92,9 @@ def test_constants_match_the_header():
     assert abi.CFG_CT_TCP_UNCONFIRMED == abi.CFG_EVENT_SAMPLE + 1
     assert "#define NETCTL_CFG_FLOW_CACHE (NETCTL_CFG_CT_TCP_UNCONFIRMED + 1)" in text
     assert abi.CFG_FLOW_CACHE == abi.CFG_CT_TCP_UNCONFIRMED + 1
-    assert abi.CFG_SIZE == abi.CFG_FLOW_CACHE + 1
+    assert "#define NETCTL_CFG_DIRECT_PORT (NETCTL_CFG_FLOW_CACHE + 1)" in text
+    assert abi.CFG_DIRECT_PORT == abi.CFG_FLOW_CACHE + 1
+    assert abi.CFG_SIZE == abi.CFG_DIRECT_PORT + 1
     assert {mode: defines[f"NETCTL_FLOW_CACHE_{mode.upper()}"]
             for mode in abi.FLOW_CACHE_MODES} == abi.FLOW_CACHE_MODES
     for name in ("FWD_LOCAL", "FWD_TTL", "FWD_OPTIONS", "FWD_UNRESOLVED", "FWD_NOT_UNICAST",

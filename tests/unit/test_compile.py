@@ -550,3 +550,69 @@ def test_unused_fields_and_constants():
     assert constants["NETCTL_MAX_SHAPES"] == MAX_SHAPES
     assert constants["NETCTL_RULE_TABLE_ENTRIES"] == Limits().rule_table
     assert FIELD_DPORT == 16 and FIELD_ICMP == 32 and FIELD_DST == 2
+
+
+# ---- the direct field: address or destination port ---------------------------------------
+
+
+def _overlapping_ranges(n: int) -> list[dict]:
+    """UDP rules whose wide port ranges overlap, each on a prefix of its own: keyed by the
+    address, every prefix is written once per port class its range spans (dozens)."""
+    specs = []
+    for i in range(n):
+        lo = (i * 997) % 9000 + 1
+        specs.append({"src": f"10.{i // 256}.{i % 256}.0/24", "proto": "udp",
+                      "dport": f"{lo}-{lo + 500 + (i * 31) % 500}"})
+    return specs
+
+
+def test_dport_is_the_direct_field_where_ranges_would_multiply_the_address_entries():
+    from netctl.abi import CFG_DIRECT_PORT
+    policy = make_policy(*_overlapping_ranges(400))
+    by_port = compile_policy(policy)
+    by_address = compile_policy(policy, direct="address")
+    assert by_port.config[CFG_DIRECT_PORT] == 1 and by_address.config[CFG_DIRECT_PORT] == 0
+    port_entries = len(by_port.maps()["rule_table"])
+    address_entries = len(by_address.maps()["rule_table"])
+    assert 2 * port_entries < address_entries, (port_entries, address_entries)
+    # the slot keyed by port has no dport classes: the interval arrays stay empty
+    assert not by_port.maps()["dport_classes"] and by_address.maps()["dport_classes"]
+    # both decide like the reference evaluator on every range edge, inside and outside
+    for spec in _overlapping_ranges(400)[:60]:
+        lo, hi = map(int, spec["dport"].split("-"))
+        net = ipaddress.ip_network(spec["src"])
+        for dport in (lo - 1, lo, hi, hi + 1):
+            for src in (net.network_address, net.broadcast_address):
+                p = pkt(str(src), proto=17, dport=dport)
+                assert decide(by_port, policy, p) == decide(by_address, policy, p)
+        assert decide(by_port, policy, pkt(str(net.network_address), proto=6, dport=lo)) \
+            == "default:accept"
+
+
+def test_few_prefixes_on_single_ports_stay_keyed_by_the_address():
+    from netctl.abi import CFG_DIRECT_PORT
+    specs = [{"src": f"10.{i // 256}.{i % 256}.0/24", "proto": "tcp", "dport": 22 + i % 3}
+             for i in range(500)]
+    _, plan = compiled(*specs)
+    assert plan.config[CFG_DIRECT_PORT] == 0
+
+
+def test_port_keyed_slots_with_a_dst_field_and_fragments_and_other_protocols():
+    specs = [{"dst": "192.0.2.0/24", "proto": "tcp", "dport": "1000-3000"},
+             {"dst": "192.0.2.128/25", "proto": "tcp", "dport": "2000-4000"},
+             {"proto": "udp", "dport": "53"}]
+    policy, plan = compiled(*specs)
+    forced = compile_policy(policy, direct="port")
+    from netctl.abi import CFG_DIRECT_PORT
+    assert forced.config[CFG_DIRECT_PORT]
+    for p in (pkt("10.0.0.1", "192.0.2.1", 6, dport=1000),
+              pkt("10.0.0.1", "192.0.2.200", 6, dport=3500),
+              pkt("10.0.0.1", "192.0.2.1", 6, dport=3500),
+              pkt("10.0.0.1", "192.0.2.1", 6, dport=4001),
+              pkt("10.0.0.1", "198.51.100.1", 17, dport=53),
+              pkt("10.0.0.1", "198.51.100.1", 6, dport=53),
+              pkt("10.0.0.1", "192.0.2.1", 6, fragment=True),
+              pkt("10.0.0.1", "192.0.2.1", 1, icmp_type=8)):
+        assert decide(forced, policy, p) == decide(plan, policy, p)
+    with pytest.raises(CompileError, match="direct: 'sideways'"):
+        compile_policy(policy, direct="sideways")

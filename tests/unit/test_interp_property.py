@@ -15,8 +15,8 @@ SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                       HealthCheck.data_too_large])
 
 
-def check(policy, probes, limits=None):
-    plan = compile_policy(policy, limits or Limits())
+def check(policy, probes, limits=None, direct="auto"):
+    plan = compile_policy(policy, limits or Limits(), direct)
     for packet, direction in probes:
         want = evaluate(policy, packet, direction)
         got = interpret(plan, packet, direction)
@@ -31,6 +31,19 @@ def check(policy, probes, limits=None):
 @given(policy_and_packets(max_rules=8, n_packets=12))
 def test_plan_agrees_with_evaluator(case):
     check(*case)
+
+
+@settings(max_examples=1000, **SETTINGS)
+@given(policy_and_packets(max_rules=8, n_packets=12))
+def test_plan_agrees_with_evaluator_when_every_dport_slot_is_keyed_by_port(case):
+    check(*case, direct="port")
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(policy_and_packets(max_rules=10, n_packets=12))
+def test_plan_agrees_when_merged_shapes_are_keyed_by_port(case):
+    policy, probes = case
+    check(policy, probes, limits=Limits(shapes=fewest_slots(policy)), direct="port")
 
 
 def fewest_slots(policy) -> int:
