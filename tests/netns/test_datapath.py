@@ -271,3 +271,40 @@ def test_compile_error_keeps_the_old_policy(the_lab):
     assert out.returncode == 3, out.stdout + out.stderr
     assert "could not compile" in out.stderr
     assert the_lab.udp(5) == 0
+
+
+def _overlapping_port_ranges() -> tuple[str, list[tuple[int, int]]]:
+    """200 UDP rules with 600-port ranges overlapping each other: the compiler keys their
+    slot by the destination port (and the programs are built for it)."""
+    ranges = [(10000 + 37 * i, 10600 + 37 * i) for i in range(200)]
+    lines = ["version: 1", "defaults: {ingress: accept, egress: accept}", "rules:"]
+    lines += [f"  - {{name: r{i}, action: drop, proto: udp, dport: {lo}-{hi}}}"
+              for i, (lo, hi) in enumerate(ranges)]
+    return "\n".join(lines) + "\n", ranges
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("xdp_mode,hook", [("off", "tc"), ("native", "xdp-native")])
+def test_a_slot_keyed_by_port_judges_real_traffic(the_lab, family, xdp_mode, hook):
+    from netctl.abi import CFG_DIRECT_PORT
+    from netctl.policy.compile import compile_policy
+    from netctl.policy.load import load_policy_text
+
+    text, ranges = _overlapping_port_ranges()
+    assert compile_policy(load_policy_text(text)).config[CFG_DIRECT_PORT] == 1
+    the_lab.apply(ACCEPT_ALL, "--xdp-mode", xdp_mode)
+    result = the_lab.apply(text, "--xdp-mode", xdp_mode)
+    assert result["interfaces"][the_lab.dut_if]["ingress"] == hook
+    assert result["reload"] is True          # programs built with the port-keyed code
+    for port in (10000, 12345, 17963, 10600 + 37 * 199):
+        first = next(i for i, (lo, hi) in enumerate(ranges) if lo <= port <= hi)
+        before = the_lab.rule(f"r{first}")["packets"]
+        assert the_lab.udp(6, family, dport=port) == 0, port
+        assert the_lab.rule(f"r{first}")["packets"] == before + 6, port
+    for port in (9999, 10600 + 37 * 199 + 1, 5555):
+        assert the_lab.udp(6, family, dport=port) == 6, port
+    # back to a plan without such a slot: rebuilt without that code, traffic passes
+    result = the_lab.apply(DROP_UDP_6666, "--xdp-mode", xdp_mode)
+    assert result["reload"] is True
+    assert the_lab.udp(6, family, dport=12345) == 6
+    assert the_lab.udp(5, family, dport=6666) == 0
