@@ -136,6 +136,46 @@ def _timed_apply(ns: str, path: Path, dev: str) -> tuple[float, dict, int]:
     return took, out, peak
 
 
+# Scrapes /metrics from inside the namespace (the exporter serves its loopback): waits for it
+# to answer, then prints the fastest of three scrapes (seconds) and the body's size.
+_SCRAPER = """
+import sys, time, urllib.request
+url = sys.argv[1]
+deadline = time.monotonic() + 120
+while True:
+    try:
+        urllib.request.urlopen(url, timeout=60).read()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+best, size = None, 0
+for _ in range(3):
+    started = time.monotonic()
+    size = len(urllib.request.urlopen(url, timeout=60).read())
+    took = time.monotonic() - started
+    best = took if best is None else min(best, took)
+print(best, size)
+"""
+SCRAPE_MODES = ("all", "top:100")
+
+
+def scrape_seconds(ns: str, mode: str, port: int = 9533) -> tuple[float, int]:
+    """A `netctl exporter --rules MODE` scrape of the live datapath (no kernel tracers):
+    (seconds, bytes), the fastest of three after the first answer."""
+    server = subprocess.Popen(["ip", "netns", "exec", ns, *NETCTL, "exporter", "--no-kernel",
+                               "--listen", f"127.0.0.1:{port}", "--rules", mode],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        out = sh(sys.executable, "-c", _SCRAPER, f"http://127.0.0.1:{port}/metrics", ns=ns,
+                 timeout=600).stdout.split()
+        return float(out[0]), int(out[1])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def _with_one_rule_changed(bench: list[BenchRule]) -> list[BenchRule]:
     """The same rules with the middle one's source prefix replaced."""
     changed = list(bench)
@@ -147,7 +187,8 @@ def _with_one_rule_changed(bench: list[BenchRule]) -> list[BenchRule]:
 def apply_costs(ns_list: list[int], mix: str = "bench") -> list[dict]:
     """Cold apply (programs built and attached), warm (same policy), one rule changed; map
     entries written; peak controller RSS (the larger of the cold and the one-rule apply);
-    BPF map memory; and `nft -f` of the same rules as an interval set."""
+    `netctl status` and an exporter scrape (every rule, and the 100 busiest) of the applied
+    policy; BPF map memory; and `nft -f` of the same rules as an interval set."""
     out = []
     for n in ns_list:
         bench = rules(n, mix)
@@ -159,6 +200,8 @@ def apply_costs(ns_list: list[int], mix: str = "bench") -> list[dict]:
                 cold_s, cold, rss1 = _timed_apply(topo.dut, tmp / "a.yaml", topo.dut_if)
                 warm_s, warm, _ = _timed_apply(topo.dut, tmp / "a.yaml", topo.dut_if)
                 one_s, one, rss2 = _timed_apply(topo.dut, tmp / "b.yaml", topo.dut_if)
+                status_s = timed_netctl(topo.dut, "status")[0]
+                scrapes = {mode: scrape_seconds(topo.dut, mode) for mode in SCRAPE_MODES}
                 memory = _map_memory(topo.dut)
                 verifier = json.loads(sh(*NETCTL, "status", "-o", "json",
                                          ns=topo.dut).stdout).get("verifier", {})
@@ -173,7 +216,9 @@ def apply_costs(ns_list: list[int], mix: str = "bench") -> list[dict]:
                     "one_rule_s": one_s, "one_rule_entries": one["entries"],
                     "one_rule_reload": one["reload"],
                     "peak_rss_mb": max(rss1, rss2) / 2**20, "map_memory_mb": memory / 2**20,
-                    "nft_set_load_s": nft_s,
+                    "nft_set_load_s": nft_s, "status_s": status_s,
+                    "scrape_s": {mode: took for mode, (took, _) in scrapes.items()},
+                    "scrape_bytes": {mode: size for mode, (_, size) in scrapes.items()},
                     "verifier": verifier.get("tc_ingress", "")})
         for f in tmp.iterdir():
             os.unlink(f)

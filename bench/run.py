@@ -263,13 +263,20 @@ def table(result: dict) -> str:
                f"{last['netctl_tc_ns'] / first['netctl_tc_ns']:.2f}")
     out.append("")
     out.append("Apply (netctl apply as a separate process; cold includes building programs)")
+    # status and scrape columns: runs since they were measured (older results lack them)
+    reads = all("status_s" in a for a in result["apply"])
     out.append(f"{'mix':<6}{'rules':>8} {'cold s':>7} {'entries':>8} {'warm s':>7} "
-               f"{'1-rule s':>8} {'written':>7} {'peak MB':>8} {'maps MB':>8} {'nft -f s':>8}")
+               f"{'1-rule s':>8} {'written':>7} {'peak MB':>8} {'maps MB':>8} {'nft -f s':>8}"
+               + (f" {'status s':>8} {'scrape s':>8} {'top100 s':>8}" if reads else ""))
     for a in result["apply"]:
-        out.append(f"{a['mix']:<6}{a['rules']:>8,} {a['cold_s']:>7.2f} "
-                   f"{a['cold_entries']:>8,} {a['warm_s']:>7.2f} {a['one_rule_s']:>8.2f} "
-                   f"{a['one_rule_entries']:>7} {a['peak_rss_mb']:>8.0f} "
-                   f"{a['map_memory_mb']:>8.1f} {a['nft_set_load_s']:>8.2f}")
+        line = (f"{a['mix']:<6}{a['rules']:>8,} {a['cold_s']:>7.2f} "
+                f"{a['cold_entries']:>8,} {a['warm_s']:>7.2f} {a['one_rule_s']:>8.2f} "
+                f"{a['one_rule_entries']:>7} {a['peak_rss_mb']:>8.0f} "
+                f"{a['map_memory_mb']:>8.1f} {a['nft_set_load_s']:>8.2f}")
+        if reads:
+            line += (f" {a['status_s']:>8.2f} {a['scrape_s']['all']:>8.2f} "
+                     f"{a['scrape_s']['top:100']:>8.2f}")
+        out.append(line)
     return "\n".join(out)
 
 

@@ -62,6 +62,11 @@ def test_bench_smoke_run_measures_every_system(tmp_path):
     for applied in report["apply"]:
         assert applied["warm_unchanged"] is True
         assert applied["one_rule_entries"] < applied["cold_entries"]
+        assert applied["status_s"] > 0
+        # every rule's counters in the scrape: more text than the 100 busiest give
+        assert set(applied["scrape_s"]) == {"all", "top:100"}
+        assert applied["scrape_bytes"]["all"] > applied["scrape_bytes"]["top:100"] > 0 \
+            if applied["rules"] > 100 else applied["scrape_bytes"]["all"] > 0
     assert (tmp_path / report["plots"]["apply"]).stat().st_size > 10_000
     # The sets section: one rule on a 1,000-prefix set, on the wire and in the controller.
     sets = report["sets"]
