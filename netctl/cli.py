@@ -231,6 +231,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     change = result.change
     if result.dry_run:
+        _print_rule_changes(policy.source, result.rules)
         head = "would build and attach the programs, then write" if result.reload \
             else "would write"
         print(f"{policy.source}: {head} {change.entries()} map entries")
@@ -274,6 +275,56 @@ def _print_set_edits(sets: dict) -> None:
             print(f"  set @{name}: live edits in force (+{len(rec['add'])} -{len(rec['del'])}; "
                   f"'netctl set list {name}' shows them, 'netctl set reset {name}' undoes "
                   "them)")
+
+
+def _print_rule_changes(source: str, rules: dict | None) -> None:
+    from .policy.rulediff import RuleChange, RuleDiff
+
+    if rules is None:
+        return
+    if "unknown" in rules:
+        print(f"{source}: rule changes unknown ({rules['unknown']})")
+        return
+    d = RuleDiff(rules["added"], rules["removed"],
+                 [RuleChange(c["name"], {k: (v["old"], v["new"]) for k, v in c["fields"].items()})
+                  for c in rules["changed"]], rules["moved"],
+                 {k: (v["old"], v["new"]) for k, v in rules["settings"].items()}, rules["sets"])
+    lines = d.lines()
+    print(f"{source}: {'rule changes against the live policy:' if lines else 'no rule changes'}")
+    for line in lines:
+        print(line)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .datapath.control import show
+
+    report = show()
+    if args.output == "json":
+        _emit_json(report)
+        return EXIT_OK
+    drift = report["policy_file"]
+    note = {"changed": "the file has changed since", "missing": "the file is gone"}.get(
+        drift["state"])
+    if note:
+        print(f"# netctl show: {report['policy']} as applied ({note})", file=sys.stderr)
+    sys.stdout.write(report["text"])
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .policy.load import load_policy
+    from .policy.rulediff import rule_diff
+
+    d = rule_diff(load_policy(args.old), load_policy(args.new))
+    if args.output == "json":
+        _emit_json(d.as_dict())
+    else:
+        lines = d.lines()
+        print(f"{_shown(args.old)} -> {_shown(args.new)}: "
+              f"{'differ:' if lines else 'no rule changes'}")
+        for line in lines:
+            print(line)
+    return EXIT_FAIL if d else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -439,6 +490,8 @@ HANDLERS = {
     "set": cmd_set,
     "apply": cmd_apply,
     "status": cmd_status,
+    "show": cmd_show,
+    "diff": cmd_diff,
     "detach": cmd_detach,
     "validate": cmd_validate,
     "explain": cmd_explain,

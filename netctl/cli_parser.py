@@ -33,7 +33,7 @@ EXAMPLES = {
     "apply": """
         netctl apply policies/web-server.yaml
         netctl apply policy.yaml --dev eth0 --dev eth1
-        netctl apply policy.yaml --dry-run          # the map changes, nothing written
+        netctl apply policy.yaml --dry-run          # rule and map changes, nothing written
         netctl apply policy.yaml --xdp-mode generic -o json
         render-policy | netctl apply - --dev eth0   # from standard input
         ip netns exec lab netctl apply policy.yaml --dev veth0""",
@@ -42,6 +42,13 @@ EXAMPLES = {
         netctl status -o json | jq '.rules[] | select(.packets > 0)'
         netctl status --no-verify                       # counters only, no read-back
         ip netns exec lab netctl status""",
+    "show": """
+        netctl show                                  # the live policy, as applied
+        netctl show -o json | jq -r .policy_file.state
+        netctl show > live.yaml && netctl diff live.yaml policy.yaml""",
+    "diff": """
+        netctl diff old.yaml new.yaml
+        netctl diff old.yaml new.yaml -o json | jq .changed""",
     "detach": """
         netctl detach --all
         netctl detach --dev eth1""",
@@ -140,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--xdp-mode", choices=("auto", "native", "generic", "off"),
                    help="override the policy's xdp setting for every interface")
     p.add_argument("--dry-run", action="store_true",
-                   help="print what would change (map entries, hooks) and change nothing")
+                   help="print what would change (rules by name and field against the live "
+                        "policy, map entries, hooks) and change nothing")
     p.add_argument("--max-entries", type=int, metavar="N",
                    help="refuse a policy that needs more than N entries in any map (a guard "
                         "for kernel memory; default: grow each map as far as its ceiling)")
@@ -151,6 +159,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="do not read the live maps back to compare them with what was "
                         "applied (that takes about 3 s at 100,000 rules)")
+
+    verb("show", "print the live policy as it was applied (its text is kept with the state), "
+         "and whether the file it came from has changed since")
+
+    p = verb("diff", "compare two policy files rule by rule: added, removed, changed (each "
+             "field) and moved rules (exit 1 when they differ, as diff does; no privilege)")
+    p.add_argument("old", metavar="OLD", help="the policy file before")
+    p.add_argument("new", metavar="NEW", help="the policy file after (or - for standard input)")
 
     p = verb("detach", "remove netctl's programs from interfaces (and, with --all or when the "
              "last interface goes, its pins and state)")

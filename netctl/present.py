@@ -16,6 +16,12 @@ def format_status(report: dict) -> str:
         lines.append(f"policy  {report['policy']}")
         lines.append(f"        generation {report['generation']}, applied {when}, "
                      f"digest {report['digest'][:12]}, {where}")
+        drift = report.get("policy_file") or {}
+        if drift.get("state") == "changed":
+            lines.append("        the file has changed since it was applied ('netctl show' "
+                         "prints what is live; 'netctl apply --dry-run FILE' what would change)")
+        elif drift.get("state") == "missing":
+            lines.append("        the file is gone ('netctl show' prints what is live)")
     lines.append("")
     lines.append(f"{'INTERFACE':<16} {'INGRESS':<12} {'EGRESS':<7} {'PROGRAM IDS':<26} STATE")
     for rec in report["interfaces"]:

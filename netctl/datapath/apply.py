@@ -16,8 +16,9 @@ import errno
 import hashlib
 import os
 import time
+from typing import Any
 
-from ..errors import AttachError
+from ..errors import AttachError, NetctlError
 from ..policy.compile import compile_fitting
 from ..policy.model import Policy
 from ..policy.plan import Limits, MapPlan, diff
@@ -115,7 +116,29 @@ def _dry_run(ns: Namespace, plan: MapPlan, policy: Policy, found: list[Found],
     previous = set(state.interfaces) if state is not None else set()
     return ApplyResult(policy.source, -1, reload, change, as_json(interfaces),
                        detached=sorted(previous - set(interfaces)), warnings=warnings,
-                       dry_run=True, seconds=time.monotonic() - started)
+                       dry_run=True, seconds=time.monotonic() - started,
+                       rules=_rule_changes(ns, state, policy))
+
+
+def _rule_changes(ns: Namespace, state: State | None, policy: Policy) -> dict[str, Any]:
+    """The rule-level changes from the live policy (its text kept at apply) to ``policy``."""
+    from ..policy.load import load_policy_text
+    from ..policy.rulediff import rule_diff
+    from .status import live_text
+
+    if state is None or state.build is None:
+        return rule_diff(Policy(), policy).as_dict()    # nothing live: every rule is new
+    try:
+        text, record = live_text(ns, state)
+        if record.sets:   # the live sets as applied and edited, not as their files are now
+            from .setctl import live_policy
+
+            live = live_policy(ns, record)
+        else:
+            live = load_policy_text(text, record.policy)
+    except NetctlError as exc:
+        return {"unknown": str(exc)}
+    return rule_diff(live, policy).as_dict()
 
 
 def _file_sha256(path: str) -> str | None:

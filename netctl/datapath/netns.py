@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import pickle
 import shutil
@@ -140,6 +141,30 @@ class Namespace:
     def write_state(self, state: State) -> None:
         """Atomically (write a temporary file, then rename it over the old one)."""
         statefile.write(self.state_file, state)
+
+    # -- the policy text as applied (netctl show), named by its digest
+    def save_text(self, text: str) -> str:
+        """Keep ``text`` beside the state (root-only, written atomically); its sha256."""
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        target = self.text_file(digest)
+        if not target.exists():
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = self.state_dir / f".applied.{os.getpid()}.tmp"
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                      encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, target)
+        return digest
+
+    def text_file(self, digest: str) -> Path:
+        return self.state_dir / f"applied-{digest[:16]}.yaml"
+
+    def remove_texts_but(self, keep: set[str]) -> None:
+        """Remove the kept texts no generation names any more."""
+        wanted = {self.text_file(d).name for d in keep}
+        for path in self.state_dir.glob("applied-*.yaml"):
+            if path.name not in wanted:
+                path.unlink(missing_ok=True)
 
     # -- what each generation holds, so an apply need not read it back from the kernel
     def save_plan(self, gen: int, plan) -> None:

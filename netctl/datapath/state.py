@@ -145,10 +145,13 @@ class Generation:
     sets: dict[str, dict[str, Any]] | None = None
     snapshot: str | None = None        # token of the saved policy (datapath.setctl)
     nexthops: list[NextHop] = field(default_factory=list)
+    # sha256 of the policy text as applied, saved beside the state (`netctl show`); None
+    # in records written before the text was kept.
+    text_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     _KEYS = ("policy", "policy_sha256", "digest", "contents", "applied_at", "rules",
-             "actions", "metrics", "sets", "snapshot", "nexthops")
+             "actions", "metrics", "sets", "snapshot", "nexthops", "text_sha256")
 
     @classmethod
     def from_json(cls, data: Any) -> Generation:
@@ -161,7 +164,7 @@ class Generation:
                    applied_at=data.get("applied_at", 0.0), **lists,
                    sets=data.get("sets"), snapshot=data.get("snapshot"),
                    nexthops=[NextHop.from_json(n) for n in data.get("nexthops") or []],
-                   extra=_extra(data, cls._KEYS))
+                   text_sha256=data.get("text_sha256"), extra=_extra(data, cls._KEYS))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -173,6 +176,8 @@ class Generation:
         out["nexthops"] = [n.to_json() for n in self.nexthops]
         if self.snapshot is not None:   # added last by the apply (datapath.setctl)
             out["snapshot"] = self.snapshot
+        if self.text_sha256 is not None:
+            out["text_sha256"] = self.text_sha256
         return {**out, **self.extra}
 
     def unvouched(self) -> Generation:

@@ -3,15 +3,75 @@ against the state file (the JSON of their ``-o json``; netctl.present formats it
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 from .. import abi
+from ..errors import NetctlError
 from . import attach as att
 from .hooks import attachment_problems, prog_ids_shown
 from .instance import Datapath
 from .live import changed_maps, live_state, open_live, require_privilege
 from .netns import Namespace, netns_name
-from .state import Carried, Generation
+from .state import Carried, Generation, State
+
+
+def live_text(ns: Namespace, state: State) -> tuple[str, Generation]:
+    """The text of the live policy as it was applied, and its generation's record."""
+    live, why = open_live(ns, state)
+    if live is None:
+        raise NetctlError(f"{why}: the datapath is gone; 'netctl apply' rebuilds it")
+    with live:
+        gen = live.active
+    record = state.generation(gen)
+    if record is None:
+        raise NetctlError(f"generation {gen} is live but the state file does not describe it; "
+                          "'netctl apply' repairs this")
+    if not record.text_sha256:
+        raise NetctlError(f"the live policy ({record.policy}) was applied by a netctl that did "
+                          "not keep its text; apply it again to keep it")
+    try:
+        with open(ns.text_file(record.text_sha256), encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise NetctlError(f"the kept text of the live policy is unreadable "
+                          f"({exc.strerror}); apply it again to keep it") from None
+    if hashlib.sha256(text.encode()).hexdigest() != record.text_sha256:
+        raise NetctlError("the kept text of the live policy is not what was applied; "
+                          "apply it again to keep it")
+    return text, record
+
+
+def show() -> dict[str, Any]:
+    """`netctl show`: the live policy's text as applied, and where it came from."""
+    require_privilege("show")
+    ns = Namespace.current()
+    state, _notes = live_state(ns)
+    if state is None or state.build is None:
+        raise NetctlError(f"no netctl datapath in netns {netns_name() or 'unnamed'} "
+                          "(netctl apply FILE creates one)")
+    text, record = live_text(ns, state)
+    return {"policy": record.policy, "applied_at": record.applied_at, "digest": record.digest,
+            "text_sha256": record.text_sha256, "policy_file": policy_file_drift(record),
+            "set_edits": record.set_edits(), "text": text}
+
+
+def policy_file_drift(record: Generation) -> dict[str, Any]:
+    """Whether the file the live policy was applied from still holds what was applied:
+    {"path", "state": "same" | "changed" | "missing" | "unknown" (standard input, or no
+    digest recorded)}."""
+    path = record.policy
+    if not record.policy_sha256 or not os.path.isabs(path):
+        return {"path": path, "state": "unknown"}
+    try:
+        with open(path, "rb") as f:
+            now = hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return {"path": path, "state": "missing"}
+    except OSError as exc:
+        return {"path": path, "state": "unknown", "error": exc.strerror}
+    return {"path": path, "state": "same" if now == record.policy_sha256 else "changed"}
 
 
 def status(verify: bool = True) -> dict[str, Any]:
@@ -65,6 +125,7 @@ def status(verify: bool = True) -> dict[str, Any]:
         assert state.build is not None
         out.update(applied=True, policy=record.policy, digest=record.digest,
                    policy_sha256=record.policy_sha256,
+                   policy_file=policy_file_drift(record),
                    generation=gen, applied_at=record.applied_at, build=state.build.id,
                    verifier=state.build.verifier)
     return out

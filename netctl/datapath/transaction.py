@@ -67,10 +67,14 @@ class ApplyResult:
     dry_run: bool = False
     seconds: float = 0.0
     sets: dict[str, dict] = field(default_factory=dict)   # sets_record of what is live
+    # --dry-run: the rule-level changes against the live policy (policy.rulediff), or why
+    # they are unknown ({"unknown": reason})
+    rules: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             **({"sets": self.sets} if self.sets else {}),
+            **({"rules": self.rules} if self.rules is not None else {}),
             "policy": self.policy, "generation": self.generation, "reload": self.reload,
             "dry_run": self.dry_run, "unchanged": self.unchanged,
             "entries": self.change.entries(),
@@ -224,6 +228,8 @@ class Transaction:
         verbs edit from: netctl/datapath/setctl.py)."""
         self.record = dataclasses.replace(generation_record(self.policy, self.plan),
                                           nexthops=hops(self.nexthops))
+        if self.policy.text is not None:   # for netctl show
+            self.record.text_sha256 = self.ns.save_text(self.policy.text)
         if self.policy.sets:
             from .setctl import save_snapshot
 
@@ -278,6 +284,8 @@ class Transaction:
             interfaces=self.interfaces, carried=self.carried, netns=netns_name(),
             epoch=self.epoch, pending=None)
         self.ns.write_state(self.new_state)
+        self.ns.remove_texts_but({g.text_sha256 for g in generations.values()
+                                  if g.text_sha256})
         crash_point("recorded")
 
     def flip(self) -> None:

@@ -189,7 +189,7 @@ def load_policy_text(text: str, source: str = "<policy>", base_dir: str | None =
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _Loader(source, base_dir).load(text)
+        return dataclasses.replace(_Loader(source, base_dir).load(text), text=text)
     finally:
         if was_enabled:
             gc.enable()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import enum
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import repeat
 from typing import Any, final
@@ -437,6 +437,9 @@ class Policy:
     source: str = "<policy>"
     sets: tuple[PrefixSet, ...] = ()   # every set the policy defines, used or not
     source_sha256: str | None = None   # the policy file's digest as it was read
+    # The text as read (newlines translated), kept with the state by apply (`netctl show`);
+    # not part of what the policy means.
+    text: str | None = field(default=None, compare=False, repr=False)
 
     def default(self, direction: Direction) -> Action:
         return self.default_ingress if direction is Direction.INGRESS else self.default_egress

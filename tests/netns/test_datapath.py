@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from lab import lab, wait_for
@@ -308,3 +309,41 @@ def test_a_slot_keyed_by_port_judges_real_traffic(the_lab, family, xdp_mode, hoo
     assert result["reload"] is True
     assert the_lab.udp(6, family, dport=12345) == 6
     assert the_lab.udp(5, family, dport=6666) == 0
+
+
+def test_show_prints_the_live_text_and_status_tells_when_the_file_changed(the_lab):
+    text = DROP_UDP_5555 + "# the operator's comment\n"
+    path = the_lab.policy(text, "live.yaml")
+    the_lab.netctl("apply", path, "--dev", the_lab.dut_if)
+    assert the_lab.netctl("show").stdout == text
+    shown = json.loads(the_lab.netctl("show", "-o", "json").stdout)
+    assert shown["text"] == text and shown["policy_file"]["state"] == "same"
+    assert the_lab.status()["policy_file"]["state"] == "same"
+
+    # the file edited after the apply: status says so, show still prints what is live
+    the_lab.policy(DROP_UDP_6666, "live.yaml")
+    assert the_lab.status()["policy_file"]["state"] == "changed"
+    assert "the file has changed since it was applied" in the_lab.netctl("status").stdout
+    assert the_lab.netctl("show").stdout == text
+
+    # the dry run names the rule-level changes before the map-level counts
+    dry = json.loads(the_lab.netctl("apply", path, "--dev", the_lab.dut_if, "--dry-run",
+                                    "-o", "json").stdout)
+    assert dry["rules"]["added"] == ["drop-6666"]
+    assert dry["rules"]["removed"] == ["keep-dns", "drop-5555"]
+    out = the_lab.netctl("apply", path, "--dev", the_lab.dut_if, "--dry-run").stdout
+    assert "  + rule drop-6666" in out and "  - rule drop-5555" in out
+    assert out.index("rule changes against the live policy") < out.index("map entries")
+    assert the_lab.netctl("show").stdout == text     # a dry run changes nothing
+
+    the_lab.netctl("apply", path, "--dev", the_lab.dut_if)
+    assert the_lab.netctl("show").stdout == DROP_UDP_6666
+    from netctl.paths import STATE_ROOT
+
+    kept = list(Path(STATE_ROOT).glob(f"ns{the_lab.status()['cookie']}/applied-*.yaml"))
+    assert len(kept) == 2          # the texts of the two generations, no more
+    the_lab.netctl("detach", "--all")
+    gone = the_lab.netctl("show", check=False)
+    assert gone.returncode != 0 and "no netctl datapath" in gone.stderr
+    assert "Traceback" not in gone.stderr
+    assert not any(path.exists() for path in kept)

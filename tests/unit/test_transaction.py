@@ -34,6 +34,7 @@ class Kernel:
         self.filters = {"ingress": None, "egress": None}
         self.state_text: str | None = None
         self.plans: dict = {}
+        self.texts: dict = {}     # kept policy texts by digest
 
 
 class FakeDatapath:
@@ -166,6 +167,17 @@ class FakeNamespace:
 
     def forget_plan(self, gen):
         self.kernel.plans.pop(gen, None)
+
+    def save_text(self, text):
+        import hashlib
+
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        self.kernel.texts[digest] = text
+        return digest
+
+    def remove_texts_but(self, keep):
+        for digest in set(self.kernel.texts) - set(keep):
+            del self.kernel.texts[digest]
 
     def load_plan(self, gen, digest):
         plan = self.kernel.plans.get(gen)
