@@ -221,9 +221,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     # sets (netctl set add/del) stay in force.
     if args.max_entries is not None and args.max_entries < 1:
         raise NetctlError("--max-entries must be a positive number of entries")
+    # An apply from an SSH session refuses a policy that would cut that session, unless
+    # --force (docs: "Never locked out").
+    ssh = None if args.force else os.environ.get("SSH_CONNECTION")
     result = apply_keeping_edits(policy, devs=args.dev, xdp_mode=args.xdp_mode,
                                  dry_run=args.dry_run, extra_cflags=extra,
-                                 max_entries=args.max_entries)
+                                 max_entries=args.max_entries, ssh=ssh)
     if args.output == "json":
         _emit_json(result.as_dict())
         return EXIT_OK

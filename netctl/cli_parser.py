@@ -149,6 +149,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print what would change (rules by name and field against the live "
                         "policy, map entries, hooks) and change nothing")
+    p.add_argument("--force", action="store_true",
+                   help="apply even when the policy would drop the SSH session this runs "
+                        "from (SSH_CONNECTION); without it such a policy is refused (exit 6)")
     p.add_argument("--max-entries", type=int, metavar="N",
                    help="refuse a policy that needs more than N entries in any map (a guard "
                         "for kernel memory; default: grow each map as far as its ceiling)")

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import AttachError, NetctlError
 from ..policy.compile import compile_fitting
+from ..policy.lockout import LockoutError, lockout, ssh_connection
 from ..policy.model import Policy
 from ..policy.plan import Limits, MapPlan, diff
 from ..policy.plan import constants as plan_constants
@@ -55,7 +56,12 @@ from .transaction import ApplyResult, Transaction, as_json
 
 def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = None,
           dry_run: bool = False, limits: Limits = Limits(),  # noqa: B008
-          extra_cflags: tuple[str, ...] = (), max_entries: int | None = None) -> ApplyResult:
+          extra_cflags: tuple[str, ...] = (), max_entries: int | None = None,
+          ssh: str | None = None) -> ApplyResult:
+    """Make ``policy`` live (or, ``dry_run``, say what would change).  ``ssh``: the text of
+    SSH_CONNECTION when the caller runs in an SSH session that must survive the apply (a
+    policy that would drop it on an interface it is enforced on is refused: LockoutError;
+    a dry run warns)."""
     started = time.monotonic()
     wanted = targets(policy, devs, xdp_mode)
     require_privilege("apply")
@@ -74,6 +80,11 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
             check_link_layer(link)
             found.append((t, link, decide_hooks(link, t, bool(policy.routes))))
         warnings = coverage_warnings(policy, found)
+        cut = _cuts_session(links, policy, ssh, [t.name for t, _, _ in found])
+        if cut and not dry_run:
+            raise LockoutError(cut)
+        if cut:
+            warnings.append(cut)
         nexthops = resolve_routes(links, policy, warnings, found)
         if dry_run:
             return _dry_run(ns, plan, policy, found, warnings, started)
@@ -85,6 +96,24 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
     result.warnings = warnings + result.warnings
     result.seconds = time.monotonic() - started
     return result
+
+
+def _cuts_session(links: att.Links, policy: Policy, ssh: str | None,
+                  enforced: list[str]) -> str | None:
+    """Why the policy would drop the SSH session ``ssh`` describes, when the session's route
+    leaves through an interface the policy is enforced on; else None."""
+    session = ssh_connection(ssh)
+    if session is None:
+        return None
+    try:
+        routes = links.ipr.route("get", dst=str(session[0].src))
+        oif = routes[0].get_attr("RTA_OIF") if routes else None
+    except Exception:   # noqa: BLE001 (no route: the session cannot be on an interface here)
+        return None
+    link = links.info(oif) if oif is not None else None
+    if link is None or link.name not in enforced:
+        return None
+    return lockout(policy, ssh)
 
 
 def _record_request(ns: Namespace, devs: list[str] | None, xdp_mode: str | None) -> None:

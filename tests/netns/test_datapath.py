@@ -347,3 +347,32 @@ def test_show_prints_the_live_text_and_status_tells_when_the_file_changed(the_la
     assert gone.returncode != 0 and "no netctl datapath" in gone.stderr
     assert "Traceback" not in gone.stderr
     assert not any(path.exists() for path in kept)
+
+
+def test_an_apply_from_ssh_refuses_a_policy_that_would_cut_the_session(the_lab):
+    from lab import DUT4, GEN4
+
+    session = {"SSH_CONNECTION": f"{GEN4} 51022 {DUT4} 22"}    # the generator ssh'd in
+    drop_all = the_lab.policy("version: 1\ndefaults: {ingress: drop, egress: accept}\n"
+                              "rules: []\n", "drop.yaml")
+    refused = the_lab.netctl("apply", drop_all, "--dev", the_lab.dut_if, check=False,
+                             env=session)
+    assert refused.returncode == 6, refused.stderr
+    assert "the ingress default (drop) would drop this SSH session" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not the_lab.status()["applied"]          # nothing was changed
+    dry = the_lab.netctl("apply", drop_all, "--dev", the_lab.dut_if, "--dry-run", env=session)
+    assert "would drop this SSH session" in dry.stderr
+
+    keeps = the_lab.policy("version: 1\ndefaults: {ingress: drop, egress: accept}\nrules:\n"
+                           "  - {name: ssh, action: accept, proto: tcp, dport: 22}\n",
+                           "keeps.yaml")
+    the_lab.netctl("apply", keeps, "--dev", the_lab.dut_if, env=session)
+    # a session whose route leaves through an interface the policy is not enforced on
+    local = {"SSH_CONNECTION": "127.0.0.1 51022 127.0.0.1 22"}
+    the_lab.netctl("apply", drop_all, "--dev", the_lab.dut_if, env=local)
+    assert the_lab.udp(3) == 0
+    # --force: the operator's call
+    the_lab.netctl("apply", keeps, "--dev", the_lab.dut_if)
+    the_lab.netctl("apply", drop_all, "--dev", the_lab.dut_if, "--force", env=session)
+    assert the_lab.status()["policy"].endswith("drop.yaml")
