@@ -209,7 +209,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not args.dry_run:   # refused before the file is even read
         privilege.require("apply", *privilege.DATAPATH)
     extra = tuple(os.environ.get("NETCTL_EXTRA_CFLAGS", "").split())
-    if not args.dry_run and not extra and args.file != STDIN:
+    if not args.dry_run and not extra and args.file != STDIN and args.confirm is None:
         # The same file, applied the same way, live and intact: nothing to load or compile.
         # (Standard input is no file to compare: it is always loaded, compiled and diffed.)
         live = already_live(args.file, args.dev, args.xdp_mode)
@@ -226,7 +226,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     ssh = None if args.force else os.environ.get("SSH_CONNECTION")
     result = apply_keeping_edits(policy, devs=args.dev, xdp_mode=args.xdp_mode,
                                  dry_run=args.dry_run, extra_cflags=extra,
-                                 max_entries=args.max_entries, ssh=ssh)
+                                 max_entries=args.max_entries, ssh=ssh, confirm=args.confirm)
     if args.output == "json":
         _emit_json(result.as_dict())
         return EXIT_OK
@@ -247,6 +247,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         built = "programs built and attached; " if result.reload else ""
         print(f"{policy.source}: live as generation {result.generation} ({built}"
               f"{change.entries()} map entries written in {result.seconds:.2f} s)")
+        if args.confirm:
+            print(f"  until {args.confirm} s from now unless 'netctl confirm': then the "
+                  "policy before comes back by itself")
     for name, rec in result.interfaces.items():
         print(f"  {name}: ingress {rec['ingress'] or 'not enforced'}, egress "
               f"{rec['egress'] or 'not enforced'} ({rec['why']})")
@@ -296,6 +299,17 @@ def _print_rule_changes(source: str, rules: dict | None) -> None:
     print(f"{source}: {'rule changes against the live policy:' if lines else 'no rule changes'}")
     for line in lines:
         print(line)
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from .datapath.confirm import confirm
+
+    result = confirm()
+    if args.output == "json":
+        _emit_json(result)
+    else:
+        print(f"confirmed: {result['confirmed']} stays live")
+    return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -494,6 +508,7 @@ HANDLERS = {
     "apply": cmd_apply,
     "status": cmd_status,
     "show": cmd_show,
+    "confirm": cmd_confirm,
     "diff": cmd_diff,
     "detach": cmd_detach,
     "validate": cmd_validate,

@@ -35,6 +35,7 @@ EXAMPLES = {
         netctl apply policy.yaml --dev eth0 --dev eth1
         netctl apply policy.yaml --dry-run          # rule and map changes, nothing written
         netctl apply policy.yaml --xdp-mode generic -o json
+        netctl apply policy.yaml --confirm 120      # undone in 2 min unless confirmed
         render-policy | netctl apply - --dev eth0   # from standard input
         ip netns exec lab netctl apply policy.yaml --dev veth0""",
     "status": """
@@ -42,6 +43,9 @@ EXAMPLES = {
         netctl status -o json | jq '.rules[] | select(.packets > 0)'
         netctl status --no-verify                       # counters only, no read-back
         ip netns exec lab netctl status""",
+    "confirm": """
+        netctl apply new.yaml --confirm 60 && ssh-still-works && netctl confirm
+        netctl status -o json | jq .confirm""",
     "show": """
         netctl show                                  # the live policy, as applied
         netctl show -o json | jq -r .policy_file.state
@@ -149,6 +153,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print what would change (rules by name and field against the live "
                         "policy, map entries, hooks) and change nothing")
+    p.add_argument("--confirm", type=int, metavar="SECONDS",
+                   help="keep the new policy only if 'netctl confirm' comes within SECONDS; "
+                        "else the policy before comes back by itself (the programs read the "
+                        "deadline: no process needs to survive)")
     p.add_argument("--force", action="store_true",
                    help="apply even when the policy would drop the SSH session this runs "
                         "from (SSH_CONNECTION); without it such a policy is refused (exit 6)")
@@ -162,6 +170,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="do not read the live maps back to compare them with what was "
                         "applied (that takes about 3 s at 100,000 rules)")
+
+    verb("confirm", "keep the policy applied with --confirm (before its deadline; after it, "
+         "the policy before is back and this says so, exit 1)")
 
     verb("show", "print the live policy as it was applied (its text is kept with the state), "
          "and whether the file it came from has changed since")

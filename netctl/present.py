@@ -16,6 +16,18 @@ def format_status(report: dict) -> str:
         lines.append(f"policy  {report['policy']}")
         lines.append(f"        generation {report['generation']}, applied {when}, "
                      f"digest {report['digest'][:12]}, {where}")
+        confirm = (report.get("confirm") or {}).get("pending")
+        if confirm and not confirm["expired"]:
+            until = time.strftime("%H:%M:%S", time.localtime(confirm["deadline"]))
+            lines.append(f"        awaiting 'netctl confirm' until {until} "
+                         f"({confirm['seconds_left']:.0f} s left); else "
+                         f"{confirm['previous'] or 'no policy'} comes back")
+        elif confirm:
+            lines.append(f"        not confirmed in time: {confirm['previous'] or 'no policy'}"
+                         " judges again (recorded at the next confirm or apply)")
+        rolled = (report.get("confirm") or {}).get("rollbacks")
+        if rolled:
+            lines.append(f"        rollbacks for want of a confirmation: {rolled}")
         drift = report.get("policy_file") or {}
         if drift.get("state") == "changed":
             lines.append("        the file has changed since it was applied ('netctl show' "

@@ -345,7 +345,16 @@ static __always_inline struct netctl_verdict netctl_judge(__u8 *data, void *end,
 
     netctl_called(ARRAY);
     __u32 *live = active.lookup(&zero);
-    __u32 gen = live ? (*live & 1) : 0;
+    __u32 word = live ? *live : 0;
+    __u32 gen = word & 1;
+    /* An apply awaiting `netctl confirm` (apply --confirm) sets a deadline above the
+     * generation bit, in seconds of the monotonic clock: past it the generation before
+     * judges again, whatever happened to the processes meant to restore it. */
+    if (word >> 1) {
+        netctl_called(KTIME_COARSE);
+        if (bpf_ktime_get_coarse_ns() / 1000000000ULL >= (word >> 1))
+            gen ^= 1;
+    }
     netctl_called(ARRAY);
     struct netctl_config *cfg = config.lookup(&gen);
     if (!cfg) {

@@ -57,7 +57,9 @@ BPF_TABLE_PINNED("array", u32, struct netctl_config, config,
                  NETCTL_PER_GEN(NETCTL_CONFIG_ENTRIES), NETCTL_PIN(config));
 
 /* The generation packets are judged by: one word, flipped by `netctl apply` after the
- * other generation is complete. */
+ * other generation is complete.  Bit 0 is the generation; the bits above, when not zero,
+ * a deadline in seconds of the monotonic clock after which the other generation judges
+ * (apply --confirm; netctl_judge reads it). */
 BPF_TABLE_PINNED("array", u32, u32, active, 1, NETCTL_PIN(active));
 
 /* Forwarding (netctl_forward.h): destination prefix -> route index, per generation; the

@@ -57,12 +57,17 @@ from .transaction import ApplyResult, Transaction, as_json
 def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = None,
           dry_run: bool = False, limits: Limits = Limits(),  # noqa: B008
           extra_cflags: tuple[str, ...] = (), max_entries: int | None = None,
-          ssh: str | None = None) -> ApplyResult:
+          ssh: str | None = None, confirm: int | None = None) -> ApplyResult:
     """Make ``policy`` live (or, ``dry_run``, say what would change).  ``ssh``: the text of
     SSH_CONNECTION when the caller runs in an SSH session that must survive the apply (a
     policy that would drop it on an interface it is enforced on is refused: LockoutError;
-    a dry run warns)."""
+    a dry run warns).  ``confirm``: seconds within which `netctl confirm` must come, else
+    the policy before comes back (netctl/datapath/confirm.py)."""
     started = time.monotonic()
+    if confirm is not None:
+        from .confirm import check_seconds
+
+        check_seconds(confirm)
     wanted = targets(policy, devs, xdp_mode)
     require_privilege("apply")
     ns = Namespace.current()
@@ -80,7 +85,8 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
             check_link_layer(link)
             found.append((t, link, decide_hooks(link, t, bool(policy.routes))))
         warnings = coverage_warnings(policy, found)
-        cut = _cuts_session(links, policy, ssh, [t.name for t, _, _ in found])
+        cut = None if confirm else _cuts_session(links, policy, ssh,
+                                                 [t.name for t, _, _ in found])
         if cut and not dry_run:
             raise LockoutError(cut)
         if cut:
@@ -90,8 +96,11 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
             return _dry_run(ns, plan, policy, found, warnings, started)
         ensure_pin_root()
         with ns.lock():
+            from .confirm import settle
+
+            settle(ns)   # a rollback the deadline made is recorded; a pending one refuses
             result = Transaction(ns, links, policy, plan, found, extra_cflags,
-                                 nexthops).run()
+                                 nexthops, confirm).run()
             _record_request(ns, devs, xdp_mode)
     result.warnings = warnings + result.warnings
     result.seconds = time.monotonic() - started

@@ -64,6 +64,10 @@ def detach(devs: list[str] | None = None, everything: bool = False) -> dict[str,
             state.interfaces = recorded
             ns.write_state(state)
         else:
+            from .confirm import stop_watcher
+
+            if state.confirm is not None:   # nothing left to roll back
+                stop_watcher(state.confirm.watcher)
             ns.remove_all_pins()
             ns.remove_state()
     out: dict[str, Any] = {"detached": detached, "gone": gone, "removed_pins": not recorded}

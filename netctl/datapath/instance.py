@@ -114,7 +114,14 @@ class Datapath:
     # -- generations
     @property
     def active(self) -> int:
+        """The generation packets are judged by now (past a confirmation deadline, the one
+        flipped from: the programs decide so themselves)."""
         return mapio.read_active(self.maps)
+
+    def active_word(self) -> tuple[int, int]:
+        """(the generation flipped to, its confirmation deadline in monotonic seconds, or
+        0 when none is pending)."""
+        return mapio.read_active_word(self.maps)
 
     def read_generation(self, gen: int) -> dict[str, dict]:
         return mapio.read_generation(self.maps, gen, self.constants)
@@ -141,8 +148,9 @@ class Datapath:
                 mapio.write_diff(self.maps, name, gen, map_change, self.constants)
         return change
 
-    def flip(self, gen: int) -> None:
-        mapio.set_active(self.maps, gen)
+    def flip(self, gen: int, deadline: int = 0) -> None:
+        """Make ``gen`` live; with ``deadline`` (monotonic seconds), only until then."""
+        mapio.set_active(self.maps, gen, deadline)
 
     # -- counters
     def rule_counters(self, gen: int, count: int) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -288,13 +289,31 @@ def _batch_blobs(m: RawMap, keys: bytes, values: bytes, count: int) -> None:
                        vview[start * vs:(start + n) * vs].tobytes(), n)
 
 
-def read_active(maps: Mapping[str, RawMap]) -> int:
+def read_active_word(maps: Mapping[str, RawMap]) -> tuple[int, int]:
+    """(the generation flipped to, the confirmation deadline in monotonic seconds or 0)."""
     value = maps["active"].lookup(abi.pack_u32(0))
-    return abi.unpack_u32(value) & 1 if value else 0
+    word = abi.unpack_u32(value) if value else 0
+    return word & 1, word >> 1
 
 
-def set_active(maps: Mapping[str, RawMap], gen: int) -> None:
-    maps["active"].update(abi.pack_u32(0), abi.pack_u32(gen))
+def monotonic_seconds() -> float:
+    """The clock the programs read for a confirmation deadline (bpf_ktime_get_coarse_ns:
+    the monotonic clock, a few milliseconds coarser; deadlines are whole seconds)."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def read_active(maps: Mapping[str, RawMap]) -> int:
+    """The generation packets are judged by now: the one flipped to, or, past a
+    confirmation deadline, the one before (as the programs decide)."""
+    gen, deadline = read_active_word(maps)
+    return gen ^ 1 if deadline and monotonic_seconds() >= deadline else gen
+
+
+def set_active(maps: Mapping[str, RawMap], gen: int, deadline: int = 0) -> None:
+    """Flip to ``gen``; with ``deadline`` (monotonic seconds), only until then."""
+    if not 0 <= deadline < 1 << 31:
+        raise ValueError(f"deadline {deadline} out of range")
+    maps["active"].update(abi.pack_u32(0), abi.pack_u32(gen | deadline << 1))
 
 
 def memory_maps(constants: dict[str, int]) -> dict[str, MemoryMap]:

@@ -167,7 +167,7 @@ def live_edits(record: Generation | None) -> dict[str, dict[str, list[str]]]:
 def apply_keeping_edits(policy: Policy, devs: list[str] | None = None,
                         xdp_mode: str | None = None, dry_run: bool = False,
                         extra_cflags: tuple[str, ...] = (), max_entries: int | None = None,
-                        ssh: str | None = None):
+                        ssh: str | None = None, confirm: int | None = None):
     """`netctl apply`: the policy with the live edits of its sets in force.  Edits of a
     set the policy no longer defines are dropped (a warning says so)."""
     from .control import apply
@@ -176,12 +176,12 @@ def apply_keeping_edits(policy: Policy, devs: list[str] | None = None,
     ns = Namespace.current()
     if not policy.sets and not _any_edits(_peek_state(ns)):
         return apply(policy, devs=devs, xdp_mode=xdp_mode, dry_run=dry_run,
-                     extra_cflags=extra_cflags, max_entries=max_entries, ssh=ssh)
+                     extra_cflags=extra_cflags, max_entries=max_entries, ssh=ssh, confirm=confirm)
     with edits_lock(ns):
         _state, record = live_record(ns)
         merged, gone = with_edits(policy, live_edits(record))
         result = apply(merged, devs=devs, xdp_mode=xdp_mode, dry_run=dry_run,
-                       extra_cflags=extra_cflags, max_entries=max_entries, ssh=ssh)
+                       extra_cflags=extra_cflags, max_entries=max_entries, ssh=ssh, confirm=confirm)
     result.sets = sets_record(merged)
     result.warnings += [f"the live edits of set @{name} are dropped: the policy no longer "
                         "defines that set" for name in gone]

@@ -11,7 +11,9 @@ object, version 1 since netctl's first release::
      "carried": {"rules": {RULE: [packets, bytes]}, "stats": [[packets, bytes], ...]},
      "netns": NAME, "epoch": N,
      "request": {"devs": [...] or null, "xdp_mode": MODE or null},
-     "pending": {"build": BUILD, "generation": GENERATION, "interfaces": {...}}}
+     "pending": {"build": BUILD, "generation": GENERATION, "interfaces": {...}},
+     "confirm": {"gen", "deadline", "wall_deadline", "policy", "previous", "watcher"},
+     "rollbacks": N, "last_rollback": {"at", "policy", "restored"}}
 
 (``pending`` only while a rebuild's programs are being attached: docs/reliability.md).
 
@@ -293,6 +295,37 @@ class Pending:
                 "interfaces": {n: i.to_json() for n, i in self.interfaces.items()}}
 
 
+@dataclass
+class Confirm:
+    """An apply awaiting `netctl confirm` (apply --confirm SECONDS): generation ``gen`` judges
+    until ``deadline`` (seconds of the monotonic clock, as the programs read it), then the
+    other one, which still holds the policy before (``previous``; None: nothing was live,
+    and the other generation lets everything pass)."""
+
+    gen: int
+    deadline: int
+    wall_deadline: float           # the same moment in wall-clock time, for people
+    policy: str
+    previous: str | None = None
+    watcher: int | None = None     # pid of the process that records the rollback on time
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _KEYS = ("gen", "deadline", "wall_deadline", "policy", "previous", "watcher")
+
+    @classmethod
+    def from_json(cls, data: Any) -> Confirm:
+        data = _object(data, "confirm")
+        return cls(gen=int(data["gen"]), deadline=int(data["deadline"]),
+                   wall_deadline=float(data["wall_deadline"]), policy=data["policy"],
+                   previous=data.get("previous"), watcher=data.get("watcher"),
+                   extra=_extra(data, cls._KEYS))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gen": self.gen, "deadline": self.deadline,
+                "wall_deadline": self.wall_deadline, "policy": self.policy,
+                "previous": self.previous, "watcher": self.watcher, **self.extra}
+
+
 def _interfaces(data: Any) -> dict[str, Interface]:
     return {name: Interface.from_json(rec)
             for name, rec in _object(data or {}, "interfaces").items()}
@@ -312,10 +345,13 @@ class State:
     epoch: int = 0                     # the flow cache's epoch of the last flip
     request: Request | None = None
     pending: Pending | None = None
+    confirm: Confirm | None = None     # an apply awaiting `netctl confirm`
+    rollbacks: int = 0                 # applies rolled back for want of a confirmation
+    last_rollback: dict[str, Any] | None = None   # {"at", "policy", "restored"}
     extra: dict[str, Any] = field(default_factory=dict)
 
     _KEYS = ("version", "build", "generations", "interfaces", "carried", "netns", "epoch",
-             "request", "pending")
+             "request", "pending", "confirm", "rollbacks", "last_rollback")
 
     @classmethod
     def from_json(cls, data: Any, where: str = "the state file") -> State:
@@ -344,6 +380,9 @@ class State:
                 request=Request.from_json(data["request"]) if data.get("request") is not None
                 else None,
                 pending=Pending.from_json(data["pending"]) if data.get("pending") else None,
+                confirm=Confirm.from_json(data["confirm"]) if data.get("confirm") else None,
+                rollbacks=int(data.get("rollbacks", 0)),
+                last_rollback=data.get("last_rollback"),
                 extra=_extra(data, cls._KEYS))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise NetctlError(f"{where} is corrupt ({type(exc).__name__}: {exc}); 'netctl "
@@ -363,6 +402,11 @@ class State:
             out["request"] = self.request.to_json()
         if self.pending is not None:   # absent, never null, once an apply completes
             out["pending"] = self.pending.to_json()
+        if self.confirm is not None:
+            out["confirm"] = self.confirm.to_json()
+        if self.rollbacks:
+            out["rollbacks"] = self.rollbacks
+            out["last_rollback"] = self.last_rollback
         return {**out, **self.extra, "version": STATE_VERSION}
 
     def dumps(self) -> str:

@@ -123,6 +123,11 @@ def status(verify: bool = True) -> dict[str, Any]:
         out["flow_cache"]["epoch"] = state.epoch
         out["sets"] = [dict(rec, name=name) for name, rec in (record.sets or {}).items()]
         assert state.build is not None
+        from .confirm import status_of
+
+        confirm = status_of(state)
+        if confirm:
+            out["confirm"] = confirm
         out.update(applied=True, policy=record.policy, digest=record.digest,
                    policy_sha256=record.policy_sha256,
                    policy_file=policy_file_drift(record),

@@ -42,7 +42,7 @@ from .instance import Datapath, settle
 from .live import changed_maps, live_state, open_live, remove_stale_builds, reusable
 from .netns import Namespace, netns_name
 from .routes import ResolvedRoute, hops, local_keys, packed, sync_kernel_routes
-from .state import Build, Carried, Generation, Interface, Pending, State
+from .state import Build, Carried, Confirm, Generation, Interface, Pending, State
 
 CRASH_POINTS = ("built", "written", "attached", "recorded", "flipped")
 
@@ -114,8 +114,13 @@ class Transaction:
 
     def __init__(self, ns: Namespace, links: att.Links, policy: Policy, plan: MapPlan,
                  found: list[Found], extra_cflags: tuple[str, ...],
-                 nexthops: list[ResolvedRoute]):
+                 nexthops: list[ResolvedRoute], confirm: int | None = None):
         self.ns, self.links, self.policy, self.plan = ns, links, policy, plan
+        # --confirm SECONDS: the generation packets leave keeps the policy before, and the
+        # flip carries a deadline (netctl/datapath/confirm.py)
+        self.confirm = confirm
+        self.previous: tuple[MapPlan, Generation] | None = None
+        self.deadline: tuple[int, float] = (0, 0.0)   # (monotonic s, wall clock) at the flip
         self.found, self.extra_cflags, self.nexthops = found, extra_cflags, nexthops
         # What runs: after a rebuild killed once its programs were attached, that pending
         # build is the live one, and this apply completes it (no rebuild when it can be
@@ -166,14 +171,21 @@ class Transaction:
                                       self.extra_cflags, ct_pin=ns.ct_pin(plan.constants()))
         self.gen = 0
         self.change = dp.write_plan(plan, 0, fresh=True)
-        dp.write_plan(plan, 1, fresh=True)
+        other = plan
+        if self.confirm is not None:   # the policy before, to come back without a confirm
+            from .confirm import previous_plan
+
+            live = self.state.generation(self.old.active) if self.old is not None else None
+            self.previous = previous_plan(ns, live, plan)
+            other = self.previous[0]
+        dp.write_plan(other, 1, fresh=True)
         for g in (0, 1):
             dp.write_nexthops(g, packed(self.nexthops))
             dp.set_epoch(g, self.epoch)
         dp.set_local_addresses(local_keys(self.links))
         dp.flip(0)
-        for g in (0, 1):
-            ns.save_plan(g, plan)
+        ns.save_plan(0, plan)
+        ns.save_plan(1, other)
         self.build_rec = Build(id=build_id, constants=plan.constants(),
                                source=source_digest(),
                                limits=dataclasses.asdict(plan.limits), verifier=dp.verifier,
@@ -277,7 +289,7 @@ class Transaction:
         if self.tampered is not None:   # its saved plan is not what it holds: read it back
             generations[self.tampered] = generations[self.tampered].unvouched()
         if self.reload:
-            generations[1] = generations[0]
+            generations[1] = generations[0] if self.previous is None else self.previous[1]
         self.carried = (self.state.carried or Carried()).copy()
         self.new_state = dataclasses.replace(
             self.state, build=self.build_rec, generations=generations,
@@ -289,9 +301,15 @@ class Transaction:
         crash_point("recorded")
 
     def flip(self) -> None:
-        """The new generation made live, in one word."""
+        """The new generation made live, in one word (with --confirm, until a deadline)."""
         assert self.dp is not None
-        self.dp.flip(self.gen)
+        if self.confirm is not None:
+            from .confirm import deadline_after
+
+            self.deadline = deadline_after(self.confirm)
+            self.dp.flip(self.gen, self.deadline[0])
+        else:
+            self.dp.flip(self.gen)
         crash_point("flipped")
 
     def finish(self) -> ApplyResult:
@@ -312,12 +330,21 @@ class Transaction:
             self.old.close()
         elif old_active is not None:
             carry_rules(carried, previous.get(old_active), dp, old_active)
-            if old_active != self.gen:
-                self.catch_up(old_active)
+            if old_active != self.gen and self.confirm is None:   # --confirm: it holds the
+                self.catch_up(old_active)                          # policy to come back
         remove_stale_builds(ns, self.build_rec)
         keep = set(self.plan.rule_names)
         carried.rules = {k: v for k, v in carried.rules.items() if k in keep}
         new_state.carried = carried
+        if self.confirm is not None:
+            from .confirm import spawn_watcher
+
+            before = new_state.generations.get(1 - self.gen)
+            new_state.confirm = Confirm(
+                gen=self.gen, deadline=self.deadline[0], wall_deadline=self.deadline[1],
+                policy=self.record.policy if self.record else self.policy.source,
+                previous=(before.policy or None) if before is not None else None,
+                watcher=spawn_watcher())
         ns.write_state(new_state)
         dp.close()
         assert self.change is not None
