@@ -12,11 +12,12 @@ stamp="$venv/.netctl-setup"
 bin_link=/usr/local/bin/netctl
 
 # Debian packages.  python3-bpfcc is bcc itself (PyPI's "bcc" is an unrelated project);
-# linux-headers-amd64 is the fallback for kernels that ship no headers of their own.
+# linux-headers-amd64 is the fallback for kernels that ship no headers of their own;
+# systemd brings systemd-analyze, which the tests run on deploy/systemd/netctl.service.
 packages=(
     python3-bpfcc bpfcc-tools libbpf1 linux-headers-amd64
     python3-venv python3-pip python3-yaml
-    iproute2 iputils-ping tcpdump ethtool iperf3
+    iproute2 iputils-ping tcpdump ethtool iperf3 systemd
     nftables iptables ipset xdp-tools netsniff-ng
 )
 
