@@ -1,14 +1,16 @@
 """netctl as an operator installs it: the wheel built from this checkout, installed into a
 fresh virtual environment in a temporary directory (with --system-site-packages, for
 Debian's bcc), run from elsewhere with the checkout nowhere on sys.path, judges real traffic
-in a namespace from the BPF sources it carries, and detaches without a trace.  Everything
-(namespaces, link, netctl's pins and state, the environment) is removed even on failure."""
+in a namespace from the BPF sources it carries (datapath and tracers), says clearly when
+one of them is missing, and detaches without a trace.  Everything (namespaces, link,
+netctl's pins and state, the environment) is removed even on failure."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -122,6 +124,13 @@ def test_the_installed_wheel_judges_real_traffic_from_its_own_sources():
             assert status["problems"] == []
             rules = {r["name"]: r for r in status["rules"]}
             assert rules["drop-udp-5556"]["packets"] == 10
+
+            # The tracers compile from the installed sources too.
+            watched = installed("monitor", "--type", "drop", "--timeout", "1", "-o", "json")
+            first = json.loads(watched.stdout.splitlines()[0])
+            assert first["type"] == "start", first
+            assert re.match(r"drop: (fentry|tracepoint|kprobe)\b", first["sources"][0]), first
+            assert "Traceback" not in watched.stderr
 
             # A source missing from the installation: a clear error, no traceback, and the
             # live policy keeps judging.
