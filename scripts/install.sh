@@ -47,7 +47,9 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # From the sources, not editable: the environment keeps working when the checkout moves.
-# --force-reinstall --no-deps replaces an installed netctl of the same version.
+# --force-reinstall --no-deps replaces an installed netctl of the same version.  build/ goes
+# first: setuptools packs whatever an earlier build left in it, deleted files included.
+rm -rf "$here/build"
 if ! { "$prefix/bin/pip" install -q --disable-pip-version-check "$here" \
         && "$prefix/bin/pip" install -q --disable-pip-version-check --force-reinstall \
             --no-deps "$here"; } >"$log" 2>&1; then

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,12 +57,17 @@ def installed_netctl() -> Iterator[tuple[Path, Path]]:
     with tempfile.TemporaryDirectory(prefix="nctl-t-install-") as tmp_name:
         tmp = Path(tmp_name)
         assert not tmp.resolve().is_relative_to(REPO)
-        dist, venv, work = tmp / "dist", tmp / "venv", tmp / "work"
+        dist, venv, work, src = tmp / "dist", tmp / "venv", tmp / "work", tmp / "src"
         work.mkdir()
-        # The wheel exactly as `pip wheel .` makes it; the build backend is the development
+        # A copy of the sources (links kept as links), so that nothing left in the
+        # checkout's build/ from an earlier build can slip into the wheel.
+        shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
+            "results"))
+        # The wheel as `pip wheel .` makes it; the build backend is the development
         # environment's setuptools (the floor pyproject.toml asks for), so no download.
         _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-            "--wheel-dir", str(dist), str(REPO), cwd=work)
+            "--wheel-dir", str(dist), str(src), cwd=work)
         wheels = list(dist.glob("netctl-*.whl"))
         assert len(wheels) == 1, wheels
         _sh(SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", str(venv), cwd=work)
