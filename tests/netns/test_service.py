@@ -4,7 +4,8 @@ the example configuration), `systemd-analyze verify` on the installed unit, then
 ExecStart, ExecReload and ExecStop command lines, read from the installed file and run
 through `ip netns exec` with the unit's environment: the policy is live after start,
 changed after a reload of an edited file, still live after stop, and gone after a stop
-with NETCTL_DETACH_ON_STOP=1.  Everything is removed even on failure."""
+with NETCTL_DETACH_ON_STOP=1; a second install keeps the edited configuration, and
+uninstall removes the unit and the environment.  Everything is removed even on failure."""
 
 from __future__ import annotations
 
@@ -83,12 +84,7 @@ def test_the_installed_unit_starts_reloads_and_stops_as_documented():
 
         # A second install keeps the edited configuration.
         inst.config.write_text("# edited\n" + inst.config.read_text())
-        again = subprocess.run(
-            ["bash", str(REPO / "scripts" / "install.sh")], cwd=inst.root,
-            env=dict(os.environ, PREFIX=str(inst.prefix), UNIT_DIR=str(inst.unit.parent),
-                     CONF_DIR=str(inst.config.parent), DEFAULTS=str(inst.defaults),
-                     BIN_LINK=""),
-            capture_output=True, text=True, timeout=900, check=False)
+        again = _install_script(inst)
         assert again.returncode == 0, again.stdout + again.stderr
         assert f"kept {inst.config}" in again.stdout
         assert inst.config.read_text().startswith("# edited\n")
@@ -137,3 +133,16 @@ def test_the_installed_unit_starts_reloads_and_stops_as_documented():
             inst.defaults.unlink()   # optional file: start works without it
             systemctl("start")
             assert live_rules() == ["drop-udp-5555"]
+
+        removed = _install_script(inst, "uninstall")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert not inst.unit.exists() and not inst.prefix.exists()
+        assert inst.config.exists()
+
+
+def _install_script(inst: Installed, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "install.sh"), *args], cwd=inst.root,
+        env=dict(os.environ, PREFIX=str(inst.prefix), UNIT_DIR=str(inst.unit.parent),
+                 CONF_DIR=str(inst.config.parent), DEFAULTS=str(inst.defaults), BIN_LINK=""),
+        capture_output=True, text=True, timeout=900, check=False)
