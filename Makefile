@@ -7,13 +7,19 @@ PYTEST  := $(PY) -m pytest
 NETCTL  := $(VENV)/bin/netctl
 EXAMPLE ?= policies/web-server.yaml
 
-.PHONY: help setup test test-unit test-bpf test-netns demo lint fuzz fuzz-atheris bench bench-quick budget soak clean require-root
+.PHONY: help setup install uninstall test test-unit test-bpf test-netns demo lint fuzz fuzz-atheris bench bench-quick budget soak clean require-root
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup:  ## install everything on a fresh Debian 12 machine (root; quick when done before)
 	@bash scripts/setup.sh
+
+install: require-root  ## on a host: netctl in a venv at /opt/netctl, netctl.service (applies /etc/netctl/netctl.yaml at boot), examples if absent
+	@bash scripts/install.sh
+
+uninstall: require-root  ## undo make install (the unit, the venv, the link); /etc/netctl and /etc/default/netctl stay
+	@bash scripts/install.sh uninstall
 
 # Each tier is its own pytest run: pytest exits 5 when it collects nothing, and make
 # stops on any non-zero status, so an empty tier can never pass as green.

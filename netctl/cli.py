@@ -428,8 +428,7 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from .kernel.bpfsrc import POLICIES_DIR
     from .policy.load import STDIN, load_policy
     from .tools import lab
 
@@ -437,8 +436,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print("netctl lab run: give the policy as a file; the lab does not read standard "
               "input", file=sys.stderr)
         return EXIT_INVALID
-    path = args.file or str(Path(__file__).resolve().parents[1] / "policies" /
-                            "web-server.yaml")
+    path = args.file or str(POLICIES_DIR / "web-server.yaml")
     return lab.run(load_policy(path), path, count=max(1, args.count))
 
 

@@ -78,7 +78,7 @@ EXAMPLES = {
         netctl exporter --rules top:100              # only the 100 busiest rules' counters
         ip netns exec lab netctl exporter --listen 127.0.0.1:9500""",
     "lab": """
-        netctl lab run                               # policies/web-server.yaml
+        netctl lab run                               # the packaged web-server.yaml
         netctl lab run policies/dual-stack.yaml --count 50""",
     "set": """
         netctl set list                              # the live sets: size, file, live edits
@@ -241,6 +241,7 @@ def parser() -> argparse.ArgumentParser:
              "packets as real frames, show the counters, clean up")
     p.add_argument("action", choices=("run",), help="run: the whole cycle, then clean up")
     p.add_argument("file", metavar="FILE", nargs="?", default=None,
-                   help="policy with a tests: section (default: policies/web-server.yaml)")
+                   help="policy with a tests: section (default: the packaged example "
+                        "web-server.yaml)")
     p.add_argument("--count", type=int, default=10, help="frames per test packet (default 10)")
     return parser

@@ -1,6 +1,7 @@
 """netctl's errors: one tree, each mapped to an exit code by the CLI.
 
     NetctlError                      exit 1, any expected failure
+    ├── InstallError                 exit 1, netctl's own files (BPF sources) are missing
     ├── PolicyError                  exit 2, a policy file is invalid (all problems at once)
     ├── CompileError                 exit 2, a valid policy does not fit the datapath's maps
     ├── LoadError                    exit 3, bcc/the verifier refused a program (carries the log)
@@ -35,6 +36,11 @@ class Problem:
         if self.line and self.column:
             where += f":{self.column}"
         return f"{where}: {self.message}"
+
+
+class InstallError(NetctlError):
+    """A file that ships with netctl (a BPF source or header) is missing or unreadable: the
+    installation is incomplete, not the user's input."""
 
 
 class PolicyError(NetctlError):

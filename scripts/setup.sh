@@ -12,11 +12,13 @@ stamp="$venv/.netctl-setup"
 bin_link=/usr/local/bin/netctl
 
 # Debian packages.  python3-bpfcc is bcc itself (PyPI's "bcc" is an unrelated project);
-# linux-headers-amd64 is the fallback for kernels that ship no headers of their own.
+# linux-headers-$arch (amd64, arm64...) is the fallback for kernels that ship no headers;
+# systemd brings systemd-analyze, which the tests run on deploy/systemd/netctl.service.
+arch=$(dpkg --print-architecture)
 packages=(
-    python3-bpfcc bpfcc-tools libbpf1 linux-headers-amd64
+    python3-bpfcc bpfcc-tools libbpf1 "linux-headers-$arch"
     python3-venv python3-pip python3-yaml
-    iproute2 iputils-ping tcpdump ethtool iperf3
+    iproute2 iputils-ping tcpdump ethtool iperf3 systemd
     nftables iptables ipset xdp-tools netsniff-ng
 )
 
@@ -57,15 +59,15 @@ if [ -e "$moddir/build" ] || [ -L "$moddir/build" ]; then
         say "kernel headers: $moddir/build present (kept)"
     fi
 else
-    amd64=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
-    common=${amd64%-amd64}-common
-    if [ -z "$amd64" ] || [ ! -d "$common" ]; then
+    generic=$(ls -d /usr/src/linux-headers-*-"$arch" 2>/dev/null | sort -V | tail -n 1 || true)
+    common=${generic%-"$arch"}-common
+    if [ -z "$generic" ] || [ ! -d "$common" ]; then
         warn "no kernel headers found under /usr/src; bcc cannot compile programs"
     else
         mkdir -p "$moddir"
-        ln -s "$amd64" "$moddir/build"
+        ln -s "$generic" "$moddir/build"
         [ -e "$moddir/source" ] || ln -s "$common" "$moddir/source"
-        warn "kernel $release has no headers; linked $(basename "$amd64") as a FALLBACK."
+        warn "kernel $release has no headers; linked $(basename "$generic") as a FALLBACK."
         warn "They do not match the running kernel: netctl reads tracepoint arguments, never"
         warn "kernel struct fields. 'netctl doctor' reports this as 'fallback'."
     fi

@@ -1,6 +1,12 @@
 """Where netctl's BPF C lives and how it is handed to bcc: the one place both the datapath
 and the tracers take their sources from.
 
+The sources ship inside the package (``netctl/bpf``, package data in the wheel) and are
+found with importlib.resources, so an installed netctl needs no checkout.  In the source
+tree ``netctl/bpf`` and ``netctl/policies`` are symbolic links to the repository's ``bpf/``
+and ``policies/``: a checkout (or an editable install of it) reads the repository's files
+through the same lookup.
+
 bcc rewrites map operations (``table.lookup(&key)``) only in the main file of a compile,
 not in included headers.  So an entry file's own quoted includes (``#include "netctl_*.h"``,
 from bpf/include/) are inlined here, each under a ``#line`` directive so that compiler
@@ -10,26 +16,51 @@ errors still name the real file and line; system includes stay as they are.
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+from ..errors import InstallError
+
+
+def package_dir(name: str) -> Path:
+    """The directory ``name`` of netctl's package data (``bpf``, ``policies``), resolved.
+
+    Not checked here: a missing file is reported where it is read (``translation_unit``),
+    so that importing netctl never fails for want of its BPF sources."""
+    return (Path(str(resources.files("netctl"))) / name).resolve()
+
+
+BPF_DIR = package_dir("bpf")
 INCLUDE_DIR = BPF_DIR / "include"
 TRACE_DIR = BPF_DIR / "trace"
+POLICIES_DIR = package_dir("policies")
 
 _QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
 def translation_unit(entry: Path) -> str:
-    """The entry file with its quoted includes inlined (each header once)."""
+    """The entry file with its quoted includes inlined (each header once).
+
+    Raises InstallError when the entry file or one of its headers is missing or unreadable
+    (an incomplete installation: the files ship with netctl)."""
     out: list[str] = []
-    _inline(entry, out, set())
+    _inline(entry, out, set(), None)
     return "".join(out)
 
 
-def _inline(path: Path, out: list[str], seen: set[Path]) -> None:
+def _inline(path: Path, out: list[str], seen: set[Path], included_at: str | None) -> None:
     seen.add(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        what = f"BPF header {path.name} (included at {included_at})" if included_at \
+            else f"BPF source {path}"
+        raise InstallError(
+            f"{what} cannot be read: {exc.strerror or exc}; netctl's installation is "
+            f"incomplete (its BPF sources belong in {BPF_DIR}): reinstall the package"
+        ) from None
     out.append(f'#line 1 "{path}"\n')
-    for number, line in enumerate(path.read_text().splitlines(keepends=True), start=1):
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
         match = _QUOTED_INCLUDE.match(line)
         if not match:
             out.append(line)
@@ -39,5 +70,5 @@ def _inline(path: Path, out: list[str], seen: set[Path]) -> None:
             header = INCLUDE_DIR / match.group(1)
         header = header.resolve()
         if header not in seen:
-            _inline(header, out, seen)
+            _inline(header, out, seen, f"{path}:{number}")
         out.append(f'#line {number + 1} "{path}"\n')

@@ -21,11 +21,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
+from . import syscalls
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-# bpf(2) by machine (asm-generic numbers elsewhere: 280)
-NR_BPF = {"x86_64": 321, "i686": 357, "aarch64": 280, "armv7l": 386, "ppc64le": 361,
-          "s390x": 351, "riscv64": 280}.get(os.uname().machine, 280)
+
+
+@cache
+def _nr() -> int:
+    """bpf(2)'s number on this machine; UnknownMachineError (a NetctlError) on a machine
+    netctl has no number for, at the first call rather than at import."""
+    return syscalls.number("bpf")
+
 
 # commands
 MAP_CREATE = 0
@@ -88,7 +95,7 @@ class BpfError(OSError):
 
 
 def _call(cmd: int, attr: ctypes.Array, what: str) -> int:
-    ret = _libc.syscall(NR_BPF, cmd, ctypes.byref(attr), _ATTR_SIZE)
+    ret = _libc.syscall(_nr(), cmd, ctypes.byref(attr), _ATTR_SIZE)
     if ret < 0:
         raise BpfError(ctypes.get_errno(), what)
     return ret
@@ -189,7 +196,7 @@ class Map:
 
     def lookup(self, key: bytes) -> bytes | None:
         attr = self._elem_attr(key, ctypes.addressof(self._value))
-        if _libc.syscall(NR_BPF, MAP_LOOKUP_ELEM, ctypes.byref(attr), _ATTR_SIZE) < 0:
+        if _libc.syscall(_nr(), MAP_LOOKUP_ELEM, ctypes.byref(attr), _ATTR_SIZE) < 0:
             err = ctypes.get_errno()
             if err == errno_mod.ENOENT:
                 return None
@@ -213,14 +220,14 @@ class Map:
         attr = _attr()
         struct.pack_into("IIQQQ", attr, 0, self.fd, 0, ctypes.addressof(key),
                          ctypes.addressof(value), flags)
-        syscall, memmove, ref = _libc.syscall, ctypes.memmove, ctypes.byref(attr)
+        syscall, memmove, ref, nr = _libc.syscall, ctypes.memmove, ctypes.byref(attr), _nr()
         count = 0
         for k, v in pairs:
             if len(k) != ksz or len(v) != vsz:
                 raise ValueError("key or value of the wrong size")
             memmove(key, k, ksz)
             memmove(value, v, vsz)
-            if syscall(NR_BPF, MAP_UPDATE_ELEM, ref, _ATTR_SIZE) < 0:
+            if syscall(nr, MAP_UPDATE_ELEM, ref, _ATTR_SIZE) < 0:
                 raise BpfError(ctypes.get_errno(), f"update map {self.info.name}")
             count += 1
         return count
@@ -231,11 +238,11 @@ class Map:
         key = self._key
         attr = _attr()
         struct.pack_into("IIQ", attr, 0, self.fd, 0, ctypes.addressof(key))
-        syscall, memmove, ref = _libc.syscall, ctypes.memmove, ctypes.byref(attr)
+        syscall, memmove, ref, nr = _libc.syscall, ctypes.memmove, ctypes.byref(attr), _nr()
         count = 0
         for k in keys:
             memmove(key, k, ksz)
-            if syscall(NR_BPF, MAP_DELETE_ELEM, ref, _ATTR_SIZE) < 0:
+            if syscall(nr, MAP_DELETE_ELEM, ref, _ATTR_SIZE) < 0:
                 err = ctypes.get_errno()
                 if err != errno_mod.ENOENT:
                     raise BpfError(err, f"delete from map {self.info.name}")
@@ -245,7 +252,7 @@ class Map:
 
     def delete(self, key: bytes, missing_ok: bool = True) -> bool:
         attr = self._elem_attr(key, 0)
-        if _libc.syscall(NR_BPF, MAP_DELETE_ELEM, ctypes.byref(attr), _ATTR_SIZE) < 0:
+        if _libc.syscall(_nr(), MAP_DELETE_ELEM, ctypes.byref(attr), _ATTR_SIZE) < 0:
             err = ctypes.get_errno()
             if err == errno_mod.ENOENT and missing_ok:
                 return False
@@ -257,7 +264,7 @@ class Map:
         walk in a hash map; callers that delete while iterating collect the keys first."""
         attr = _attr()
         struct.pack_into("IIQQ", attr, 0, self.fd, 0, 0, ctypes.addressof(self._next))
-        while _libc.syscall(NR_BPF, MAP_GET_NEXT_KEY, ctypes.byref(attr), _ATTR_SIZE) == 0:
+        while _libc.syscall(_nr(), MAP_GET_NEXT_KEY, ctypes.byref(attr), _ATTR_SIZE) == 0:
             key = self._next.raw[:self.key_size]
             yield key
             ctypes.memmove(self._key, key, self.key_size)
@@ -299,7 +306,7 @@ class Map:
             struct.pack_into("QQQQII", attr, 0, ctypes.addressof(token_in) if done or start else 0,
                              ctypes.addressof(token_out), ctypes.addressof(keys) + done * ksz,
                              ctypes.addressof(values) + done * vsz, n - done, self.fd)
-            ret = _libc.syscall(NR_BPF, MAP_LOOKUP_BATCH, ctypes.byref(attr), _ATTR_SIZE)
+            ret = _libc.syscall(_nr(), MAP_LOOKUP_BATCH, ctypes.byref(attr), _ATTR_SIZE)
             err = ctypes.get_errno() if ret < 0 else 0
             got = struct.unpack_from("I", attr, 32)[0]
             if ret < 0 and err != errno_mod.ENOENT:
@@ -323,7 +330,7 @@ class Map:
             struct.pack_into("QQQQII", attr, 0, 0 if first else ctypes.addressof(token_in),
                              ctypes.addressof(token_out), ctypes.addressof(kbuf),
                              ctypes.addressof(vbuf), chunk, self.fd)
-            ret = _libc.syscall(NR_BPF, MAP_LOOKUP_BATCH, ctypes.byref(attr), _ATTR_SIZE)
+            ret = _libc.syscall(_nr(), MAP_LOOKUP_BATCH, ctypes.byref(attr), _ATTR_SIZE)
             err = ctypes.get_errno() if ret < 0 else 0
             count = struct.unpack_from("I", attr, 32)[0]
             if ret < 0 and err != errno_mod.ENOENT:
@@ -397,7 +404,7 @@ def _ids(cmd: int) -> list[int]:
     current = 0
     while True:
         struct.pack_into("II", attr, 0, current, 0)
-        if _libc.syscall(NR_BPF, cmd, ctypes.byref(attr), _ATTR_SIZE) < 0:
+        if _libc.syscall(_nr(), cmd, ctypes.byref(attr), _ATTR_SIZE) < 0:
             err = ctypes.get_errno()
             if err == errno_mod.ENOENT:
                 return out
@@ -445,7 +452,7 @@ def prog_load(prog_type: int, insns: bytes, name: str = "", license: str = "GPL"
     attr[48:48 + len(encoded)] = encoded
     struct.pack_into("I", attr, 68, expected_attach_type)
     struct.pack_into("I", attr, 108, attach_btf_id)
-    ret = _libc.syscall(NR_BPF, PROG_LOAD, ctypes.byref(attr), _ATTR_SIZE)
+    ret = _libc.syscall(_nr(), PROG_LOAD, ctypes.byref(attr), _ATTR_SIZE)
     if ret < 0:
         err = ctypes.get_errno()
         text = log.value.decode(errors="replace")

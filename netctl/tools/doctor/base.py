@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ...kernel import privilege
+from ...kernel import privilege, syscalls
 from ...kernel.privilege import CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN
 
 MIN_KERNEL = (5, 10)
@@ -37,10 +37,9 @@ TC_INGRESS = "ffff:fff2"
 TCA_BPF_FLAG_ACT_DIRECT = 1
 HELPER_RINGBUF_OUTPUT = 130
 
-_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 1 << 3
-PERF_EVENT_IOC_SET_BPF = 0x40042408  # _IOW('$', 8, __u32)
+PERF_EVENT_IOC_SET_BPF = syscalls.ioc_write("$", 8, 4)  # _IOW('$', 8, __u32)
 _PERF_ATTR_SIZE = 72                 # PERF_ATTR_SIZE_VER1: up to config2
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -157,9 +156,10 @@ def _fd(fd: int) -> Iterator[int]:
 
 
 def _perf_event_open(ptype: int, config: int, config1: int = 0, config2: int = 0) -> int:
-    nr = _NR_PERF_EVENT_OPEN.get(os.uname().machine)
-    if nr is None:
-        raise OSError(errno_mod.ENOSYS, f"perf_event_open number unknown on {os.uname().machine}")
+    try:
+        nr = syscalls.number("perf_event_open")
+    except syscalls.UnknownMachineError as exc:
+        raise OSError(errno_mod.ENOSYS, str(exc)) from None
     attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
     struct.pack_into("IIQQ", attr, 0, ptype, _PERF_ATTR_SIZE, config, 1)  # sample_period 1
     struct.pack_into("I", attr, 48, 1)                                     # wakeup_events 1

@@ -60,14 +60,15 @@ def check_headers(_ctx: Context) -> Check:
         dangling = f" (a link to {target}, which does not exist)" if is_link else ""
         return Check("headers", False, f"missing: no kernel headers at {build}{dangling}; bcc "
                      "cannot compile netctl's programs without them: `make setup` links "
-                     "Debian's linux-headers-amd64", True)
+                     "Debian's generic headers (linux-headers-amd64, -arm64...)", True)
     if not is_link:
         return Check("headers", True, f"matching: {build} is the running kernel's own "
                      "header tree", True)
     resolved = os.path.realpath(build)
     if release in os.path.basename(resolved.rstrip("/")) or release in target:
         return Check("headers", True, f"matching: {build} -> {target}", True)
-    m = re.fullmatch(r"/usr/src/linux-headers-(.+)-amd64", resolved)
+    m = re.fullmatch(r"/usr/src/linux-headers-(.+)-(?:amd64|arm64|armmp|686-pae|686|"
+                     r"powerpc64le|s390x|riscv64|loong64)", resolved)
     whose = f"Debian's headers of {m.group(1)}" if m else f"headers at {resolved}"
     return Check("headers", True, f"fallback: {build} -> {target}, {whose}, which do not match "
                  f"the running kernel {release}; bcc compiles with them and netctl reads "
