@@ -51,7 +51,8 @@ def _apply_awaiting(the_lab, text: str, seconds: int) -> dict:
                          "--confirm", str(seconds))
     assert "unless 'netctl confirm'" in out.stdout
     pending = _confirm_state(the_lab)["pending"]
-    assert pending["expired"] is False and 0 < pending["seconds_left"] <= seconds
+    # the deadline is a whole second of the monotonic clock: up to one second later
+    assert pending["expired"] is False and 0 < pending["seconds_left"] <= seconds + 1
     assert pending["watcher_alive"] is True
     assert "awaiting 'netctl confirm' until" in the_lab.netctl("status").stdout
     return pending
