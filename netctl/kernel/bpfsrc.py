@@ -41,3 +41,37 @@ def _inline(path: Path, out: list[str], seen: set[Path]) -> None:
         if header not in seen:
             _inline(header, out, seen)
         out.append(f'#line {number + 1} "{path}"\n')
+
+
+_INCOMPLETE = re.compile(r"incomplete type 'struct (bpf_\w+)'")
+
+
+def missing_uapi_structs(compiler_errors: str, release: str | None = None) -> str:
+    """C definitions of the ``struct bpf_*`` types a compile found incomplete, taken from
+    the kernel headers' own uapi ``<linux/bpf.h>``; "" when there were none or the headers
+    do not define them all.
+
+    bcc replaces the kernel's uapi ``<linux/bpf.h>`` with the copy it was built with, and
+    newer kernel headers take ``sizeof`` of opaque types that copy lacks (bcc 0.26 with the
+    6.12 headers: ``struct bpf_wq``, ``bpf_rb_root``, ``bpf_rb_node``, ``bpf_refcount``),
+    which fails any program including ``<net/sock.h>``.  Put before the program, the
+    kernel's definitions complete them."""
+    names = sorted(set(_INCOMPLETE.findall(compiler_errors)))
+    if not names:
+        return ""
+    import os
+
+    release = release or os.uname().release
+    text = ""
+    for tree in ("source", "build"):
+        with_uapi = Path(f"/lib/modules/{release}/{tree}/include/uapi/linux/bpf.h")
+        if with_uapi.exists():
+            text = with_uapi.read_text(errors="replace")
+            break
+    out = ["#include <linux/types.h>"]
+    for name in names:
+        m = re.search(r"^struct " + name + r" \{\n.*?^\}[^;\n]*;", text, re.M | re.S)
+        if not m:
+            return ""
+        out.append(m.group(0))
+    return "\n".join(out) + "\n"
