@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from netctl.errors import NetctlError
-from netctl.observe.trace import HOOKS, KINDS, Flow, HookError, open_tracers, probe_hooks
+from netctl.observe.trace import HOOKS, KINDS, Flow, HookError, _reuse, open_tracers, probe_hooks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "netns"))
 from nsutil import inside, netns, run, veth_pair  # noqa: E402
@@ -59,6 +59,8 @@ def _format_value(event: str, field: str, name: str) -> int:
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, dict]:
+    if _reuse.enabled():    # pooled compiles hold their fds: count once they are pooled
+        probe_hooks()
     before = _open_fds()
     result = probe_hooks()
     leaked = _open_fds() - before

@@ -120,8 +120,7 @@ def _compile(kind: Kind, plan: dict[str, list[Program] | str], hooks: Iterable[s
     wanted = {h for h in hooks if not isinstance(plan[h], str)}
     flags = kind.cflags(wanted)
     text = translation_unit(kind.path)
-    key = (kind.name, tuple(flags), text)
-    if _reuse.enabled() and (pooled := _reuse.take(key)) is not None:
+    if (pooled := _reuse.take(key := (kind.name, tuple(flags), text))) is not None:
         return pooled
     bpf = None
     for attempt in range(2):
@@ -137,7 +136,7 @@ def _compile(kind: Kind, plan: dict[str, list[Program] | str], hooks: Iterable[s
         raise LoadError(f"bcc could not compile bpf/trace/{kind.source} "
                         f"({' '.join(flags)}): {failure}", err.text)
     bpf._netctl_key = key
-    return bpf
+    return _reuse.ring(bpf) and bpf if _reuse.enabled() else bpf
 
 
 def _dispose(bpf) -> None:
