@@ -12,8 +12,8 @@ compiled once.
    with compiles kept for reuse (NETCTL_TRACER_REUSE=1) the tests below take them;
 4. one pytest session: tests/bpf/test_tracers.py (every kind, each hook and automatic
    selection, induced events), tests/bpf/test_differential.py (real programs against
-   the reference model through BPF_PROG_TEST_RUN; generated examples scaled by
-   NETCTL_EXAMPLES_SCALE, the CI floor of compared packets left out) and a namespace smoke
+   the reference model through BPF_PROG_TEST_RUN; generated examples and the drop flood
+   scaled by NETCTL_TEST_SCALE, the CI floor of compared packets left out) and a namespace smoke
    test (veth, `netctl apply` under XDP then tc, traffic, `netctl status`, `netctl
    detach`).
 
@@ -66,7 +66,7 @@ def _processed(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def verifier_census() -> dict:
+def verifier_census(out: Path) -> dict:
     """Per datapath role: {"ok", "processed", "stats"} or the refusal, from a forked child
     (bcc's LLVM may end the process it runs in)."""
     from netctl.datapath import build, progcache
@@ -89,6 +89,8 @@ def verifier_census() -> dict:
     pid = os.fork()
     if pid == 0:
         os.close(read)
+        with open(out / "census-compile.log", "w") as compiler:   # LLVM's warnings
+            os.dup2(compiler.fileno(), 2)
         report: dict = {}
         try:
             refused: dict = {}
@@ -161,7 +163,7 @@ def _stage(results: Results, name: str, fn) -> None:
 
 
 def main(out: Path) -> int:
-    os.environ.update(NETCTL_TRACER_REUSE="1", NETCTL_EXAMPLES_SCALE=SCALE,
+    os.environ.update(NETCTL_TRACER_REUSE="1", NETCTL_TEST_SCALE=SCALE,
                       PYTHONDONTWRITEBYTECODE="1",
                       PATH="/usr/local/sbin:/usr/sbin:/sbin:" + os.environ.get("PATH", ""))
     sys.dont_write_bytecode = True
@@ -172,7 +174,7 @@ def main(out: Path) -> int:
         _mount(fstype, where)
     results = Results(out)
     results.save()
-    _stage(results, "verifier", verifier_census)
+    _stage(results, "verifier", lambda: verifier_census(out))
     _stage(results, "hooks", tracer_census)
 
     import pytest

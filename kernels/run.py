@@ -33,15 +33,18 @@ OUT = REPO / "build" / "kernels"
 
 def _follow(path: Path, prefix: str, done: threading.Event) -> None:
     """Print the lines ``path`` gains until ``done`` is set (and what is left then)."""
-    pos = 0
+    pos, partial = 0, ""
     while True:
         finished = done.is_set()
         if path.exists():
             with open(path, errors="replace") as f:
                 f.seek(pos)
-                chunk = f.read()
+                chunk = partial + f.read()
                 pos = f.tell()
-            for line in chunk.splitlines():
+            *lines, partial = chunk.split("\n")
+            if finished and partial:
+                lines.append(partial)
+            for line in lines:
                 print(f"{prefix} {line}", flush=True)
         if finished:
             return

@@ -43,9 +43,9 @@ pytest.importorskip("bcc", reason="bcc comes from Debian's python3-bpfcc (make s
 
 LIMITS = Limits(rules=16)
 # The kernel matrix (make test-kernels, tests/kernels) runs this module in virtual machines
-# without KVM, some twenty times slower: it sets NETCTL_EXAMPLES_SCALE to run that share of
-# each generated test's examples (and leaves out the CI floor of compared packets).
-SCALE = float(os.environ.get("NETCTL_EXAMPLES_SCALE", "1"))
+# without KVM, some twenty times slower: it sets NETCTL_TEST_SCALE to run that share of each
+# generated test's examples (and leaves out the CI floor of compared packets).
+SCALE = float(os.environ.get("NETCTL_TEST_SCALE", "1"))
 
 
 def examples(n: int) -> int:

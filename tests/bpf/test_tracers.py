@@ -227,10 +227,14 @@ def test_drop_udp_to_closed_port(opened, hook):
     counts = tracer.counts()
     # counted in the kernel: every datagram, lost events or not
     assert counts["reason"]["NO_SOCKET"] >= before + sent, (counts["reason"], sent)
-    assert sum(n for where, n in counts["location"].items() if "udp" in where) >= sent
+    if hook != "fentry":    # fentry has no caller address in BPF: its events take the
+        # location from the stack, and the kernel counts them per reason only (drop.c)
+        assert sum(n for where, n in counts["location"].items() if "udp" in where) >= sent
 
 
-FLOOD = 20_000      # drops sent without polling: several times what the ring buffer holds
+# Drops sent without polling: several times what the ring buffer holds (about 2,000 drop
+# events), also at the share of it the kernel matrix runs (NETCTL_TEST_SCALE).
+FLOOD = max(5_000, round(20_000 * float(os.environ.get("NETCTL_TEST_SCALE", "1"))))
 
 
 def test_drop_flood_is_counted_exactly_while_events_are_lost(opened, report):

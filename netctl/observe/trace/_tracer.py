@@ -109,7 +109,7 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-_uapi_shim = ""     # the kernel's definitions of types bcc's uapi copy lacks, once needed
+_uapi_shim: str | None = None   # bpfsrc.missing_uapi_structs(), once bcc is loaded
 
 
 def _compile(kind: Kind, plan: dict[str, list[Program] | str], hooks: Iterable[str]):
@@ -122,16 +122,15 @@ def _compile(kind: Kind, plan: dict[str, list[Program] | str], hooks: Iterable[s
     text = translation_unit(kind.path)
     if (pooled := _reuse.take(key := (kind.name, tuple(flags), text))) is not None:
         return pooled
+    cls = _bpf_class()
+    if _uapi_shim is None:
+        _uapi_shim = missing_uapi_structs()
     bpf = None
-    for attempt in range(2):
-        with _stderr_captured() as err:
-            try:
-                bpf = _bpf_class()(text=_uapi_shim + text, cflags=flags)
-            except Exception as exc:  # bcc raises a bare Exception; the reasons are on fd 2
-                failure = str(exc)
-        if bpf is not None or attempt or not (shim := missing_uapi_structs(err.text)):
-            break
-        _uapi_shim = shim       # newer headers than bcc's uapi copy: complete and retry
+    with _stderr_captured() as err:
+        try:
+            bpf = cls(text=_uapi_shim + text, cflags=flags)
+        except Exception as exc:  # bcc raises a bare Exception; the reasons are on fd 2
+            failure = str(exc)
     if bpf is None:
         raise LoadError(f"bcc could not compile bpf/trace/{kind.source} "
                         f"({' '.join(flags)}): {failure}", err.text)
