@@ -62,7 +62,8 @@ def problems(results: dict) -> list[str]:
         for role, entry in run.get("stages", {}).get("verifier", {}).get("result",
                                                                           {}).items():
             if isinstance(entry, dict) and entry.get("ok") is False:
-                out.append(f"{name}: the verifier refused {role}: {entry['error']}")
+                last = (entry.get("log_tail") or ["no log"])[-1]
+                out.append(f"{name}: {role}: {entry['error']}; the log ends: `{last}`")
         for part in PARTS:
             if run.get("release") and not counts(run, part):
                 out.append(f"{name}: {part}: no test ran")

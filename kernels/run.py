@@ -70,13 +70,15 @@ def boot(kernel: fetch.Kernel, timeout: float) -> dict:
     with open(out / "vng.log", "w") as vng_log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=vng_log, stderr=vng_log,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        timed_out = False
         try:
             proc.wait(timeout)
-            timed_out = False
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)      # vng and its qemu: our own group
-            proc.wait()
             timed_out = True
+        finally:   # timed out or interrupted: vng and its qemu (their own process group)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     done.set()
     follower.join()
     seconds = round(time.monotonic() - start, 1)
@@ -119,6 +121,7 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"kernels: missing {', '.join(missing)}: run make setup", file=sys.stderr)
         return 1
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # a killed run stops its VM
     start = time.monotonic()
     runs: list[dict] = []
     for got in fetch.kernels(args.kernels.split()):

@@ -404,7 +404,8 @@ def test_raw_tcp_probe_samples_exactly_what_the_tracepoint_gives(report, monkeyp
         theirs = firsts["classic"][flow]
         assert {f: sample[f] for f in PROBE_FIELDS} == {f: theirs[f] for f in PROBE_FIELDS}, \
             (flow, sample, theirs)
-        assert sample["skaddr"] == theirs["skaddr"]
+        if "skaddr;" in Path(f"{TRACEFS}/events/tcp/tcp_probe/format").read_text():
+            assert sample["skaddr"] == theirs["skaddr"]     # 6.1's format has no skaddr
 
 
 def _first_probes(events: list[dict], sport: int) -> dict[tuple, dict]:

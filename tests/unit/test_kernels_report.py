@@ -39,9 +39,11 @@ def test_every_failure_and_every_empty_part_is_a_problem():
     empty = _run(ok[:2])
     assert report.problems({"runs": [empty]}) == ["6.1.0-57-amd64: netns: no test ran"]
     refused = _run(ok, stages={"verifier": {"result": {"xdp": {
-        "ok": False, "error": "the verifier refused netctl_xdp_ingress", "processed": 9}}}})
+        "ok": False, "error": "the verifier refused netctl_xdp_ingress", "processed": 9,
+        "log_tail": ["processed 9 insns"]}}}})
     assert report.problems({"runs": [refused]}) == [
-        "6.1.0-57-amd64: the verifier refused xdp: the verifier refused netctl_xdp_ingress"]
+        "6.1.0-57-amd64: xdp: the verifier refused netctl_xdp_ingress; the log ends: "
+        "`processed 9 insns`"]
     missing = {"entry": "linux-image-9", "release": None, "problem": "cannot be had: x",
                "stages": {}, "tests": []}
     assert report.problems({"runs": [missing]}) == ["linux-image-9: cannot be had: x"]
