@@ -7,7 +7,7 @@ PYTEST  := $(PY) -m pytest
 NETCTL  := $(VENV)/bin/netctl
 EXAMPLE ?= policies/web-server.yaml
 
-.PHONY: help setup install uninstall test test-unit test-bpf test-netns demo lint fuzz fuzz-atheris bench bench-quick budget soak clean require-root
+.PHONY: help setup install uninstall test test-unit test-bpf test-netns test-kernels demo lint fuzz fuzz-atheris bench bench-quick budget soak clean require-root
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,11 @@ test-bpf: require-root  ## real BPF loads and BPF_PROG_TEST_RUN (root)
 test-netns: require-root  ## veth pairs in network namespaces with real traffic (root)
 	$(PYTEST) tests/netns -q -p no:cacheprovider
 
+# KERNELS: entries of the kernel list (kernels/fetch.py holds the default one), e.g.
+# make test-kernels KERNELS="linux-image-amd64 linux-image-6.12.95+deb12-amd64"
+test-kernels: require-root  ## bpf tests, tracers and a netns smoke test on Debian's stock kernels in VMs (~20 min)
+	$(PY) -m kernels.run $(if $(KERNELS),--kernels "$(KERNELS)")
+
 require-root:
 	@if [ "$$(id -u)" -ne 0 ]; then \
 	  echo "the bpf and netns tiers need root (real BPF loads, namespaces); run as root," \
@@ -56,7 +61,7 @@ soak: require-root  ## 10 minutes of traffic, tracers and an apply every few sec
 	$(PY) -m bench.soak 600
 
 lint:  ## ruff over the package and tests; mypy over the package (strict on netctl/policy and netctl/abi)
-	$(PY) -m ruff check netctl tests bench
+	$(PY) -m ruff check netctl tests bench kernels
 	$(PY) -m mypy netctl
 
 fuzz:  ## long loader fuzzing run (100,000 inputs, fresh random examples)

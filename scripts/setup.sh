@@ -20,7 +20,10 @@ packages=(
     python3-venv python3-pip python3-yaml
     iproute2 iputils-ping tcpdump ethtool iperf3 systemd
     nftables iptables ipset xdp-tools netsniff-ng
+    qemu-system-x86 kmod busybox-static
 )
+# qemu-system-x86, kmod (depmod), busybox-static: `make test-kernels` boots Debian's stock
+# kernels in virtual machines (virtme-ng, installed into the venv below).
 
 say() { printf 'setup: %s\n' "$*"; }
 warn() { printf 'setup: WARNING: %s\n' "$*" >&2; }
@@ -31,13 +34,23 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- 1. packages ------------------------------------------------------------------------
+# bookworm-backports: where `make test-kernels` takes its 6.12 kernel from (apt-get download
+# only; nothing from it is installed, backports are never preferred by apt).
+backports=/etc/apt/sources.list.d/bookworm-backports.sources
+added_backports=0
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    say "adding bookworm-backports to the apt sources ($backports)"
+    printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" "Suites: bookworm-backports" \
+        "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" > "$backports"
+    added_backports=1
+fi
 missing=()
 for p in "${packages[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
     [ "$status" = "install ok installed" ] || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "installing Debian packages: ${missing[*]}"
+if [ ${#missing[@]} -gt 0 ] || [ "$added_backports" = 1 ]; then
+    say "installing Debian packages: ${missing[*]:-none missing}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -96,7 +109,8 @@ mount_if_missing tracefs /sys/kernel/tracing
 python=/usr/bin/python3
 want="$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1) $($python -V 2>&1)"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-    && "$venv/bin/python" -c 'import bcc, pyroute2, scapy, yaml, pytest, hypothesis, netctl' 2>/dev/null; then
+    && "$venv/bin/python" -c 'import bcc, pyroute2, scapy, yaml, pytest, hypothesis, netctl' 2>/dev/null \
+    && [ -x "$venv/bin/vng" ]; then
     say "virtual environment: up to date ($venv)"
 else
     say "creating the virtual environment in $venv"

@@ -160,7 +160,10 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
 
 
 def _compile_here(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...],
-                  ct_pin: str | None, key: str | None = None) -> Programs:
+                  ct_pin: str | None, key: str | None = None,
+                  refused: dict[str, LoadError] | None = None) -> Programs:
+    """Compile and load every role.  With ``refused`` (the kernel matrix's census of the
+    verifier), a role the verifier refuses is recorded there and the others still load."""
     from bcc import BPF  # the distribution's bcc; imported only where programs are built
 
     flags = cflags(constants, pin_dir, extra, ct_pin)
@@ -178,7 +181,13 @@ def _compile_here(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...
                 for role, (src, fn) in ROLES.items():
                     if src == source:
                         insns = module.dump_func(fn)
-                        fd, stats = _load(insns, role, fn)
+                        try:
+                            fd, stats = _load(insns, role, fn)
+                        except LoadError as exc:
+                            if refused is None:
+                                raise
+                            refused[role], cache = exc, None
+                            continue
                         programs.fds[role] = fd
                         programs.verifier[role] = stats
                         if cache is not None and key is not None:

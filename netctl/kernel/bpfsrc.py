@@ -72,3 +72,43 @@ def _inline(path: Path, out: list[str], seen: set[Path], included_at: str | None
         if header not in seen:
             _inline(header, out, seen, f"{path}:{number}")
         out.append(f'#line {number + 1} "{path}"\n')
+
+
+_OPAQUE = re.compile(r"^struct (bpf_\w+) \{\n((?:\s*__u(?:32|64)\s+\w+(?:\[\d+\])?;\n)+)\}[^;\n]*;",
+                     re.M)
+
+
+def missing_uapi_structs(release: str | None = None) -> str:
+    """C definitions of the opaque ``struct bpf_*`` types (fields of __u32/__u64 only) that
+    the kernel headers' uapi ``<linux/bpf.h>`` has and bcc's copy of that header lacks;
+    "" when there are none.
+
+    bcc replaces the kernel's uapi ``<linux/bpf.h>`` with the copy it was built with, and
+    newer kernel headers take ``sizeof`` of opaque types that copy lacks (bcc 0.26 with the
+    6.12 headers: ``struct bpf_wq``, ``bpf_rb_root``, ``bpf_rb_node``, ``bpf_refcount``),
+    which fails every program that includes ``<net/sock.h>``.  Put before the program,
+    the kernel's own definitions complete them.  bcc's copy is read from libbcc, which
+    holds it as text."""
+    import os
+
+    release = release or os.uname().release
+    text = ""
+    for tree in ("source", "build"):
+        uapi = Path(f"/lib/modules/{release}/{tree}/include/uapi/linux/bpf.h")
+        if uapi.exists():
+            text = uapi.read_text(errors="replace")
+            break
+    found = list(_OPAQUE.finditer(text))
+    if not found:
+        return ""
+    bundled = b""
+    with open("/proc/self/maps") as maps:
+        libs = {line.split()[-1] for line in maps if "/libbcc.so" in line}
+    for lib in sorted(libs):
+        with open(lib, "rb") as f:
+            bundled += f.read()
+    if not bundled:
+        return ""
+    missing = [m.group(0) for m in found
+               if f"struct {m.group(1)} {{".encode() not in bundled]
+    return "\n".join(["#include <linux/types.h>", *missing, ""]) if missing else ""

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from netctl.errors import NetctlError
-from netctl.observe.trace import HOOKS, KINDS, Flow, HookError, open_tracers, probe_hooks
+from netctl.observe.trace import HOOKS, KINDS, Flow, HookError, _reuse, open_tracers, probe_hooks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "netns"))
 from nsutil import inside, netns, run, veth_pair  # noqa: E402
@@ -59,6 +59,8 @@ def _format_value(event: str, field: str, name: str) -> int:
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, dict]:
+    if _reuse.enabled():    # pooled compiles hold their fds: count once they are pooled
+        probe_hooks()
     before = _open_fds()
     result = probe_hooks()
     leaked = _open_fds() - before
@@ -225,10 +227,14 @@ def test_drop_udp_to_closed_port(opened, hook):
     counts = tracer.counts()
     # counted in the kernel: every datagram, lost events or not
     assert counts["reason"]["NO_SOCKET"] >= before + sent, (counts["reason"], sent)
-    assert sum(n for where, n in counts["location"].items() if "udp" in where) >= sent
+    if hook != "fentry":    # fentry has no caller address in BPF: its events take the
+        # location from the stack, and the kernel counts them per reason only (drop.c)
+        assert sum(n for where, n in counts["location"].items() if "udp" in where) >= sent
 
 
-FLOOD = 20_000      # drops sent without polling: several times what the ring buffer holds
+# Drops sent without polling: several times what the ring buffer holds (about 2,000 drop
+# events), also at the share of it the kernel matrix runs (NETCTL_TEST_SCALE).
+FLOOD = max(5_000, round(20_000 * float(os.environ.get("NETCTL_TEST_SCALE", "1"))))
 
 
 def test_drop_flood_is_counted_exactly_while_events_are_lost(opened, report):
@@ -398,7 +404,8 @@ def test_raw_tcp_probe_samples_exactly_what_the_tracepoint_gives(report, monkeyp
         theirs = firsts["classic"][flow]
         assert {f: sample[f] for f in PROBE_FIELDS} == {f: theirs[f] for f in PROBE_FIELDS}, \
             (flow, sample, theirs)
-        assert sample["skaddr"] == theirs["skaddr"]
+        if "skaddr;" in Path(f"{TRACEFS}/events/tcp/tcp_probe/format").read_text():
+            assert sample["skaddr"] == theirs["skaddr"]     # 6.1's format has no skaddr
 
 
 def _first_probes(events: list[dict], sport: int) -> dict[tuple, dict]:

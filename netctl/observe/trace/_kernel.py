@@ -376,8 +376,11 @@ def kallsyms_functions() -> frozenset[str]:
     return frozenset(names)
 
 
+@cache
 def btf_function(name: str) -> int | None:
-    """The BTF id of kernel function ``name`` (what fentry attaches by), or None."""
+    """The BTF id of kernel function ``name`` (what fentry attaches by), or None.  Cached:
+    the drop tracer asks for every event it decodes under fentry, and one lookup scans the
+    kernel's whole BTF (170 ms each in the kernel matrix's virtual machines)."""
     from ...kernel.btf import BtfError, func_id
 
     try:

@@ -38,8 +38,9 @@ from functools import cache
 from typing import Any
 
 from ...errors import LoadError, NetctlError
-from ...kernel.bpfsrc import translation_unit
+from ...kernel.bpfsrc import missing_uapi_structs, translation_unit
 from . import _kernel as kernel
+from . import _reuse
 from ._events import TraceHead
 from .kinds import HOOKS, KIND_TYPES, Kind, Program
 
@@ -108,23 +109,40 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+_uapi_shim: str | None = None   # bpfsrc.missing_uapi_structs(), once bcc is loaded
+
+
 def _compile(kind: Kind, plan: dict[str, list[Program] | str], hooks: Iterable[str]):
+    """bcc's compile of the kind for ``hooks`` (all of them and maybe pooled: _reuse.py)."""
+    global _uapi_shim
+    if _reuse.enabled():
+        hooks = HOOKS
     wanted = {h for h in hooks if not isinstance(plan[h], str)}
     flags = kind.cflags(wanted)
     text = translation_unit(kind.path)
+    if (pooled := _reuse.take(key := (kind.name, tuple(flags), text))) is not None:
+        return pooled
+    cls = _bpf_class()
+    if _uapi_shim is None:
+        _uapi_shim = missing_uapi_structs()
     bpf = None
     with _stderr_captured() as err:
         try:
-            bpf = _bpf_class()(text=text, cflags=flags)
+            bpf = cls(text=_uapi_shim + text, cflags=flags)
         except Exception as exc:  # bcc raises a bare Exception; the reasons are on fd 2
             failure = str(exc)
     if bpf is None:
         raise LoadError(f"bcc could not compile bpf/trace/{kind.source} "
                         f"({' '.join(flags)}): {failure}", err.text)
-    return bpf
+    bpf._netctl_key = key
+    return _reuse.ring(bpf) and bpf if _reuse.enabled() else bpf
 
 
 def _dispose(bpf) -> None:
+    """Free a compile, or keep it for reuse (its programs are detached by now)."""
+    if _reuse.enabled() and hasattr(bpf, "_netctl_key"):
+        _reuse.give(bpf._netctl_key, bpf)      # bcc's atexit cleanup stays registered
+        return
     with contextlib.suppress(Exception):
         bpf.cleanup()
     atexit.unregister(bpf.cleanup)
@@ -246,7 +264,8 @@ class Tracer:
     # next poll (and what the ring buffer cannot hold meanwhile is counted by lost()).
     max_batch = 4096
 
-    def __init__(self, kind: Kind, bpf, hook: str, why: str):
+    def __init__(self, kind: Kind, bpf, hook: str, why: str,
+                 attached: list[Program] | None = None):
         self.kind = kind.name
         self.hook = hook
         self.why = why
@@ -258,7 +277,8 @@ class Tracer:
         self._clock = kernel.monotonic_to_unix()
         self._size = ctypes.sizeof(kind.event_type)
         self._deadline = 0.0
-        bpf["events"].open_ring_buffer(self._on_event)
+        self._attached = attached or []
+        _reuse.ring(bpf)[0] = self
 
     def __repr__(self) -> str:
         state = "closed" if self._bpf is None else "open"
@@ -325,6 +345,7 @@ class Tracer:
         """Detach and free everything; closing twice is fine."""
         bpf, self._bpf = self._bpf, None
         if bpf is not None:
+            _detach(bpf, self.hook, self._attached)
             _dispose(bpf)
 
     # -- for the decoders --
@@ -395,7 +416,12 @@ def _open_one(name: str, hook: str | None) -> Tracer:
                     raise HookError(name, h, exc.errno, exc.text, exc.log) from None
                 tried.append(f"{h} {exc.text}")
                 continue
-            return Tracer(kind, bpf, h, "; ".join([*tried, _what(h, attached)]))
+            try:
+                return Tracer(kind, bpf, h, "; ".join([*tried, _what(h, attached)]),
+                              attached)
+            except BaseException:
+                _detach(bpf, h, attached)
+                raise
         raise HookError(name, "any", None, "no hook attaches: " + "; ".join(tried))
     except BaseException:
         _dispose(bpf)
