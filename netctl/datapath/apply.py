@@ -13,7 +13,6 @@ In order (each step leaves the previous policy running if it fails):
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import time
 from typing import Any
@@ -50,7 +49,7 @@ from .live import (
 )
 from .netns import Namespace, ensure_pin_root, netns_name
 from .routes import resolve_routes
-from .state import Request, State
+from .state import Generation, Request, State
 from .transaction import ApplyResult, Transaction, as_json
 
 
@@ -136,11 +135,13 @@ def _dry_run(ns: Namespace, plan: MapPlan, policy: Policy, found: list[Found],
     state, _notes = live_state(ns)
     live, _ = open_live(ns, state)
     reload = True
+    rec = None
     try:
-        if live is not None and reusable(state, plan):
+        if live is not None:
             assert state is not None
+            rec = state.generation(live.active)
+        if live is not None and reusable(state, plan):
             gen = live.active
-            rec = state.generation(gen)
             current = ns.load_plan(gen, rec.digest if rec is not None else None) \
                 or contents_plan(live.read_generation(gen), plan)
             change = diff(current, plan)
@@ -155,36 +156,24 @@ def _dry_run(ns: Namespace, plan: MapPlan, policy: Policy, found: list[Found],
     return ApplyResult(policy.source, -1, reload, change, as_json(interfaces),
                        detached=sorted(previous - set(interfaces)), warnings=warnings,
                        dry_run=True, seconds=time.monotonic() - started,
-                       rules=_rule_changes(ns, state, policy))
+                       rules=_rule_changes(ns, rec, policy, live is not None))
 
 
-def _rule_changes(ns: Namespace, state: State | None, policy: Policy) -> dict[str, Any]:
-    """The rule-level changes from the live policy (its text kept at apply) to ``policy``."""
-    from ..policy.load import load_policy_text
+def _rule_changes(ns: Namespace, record: Generation | None, policy: Policy,
+                  running: bool) -> dict[str, Any]:
+    """The rule-level changes from the live policy (``record``, its generation) to
+    ``policy``."""
     from ..policy.rulediff import rule_diff
-    from .status import live_text
+    from .setctl import kept_policy
 
-    if state is None or state.build is None:
+    if not running:
         return rule_diff(Policy(), policy).as_dict()    # nothing live: every rule is new
+    if record is None:
+        return {"unknown": "the state file does not describe the live generation"}
     try:
-        text, record = live_text(ns, state)
-        if record.sets:   # the live sets as applied and edited, not as their files are now
-            from .setctl import live_policy
-
-            live = live_policy(ns, record)
-        else:
-            live = load_policy_text(text, record.policy)
+        return rule_diff(kept_policy(ns, record), policy).as_dict()
     except NetctlError as exc:
         return {"unknown": str(exc)}
-    return rule_diff(live, policy).as_dict()
-
-
-def _file_sha256(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None
 
 
 def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
@@ -211,7 +200,7 @@ def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
     with live:
         record = state.generation(live.active)
         if (record is None or record.policy != os.path.abspath(path)
-                or record.policy_sha256 != _file_sha256(path)
+                or record.policy_sha256 != file_sha256(path)
                 or record.nexthops):   # routes: an apply refreshes their next hops
             return None
         for rec in (record.sets or {}).values():   # a set file changed: apply it

@@ -21,6 +21,7 @@ empty, and an empty generation lets every packet pass, as no datapath did.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -57,34 +58,19 @@ def expired(confirm: Confirm) -> bool:
     return mapio.monotonic_seconds() >= confirm.deadline
 
 
-def previous_policy(ns: Namespace, record: Generation | None) -> Policy | None:
-    """The policy a generation holds, from the text kept at its apply (sets as they were
-    applied and edited); None for a record of nothing."""
-    from ..policy.load import load_policy_text
-
-    if record is None or not record.rules and not record.policy:
-        return None
-    if record.sets:
-        from .setctl import live_policy
-
-        return live_policy(ns, record)
-    if not record.text_sha256:
-        raise NetctlError(f"--confirm: the live policy ({record.policy}) was applied by a "
-                          "netctl that did not keep its text, so it could not come back; apply "
-                          "it again first")
-    with open(ns.text_file(record.text_sha256), encoding="utf-8") as f:
-        return load_policy_text(f.read(), record.policy)
-
-
 def previous_plan(ns: Namespace, record: Generation | None, plan: MapPlan
                   ) -> tuple[MapPlan, Generation]:
     """The policy before, compiled for the maps ``plan`` is built for, and its record (an
     empty one when nothing was live)."""
     from ..errors import MapFullError
     from ..policy.compile import compile_policy
+    from .setctl import kept_policy
     from .transaction import generation_record
 
-    policy = previous_policy(ns, record)
+    try:
+        policy = kept_policy(ns, record) if record is not None and record.policy else None
+    except NetctlError as exc:
+        raise NetctlError(f"--confirm: the policy before could not come back: {exc}") from None
     try:
         before = compile_policy(policy or Policy(), plan.limits)
     except MapFullError as exc:
@@ -93,8 +79,8 @@ def previous_plan(ns: Namespace, record: Generation | None, plan: MapPlan
             from None
     if policy is None or record is None:
         return before, Generation(digest=before.digest())
-    return before, Generation(**{**record.__dict__, "digest": before.digest(),
-                                 "contents": generation_record(policy, before).contents})
+    return before, dataclasses.replace(record, digest=before.digest(),
+                                       contents=generation_record(policy, before).contents)
 
 
 def spawn_watcher() -> int:

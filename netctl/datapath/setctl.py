@@ -149,6 +149,36 @@ def live_policy(ns: Namespace, record: Generation) -> Policy:
     return policy
 
 
+def kept_text(ns: Namespace, record: Generation) -> str:
+    """The text of the policy a generation holds, as it was applied (kept by apply beside
+    the state, by its digest)."""
+    import hashlib
+
+    again = "apply it again to keep it"
+    if not record.text_sha256:
+        raise NetctlError(f"the policy {record.policy or '(none)'} was applied by a netctl "
+                          f"that did not keep its text; {again}")
+    try:
+        with open(ns.text_file(record.text_sha256), encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise NetctlError(f"the kept text of {record.policy} is unreadable ({exc.strerror}); "
+                          f"{again}") from None
+    if hashlib.sha256(text.encode()).hexdigest() != record.text_sha256:
+        raise NetctlError(f"the kept text of {record.policy} is not what was applied; {again}")
+    return text
+
+
+def kept_policy(ns: Namespace, record: Generation) -> Policy:
+    """The policy a generation holds: its sets as applied and edited (the snapshot), not
+    as their files are now; else its kept text, loaded again."""
+    if record.sets:
+        return live_policy(ns, record)
+    from ..policy.load import load_policy_text
+
+    return load_policy_text(kept_text(ns, record), record.policy)
+
+
 # ---- what is live -----------------------------------------------------------------------------
 
 def live_record(ns: Namespace) -> tuple[State, Generation | None]:

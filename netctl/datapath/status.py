@@ -3,7 +3,6 @@ against the state file (the JSON of their ``-o json``; netctl.present formats it
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -17,8 +16,8 @@ from .netns import Namespace, netns_name
 from .state import Carried, Generation, State
 
 
-def live_text(ns: Namespace, state: State) -> tuple[str, Generation]:
-    """The text of the live policy as it was applied, and its generation's record."""
+def live_record(ns: Namespace, state: State) -> Generation:
+    """The record of the generation packets are judged by now."""
     live, why = open_live(ns, state)
     if live is None:
         raise NetctlError(f"{why}: the datapath is gone; 'netctl apply' rebuilds it")
@@ -28,19 +27,7 @@ def live_text(ns: Namespace, state: State) -> tuple[str, Generation]:
     if record is None:
         raise NetctlError(f"generation {gen} is live but the state file does not describe it; "
                           "'netctl apply' repairs this")
-    if not record.text_sha256:
-        raise NetctlError(f"the live policy ({record.policy}) was applied by a netctl that did "
-                          "not keep its text; apply it again to keep it")
-    try:
-        with open(ns.text_file(record.text_sha256), encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise NetctlError(f"the kept text of the live policy is unreadable "
-                          f"({exc.strerror}); apply it again to keep it") from None
-    if hashlib.sha256(text.encode()).hexdigest() != record.text_sha256:
-        raise NetctlError("the kept text of the live policy is not what was applied; "
-                          "apply it again to keep it")
-    return text, record
+    return record
 
 
 def show() -> dict[str, Any]:
@@ -51,7 +38,10 @@ def show() -> dict[str, Any]:
     if state is None or state.build is None:
         raise NetctlError(f"no netctl datapath in netns {netns_name() or 'unnamed'} "
                           "(netctl apply FILE creates one)")
-    text, record = live_text(ns, state)
+    from .setctl import kept_text
+
+    record = live_record(ns, state)
+    text = kept_text(ns, record)
     return {"policy": record.policy, "applied_at": record.applied_at, "digest": record.digest,
             "text_sha256": record.text_sha256, "policy_file": policy_file_drift(record),
             "set_edits": record.set_edits(), "text": text}
@@ -59,18 +49,18 @@ def show() -> dict[str, Any]:
 
 def policy_file_drift(record: Generation) -> dict[str, Any]:
     """Whether the file the live policy was applied from still holds what was applied:
-    {"path", "state": "same" | "changed" | "missing" | "unknown" (standard input, or no
-    digest recorded)}."""
+    {"path", "state": "same" | "changed" | "missing" | "unknown" (standard input, no digest
+    recorded, or the file unreadable)}."""
+    from ..policy.sets import file_sha256
+
     path = record.policy
     if not record.policy_sha256 or not os.path.isabs(path):
         return {"path": path, "state": "unknown"}
-    try:
-        with open(path, "rb") as f:
-            now = hashlib.sha256(f.read()).hexdigest()
-    except FileNotFoundError:
+    if not os.path.exists(path):
         return {"path": path, "state": "missing"}
-    except OSError as exc:
-        return {"path": path, "state": "unknown", "error": exc.strerror}
+    now = file_sha256(path)
+    if now is None:
+        return {"path": path, "state": "unknown"}
     return {"path": path, "state": "same" if now == record.policy_sha256 else "changed"}
 
 

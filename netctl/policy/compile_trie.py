@@ -5,6 +5,7 @@ the first rule that covers it."""
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from functools import lru_cache
 from itertools import product
 
 from ..abi import (
@@ -108,10 +109,9 @@ def _port_direct_pays(infos: list[_Info], address: int) -> bool:
         return False
     if field is None:
         return True
-    starts = {4: sorted({net for info in infos if getattr(info, field)
-                         for _, net in getattr(info, field)[0]}),
-              6: sorted({net for info in infos if getattr(info, field)
-                         for _, net in getattr(info, field)[1]})}
+    parts = [getattr(info, field) for info in infos if getattr(info, field)]
+    starts = {family: sorted({net for part in parts for _, net in part[i]})
+              for family, i in ((4, 0), (6, 1))}
     by_port = 0
     for info in infos:
         part = getattr(info, field)
@@ -135,8 +135,10 @@ def _port_protos(info: _Info) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+@lru_cache(maxsize=65536)
 def _port_prefixes(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
-    """The fewest 16-bit prefixes (length, value) covering exactly the port ranges."""
+    """The fewest 16-bit prefixes (length, value) covering exactly the port ranges (asked
+    for each rule several times, by the estimate and per header: kept)."""
     out: list[tuple[int, int]] = []
     for lo, hi in ranges:
         while lo <= hi:

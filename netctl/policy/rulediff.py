@@ -54,17 +54,22 @@ class RuleDiff:
                 "sets": self.sets}
 
     def lines(self) -> list[str]:
-        """The diff for people, one change a line (empty when the policies agree)."""
-        out = [f"  + rule {name}" for name in self.added]
-        out += [f"  - rule {name}" for name in self.removed]
-        for change in self.changed:
-            parts = [f"{k}: {old} -> {new}" for k, (old, new) in change.fields.items()]
-            out.append(f"  ~ rule {change.name}: {'; '.join(parts)}")
-        out += [f"  ~ rule {name}: moved (order decides which rule matches first)"
-                for name in self.moved]
-        out += [f"  ~ {k}: {old} -> {new}" for k, (old, new) in self.settings.items()]
-        out += [f"  ~ set {name}: {what}" for name, what in self.sets.items()]
-        return out
+        return diff_lines(self.as_dict())
+
+
+def diff_lines(report: dict[str, Any]) -> list[str]:
+    """A diff (``RuleDiff.as_dict()``, as apply's JSON carries it) for people, one change a
+    line (empty when the policies agree)."""
+    out = [f"  + rule {name}" for name in report["added"]]
+    out += [f"  - rule {name}" for name in report["removed"]]
+    for change in report["changed"]:
+        parts = [f"{k}: {v['old']} -> {v['new']}" for k, v in change["fields"].items()]
+        out.append(f"  ~ rule {change['name']}: {'; '.join(parts)}")
+    out += [f"  ~ rule {name}: moved (order decides which rule matches first)"
+            for name in report["moved"]]
+    out += [f"  ~ {k}: {v['old']} -> {v['new']}" for k, v in report["settings"].items()]
+    out += [f"  ~ set {name}: {what}" for name, what in report["sets"].items()]
+    return out
 
 
 def rule_diff(old: Policy, new: Policy) -> RuleDiff:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 
 import pytest
+from lab import lab
 
 MARKER = "NETCTL_TEST_SESSION"
 os.environ.setdefault(MARKER, str(os.getpid()))
@@ -41,3 +42,11 @@ def no_generator_left_running():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         pytest.fail(f"traffic generators left running: {sorted(left.values())}")
+
+
+@pytest.fixture
+def the_lab(tmp_path):
+    """A DUT and a generator namespace joined by a veth pair (tests/netns/lab.py), removed
+    with everything netctl made there when the test ends."""
+    with lab(tmp_path) as it:
+        yield it

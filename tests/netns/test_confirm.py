@@ -9,8 +9,7 @@ import os
 import signal
 import time
 
-import pytest
-from lab import lab, wait_for
+from lab import wait_for
 
 ACCEPT_5555 = """
 version: 1
@@ -25,12 +24,6 @@ defaults: {ingress: accept, egress: accept}
 rules:
   - {name: drop-5555, action: drop, proto: udp, dport: 5555}
 """
-
-
-@pytest.fixture
-def the_lab(tmp_path):
-    with lab(tmp_path) as it:
-        yield it
 
 
 def _confirm_state(the_lab) -> dict:

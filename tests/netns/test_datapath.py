@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import lab, wait_for
+from lab import wait_for
 from nsutil import inside, run
 
 ACCEPT_ALL = """
@@ -56,12 +56,6 @@ def _add_foreign_filter(ns: str, dev: str) -> None:
                    parent="ffff:fff2", classid=1, direct_action=True, prio=7)
     finally:
         os.close(fd)
-
-
-@pytest.fixture
-def the_lab(tmp_path):
-    with lab(tmp_path) as it:
-        yield it
 
 
 @pytest.mark.parametrize("family", [4, 6])

@@ -18,7 +18,7 @@ import subprocess
 import time
 
 import pytest
-from lab import NETCTL, lab, wait_for
+from lab import NETCTL, wait_for
 from nsutil import netns_cookie, run
 
 from netctl.paths import PIN_ROOT, STATE_ROOT
@@ -43,12 +43,6 @@ TRIALS = 50
 # is starting Python and loading the policy; its map writes and the flip come in the last
 # fifth, so the points are densest there, and the last one may find the apply finished.
 KILL_POINTS = (0.05, 0.3, 0.55, 0.7, 0.8, 0.85, 0.9, 0.94, 0.98, 1.1)
-
-
-@pytest.fixture
-def the_lab(tmp_path):
-    with lab(tmp_path) as it:
-        yield it
 
 
 def _which_policy(the_lab) -> str:

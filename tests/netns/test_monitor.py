@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-from lab import DUT4, GEN4, NETCTL, finish, lab
+from lab import DUT4, GEN4, NETCTL, finish
 
 POLICY = """
 version: 1
@@ -16,12 +15,6 @@ rules:
   - {name: no-5555, action: drop, proto: udp, dport: 5555}
   - {name: watched, action: accept, proto: udp, dport: 6000, log: true}
 """
-
-
-@pytest.fixture
-def the_lab(tmp_path):
-    with lab(tmp_path) as it:
-        yield it
 
 
 def _monitor(the_lab, *args: str) -> subprocess.Popen:

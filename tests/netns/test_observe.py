@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from lab import DUT4, GEN4, NETCTL, finish, lab, wait_for
+from lab import DUT4, GEN4, NETCTL, finish, wait_for
 from nsutil import inside, run
 
 POLICY = """
@@ -30,12 +30,6 @@ defaults: {ingress: accept, egress: accept}
 rules:
   - {name: starve-7000, action: drop, proto: tcp, dport: 7000}
 """
-
-
-@pytest.fixture
-def the_lab(tmp_path):
-    with lab(tmp_path) as it:
-        yield it
 
 
 def _spawn(the_lab, *args: str) -> subprocess.Popen:

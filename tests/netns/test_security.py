@@ -12,7 +12,7 @@ import tempfile
 import textwrap
 
 import pytest
-from lab import NETCTL, lab
+from lab import NETCTL
 from nsutil import netns_cookie, run
 
 from netctl.paths import PIN_ROOT, STATE_ROOT
@@ -35,12 +35,6 @@ UNPRIVILEGED = {
     "nobody": ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
     "root-without-capabilities": ["setpriv", "--bounding-set=-all", "--inh-caps=-all"],
 }
-
-
-@pytest.fixture
-def the_lab(tmp_path):
-    with lab(tmp_path) as it:
-        yield it
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from lab import DUT4, DUT6, GEN4, GEN6, lab, wait_for
+from lab import DUT4, DUT6, GEN4, GEN6, wait_for
 from nsutil import inside, run
 
 POLICY = """
@@ -23,12 +23,6 @@ stateful: true
 conntrack: {tcp_closing: 1, udp: 2}
 rules: []
 """
-
-
-@pytest.fixture
-def the_lab(tmp_path):
-    with lab(tmp_path) as it:
-        yield it
 
 
 def _tcp_echo_server(ns: str, family: int, addr: str, port: int, stop: threading.Event):

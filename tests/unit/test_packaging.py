@@ -65,6 +65,12 @@ def test_license_file_matches_the_declared_license():
     assert "END OF TERMS AND CONDITIONS" in text
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a fresh interpreter (what it imports is its own)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
 @pytest.mark.parametrize("argv", [
     ["--help"],
     ["validate", str(REPO / "policies" / "web-server.yaml")],
@@ -85,8 +91,7 @@ def test_light_verbs_import_no_scapy_bcc_or_pyroute2(argv):
         "               & {'scapy', 'bcc', 'pyroute2', 'prometheus_client'})\n"
         "print('HEAVY', rc, heavy, file=sys.stderr)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = _python(probe)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("HEAVY 0 "), result.stderr
     assert last == "HEAVY 0 []", f"imported: {last}"
@@ -116,8 +121,7 @@ def test_an_unknown_machine_is_a_clear_error_at_the_first_bpf_call_not_at_import
         "except NetctlError as exc:\n"
         "    print('ERROR', exc)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = _python(probe)
     assert result.returncode == 0, result.stderr
     assert "ERROR the bpf(2) system call number is not known for machine 'vax'" in result.stdout
 
