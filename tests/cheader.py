@@ -135,9 +135,11 @@ def _split_top(text: str, sep: str) -> list[str]:
 def _fields(body: str) -> tuple[Field, ...]:
     out: list[Field] = []
     for decl in _split_top(body, ";"):
-        union = re.fullmatch(r"union\s*\{(.*)\}\s*(\w*)", decl, re.S)
+        union = re.fullmatch(r"union\s*\{(.*)\}\s*([\w\s,]*)", decl, re.S)
         if union:
-            out.append(Field(union.group(2) or None, "union", (), _fields(union.group(1))))
+            members = _fields(union.group(1))
+            names = [n.strip() for n in union.group(2).split(",")] if union.group(2) else [""]
+            out.extend(Field(name or None, "union", (), members) for name in names)
             continue
         m = re.fullmatch(r"((?:struct\s+)?\w+)\s+(.+)", decl, re.S)
         assert m and "(" not in decl, f"cannot read the declaration {decl!r}"

@@ -30,36 +30,8 @@
 #define NETCTL_L4_PORTS 1
 #define NETCTL_L4_ICMP 2
 
-struct netctl_pkt {
-    __u32 len;           /* whole frame, for byte counters */
-    __u8 family;         /* 4 or 6 */
-    __u8 proto;          /* upper-layer protocol (last IPv6 next header) */
-    __u8 fragment;       /* a non-first fragment: no transport fields */
-    __u8 l4;             /* NETCTL_L4_* */
-    __u16 sport;         /* host byte order */
-    __u16 dport;
-    __u8 icmp_type;
-    __u8 icmp_code;
-    __u16 icmp_id;       /* ICMP echo request/reply: the identifier (host order) */
-    __u8 tcp_flags;      /* TCP: the flags byte (FIN 1, SYN 2, RST 4, ACK 16) */
-    __u8 pad1;
-    __u16 l3_off;        /* offset of the IP header (forwarding rewrites it) */
-    __u8 vlans;          /* VLAN tags before it */
-    __u8 ttl;            /* IPv4 TTL or IPv6 hop limit */
-    __u8 ip_options;     /* IPv4 header longer than 20 bytes */
-    __u8 pad2[1];
-    union {
-        struct netctl_lpm4_key v4;
-        struct netctl_lpm6_key v6;
-    } src, dst;
-    /* For connection tracking (netctl_conntrack.h), which reads further on its own: */
-    __u16 l4_off;        /* offset of the transport header (when l4 is not NONE) */
-    __u16 tcp_win;       /* TCP: the window field, unscaled */
-    __u32 tcp_seq;       /* TCP: sequence and acknowledgement numbers (host order) */
-    __u32 tcp_ack;
-    __u8 tcp_hlen;       /* TCP: header length in bytes, from the data offset field */
-    __u8 pad3[3];
-};
+/* struct netctl_pkt, the parser's output, is declared with its per-CPU map in netctl_maps.h. */
+
 
 static __always_inline __u16 netctl_be16(const __u8 *b)
 {

@@ -22,7 +22,6 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir, int l3)
     void *end = (void *)(long)skb->data_end;
     __u32 len = skb->len;
     __u32 linear = end - data;
-    struct netctl_pkt p = {};
     struct netctl_verdict v;
     /* The kernel takes a frame's outer VLAN tag out of the data into the skb before tc
      * ingress sees it (and egress may carry one there too): it counts as a tag, as on XDP,
@@ -31,6 +30,13 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir, int l3)
     __u16 l3_type = l3 ? bpf_ntohs(skb->protocol) : 0;
 
     netctl_called(RUN);
+    /* The parsed packet lives in per-CPU map memory (netctl_maps.h says why). */
+    __u32 slot = 0;
+    netctl_called(PERCPU_ARRAY);
+    struct netctl_pkt *p = netctl_packet.lookup(&slot);
+    if (!p)
+        return TC_ACT_UNSPEC;   /* never: a one-entry array read at 0 */
+    __builtin_memset(p, 0, sizeof(*p));
 #ifdef NETCTL_TEST_FORCE_COPY
     /* Test-only (bench/budget.py): the copy path for every frame, which a test run never
      * takes on its own (its skb is all linear). */
@@ -38,7 +44,7 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir, int l3)
 #endif
     if (linear >= len || linear >= NETCTL_HDR_WINDOW) {
         netctl_called(TC_DIRECT);
-        v = netctl_judge(data, end, 1, len, dir, &p, l3, l3_type, vlans);
+        v = netctl_judge(data, end, 1, len, dir, p, l3, l3_type, vlans);
     } else {
         /* Headers beyond the linear area (e.g. frames from a packet socket's TX ring):
          * copy the window with one call instead of reading past data_end. */
@@ -54,9 +60,9 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir, int l3)
         netctl_called(LOAD_BYTES);
         if (bpf_skb_load_bytes(skb, 0, copy->b, n) < 0)
             return TC_ACT_SHOT;
-        v = netctl_judge(copy->b, copy->b + n, 0, len, dir, &p, l3, l3_type, vlans);
+        v = netctl_judge(copy->b, copy->b + n, 0, len, dir, p, l3, l3_type, vlans);
     }
-    netctl_emit(&p, &v, skb->ifindex, NETCTL_HOOK_TC, dir);
+    netctl_emit(p, &v, skb->ifindex, NETCTL_HOOK_TC, dir);
     if (v.drop)
         return TC_ACT_SHOT;
     /* Forwarding from devices without a link-layer header is left to the kernel. */
@@ -65,7 +71,7 @@ static __always_inline int netctl_tc(struct __sk_buff *skb, int dir, int l3)
         netctl_called(ARRAY);
         struct netctl_config *cfg = config.lookup(&gen);
         if (cfg) {
-            int action = netctl_forward_tc(skb, &p, gen, cfg, len);
+            int action = netctl_forward_tc(skb, p, gen, cfg, len);
             if (action != NETCTL_NOT_FORWARDED)
                 return action;
         }

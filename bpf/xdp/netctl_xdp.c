@@ -23,11 +23,17 @@ static __always_inline int netctl_xdp(struct xdp_md *ctx, int l3)
 {
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
-    struct netctl_pkt p = {};
     netctl_called(RUN);
-    struct netctl_verdict v = netctl_judge(data, end, 1, end - data, NETCTL_DIR_INGRESS, &p,
+    /* The parsed packet lives in per-CPU map memory (netctl_maps.h says why). */
+    __u32 slot = 0;
+    netctl_called(PERCPU_ARRAY);
+    struct netctl_pkt *p = netctl_packet.lookup(&slot);
+    if (!p)
+        return XDP_PASS;   /* never: a one-entry array read at 0 */
+    __builtin_memset(p, 0, sizeof(*p));
+    struct netctl_verdict v = netctl_judge(data, end, 1, end - data, NETCTL_DIR_INGRESS, p,
                                            l3, 0, 0);
-    netctl_emit(&p, &v, ctx->ingress_ifindex, NETCTL_HOOK_XDP, NETCTL_DIR_INGRESS);
+    netctl_emit(p, &v, ctx->ingress_ifindex, NETCTL_HOOK_XDP, NETCTL_DIR_INGRESS);
     if (v.drop)
         return XDP_DROP;
     /* Forwarding rewrites MACs: only frames that have them (routes never leave by a device
@@ -37,7 +43,7 @@ static __always_inline int netctl_xdp(struct xdp_md *ctx, int l3)
         netctl_called(ARRAY);
         struct netctl_config *cfg = config.lookup(&gen);
         if (cfg) {
-            int action = netctl_forward_xdp(&p, gen, cfg, end - data,
+            int action = netctl_forward_xdp(p, gen, cfg, end - data,
                                             (void *)(long)ctx->data,
                                             (void *)(long)ctx->data_end);
             if (action != NETCTL_NOT_FORWARDED)

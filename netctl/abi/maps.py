@@ -105,6 +105,7 @@ def _trie(name: str, key: Codec, value: Codec | None, size: str | int | None,
 _PKT_CLASSES = Codec("struct netctl_pkt_classes", 5 * codec.CLASSES.size)
 _WINDOW = Codec("struct netctl_window", HDR_WINDOW + 64)
 _CT_SCRATCH = Codec("struct netctl_ct_scratch", 8)
+_PACKET = Codec("struct netctl_pkt", 88)
 _U32, _CLASSES = codec.U32, codec.CLASSES
 
 _DEFS = (
@@ -149,6 +150,7 @@ _DEFS = (
            "NETCTL_CT_UNCONFIRMED_ENTRIES"),
     MapDef("netctl_scratch", "percpu_array", _U32, _PKT_CLASSES, SCRATCH, 1),
     MapDef("netctl_window_copy", "percpu_array", _U32, _WINDOW, SCRATCH, 1),
+    MapDef("netctl_packet", "percpu_array", _U32, _PACKET, SCRATCH, 1),
     MapDef("netctl_ct_scratch", "percpu_array", _U32, _CT_SCRATCH, SCRATCH, 1),
     # The flow cache: per-CPU LRU lists, the epoch of each generation, whether it pays.
     MapDef("flow_cache", "lru_hash", codec.FLOW_KEY, _U32, STATE, "NETCTL_FLOW_CACHE_ENTRIES",
