@@ -433,6 +433,19 @@ class Links:
         finally:
             os.close(fd)
 
+    def _open_link(self, hook: str, index: int, link_id: int) -> int:
+        """An fd of link ``link_id``: through netctl's pin when it holds that link (opening
+        a pin needs no more than reading it), else by id."""
+        with contextlib.suppress(OSError):
+            fd = bpfsys.obj_get(self._pin_path(hook, index))
+            try:
+                if bpfsys.link_info(fd).id == link_id:
+                    return fd
+            except OSError:
+                pass
+            os.close(fd)
+        return bpfsys.link_fd_by_id(link_id)
+
     def _hold(self, link: LinkInfo, hook: str, link_fd: int) -> None:
         """Pin a new link (closing its fd): the pin is what keeps it attached.  Whatever
         the pin's name held before (a link whose interface is gone) is dropped."""
@@ -455,7 +468,7 @@ class Links:
         """Run ``fd`` in netctl's link ``link_id`` (BPF_LINK_UPDATE: atomic; refused if the
         link no longer runs ``old_prog_id``), and make sure the link is pinned."""
         try:
-            link_fd = bpfsys.link_fd_by_id(link_id)
+            link_fd = self._open_link(hook, link.index, link_id)
         except bpfsys.BpfError as exc:
             raise _bpf_err(link.name, exc, f"opening the {hook} link {link_id}") from None
         try:
@@ -478,7 +491,7 @@ class Links:
     def _release(self, link: LinkInfo, hook: str, link_id: int) -> None:
         """Detach netctl's link ``link_id`` now and remove its pin."""
         with contextlib.suppress(OSError):
-            link_fd = bpfsys.link_fd_by_id(link_id)
+            link_fd = self._open_link(hook, link.index, link_id)
             try:
                 bpfsys.link_detach(link_fd)
             except bpfsys.BpfError as exc:
