@@ -278,14 +278,12 @@ def _report_already_live(args: argparse.Namespace, live: dict) -> int:
 
 
 def _hooks_text(rec: dict) -> str:
-    """"ingress tc (tcx), egress tc (tcx) (why)": each hook with the way it is reached."""
-    def hook(name: str | None) -> str:
-        if not name:
-            return "not enforced"
-        via = rec.get("tc_attach") if name == "tc" else rec.get("xdp_attach")
-        return f"{name} ({via})" if via else name
-
-    return f"ingress {hook(rec['ingress'])}, egress {hook(rec['egress'])} ({rec['why']})"
+    """"ingress tc, egress tc (why), tc as tcx": the hooks, then the way each is reached."""
+    ways = [f"{hook} as {rec[key]}" for hook, key in (("XDP", "xdp_attach"),
+                                                      ("tc", "tc_attach")) if rec.get(key)]
+    return (f"ingress {rec['ingress'] or 'not enforced'}, egress "
+            f"{rec['egress'] or 'not enforced'} ({rec['why']})"
+            + "".join(f", {way}" for way in ways))
 
 
 def _print_set_edits(sets: dict) -> None:
