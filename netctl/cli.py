@@ -209,10 +209,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not args.dry_run:   # refused before the file is even read
         privilege.require("apply", *privilege.DATAPATH)
     extra = tuple(os.environ.get("NETCTL_EXTRA_CFLAGS", "").split())
+    # NETCTL_ATTACH=legacy: cls_bpf filters and netlink XDP even where the kernel offers tcx
+    # and XDP links (docs/datapath.md, Hooks); recorded, so set edits apply the same way.
+    attach = os.environ.get("NETCTL_ATTACH") or None
     if not args.dry_run and not extra and args.file != STDIN and args.confirm is None:
         # The same file, applied the same way, live and intact: nothing to load or compile.
         # (Standard input is no file to compare: it is always loaded, compiled and diffed.)
-        live = already_live(args.file, args.dev, args.xdp_mode)
+        live = already_live(args.file, args.dev, args.xdp_mode, attach=attach)
         if live is not None:
             return _report_already_live(args, live)
     policy = load_policy(args.file)
@@ -226,7 +229,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     ssh = None if args.force else os.environ.get("SSH_CONNECTION")
     result = apply_keeping_edits(policy, devs=args.dev, xdp_mode=args.xdp_mode,
                                  dry_run=args.dry_run, extra_cflags=extra,
-                                 max_entries=args.max_entries, ssh=ssh, confirm=args.confirm)
+                                 max_entries=args.max_entries, ssh=ssh, confirm=args.confirm,
+                                 attach=attach)
     if args.output == "json":
         _emit_json(result.as_dict())
         return EXIT_OK
@@ -251,8 +255,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(f"  until {args.confirm} s from now unless 'netctl confirm': then the "
                   "policy before comes back by itself")
     for name, rec in result.interfaces.items():
-        print(f"  {name}: ingress {rec['ingress'] or 'not enforced'}, egress "
-              f"{rec['egress'] or 'not enforced'} ({rec['why']})")
+        print(f"  {name}: {_hooks_text(rec)}")
     for name in result.detached:
         print(f"  {name}: {'would be ' if result.dry_run else ''}detached (no longer listed)")
     _print_set_edits(result.sets)
@@ -269,10 +272,18 @@ def _report_already_live(args: argparse.Namespace, live: dict) -> int:
         return EXIT_OK
     print(f"{args.file}: already live (generation {live['generation']}); nothing to do")
     for name, rec in live["interfaces"].items():
-        print(f"  {name}: ingress {rec['ingress'] or 'not enforced'}, egress "
-              f"{rec['egress'] or 'not enforced'} ({rec['why']})")
+        print(f"  {name}: {_hooks_text(rec)}")
     _print_set_edits(live.get("sets") or {})
     return EXIT_OK
+
+
+def _hooks_text(rec: dict) -> str:
+    """"ingress tc, egress tc (why), tc as tcx": the hooks, then the way each is reached."""
+    ways = [f"{hook} as {rec[key]}" for hook, key in (("XDP", "xdp_attach"),
+                                                      ("tc", "tc_attach")) if rec.get(key)]
+    return (f"ingress {rec['ingress'] or 'not enforced'}, egress "
+            f"{rec['egress'] or 'not enforced'} ({rec['why']})"
+            + "".join(f", {way}" for way in ways))
 
 
 def _print_set_edits(sets: dict) -> None:

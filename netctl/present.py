@@ -34,14 +34,20 @@ def format_status(report: dict) -> str:
                          "prints what is live; 'netctl apply --dry-run FILE' what would change)")
         elif drift.get("state") == "missing":
             lines.append("        the file is gone ('netctl show' prints what is live)")
+    offered = report.get("attach_offered")
+    if offered:
+        lines.append(f"hooks   tc as {offered['tc']}, XDP as {offered['xdp']} (this kernel's "
+                     "best; NETCTL_ATTACH=legacy: cls_bpf and netlink)")
     lines.append("")
-    lines.append(f"{'INTERFACE':<16} {'INGRESS':<12} {'EGRESS':<7} {'PROGRAM IDS':<26} STATE")
+    lines.append(f"{'INTERFACE':<16} {'INGRESS':<11} {'EGRESS':<6} {'VIA':<9} "
+                 f"{'PROGRAM IDS':<26} STATE")
     for rec in report["interfaces"]:
         ids = " ".join(f"{role.replace('tc_', '')}={pid}"
                        for role, pid in rec.get("prog_ids", {}).items())
         state = "ok" if rec.get("live") else "; ".join(rec.get("problems") or ["gone"])
-        lines.append(f"{rec['name']:<16} {rec['ingress'] or '-':<12} {rec['egress'] or '-':<7} "
-                     f"{ids or '-':<26} {state}")
+        via = ",".join(v for v in (rec.get("attach") or {}).values() if v) or "-"
+        lines.append(f"{rec['name']:<16} {rec['ingress'] or '-':<11} {rec['egress'] or '-':<6} "
+                     f"{via:<9} {ids or '-':<26} {state}")
     if report["rules"]:
         lines.append("")
         lines.append(f"{'RULE':<32} {'ACTION':<7} {'PACKETS':>12} {'BYTES':>14}")

@@ -34,6 +34,7 @@ from .hooks import (
     decide_hooks,
     interface_record,
     targets,
+    with_paths,
 )
 from .instance import contents_plan
 from .live import (
@@ -56,8 +57,11 @@ from .transaction import ApplyResult, Transaction, as_json
 def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = None,
           dry_run: bool = False, limits: Limits = Limits(),  # noqa: B008
           extra_cflags: tuple[str, ...] = (), max_entries: int | None = None,
-          ssh: str | None = None, confirm: int | None = None) -> ApplyResult:
-    """Make ``policy`` live (or, ``dry_run``, say what would change).  ``ssh``: the text of
+          ssh: str | None = None, confirm: int | None = None,
+          attach: str | None = None) -> ApplyResult:
+    """Make ``policy`` live (or, ``dry_run``, say what would change).  ``attach``: the ways
+    onto the hooks (NETCTL_ATTACH: ``auto`` or None, the kernel's best; ``legacy``, cls_bpf
+    filters and netlink XDP).  ``ssh``: the text of
     SSH_CONNECTION when the caller runs in an SSH session that must survive the apply (a
     policy that would drop it on an interface it is enforced on is refused: LockoutError;
     a dry run warns).  ``confirm``: seconds within which `netctl confirm` must come, else
@@ -68,7 +72,9 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
 
         check_seconds(confirm)
     wanted = targets(policy, devs, xdp_mode)
+    attach = normal_attach(attach)
     require_privilege("apply")
+    tc_path, xdp_path = att.attach_paths(attach)
     ns = Namespace.current()
     # Capacities only grow: into the live build's when the policy fits there (no rebuild),
     # else as large as the policy needs (a rebuild).
@@ -82,7 +88,8 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
                 raise AttachError(t.name, errno.ENODEV, "no such interface in this network "
                                   f"namespace ({netns_name() or 'unnamed'})")
             check_link_layer(link)
-            found.append((t, link, decide_hooks(link, t, bool(policy.routes))))
+            found.append((t, link, with_paths(decide_hooks(link, t, bool(policy.routes)),
+                                              tc_path, xdp_path)))
         warnings = coverage_warnings(policy, found)
         cut = None if confirm else _cuts_session(links, policy, ssh,
                                                  [t.name for t, _, _ in found])
@@ -100,7 +107,7 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
             settle(ns)   # a rollback the deadline made is recorded; a pending one refuses
             result = Transaction(ns, links, policy, plan, found, extra_cflags,
                                  nexthops, confirm).run()
-            _record_request(ns, devs, xdp_mode)
+            _record_request(ns, devs, xdp_mode, attach)
     result.warnings = warnings + result.warnings
     result.seconds = time.monotonic() - started
     return result
@@ -124,9 +131,20 @@ def _cuts_session(links: att.Links, policy: Policy, ssh: str | None,
     return lockout(policy, ssh)
 
 
-def _record_request(ns: Namespace, devs: list[str] | None, xdp_mode: str | None) -> None:
+def normal_attach(attach: str | None) -> str | None:
+    """NETCTL_ATTACH as recorded: None for the default (``auto``), else checked."""
+    if attach in (None, "", att.ATTACH_AUTO):
+        return None
+    if attach not in att.ATTACH_REQUESTS:
+        raise NetctlError(f"NETCTL_ATTACH={attach!r}: expected one of "
+                          f"{', '.join(att.ATTACH_REQUESTS)}")
+    return attach
+
+
+def _record_request(ns: Namespace, devs: list[str] | None, xdp_mode: str | None,
+                    attach: str | None) -> None:
     state = ns.read_state() or State()
-    state.request = Request(devs, xdp_mode)
+    state.request = Request(devs, xdp_mode, attach)
     ns.write_state(state)
 
 
@@ -177,7 +195,8 @@ def _rule_changes(ns: Namespace, record: Generation | None, policy: Policy,
 
 
 def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
-                 limits: Limits = Limits()) -> dict | None:  # noqa: B008
+                 limits: Limits = Limits(),  # noqa: B008
+                 attach: str | None = None) -> dict | None:
     """The live generation's record (as JSON, with ``generation`` and ``interfaces``) when
     the very same file (by content), applied the same way, is live and intact: then there
     is nothing to load, compile or write.  None when anything differs; the caller then does
@@ -189,7 +208,8 @@ def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
         return None
     build = state.build
     built = build.capacities()
-    if state.request != Request(devs, xdp_mode) or build.constants != plan_constants(built) \
+    if state.request != Request(devs, xdp_mode, normal_attach(attach)) \
+            or build.constants != plan_constants(built) \
             or not fits(limits, built) or build.source != source_digest():
         return None
     if state.pending is not None or stale_builds(ns, build):

@@ -1,16 +1,31 @@
-"""Attach and detach netctl's programs with pyroute2 (netlink; never IPDB).
+"""Attach and detach netctl's programs: bpf_links (tcx, XDP) where the kernel has them,
+netlink through pyroute2 (never IPDB) where it has not.
 
-What is netctl's is recognised by name and position, so that other people's programs,
-qdiscs and filters are never touched:
+Two ways onto each hook, the first where the kernel offers it (``attach_paths``):
 
-* XDP: the program attached to the interface is netctl's when its kernel name is one of
-  ``XDP_PROG_NAMES`` (the Ethernet and the L3 variant).  A foreign XDP program makes the
-  attach fail (an interface holds one).
-* tc: a clsact qdisc (created when missing, and removed on detach only if netctl created
-  it and nothing else uses it), with one direct-action bpf filter per direction at
-  ``TC_PRIO``/``TC_HANDLE`` named ``netctl_ingress``/``netctl_egress``.  Replacing that
-  filter swaps programs atomically.  Accepted packets leave netctl's filter with
-  TC_ACT_UNSPEC, so filters of others behind it still run.
+* tc: a **tcx** link per direction (BPF_LINK_CREATE with BPF_TCX_INGRESS/EGRESS, kernels
+  6.6+), pinned in the namespace's link directory as ``tcx-<direction>-<ifindex>``.  The
+  pin holds the attachment: no `tc filter del` or qdisc deletion removes it, and programs
+  of others on the same hook (tcx links or tc filters) run beside it.  A new program is
+  swapped into the link with BPF_LINK_UPDATE (atomic).  Else (**cls_bpf**) a clsact qdisc
+  (created when missing, and removed on detach only if netctl created it and nothing else
+  uses it), with one direct-action bpf filter per direction at ``TC_PRIO``/``TC_HANDLE``
+  named ``netctl_ingress``/``netctl_egress``; replacing that filter swaps programs
+  atomically.  Accepted packets leave with TC_ACT_UNSPEC, which tcx reads as TCX_NEXT: what
+  others attached behind netctl still runs (every return code netctl's tc programs use means
+  the same under both: tests/unit/test_tcx_verdicts.py).
+* XDP: a **link** (BPF_LINK_CREATE with BPF_XDP and the mode's flag), pinned as
+  ``xdp-<ifindex>`` and swapped with BPF_LINK_UPDATE; else **netlink** (IFLA_XDP with
+  XDP_FLAGS_REPLACE).  An interface holds one XDP program: moving between the two ways takes
+  the old one off first.
+
+What is netctl's is recognised by name, so that other people's programs, qdiscs, filters
+and links are never touched: an XDP or tcx program is netctl's when its kernel name is one of
+netctl's (``XDP_PROG_NAMES``, ``TCX_PROG_NAMES``), a filter by its name and position.  A
+foreign XDP program (attached either way) makes the attach fail.
+
+Removing the link pins by hand (or unmounting the bpffs) releases the links: their programs
+leave the interfaces with them.
 """
 
 from __future__ import annotations
@@ -20,14 +35,17 @@ import errno as errno_mod
 import os
 import socket
 from dataclasses import dataclass
+from functools import cache
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
-from ..errors import AttachError
+from ..errors import AttachError, NetctlError
 from ..kernel import bpfsys
 from .build import KERNEL_NAMES
+from .netns import LINK_DIR_NAME as LINK_DIR_NAME
+from .netns import Namespace
 
 # pyroute2 does not decode the program id and tag of a bpf filter; add them to its
 # attribute table (kernel numbering: TCA_BPF_FLAGS_GEN 9, TCA_BPF_TAG 10, TCA_BPF_ID 11)
@@ -43,12 +61,27 @@ RTPROT_NETCTL = 203   # the protocol number of kernel routes netctl installs (ro
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
+XDP_FLAGS_HW_MODE = 8
 XDP_FLAGS_REPLACE = 16
 XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 _ATTACHED_MODE = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload"}
 
 XDP_PROG_NAMES = frozenset({KERNEL_NAMES["xdp"], KERNEL_NAMES["xdp_l3"]})
 TC_PROG_NAMES = {"ingress": KERNEL_NAMES["tc_ingress"], "egress": KERNEL_NAMES["tc_egress"]}
+# tcx lists programs, not filters: netctl's are known by their kernel names (both variants)
+TCX_PROG_NAMES = {d: frozenset({KERNEL_NAMES[f"tc_{d}"], KERNEL_NAMES[f"tc_{d}_l3"]})
+                  for d in ("ingress", "egress")}
+TCX_ATTACH_TYPES = {"ingress": bpfsys.TCX_INGRESS, "egress": bpfsys.TCX_EGRESS}
+
+# The ways onto the hooks (status and the state file name them so)
+TC_TCX = "tcx"
+TC_CLS_BPF = "cls_bpf"
+XDP_LINK = "link"
+XDP_NETLINK = "netlink"
+# What an apply may be asked for (NETCTL_ATTACH): the kernel's best, or the netlink ways
+ATTACH_AUTO = "auto"
+ATTACH_LEGACY = "legacy"
+ATTACH_REQUESTS = (ATTACH_AUTO, ATTACH_LEGACY)
 TC_PARENTS = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
 TC_PRIO = 0x4E43          # "NC": away from tc's automatic 49152 and the usual 1
 TC_HANDLE = 1
@@ -114,16 +147,96 @@ class TcFilter:
                 and self.name == TC_PROG_NAMES[self.direction])
 
 
+@dataclass(frozen=True)
+class TcAttachment:
+    """netctl's program on a tc hook, however it is attached."""
+
+    path: str                # TC_TCX or TC_CLS_BPF
+    prog_id: int | None
+    link_id: int = 0         # tcx: the link that holds it
+
+
+# ---- which ways the kernel offers ------------------------------------------------------------
+
+@cache
+def tcx_offered() -> bool:
+    """Whether the kernel attaches tc programs as tcx links.  Probed, not told by version:
+    BPF_LINK_CREATE of a tiny sched_cls program at BPF_TCX_INGRESS on interface index 0
+    reaches the device lookup (ENODEV) only where tcx exists; older kernels refuse the
+    attach type (EINVAL).  Nothing is attached either way."""
+    return _link_probe(bpfsys.PROG_SCHED_CLS, -1, 0, bpfsys.TCX_INGRESS, 0) == errno_mod.ENODEV
+
+
+@cache
+def xdp_link_offered() -> bool:
+    """Whether the kernel attaches XDP programs as links.  Probed on the loopback device
+    (index 1 in every namespace) in hardware-offload mode, which it never has: where XDP
+    links exist the kernel gets as far as asking the driver (EOPNOTSUPP); where they do not,
+    it refuses the link (EINVAL).  Nothing is attached either way."""
+    return _link_probe(bpfsys.PROG_XDP, 2, 1, bpfsys.ATTACH_XDP,
+                       XDP_FLAGS_HW_MODE) == errno_mod.EOPNOTSUPP
+
+
+def _link_probe(prog_type: int, retval: int, ifindex: int, attach_type: int,
+                flags: int) -> int:
+    """The errno of a link create that must fail (0 if it did not: the link is closed)."""
+    from ..kernel import insns as asm
+
+    try:
+        prog = bpfsys.prog_load(prog_type, asm.return_imm(retval), name="netctl_probe")
+    except bpfsys.BpfError as exc:
+        return exc.errno or -1
+    try:
+        os.close(bpfsys.link_create(prog, ifindex, attach_type, flags))
+        return 0
+    except bpfsys.BpfError as exc:
+        return exc.errno or -1
+    finally:
+        os.close(prog)
+
+
+def attach_paths(request: str | None) -> tuple[str, str]:
+    """(the tc way, the XDP way) for an attach request (NETCTL_ATTACH): ``auto`` (or None)
+    takes tcx and XDP links where the kernel offers them, ``legacy`` cls_bpf filters and
+    netlink."""
+    if request in (None, ATTACH_AUTO):
+        return (TC_TCX if tcx_offered() else TC_CLS_BPF,
+                XDP_LINK if xdp_link_offered() else XDP_NETLINK)
+    if request == ATTACH_LEGACY:
+        return TC_CLS_BPF, XDP_NETLINK
+    raise NetctlError(f"NETCTL_ATTACH={request!r}: expected one of "
+                      f"{', '.join(ATTACH_REQUESTS)}")
+
+
+def link_pin_name(hook: str, index: int) -> str:
+    """The pin of netctl's link on hook ``hook`` (ingress, egress: tcx; xdp) of interface
+    ``index``."""
+    return f"xdp-{index}" if hook == "xdp" else f"tcx-{hook}-{index}"
+
+
 def _err(interface: str, exc: NetlinkError, doing: str) -> AttachError:
     return AttachError(interface, exc.code, f"{doing}: {os.strerror(exc.code)} (errno "
                        f"{exc.code})")
 
 
-class Links:
-    """One rtnetlink socket in the current network namespace."""
+def _bpf_err(interface: str, exc: bpfsys.BpfError, doing: str) -> AttachError:
+    code = exc.errno or errno_mod.EIO
+    return AttachError(interface, code, f"{doing}: {os.strerror(code)} (errno {code})")
 
-    def __init__(self):
+
+class Links:
+    """One rtnetlink socket in the current network namespace, and the directory where the
+    links netctl attaches are pinned (default: the namespace's, netctl.datapath.netns)."""
+
+    def __init__(self, link_dir: str | None = None):
         self.ipr = IPRoute()
+        self._link_dir = link_dir
+
+    @property
+    def link_dir(self) -> str:
+        if self._link_dir is None:
+            self._link_dir = Namespace.current().link_dir
+        return self._link_dir
 
     def close(self) -> None:
         self.ipr.close()
@@ -217,24 +330,67 @@ class Links:
     def xdp_is_ours(self, link: LinkInfo) -> bool:
         return link.xdp_prog_id is not None and prog_name(link.xdp_prog_id) in XDP_PROG_NAMES
 
-    def attach_xdp(self, link: LinkInfo, fd: int, mode: str) -> None:
-        """Attach (or atomically replace netctl's own program) in ``mode``."""
-        flags = XDP_MODE_FLAGS[mode]
-        attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", fd)]
-        expected = -1
+    def xdp_link_id(self, link: LinkInfo) -> int | None:
+        """The bpf_link holding the interface's XDP program, if a link holds it (netlink
+        does not say: the links of the system are asked which holds this program here)."""
+        if link.xdp_prog_id is None:
+            return None
+        pinned = self._pinned_info(link_pin_name("xdp", link.index))
+        if pinned is not None and (pinned.prog_id, pinned.ifindex) == (link.xdp_prog_id,
+                                                                       link.index):
+            return pinned.id
+        for link_id in _safe_link_ids():
+            info = _link_info_by_id(link_id)
+            if info is not None and info.type == bpfsys.LINK_TYPE_XDP \
+                    and (info.prog_id, info.ifindex) == (link.xdp_prog_id, link.index):
+                return link_id
+        return None
+
+    def xdp_path(self, link: LinkInfo) -> str | None:
+        """How the interface's XDP program is attached (XDP_LINK, XDP_NETLINK), or None."""
+        if link.xdp_prog_id is None:
+            return None
+        return XDP_LINK if self.xdp_link_id(link) is not None else XDP_NETLINK
+
+    def attach_xdp(self, link: LinkInfo, fd: int, mode: str, path: str = XDP_NETLINK) -> None:
+        """Attach (or atomically replace netctl's own program) in ``mode``, the ``path``
+        way.  A foreign program is never replaced."""
         if link.xdp_prog_id is not None:
             if not self.xdp_is_ours(link):
                 raise AttachError(link.name, errno_mod.EBUSY,
                                   f"already has an XDP program that is not netctl's (id "
                                   f"{link.xdp_prog_id}, {prog_name(link.xdp_prog_id)!r}); "
                                   "detach it first or use --xdp-mode off")
-            if link.xdp_mode != mode:
-                self.detach_xdp(link)
-            else:
-                expected = bpfsys.prog_fd_by_id(link.xdp_prog_id)
-                flags |= XDP_FLAGS_REPLACE
-                attrs.append(("IFLA_XDP_EXPECTED_FD", expected))
-        if not flags & XDP_FLAGS_REPLACE:
+            link_id = self.xdp_link_id(link)
+            if link.xdp_mode == mode and (link_id is not None) == (path == XDP_LINK):
+                if link_id is not None:
+                    self._swap_link(link, "xdp", link_id, fd, link.xdp_prog_id)
+                else:
+                    self._netlink_xdp(link, fd, mode, link.xdp_prog_id)
+                return
+            # Another mode or the other way: an interface holds one XDP program, so netctl's
+            # goes off first and the new one goes on right after.
+            self.detach_xdp(link)
+        if path == XDP_LINK:
+            try:
+                link_fd = bpfsys.link_create(fd, link.index, bpfsys.ATTACH_XDP,
+                                             XDP_MODE_FLAGS[mode])
+            except bpfsys.BpfError as exc:
+                raise _bpf_err(link.name, exc, f"attaching the XDP link in {mode} mode") \
+                    from None
+            self._hold(link, "xdp", link_fd)
+        else:
+            self._netlink_xdp(link, fd, mode, None)
+
+    def _netlink_xdp(self, link: LinkInfo, fd: int, mode: str, replacing: int | None) -> None:
+        flags = XDP_MODE_FLAGS[mode]
+        attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", fd)]
+        expected = -1
+        if replacing is not None:
+            expected = bpfsys.prog_fd_by_id(replacing)
+            flags |= XDP_FLAGS_REPLACE
+            attrs.append(("IFLA_XDP_EXPECTED_FD", expected))
+        else:
             flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
         attrs.append(("IFLA_XDP_FLAGS", flags))
         try:
@@ -246,7 +402,13 @@ class Links:
                 os.close(expected)
 
     def detach_xdp(self, link: LinkInfo) -> None:
+        """Take the interface's XDP program off (callers check it is netctl's): its link
+        detached and unpinned, or through netlink."""
         if link.xdp_mode is None or link.xdp_mode not in XDP_MODE_FLAGS:
+            return
+        link_id = self.xdp_link_id(link)
+        if link_id is not None:
+            self._release(link, "xdp", link_id)
             return
         attrs = [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", XDP_MODE_FLAGS[link.xdp_mode])]
         try:
@@ -254,6 +416,109 @@ class Links:
         except NetlinkError as exc:
             if exc.code != errno_mod.ENODEV:
                 raise _err(link.name, exc, "detaching XDP") from None
+
+    # -- links: pinned, swapped, released
+    def _pin_path(self, hook: str, index: int) -> str:
+        return f"{self.link_dir}/{link_pin_name(hook, index)}"
+
+    def _pinned_info(self, name: str) -> bpfsys.LinkInfo | None:
+        try:
+            fd = bpfsys.obj_get(f"{self.link_dir}/{name}")
+        except OSError:
+            return None
+        try:
+            return bpfsys.link_info(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def _open_link(self, hook: str, index: int, link_id: int) -> int:
+        """An fd of link ``link_id``: through netctl's pin when it holds that link (opening
+        a pin needs no more than reading it), else by id."""
+        with contextlib.suppress(OSError):
+            fd = bpfsys.obj_get(self._pin_path(hook, index))
+            try:
+                if bpfsys.link_info(fd).id == link_id:
+                    return fd
+            except OSError:
+                pass
+            os.close(fd)
+        return bpfsys.link_fd_by_id(link_id)
+
+    def _hold(self, link: LinkInfo, hook: str, link_fd: int) -> None:
+        """Pin a new link (closing its fd): the pin is what keeps it attached.  Whatever
+        the pin's name held before (a link whose interface is gone) is dropped."""
+        path = self._pin_path(hook, link.index)
+        try:
+            os.makedirs(self.link_dir, mode=0o700, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            bpfsys.obj_pin(link_fd, path)
+        except OSError as exc:
+            # The fd closes below and the link with it: nothing is left attached.
+            code = exc.errno or errno_mod.EIO
+            raise AttachError(link.name, code, f"pinning the {hook} link at {path}: "
+                              f"{os.strerror(code)}") from None
+        finally:
+            os.close(link_fd)
+
+    def _swap_link(self, link: LinkInfo, hook: str, link_id: int, fd: int,
+                   old_prog_id: int | None) -> None:
+        """Run ``fd`` in netctl's link ``link_id`` (BPF_LINK_UPDATE: atomic; refused if the
+        link no longer runs ``old_prog_id``), and make sure the link is pinned."""
+        try:
+            link_fd = self._open_link(hook, link.index, link_id)
+        except bpfsys.BpfError as exc:
+            raise _bpf_err(link.name, exc, f"opening the {hook} link {link_id}") from None
+        try:
+            old = bpfsys.prog_fd_by_id(old_prog_id) if old_prog_id else None
+            try:
+                bpfsys.link_update(link_fd, fd, old)
+            finally:
+                if old is not None:
+                    os.close(old)
+        except bpfsys.BpfError as exc:
+            os.close(link_fd)
+            raise _bpf_err(link.name, exc, f"swapping the program of the {hook} link") \
+                from None
+        pinned = self._pinned_info(link_pin_name(hook, link.index))
+        if pinned is not None and pinned.id == link_id:
+            os.close(link_fd)
+        else:
+            self._hold(link, hook, link_fd)
+
+    def _release(self, link: LinkInfo, hook: str, link_id: int) -> None:
+        """Detach netctl's link ``link_id`` now and remove its pin."""
+        with contextlib.suppress(OSError):
+            link_fd = self._open_link(hook, link.index, link_id)
+            try:
+                bpfsys.link_detach(link_fd)
+            except bpfsys.BpfError as exc:
+                if exc.errno not in (errno_mod.ENOLINK, errno_mod.ENODEV):
+                    raise _bpf_err(link.name, exc, f"detaching the {hook} link") from None
+            finally:
+                os.close(link_fd)
+        pinned = self._pinned_info(link_pin_name(hook, link.index))
+        if pinned is None or pinned.id == link_id or pinned.defunct:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._pin_path(hook, link.index))
+
+    def sweep_link_pins(self) -> list[str]:
+        """Remove the pins of links that run nowhere any more (their interface is gone, or
+        they were detached): the names removed.  Callers hold the namespace lock."""
+        removed = []
+        try:
+            names = sorted(os.listdir(self.link_dir))
+        except OSError:
+            return removed
+        for name in names:
+            info = self._pinned_info(name)
+            if info is None or info.defunct:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.link_dir}/{name}")
+                removed.append(name)
+        return removed
 
     # -- tc
     def has_clsact(self, link: LinkInfo) -> bool:
@@ -291,8 +556,52 @@ class Links:
                                 prog_id=options.get_attr("TCA_BPF_ID")))
         return out
 
+    def tcx_programs(self, link: LinkInfo, direction: str) -> list[bpfsys.Attached]:
+        """The programs on the interface's tcx hook, in the order they run ([] where the
+        kernel has no tcx)."""
+        if not tcx_offered():
+            return []
+        try:
+            return bpfsys.prog_query(link.index, TCX_ATTACH_TYPES[direction])
+        except OSError:
+            return []
+
+    def tc_ours(self, link: LinkInfo, direction: str) -> list[TcAttachment]:
+        """netctl's programs on the tc hook of ``direction``: its tcx link and its cls_bpf
+        filter (both only for the moment of a move from one way to the other)."""
+        out = [TcAttachment(TC_TCX, a.prog_id, a.link_id)
+               for a in self.tcx_programs(link, direction)
+               if a.link_id and prog_name(a.prog_id) in TCX_PROG_NAMES[direction]]
+        out += [TcAttachment(TC_CLS_BPF, f.prog_id)
+                for f in self.filters(link, direction) if f.ours]
+        return out
+
+    def attach_tcx(self, link: LinkInfo, fd: int, direction: str) -> None:
+        """netctl's tcx link on this hook runs ``fd``: the program swapped in when there is
+        one (BPF_LINK_UPDATE, atomic), else a link created (behind the programs there) and
+        pinned."""
+        ours = [a for a in self.tc_ours(link, direction) if a.path == TC_TCX]
+        if ours:
+            self._swap_link(link, direction, ours[0].link_id, fd, ours[0].prog_id)
+            for extra in ours[1:]:
+                self._release(link, direction, extra.link_id)
+            return
+        try:
+            link_fd = bpfsys.link_create(fd, link.index, TCX_ATTACH_TYPES[direction])
+        except bpfsys.BpfError as exc:
+            raise _bpf_err(link.name, exc, f"attaching the tcx {direction} link") from None
+        self._hold(link, direction, link_fd)
+
+    def detach_tcx(self, link: LinkInfo, direction: str) -> bool:
+        """Detach and unpin netctl's tcx links on this hook; False when there were none."""
+        ours = [a for a in self.tc_ours(link, direction) if a.path == TC_TCX]
+        for a in ours:
+            self._release(link, direction, a.link_id)
+        return bool(ours)
+
     def attach_tc(self, link: LinkInfo, fd: int, direction: str) -> None:
-        """Add netctl's filter, or atomically replace the program of the one there."""
+        """Add netctl's cls_bpf filter, or atomically replace the program of the one there
+        (the clsact qdisc must be there: ensure_clsact)."""
         try:
             self.ipr.tc("replace-filter", kind="bpf", index=link.index, handle=TC_HANDLE,
                         fd=fd, name=TC_PROG_NAMES[direction], parent=TC_PARENTS[direction],
@@ -301,6 +610,7 @@ class Links:
             raise _err(link.name, exc, f"attaching the tc {direction} filter") from None
 
     def detach_tc(self, link: LinkInfo, direction: str) -> bool:
+        """Remove netctl's cls_bpf filter; False when there was none."""
         if not any(f.ours for f in self.filters(link, direction)):
             return False
         try:
@@ -328,5 +638,25 @@ def prog_name(prog_id: int) -> str | None:
         return None
     try:
         return bpfsys.prog_info(fd).name
+    finally:
+        os.close(fd)
+
+
+def _safe_link_ids() -> list[int]:
+    try:
+        return bpfsys.link_ids()
+    except OSError:
+        return []
+
+
+def _link_info_by_id(link_id: int) -> bpfsys.LinkInfo | None:
+    try:
+        fd = bpfsys.link_fd_by_id(link_id)
+    except OSError:
+        return None
+    try:
+        return bpfsys.link_info(fd)
+    except OSError:
+        return None
     finally:
         os.close(fd)

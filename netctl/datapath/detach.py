@@ -60,6 +60,7 @@ def detach(devs: list[str] | None = None, everything: bool = False) -> dict[str,
             if not recorded:
                 for family, dst in links.netctl_routes():
                     links.delete_route(family, dst)
+            links.sweep_link_pins()   # links of interfaces that are gone hold nothing
         if recorded:
             state.interfaces = recorded
             ns.write_state(state)

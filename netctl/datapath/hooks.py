@@ -3,12 +3,15 @@
 The choice (docs/datapath.md, Hooks): ``xdp: auto`` takes native XDP on a NIC, tc ingress
 on a virtual device (XDP would start from an skb it copies there), native XDP on a virtual
 Ethernet device when the policy forwards; ``native``/``generic``/``off`` are taken as asked.
-Egress is tc egress when the interface's ``tc:`` lists it.  What is netctl's is recognised
-by program and filter name (netctl.datapath.attach).
+Egress is tc egress when the interface's ``tc:`` lists it.  Each hook is reached the way
+the kernel offers best unless NETCTL_ATTACH=legacy asks for netlink (``with_paths``): tc
+as a tcx link or a cls_bpf filter, XDP as a link or through netlink.  What is netctl's is
+recognised by program and filter name (netctl.datapath.attach).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from dataclasses import dataclass
@@ -37,6 +40,16 @@ class Hooks:
     ingress: str | None          # HOOK_* or None (ingress rules not enforced here)
     egress: str | None
     why: str
+    tc_attach: str | None = None     # attach.TC_TCX / TC_CLS_BPF where a tc hook is used
+    xdp_attach: str | None = None    # attach.XDP_LINK / XDP_NETLINK where XDP is used
+
+    @property
+    def xdp(self) -> bool:
+        return self.ingress in (HOOK_XDP_NATIVE, HOOK_XDP_GENERIC)
+
+    @property
+    def tc(self) -> bool:
+        return HOOK_TC in (self.ingress, self.egress)
 
 
 # (target, its link, its hooks): an interface found and decided on, as apply goes on with it.
@@ -102,6 +115,12 @@ def decide_hooks(link: att.LinkInfo, target: Target, forwards: bool = False) -> 
     return Hooks(HOOK_XDP_NATIVE, egress, "xdp: auto, NIC: native XDP runs before any skb")
 
 
+def with_paths(hooks: Hooks, tc_path: str, xdp_path: str) -> Hooks:
+    """The hooks with the way each is reached (attach.attach_paths), for the hooks used."""
+    return dataclasses.replace(hooks, tc_attach=tc_path if hooks.tc else None,
+                               xdp_attach=xdp_path if hooks.xdp else None)
+
+
 def coverage_warnings(policy: Policy, found: list[Found]) -> list[str]:
     out = []
     for t, _link, hooks in found:
@@ -124,16 +143,20 @@ def interface_record(t: Target, link: att.LinkInfo, hooks: Hooks,
                      created_clsact: bool) -> InterfaceRecord:
     return InterfaceRecord(name=t.name, ifindex=link.index, kind=link.kind,
                            ingress=hooks.ingress, egress=hooks.egress, why=hooks.why,
-                           created_clsact=created_clsact, link=link.layer)
+                           created_clsact=created_clsact, link=link.layer,
+                           tc_attach=hooks.tc_attach, xdp_attach=hooks.xdp_attach)
 
 
 def same_interfaces(previous: dict[str, InterfaceRecord], found: list[Found]) -> bool:
-    """Whether the recorded interfaces are exactly these, on the same hooks."""
+    """Whether the recorded interfaces are exactly these, on the same hooks, reached the
+    same ways."""
     if set(previous) != {t.name for t, _, _ in found}:
         return False
     for t, link, hooks in found:
         rec = previous[t.name]
-        if (rec.ifindex, rec.ingress, rec.egress) != (link.index, hooks.ingress, hooks.egress):
+        if (rec.ifindex, rec.ingress, rec.egress, rec.tc_path, rec.xdp_path) != (
+                link.index, hooks.ingress, hooks.egress,
+                hooks.tc_attach or rec.tc_path, hooks.xdp_attach or rec.xdp_path):
             return False
     return True
 
@@ -150,42 +173,70 @@ def role(rec: InterfaceRecord, base: str) -> str:
 def attach_all(links: att.Links, programs: dict[str, int], found: list[Found],
                previous: dict[str, InterfaceRecord],
                undo: list) -> dict[str, InterfaceRecord]:
-    """Attach ``programs`` (role -> fd) on every interface found, taking netctl's programs
-    off the hooks it no longer uses there; each change puts its undo on ``undo``."""
+    """Attach ``programs`` (role -> fd) on every interface found, the way its hooks say,
+    taking netctl's programs off the hooks (and ways) it no longer uses there; each change
+    puts its undo on ``undo``."""
     out: dict[str, InterfaceRecord] = {}
     for t, link, hooks in found:
         prev = previous.get(t.name)
         created = prev is not None and prev.created_clsact and prev.ifindex == link.index
         suffix = "_l3" if link.layer == att.LAYER_L3 else ""
+        tc_path = hooks.tc_attach or att.TC_CLS_BPF
         # ingress
-        if hooks.ingress in (HOOK_XDP_NATIVE, HOOK_XDP_GENERIC):
+        if hooks.xdp:
             mode = "native" if hooks.ingress == HOOK_XDP_NATIVE else "generic"
             undo.append(_xdp_restorer(links, link))
-            links.attach_xdp(link, programs["xdp" + suffix], mode)
-            if any(f.ours for f in links.filters(link, "ingress")):
-                undo.append(_tc_restorer(links, link, "ingress"))
-                links.detach_tc(link, "ingress")
+            links.attach_xdp(link, programs["xdp" + suffix], mode,
+                             hooks.xdp_attach or att.XDP_NETLINK)
+            _tc_off(links, link, "ingress", undo)
         else:
             if hooks.ingress == HOOK_TC:
-                created |= _ensure_clsact(links, link, undo)
-                undo.append(_tc_restorer(links, link, "ingress"))
-                links.attach_tc(link, programs["tc_ingress" + suffix], "ingress")
-            elif any(f.ours for f in links.filters(link, "ingress")):
-                undo.append(_tc_restorer(links, link, "ingress"))
-                links.detach_tc(link, "ingress")
+                created |= _tc_on(links, link, "ingress", programs["tc_ingress" + suffix],
+                                  tc_path, undo)
+            else:
+                _tc_off(links, link, "ingress", undo)
             if links.xdp_is_ours(link):
                 undo.append(_xdp_restorer(links, link))
                 links.detach_xdp(link)
         # egress
         if hooks.egress == HOOK_TC:
-            created |= _ensure_clsact(links, link, undo)
-            undo.append(_tc_restorer(links, link, "egress"))
-            links.attach_tc(link, programs["tc_egress" + suffix], "egress")
-        elif any(f.ours for f in links.filters(link, "egress")):
-            undo.append(_tc_restorer(links, link, "egress"))
-            links.detach_tc(link, "egress")
+            created |= _tc_on(links, link, "egress", programs["tc_egress" + suffix], tc_path,
+                              undo)
+        else:
+            _tc_off(links, link, "egress", undo)
+        # A clsact qdisc netctl made for filters it no longer has (moved to tcx) goes too.
+        if created and not any(f.ours for d in ("ingress", "egress")
+                               for f in links.filters(link, d)) \
+                and links.remove_clsact_if_unused(link):
+            undo.append(lambda link=link: links.ensure_clsact(link))
+            created = False
         out[t.name] = interface_record(t, link, hooks, created)
     return out
+
+
+def _tc_on(links: att.Links, link: att.LinkInfo, direction: str, fd: int, path: str,
+           undo: list) -> bool:
+    """netctl's program ``fd`` on the tc hook of ``direction`` the ``path`` way, the other
+    way's attachment removed after (for a moment both run: never neither).  True when a
+    clsact qdisc was created for it."""
+    created = False
+    undo.append(_tc_restorer(links, link, direction))
+    if path == att.TC_TCX:
+        links.attach_tcx(link, fd, direction)
+        links.detach_tc(link, direction)
+    else:
+        created = _ensure_clsact(links, link, undo)
+        links.attach_tc(link, fd, direction)
+        links.detach_tcx(link, direction)
+    return created
+
+
+def _tc_off(links: att.Links, link: att.LinkInfo, direction: str, undo: list) -> None:
+    """No program of netctl's on the tc hook of ``direction``, either way."""
+    if links.tc_ours(link, direction):
+        undo.append(_tc_restorer(links, link, direction))
+        links.detach_tcx(link, direction)
+        links.detach_tc(link, direction)
 
 
 def _ensure_clsact(links: att.Links, link: att.LinkInfo, undo: list) -> bool:
@@ -196,8 +247,10 @@ def _ensure_clsact(links: att.Links, link: att.LinkInfo, undo: list) -> bool:
 
 
 def _xdp_restorer(links: att.Links, link: att.LinkInfo):
-    """Undo for an XDP change: put back netctl's previous program, or nothing."""
+    """Undo for an XDP change: put back netctl's previous program (the same way), or
+    nothing."""
     before = links.info(link.index)
+    path = links.xdp_path(before) if before is not None else None
 
     def restore():
         now = links.info(link.index)
@@ -208,7 +261,8 @@ def _xdp_restorer(links: att.Links, link: att.LinkInfo):
 
             fd = bpfsys.prog_fd_by_id(before.xdp_prog_id)
             try:
-                links.attach_xdp(now, fd, before.xdp_mode or "native")
+                links.attach_xdp(now, fd, before.xdp_mode or "native",
+                                 path or att.XDP_NETLINK)
             finally:
                 os.close(fd)
         elif links.xdp_is_ours(now):
@@ -217,8 +271,9 @@ def _xdp_restorer(links: att.Links, link: att.LinkInfo):
 
 
 def _tc_restorer(links: att.Links, link: att.LinkInfo, direction: str):
-    """Undo for a tc change: netctl's previous filter program back, or no filter."""
-    before = [f for f in links.filters(link, direction) if f.ours]
+    """Undo for a tc change: netctl's previous program back the way it was attached, or
+    none of netctl's on the hook."""
+    before = links.tc_ours(link, direction)
 
     def restore():
         if before and before[0].prog_id:
@@ -226,10 +281,11 @@ def _tc_restorer(links: att.Links, link: att.LinkInfo, direction: str):
 
             fd = bpfsys.prog_fd_by_id(before[0].prog_id)
             try:
-                links.attach_tc(link, fd, direction)
+                _tc_on(links, link, direction, fd, before[0].path, [])
             finally:
                 os.close(fd)
         else:
+            links.detach_tcx(link, direction)
             links.detach_tc(link, direction)
     return restore
 
@@ -256,6 +312,7 @@ def detach_interface(links: att.Links, rec: InterfaceRecord) -> bool:
     if links.xdp_is_ours(link):
         links.detach_xdp(link)
     for direction in ("ingress", "egress"):
+        links.detach_tcx(link, direction)
         links.detach_tc(link, direction)
     if rec.created_clsact:
         links.remove_clsact_if_unused(link)
@@ -279,7 +336,7 @@ def detach_removed(links: att.Links, previous: dict[str, InterfaceRecord],
 
 def has_ours(links: att.Links, link: att.LinkInfo) -> bool:
     return links.xdp_is_ours(link) or any(
-        f.ours for d in ("ingress", "egress") for f in links.filters(link, d))
+        links.tc_ours(link, d) for d in ("ingress", "egress"))
 
 
 # ---- checking ------------------------------------------------------------------------------
@@ -300,15 +357,35 @@ def attachment_problems(links: att.Links, name: str, rec: InterfaceRecord,
                             if link.xdp_prog_id else "XDP program missing")
         elif link.xdp_mode != want_mode:
             problems.append(f"XDP attached in {link.xdp_mode} mode, not {want_mode}")
+        elif links.xdp_path(link) != rec.xdp_path:
+            problems.append(f"XDP attached through {links.xdp_path(link)}, not "
+                            f"{rec.xdp_path}")
     for direction, hook in (("ingress", ingress), ("egress", egress)):
         if hook != HOOK_TC:
             continue
-        ours = [f for f in links.filters(link, direction) if f.ours]
+        noun = "link" if rec.tc_path == att.TC_TCX else "filter"
+        ours = links.tc_ours(link, direction)
         if not ours:
-            problems.append(f"tc {direction} filter missing")
+            problems.append(f"tc {direction} {noun} missing")
+        elif len(ours) > 1:
+            problems.append(f"tc {direction}: netctl's program attached twice "
+                            f"({' and '.join(a.path for a in ours)})")
         elif ours[0].prog_id != ids.get(role(rec, f"tc_{direction}")):
-            problems.append(f"tc {direction} filter runs another program")
+            problems.append(f"tc {direction} {noun} runs another program")
+        elif ours[0].path != rec.tc_path:
+            problems.append(f"tc {direction} attached as {ours[0].path}, not {rec.tc_path}")
     return problems
+
+
+def attach_paths_live(links: att.Links, name: str, rec: InterfaceRecord) -> dict[str, str | None]:
+    """How the interface's hooks are reached now (status): {"tc": tcx / cls_bpf, "xdp":
+    link / netlink}, None where netctl has nothing."""
+    link = links.find(name)
+    if link is None:
+        return {"tc": None, "xdp": None}
+    tc = [a.path for d in ("ingress", "egress") for a in links.tc_ours(link, d)]
+    return {"tc": "+".join(sorted(set(tc))) or None,
+            "xdp": links.xdp_path(link) if links.xdp_is_ours(link) else None}
 
 
 def attachments_intact(links: att.Links, ids: dict[str, int],
@@ -333,5 +410,5 @@ def runs_any(links: att.Links, name: str, ids: dict[str, int]) -> bool:
     if link.xdp_prog_id is not None and link.xdp_prog_id in (ids.get("xdp"), ids.get("xdp_l3")):
         return True
     tc_ids = {ids.get(r) for r in ("tc_ingress", "tc_egress", "tc_ingress_l3", "tc_egress_l3")}
-    return any(f.ours and f.prog_id in tc_ids
-               for direction in ("ingress", "egress") for f in links.filters(link, direction))
+    return any(a.prog_id in tc_ids
+               for direction in ("ingress", "egress") for a in links.tc_ours(link, direction))

@@ -3,7 +3,8 @@
 Every verb is a short process, so what a datapath is made of must be found again from
 outside: its maps and programs are pinned in ``PIN_ROOT/ns<cookie>/<build>/`` and what was
 applied (policy, generations, interfaces, carried counters) is in
-``STATE_ROOT/ns<cookie>/state.json``.  The netns cookie (SO_NETNS_COOKIE) names the
+``STATE_ROOT/ns<cookie>/state.json``; the bpf_links that hold its programs on the interfaces
+are pinned in ``PIN_ROOT/ns<cookie>/links/``.  The netns cookie (SO_NETNS_COOKIE) names the
 namespace: unlike an inode number it is never reused, so a new namespace never adopts a
 dead one's state.  Both directories are root-only.
 """
@@ -30,6 +31,7 @@ from .state import State
 
 SO_NETNS_COOKIE = 71
 BPF_FS_MAGIC = 0xCAFE4A11
+LINK_DIR_NAME = "links"     # the pins of the links that hold the programs on the hooks
 
 
 def netns_cookie() -> int:
@@ -278,9 +280,17 @@ class Namespace:
         return (f"{self.pin_dir}/conntrack-{constants.get('NETCTL_CT_ENTRIES', 0)}"
                 f"-v{CT_LAYOUT}")
 
+    @property
+    def link_dir(self) -> str:
+        """Where the bpf_links that hold netctl's programs on the interfaces are pinned
+        (netctl.datapath.attach): outside any build, so a rebuild swaps the program in
+        them."""
+        return f"{self.pin_dir}/{LINK_DIR_NAME}"
+
     def builds(self) -> list[str]:
+        """The builds (and conntrack tables) pinned here; the link directory is none."""
         try:
-            return sorted(os.listdir(self.pin_dir))
+            return sorted(n for n in os.listdir(self.pin_dir) if n != LINK_DIR_NAME)
         except FileNotFoundError:
             return []
 

@@ -197,7 +197,8 @@ def live_edits(record: Generation | None) -> dict[str, dict[str, list[str]]]:
 def apply_keeping_edits(policy: Policy, devs: list[str] | None = None,
                         xdp_mode: str | None = None, dry_run: bool = False,
                         extra_cflags: tuple[str, ...] = (), max_entries: int | None = None,
-                        ssh: str | None = None, confirm: int | None = None):
+                        ssh: str | None = None, confirm: int | None = None,
+                        attach: str | None = None):
     """`netctl apply`: the policy with the live edits of its sets in force.  Edits of a
     set the policy no longer defines are dropped (a warning says so)."""
     from .control import apply
@@ -206,12 +207,14 @@ def apply_keeping_edits(policy: Policy, devs: list[str] | None = None,
     ns = Namespace.current()
     if not policy.sets and not _any_edits(_peek_state(ns)):
         return apply(policy, devs=devs, xdp_mode=xdp_mode, dry_run=dry_run,
-                     extra_cflags=extra_cflags, max_entries=max_entries, ssh=ssh, confirm=confirm)
+                     extra_cflags=extra_cflags, max_entries=max_entries, ssh=ssh, confirm=confirm,
+                     attach=attach)
     with edits_lock(ns):
         _state, record = live_record(ns)
         merged, gone = with_edits(policy, live_edits(record))
         result = apply(merged, devs=devs, xdp_mode=xdp_mode, dry_run=dry_run,
-                       extra_cflags=extra_cflags, max_entries=max_entries, ssh=ssh, confirm=confirm)
+                       extra_cflags=extra_cflags, max_entries=max_entries, ssh=ssh, confirm=confirm,
+                       attach=attach)
     result.sets = sets_record(merged)
     result.warnings += [f"the live edits of set @{name} are dropped: the policy no longer "
                         "defines that set" for name in gone]
@@ -276,6 +279,7 @@ def set_edit(name: str, add: list[Prefix3] = (), delete: list[Prefix3] = (),  # 
         if edited is policy:
             return outcome, None
         request = state.request or Request()
-        result = apply(edited, devs=request.devs, xdp_mode=request.xdp_mode)
+        result = apply(edited, devs=request.devs, xdp_mode=request.xdp_mode,
+                       attach=request.attach)
     result.sets = sets_record(edited)
     return outcome, result

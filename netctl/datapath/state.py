@@ -10,7 +10,7 @@ object, version 1 since netctl's first release::
      "interfaces": {NAME: INTERFACE},
      "carried": {"rules": {RULE: [packets, bytes]}, "stats": [[packets, bytes], ...]},
      "netns": NAME, "epoch": N,
-     "request": {"devs": [...] or null, "xdp_mode": MODE or null},
+     "request": {"devs": [...] or null, "xdp_mode": MODE or null, "attach": "legacy"},
      "pending": {"build": BUILD, "generation": GENERATION, "interfaces": {...}},
      "confirm": {"gen", "deadline", "wall_deadline", "policy", "previous", "watcher"},
      "rollbacks": N, "last_rollback": {"at", "policy", "restored"}}
@@ -19,7 +19,8 @@ object, version 1 since netctl's first release::
 
 Compatibility both ways: files written by older netctl lack keys added since (an
 interface's ``link``, a build's ``limits``, a generation's ``contents`` and ``nexthops``,
-``epoch``, ``request``); they load with the defaults the code has always assumed.  Keys this
+``epoch``, ``request``, an interface's ``tc_attach`` and ``xdp_attach``, a request's
+``attach``); they load with the defaults the code has always assumed.  Keys this
 netctl does not know (written by a newer one at the same version) are kept in ``extra`` and
 written back, so neither loses what the other wrote.  A file of another version is refused:
 an older netctl must not act on a layout it cannot read.
@@ -206,9 +207,14 @@ class Interface:
     why: str | None = None
     created_clsact: bool = False
     link: str | None = None            # attach.LAYER_*; absent in older records: Ethernet
+    # How the hooks are reached (attach.TC_*, attach.XDP_*), set for the hooks used; absent
+    # in older records, whose netctl used cls_bpf filters and netlink only.
+    tc_attach: str | None = None
+    xdp_attach: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _KEYS = ("name", "ifindex", "kind", "ingress", "egress", "why", "created_clsact", "link")
+    _KEYS = ("name", "ifindex", "kind", "ingress", "egress", "why", "created_clsact", "link",
+             "tc_attach", "xdp_attach")
 
     @classmethod
     def from_json(cls, data: Any) -> Interface:
@@ -216,7 +222,8 @@ class Interface:
         return cls(name=data["name"], ifindex=data.get("ifindex"), kind=data.get("kind"),
                    ingress=data.get("ingress"), egress=data.get("egress"),
                    why=data.get("why"), created_clsact=bool(data.get("created_clsact")),
-                   link=data.get("link"), extra=_extra(data, cls._KEYS))
+                   link=data.get("link"), tc_attach=data.get("tc_attach"),
+                   xdp_attach=data.get("xdp_attach"), extra=_extra(data, cls._KEYS))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -225,7 +232,27 @@ class Interface:
             "created_clsact": self.created_clsact}
         if self.link is not None:
             out["link"] = self.link
+        if self.tc_attach is not None:
+            out["tc_attach"] = self.tc_attach
+        if self.xdp_attach is not None:
+            out["xdp_attach"] = self.xdp_attach
         return {**out, **self.extra}
+
+    @property
+    def tc_path(self) -> str | None:
+        """The way netctl's tc hooks are reached here ("tcx" or "cls_bpf"), None without
+        one."""
+        if "tc" not in (self.ingress, self.egress):
+            return None
+        return self.tc_attach or "cls_bpf"
+
+    @property
+    def xdp_path(self) -> str | None:
+        """The way netctl's XDP program is attached here ("link" or "netlink"), None
+        without one."""
+        if not (self.ingress or "").startswith("xdp"):
+            return None
+        return self.xdp_attach or "netlink"
 
 
 @dataclass
@@ -259,19 +286,24 @@ class Carried:
 
 @dataclass
 class Request:
-    """How the live policy was last applied (--dev, --xdp-mode): a set edit applies the
-    same way, and the same-file shortcut needs the same request."""
+    """How the live policy was last applied (--dev, --xdp-mode, NETCTL_ATTACH): a set edit
+    applies the same way, and the same-file shortcut needs the same request."""
 
     devs: list[str] | None = None
     xdp_mode: str | None = None
+    attach: str | None = None          # NETCTL_ATTACH when it asked for "legacy"
 
     @classmethod
     def from_json(cls, data: Any) -> Request:
         data = _object(data, "request")
-        return cls(devs=data.get("devs"), xdp_mode=data.get("xdp_mode"))
+        return cls(devs=data.get("devs"), xdp_mode=data.get("xdp_mode"),
+                   attach=data.get("attach"))
 
     def to_json(self) -> dict[str, Any]:
-        return {"devs": self.devs, "xdp_mode": self.xdp_mode}
+        out: dict[str, Any] = {"devs": self.devs, "xdp_mode": self.xdp_mode}
+        if self.attach is not None:
+            out["attach"] = self.attach
+        return out
 
 
 @dataclass

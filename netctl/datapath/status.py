@@ -9,7 +9,7 @@ from typing import Any
 from .. import abi
 from ..errors import NetctlError
 from . import attach as att
-from .hooks import attachment_problems, prog_ids_shown
+from .hooks import attach_paths_live, attachment_problems, prog_ids_shown
 from .instance import Datapath
 from .live import changed_maps, live_state, open_live, require_privilege
 from .netns import Namespace, netns_name
@@ -74,7 +74,8 @@ def status(verify: bool = True) -> dict[str, Any]:
     state, notes = live_state(ns)
     out: dict[str, Any] = {"netns": netns_name(), "cookie": ns.cookie, "applied": False,
                            "interfaces": [], "rules": [], "defaults": {}, "drops": [],
-                           "problems": list(notes)}
+                           "problems": list(notes), "attach_offered": attach_offered()}
+    _sweep_link_pins(ns)
     if state is None or state.build is None:
         return out
     live, why = open_live(ns, state)
@@ -96,6 +97,7 @@ def status(verify: bool = True) -> dict[str, Any]:
                     rec.to_json(), live=not problems, problems=problems,
                     xdp_prog_id=link.xdp_prog_id if link else None,
                     xdp_mode=link.xdp_mode if link else None,
+                    attach=attach_paths_live(links, name, rec),
                     prog_ids=prog_ids_shown(rec, ids)))
                 out["problems"].extend(f"{name}: {p}" for p in problems)
         if record is None:
@@ -124,6 +126,25 @@ def status(verify: bool = True) -> dict[str, Any]:
                    generation=gen, applied_at=record.applied_at, build=state.build.id,
                    verifier=state.build.verifier)
     return out
+
+
+def attach_offered() -> dict[str, str]:
+    """The ways onto the hooks this kernel offers (what an apply takes by default):
+    {"tc": "tcx" or "cls_bpf", "xdp": "link" or "netlink"}."""
+    tc, xdp = att.attach_paths(att.ATTACH_AUTO)
+    return {"tc": tc, "xdp": xdp}
+
+
+def _sweep_link_pins(ns: Namespace) -> None:
+    """Remove the pins of links whose interface is gone, when no apply or detach holds the
+    namespace (status never waits for one, and never races one over a pin)."""
+    if not os.path.isdir(ns.link_dir):
+        return
+    try:
+        with ns.lock(timeout=0), att.Links(ns.link_dir) as links:
+            links.sweep_link_pins()
+    except (NetctlError, OSError):
+        return
 
 
 def _counters(out: dict[str, Any], live: Datapath, gen: int, record: Generation,

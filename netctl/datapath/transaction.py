@@ -144,6 +144,9 @@ class Transaction:
         self.carried = Carried()
 
     def run(self) -> ApplyResult:
+        # Pins of links whose interface is gone (or that were detached by hand) hold
+        # nothing any more.
+        self.links.sweep_link_pins()
         if self.reload:
             self.build()
         else:

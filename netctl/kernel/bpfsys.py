@@ -1,8 +1,9 @@
-"""A small wrapper of the bpf(2) system call: maps, pins, program loads, test runs.
+"""A small wrapper of the bpf(2) system call: maps, pins, program loads, test runs, links.
 
 bcc compiles netctl's programs; everything else a short-lived netctl process does with BPF
 objects (create and pin maps, open pins, read and write map entries, run a program on a
-packet with BPF_PROG_TEST_RUN, ask the kernel about a program) goes through here, with
+packet with BPF_PROG_TEST_RUN, ask the kernel about a program, attach one with a bpf_link
+and swap the program a link runs) goes through here, with
 keys and values as ``bytes``.  Errors are ``BpfError`` carrying the errno, so callers can
 name the failing object and say why.
 
@@ -49,11 +50,16 @@ MAP_GET_NEXT_ID = 12
 PROG_GET_FD_BY_ID = 13
 MAP_GET_FD_BY_ID = 14
 OBJ_GET_INFO_BY_FD = 15
+PROG_QUERY = 16
 RAW_TRACEPOINT_OPEN = 17
 MAP_LOOKUP_BATCH = 24
 MAP_UPDATE_BATCH = 26
 MAP_DELETE_BATCH = 27
 LINK_CREATE = 28
+LINK_UPDATE = 29
+LINK_GET_FD_BY_ID = 30
+LINK_GET_NEXT_ID = 31
+LINK_DETACH = 34
 
 # map types
 MAP_HASH = 1
@@ -82,6 +88,16 @@ PROG_TRACING = 26
 
 # attach types
 TRACE_FENTRY = 24
+ATTACH_XDP = 37
+TCX_INGRESS = 46
+TCX_EGRESS = 47
+
+# link types (enum bpf_link_type)
+LINK_TYPE_XDP = 6
+LINK_TYPE_TCX = 11
+
+# BPF_LINK_UPDATE: swap only if the link still runs old_prog_fd
+F_REPLACE = 1 << 2
 
 _ATTR_SIZE = 144
 
@@ -493,7 +509,93 @@ def raw_tracepoint_open(name: str, prog_fd: int) -> int:
     return _call(RAW_TRACEPOINT_OPEN, attr, f"attach to raw tracepoint {name}")
 
 
-def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+# ---- links -------------------------------------------------------------------------------
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> int:
+    """A bpf_link of ``prog_fd`` to ``target_fd`` (an interface index for XDP and tcx); the
+    program stays attached while the link is open or pinned."""
     attr = _attr()
-    struct.pack_into("III", attr, 0, prog_fd, target_fd, attach_type)
+    struct.pack_into("IIII", attr, 0, prog_fd, target_fd, attach_type, flags)
     return _call(LINK_CREATE, attr, "link create")
+
+
+def link_update(link_fd: int, prog_fd: int, old_prog_fd: int | None = None) -> None:
+    """Make the link run ``prog_fd`` instead, atomically (each packet sees one program or the
+    other).  With ``old_prog_fd`` the kernel swaps only if the link still runs that program
+    (else EPERM): nobody else's change is overwritten unseen."""
+    attr = _attr()
+    flags = F_REPLACE if old_prog_fd is not None else 0
+    struct.pack_into("IIII", attr, 0, link_fd, prog_fd, flags,
+                     old_prog_fd if old_prog_fd is not None else 0)
+    _call(LINK_UPDATE, attr, "link update")
+
+
+def link_detach(link_fd: int) -> None:
+    """Take the link's program off its hook now; the link object stays (defunct) until its
+    last fd and pin are gone."""
+    attr = _attr()
+    struct.pack_into("I", attr, 0, link_fd)
+    _call(LINK_DETACH, attr, "link detach")
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    type: int           # LINK_TYPE_*
+    id: int
+    prog_id: int
+    ifindex: int        # XDP and tcx links: the interface (0 once it is gone or detached)
+    attach_type: int    # tcx links: TCX_INGRESS or TCX_EGRESS; XDP links: ATTACH_XDP
+
+    @property
+    def defunct(self) -> bool:
+        """Detached, or its interface is gone: it runs nowhere any more."""
+        return self.ifindex == 0
+
+
+def link_info(fd: int) -> LinkInfo:
+    # struct bpf_link_info: type, id, prog_id, then a union 8-aligned at 16 whose XDP
+    # member is {ifindex} and whose tcx member is {ifindex, attach_type}.
+    buf = ctypes.create_string_buffer(64)
+    attr = _attr()
+    struct.pack_into("IIQ", attr, 0, fd, len(buf), ctypes.addressof(buf))
+    _call(OBJ_GET_INFO_BY_FD, attr, "link info")
+    ltype, lid, prog_id, ifindex, attach_type = struct.unpack_from("IIIxxxxII", buf, 0)
+    if ltype == LINK_TYPE_XDP:
+        attach_type = ATTACH_XDP
+    elif ltype != LINK_TYPE_TCX:
+        ifindex = attach_type = 0
+    return LinkInfo(ltype, lid, prog_id, ifindex, attach_type)
+
+
+def link_fd_by_id(link_id: int) -> int:
+    attr = _attr()
+    struct.pack_into("I", attr, 0, link_id)
+    return _call(LINK_GET_FD_BY_ID, attr, f"open link id {link_id}")
+
+
+def link_ids() -> list[int]:
+    """Every bpf_link in the system (for leak checks)."""
+    return _ids(LINK_GET_NEXT_ID)
+
+
+@dataclass(frozen=True)
+class Attached:
+    """One program on a multi-program hook (tcx), in the order they run."""
+
+    prog_id: int
+    link_id: int        # 0: attached without a link (BPF_PROG_ATTACH)
+
+
+def prog_query(ifindex: int, attach_type: int, room: int = 64) -> list[Attached]:
+    """The programs on a tcx hook of interface ``ifindex`` (in this network namespace), in
+    the order they run."""
+    prog_ids = (ctypes.c_uint32 * room)()
+    link_ids = (ctypes.c_uint32 * room)()
+    attr = _attr()
+    struct.pack_into("IIIIQI", attr, 0, ifindex, attach_type, 0, 0,
+                     ctypes.addressof(prog_ids), room)
+    struct.pack_into("Q", attr, 40, ctypes.addressof(link_ids))
+    _call(PROG_QUERY, attr, f"query programs of interface {ifindex}")
+    count = min(struct.unpack_from("I", attr, 24)[0], room)
+    return [Attached(prog_ids[i], link_ids[i]) for i in range(count)]

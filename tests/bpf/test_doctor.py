@@ -2,13 +2,14 @@
 
 Measured here: kernel 6.18 with BTF, root; XDP, sched_cls, tracepoint and raw tracepoint
 programs load; BPF_PROG_TEST_RUN and the ring buffer work; veths take native XDP and a
-clsact bpf filter; CONFIG_KPROBES is off and fentry loads get EPERM; the kernel headers are
-Debian's 6.1 linked as a fallback.  The doctor must find exactly that by trying, and leave
-nothing behind (no veth, no open fd).
+clsact bpf filter, an XDP link and a tcx link; CONFIG_KPROBES is off and fentry loads get
+EPERM; the kernel headers are Debian's 6.1 linked as a fallback.  The doctor must find
+exactly that by trying, and leave nothing behind (no veth, no open fd, no link).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,7 +25,7 @@ NETCTL = str(Path(sys.executable).with_name("netctl"))
 NAMES = ["kernel", "privilege", "btf", "headers", "jit", "bpffs", "pin_root", "tracefs", "debugfs",
          "prog_xdp", "prog_sched_cls", "prog_tracepoint", "prog_raw_tracepoint",
          "prog_kprobe", "prog_fentry", "test_run", "ringbuf", "xdp_native_veth",
-         "tc_clsact_veth"]
+         "tc_clsact_veth", "xdp_link_veth", "tcx_veth"]
 REQUIRED = {"kernel", "privilege", "btf", "headers", "pin_root", "prog_xdp", "prog_sched_cls",
             "prog_tracepoint", "test_run", "xdp_native_veth", "tc_clsact_veth"}
 
@@ -109,6 +110,26 @@ def test_veth_gets_native_xdp_and_a_clsact_filter_and_is_removed(checks):
     assert "mode 'xdp'" in checks["xdp_native_veth"].detail
     assert checks["tc_clsact_veth"].ok, checks["tc_clsact_veth"]
     assert _ndoc_links() == []
+
+
+def test_veth_takes_an_xdp_link_and_a_tcx_link_and_none_is_left(checks):
+    from netctl.kernel import bpfsys
+
+    assert checks["xdp_link_veth"].ok, checks["xdp_link_veth"]
+    assert "apply attaches XDP as a link" in checks["xdp_link_veth"].detail
+    assert checks["tcx_veth"].ok, checks["tcx_veth"]
+    assert "apply attaches tc programs as tcx links" in checks["tcx_veth"].detail
+    for link_id in bpfsys.link_ids():     # no link of the doctor's probes is left
+        with contextlib.suppress(OSError):
+            fd = bpfsys.link_fd_by_id(link_id)
+            try:
+                prog = bpfsys.prog_fd_by_id(bpfsys.link_info(fd).prog_id)
+                try:
+                    assert not bpfsys.prog_info(prog).name.startswith("ndoc_")
+                finally:
+                    os.close(prog)
+            finally:
+                os.close(fd)
 
 
 def test_cli_json_report():

@@ -90,8 +90,21 @@ class Lab:
                      ns=self.gen, check=False)
         return result.returncode == 0
 
+    def tcx_programs(self) -> list[tuple[str, int, str | None]]:
+        """(direction, link id, program name) of every program on the DUT interface's tcx
+        hooks (none where the kernel has no tcx)."""
+        from netctl.datapath import attach as att
+
+        with inside(self.dut), att.Links(link_dir="/nonexistent") as links:
+            link = links.find(self.dut_if)
+            if link is None:
+                return []
+            return [(d, a.link_id, att.prog_name(a.prog_id))
+                    for d in ("ingress", "egress") for a in links.tcx_programs(link, d)]
+
     def leftovers(self) -> list[str]:
-        """Anything netctl left behind in the DUT: XDP, tc filters, clsact, pins, state."""
+        """Anything netctl left behind in the DUT: XDP, tc filters, tcx links, clsact, pins,
+        state."""
         out = []
         link = run("ip", "-d", "link", "show", self.dut_if, ns=self.dut).stdout
         if "xdp" in link.split("link/ether")[0] or " prog/xdp" in link:
@@ -101,6 +114,9 @@ class Lab:
                           check=False).stdout
             if filters.strip():
                 out.append(f"tc {parent} filters: {filters}")
+        tcx = self.tcx_programs()
+        if tcx:
+            out.append(f"tcx programs: {tcx}")
         qdiscs = run("tc", "qdisc", "show", "dev", self.dut_if, ns=self.dut).stdout
         if "clsact" in qdiscs:
             out.append(f"qdisc: {qdiscs}")

@@ -1,5 +1,6 @@
 """A policy change is atomic under load: while trafgen floods the DUT, 50 applies alternate
-two policies, and no packet is judged by a mix of them.
+two policies, and no packet is judged by a mix of them; with netctl's programs held by tcx
+links, and by cls_bpf filters (NETCTL_ATTACH=legacy).
 
 How it is observed: the flood matches exactly one rule in each policy (``hit-a`` in A,
 ``hit-b`` in B).  Each policy also has a rule named ``decoy`` after its hit, which a
@@ -18,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from lab import REPO
 
 sys.path.insert(0, str(REPO))
@@ -43,7 +45,13 @@ rules:
 APPLIES = 50
 
 
-def test_fifty_alternating_applies_under_load_judge_no_packet_by_a_mix():
+@pytest.mark.parametrize("attach", ["auto", "legacy"])
+def test_fifty_alternating_applies_under_load_judge_no_packet_by_a_mix(monkeypatch, attach):
+    from netctl.datapath import attach as att
+
+    if attach == "auto" and not att.tcx_offered():
+        pytest.skip("this kernel has no tcx: auto is cls_bpf, tested as legacy")
+    monkeypatch.setenv("NETCTL_ATTACH", attach)   # every netctl below inherits it
     tmp = Path(tempfile.mkdtemp())
     a, b = tmp / "a.yaml", tmp / "b.yaml"
     a.write_text(POLICY_A)
@@ -65,9 +73,12 @@ def test_fifty_alternating_applies_under_load_judge_no_packet_by_a_mix():
                 sh(*NETCTL, "apply", str(b if i % 2 == 0 else a), "--dev", topo.dut_if,
                    ns=topo.dut)
             status = json.loads(sh(*NETCTL, "status", "-o", "json", ns=topo.dut).stdout)
+            dev = next(i for i in status["interfaces"] if i["name"] == topo.dut_if)
         finally:
             stop_group(flood)
             sh(*NETCTL, "detach", "--all", ns=topo.dut, check=False)
+    assert dev["attach"]["tc"] == ("cls_bpf" if attach == "legacy" else "tcx"), dev
+    assert dev["live"], dev
     counts = {r["name"]: r["packets"] for r in status["rules"]}
     # The live policy is A (after 50 applies); "decoy" was in every generation, A's and B's.
     assert counts["hit-a"] > 10_000, counts

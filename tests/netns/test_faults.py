@@ -254,24 +254,59 @@ def test_a_policy_too_big_for_the_rule_table_changes_nothing(the_lab):
     assert json.loads(the_lab.netctl("status", "-o", "json").stdout)["problems"] == []
 
 
+@pytest.mark.parametrize("way", ["links", "legacy"])
 @pytest.mark.parametrize("hook", ["tc", "xdp"])
-def test_programs_removed_by_hand_are_reported_and_reattached(the_lab, hook):
+def test_programs_removed_by_hand_are_reported_and_reattached(the_lab, hook, way):
     mode = ("--xdp-mode", "generic") if hook == "xdp" else ()
-    the_lab.apply(POLICY_A, *mode)
+    env = {"NETCTL_ATTACH": "legacy"} if way == "legacy" else None
+    path = the_lab.policy(POLICY_A)
+    the_lab.netctl("apply", path, "--dev", the_lab.dut_if, *mode, env=env)
     assert _which_policy(the_lab) == "A"
     if hook == "xdp":
-        run("ip", "link", "set", "dev", the_lab.dut_if, "xdpgeneric", "off", ns=the_lab.dut)
         expected = "XDP program missing"
+        if way == "legacy":
+            run("ip", "link", "set", "dev", the_lab.dut_if, "xdpgeneric", "off",
+                ns=the_lab.dut)
+        else:
+            _detach_link_by_hand(the_lab, hook)
     else:
-        run("tc", "filter", "del", "dev", the_lab.dut_if, "ingress", ns=the_lab.dut)
-        expected = "tc ingress filter missing"
+        if way == "legacy":
+            run("tc", "filter", "del", "dev", the_lab.dut_if, "ingress", ns=the_lab.dut)
+            expected = "tc ingress filter missing"
+        else:
+            _detach_link_by_hand(the_lab, hook)
+            expected = "tc ingress link missing"
     assert _which_policy(the_lab) == "mix 1111:2 2222:2"   # nothing filters now
     status = the_lab.status()
     assert any(expected in p for p in status["problems"]), status["problems"]
     out = the_lab.netctl("status", check=False)
     assert out.returncode == 1 and expected in out.stdout + out.stderr
     # The same policy again is not a no-op: it attaches what is missing.
-    result = the_lab.apply(POLICY_A, *mode)
-    assert result["unchanged"] is False
+    out = the_lab.netctl("apply", path, "--dev", the_lab.dut_if, *mode, "-o", "json",
+                         env=env)
+    assert json.loads(out.stdout)["unchanged"] is False
     assert _which_policy(the_lab) == "A"
     assert the_lab.status()["problems"] == []
+
+
+def _detach_link_by_hand(the_lab, hook: str) -> None:
+    """BPF_LINK_DETACH of netctl's link on the hook, as `bpftool link detach` does: the
+    pin stays, holding a link that runs nowhere."""
+    from nsutil import inside
+
+    from netctl.datapath import attach as att
+    from netctl.kernel import bpfsys
+
+    with inside(the_lab.dut), att.Links() as links:
+        link = links.find(the_lab.dut_if)
+        if hook == "xdp":
+            link_id = links.xdp_link_id(link)
+        else:
+            link_id = next(a.link_id for a in links.tc_ours(link, "ingress")
+                           if a.path == att.TC_TCX)
+        assert link_id is not None
+        fd = bpfsys.link_fd_by_id(link_id)
+        try:
+            bpfsys.link_detach(fd)
+        finally:
+            os.close(fd)

@@ -122,6 +122,16 @@ class FakeLinks:
     def detach_tc(self, link, direction):
         self.kernel.filters[direction] = None
 
+    def tc_ours(self, link, direction):
+        return [att.TcAttachment(att.TC_CLS_BPF, f.prog_id)
+                for f in self.filters(link, direction)]
+
+    def detach_tcx(self, link, direction):
+        return False
+
+    def sweep_link_pins(self):
+        return []
+
     def ensure_clsact(self, link):
         return False
 

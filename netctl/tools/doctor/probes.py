@@ -1,5 +1,6 @@
 """Checks that load, run and attach: program types, the test-run and ring-buffer paths,
-and XDP and tc on a temporary veth pair."""
+and XDP and tc on a temporary veth pair, each both ways netctl attaches (netlink, and the
+bpf_links apply takes where the kernel offers them: tcx, XDP links)."""
 
 from __future__ import annotations
 
@@ -227,7 +228,7 @@ def check_ringbuf(p: Probes) -> Check:
 
 
 def _veth_checks(p: Probes) -> list[Check]:
-    names = ("xdp_native_veth", "tc_clsact_veth")
+    names = ("xdp_native_veth", "tc_clsact_veth", "xdp_link_veth", "tcx_veth")
     try:
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
@@ -239,12 +240,19 @@ def _veth_checks(p: Probes) -> list[Check]:
             try:
                 ipr.link("add", ifname=a, kind="veth", peer=b)
                 index = ipr.link_lookup(ifname=a)[0]
+                peer = ipr.link_lookup(ifname=b)[0]
             except (NetlinkError, OSError, IndexError) as exc:
                 reason = p.ctx.why(exc, f"cannot create veth pair {a}/{b}")
-                checks = [Check(n, False, reason, True) for n in names]
+                checks = [Check(n, False, reason, n in names[:2]) for n in names]
             else:
                 checks = [_run(n, lambda fn=fn: fn(p, ipr, index, a), True)
-                          for n, fn in zip(names, (_xdp_on_veth, _tc_on_veth), strict=True)]
+                          for n, fn in zip(names[:2], (_xdp_on_veth, _tc_on_veth),
+                                           strict=True)]
+                # The links go on the peer, which has no program yet; not required: apply
+                # falls back to netlink where the kernel has no links.
+                checks += [_run(n, lambda fn=fn: fn(p, peer, b), False)
+                           for n, fn in zip(names[2:], (_xdp_link_on_veth, _tcx_on_veth),
+                                            strict=True)]
         finally:
             left = _remove_links(ipr, (a, b), NetlinkError)
     if left:  # say so loudly: doctor must leave nothing behind
@@ -310,3 +318,50 @@ def _tc_on_veth(p: Probes, ipr, index: int, dev: str) -> Check:
                  f"temporary veth {dev}", True)
 
 
+
+
+def _xdp_link_on_veth(p: Probes, index: int, dev: str) -> Check:
+    from ...datapath.attach import XDP_MODE_FLAGS, xdp_link_offered
+
+    if not xdp_link_offered():
+        raise ProbeFailed("this kernel attaches no XDP program as a link: apply attaches XDP "
+                          "through netlink (IFLA_XDP)")
+    fd = p.xdp()
+    try:
+        link = bpfsys.link_create(fd, index, bpfsys.ATTACH_XDP, XDP_MODE_FLAGS["native"])
+    except bpfsys.BpfError as exc:
+        raise ProbeFailed(p.ctx.why(exc, f"XDP link on veth {dev} refused")) from None
+    try:
+        info = bpfsys.link_info(link)
+    finally:
+        os.close(link)   # the last reference: the program leaves the veth
+    want = bpfsys.prog_info(fd).id
+    if info.prog_id != want or info.ifindex != index:
+        raise ProbeFailed(f"the link was created, but reports program {info.prog_id} on "
+                          f"interface {info.ifindex} (want {want} on {index})")
+    return Check("xdp_link_veth", True, f"XDP link (native) on temporary veth {dev}: link "
+                 f"{info.id}, program {info.prog_id}; apply attaches XDP as a link", False)
+
+
+def _tcx_on_veth(p: Probes, index: int, dev: str) -> Check:
+    from ...datapath.attach import tcx_offered
+
+    if not tcx_offered():
+        raise ProbeFailed("this kernel has no tcx (it came in 6.6): apply attaches tc "
+                          "programs as cls_bpf filters")
+    fd = p.sched_cls()
+    try:
+        link = bpfsys.link_create(fd, index, bpfsys.TCX_INGRESS)
+    except bpfsys.BpfError as exc:
+        raise ProbeFailed(p.ctx.why(exc, f"tcx link on veth {dev} refused")) from None
+    try:
+        attached = bpfsys.prog_query(index, bpfsys.TCX_INGRESS)
+        info = bpfsys.link_info(link)
+    finally:
+        os.close(link)
+    if [(a.prog_id, a.link_id) for a in attached] != [(info.prog_id, info.id)]:
+        raise ProbeFailed(f"the link was created, but ingress of veth {dev} lists "
+                          f"{attached} (want program {info.prog_id} by link {info.id})")
+    return Check("tcx_veth", True, f"tcx link on ingress of temporary veth {dev}: link "
+                 f"{info.id}, program {info.prog_id}; apply attaches tc programs as tcx "
+                 "links", False)
