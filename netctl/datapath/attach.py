@@ -13,7 +13,7 @@ Two ways onto each hook, the first where the kernel offers it (``attach_paths``)
   named ``netctl_ingress``/``netctl_egress``; replacing that filter swaps programs
   atomically.  Accepted packets leave with TC_ACT_UNSPEC, which tcx reads as TCX_NEXT: what
   others attached behind netctl still runs (every return code netctl's tc programs use means
-  the same under both: tests/unit/test_tcx_verdicts.py).
+  the same under both: tests/unit/test_attach_paths.py).
 * XDP: a **link** (BPF_LINK_CREATE with BPF_XDP and the mode's flag), pinned as
   ``xdp-<ifindex>`` and swapped with BPF_LINK_UPDATE; else **netlink** (IFLA_XDP with
   XDP_FLAGS_REPLACE).  An interface holds one XDP program: moving between the two ways takes
