@@ -34,8 +34,10 @@ import contextlib
 import errno as errno_mod
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -422,16 +424,7 @@ class Links:
         return f"{self.link_dir}/{link_pin_name(hook, index)}"
 
     def _pinned_info(self, name: str) -> bpfsys.LinkInfo | None:
-        try:
-            fd = bpfsys.obj_get(f"{self.link_dir}/{name}")
-        except OSError:
-            return None
-        try:
-            return bpfsys.link_info(fd)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+        return _link_info(bpfsys.obj_get, f"{self.link_dir}/{name}")
 
     def _open_link(self, hook: str, index: int, link_id: int) -> int:
         """An fd of link ``link_id``: through netctl's pin when it holds that link (opening
@@ -649,9 +642,11 @@ def _safe_link_ids() -> list[int]:
         return []
 
 
-def _link_info_by_id(link_id: int) -> bpfsys.LinkInfo | None:
+def _link_info(open_link: Callable[[Any], int], where: Any) -> bpfsys.LinkInfo | None:
+    """The info of the link ``open_link(where)`` opens (a pin path, a link id), or None when
+    it cannot be opened or read."""
     try:
-        fd = bpfsys.link_fd_by_id(link_id)
+        fd = open_link(where)
     except OSError:
         return None
     try:
@@ -660,3 +655,7 @@ def _link_info_by_id(link_id: int) -> bpfsys.LinkInfo | None:
         return None
     finally:
         os.close(fd)
+
+
+def _link_info_by_id(link_id: int) -> bpfsys.LinkInfo | None:
+    return _link_info(bpfsys.link_fd_by_id, link_id)
