@@ -208,8 +208,13 @@ def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
         return None
     build = state.build
     built = build.capacities()
+    # The same file compiles to the same plan, so what the plan alone chooses (the
+    # conntrack size, rule-trie slots keyed by port) is taken from the build; compared is
+    # what the file does not decide: the capacities and this netctl's map layout.
+    same_plan = plan_constants(built, build.constants.get("NETCTL_CT_ENTRIES", 65536),
+                               "NETCTL_DIRECT_PORT" in build.constants)
     if state.request != Request(devs, xdp_mode, normal_attach(attach)) \
-            or build.constants != plan_constants(built) \
+            or build.constants != same_plan \
             or not fits(limits, built) or build.source != source_digest():
         return None
     if state.pending is not None or stale_builds(ns, build):

@@ -76,6 +76,41 @@ def test_namespace_and_veth_are_removed_even_when_the_body_fails():
         assert f" {name}@" not in host_links and f" {name}:" not in host_links
 
 
+def test_same_file_is_already_live_whatever_the_plan_chose(tmp_path):
+    """The "same file, already live" shortcut holds for plans whose build carries what the
+    plan itself chose: rule-trie slots keyed by the destination port (40 rules whose wide
+    port ranges would cut each prefix into 80 entries) and a conntrack size of its own.
+    (It once compared the build with the defaults and loaded and compiled such a file again
+    on every apply: 8.4 s at 100,000 rules.)"""
+    from lab import lab
+
+    rules = "".join(f"  - {{name: r{i}, action: drop, src: 10.{i}.0.0/24, proto: tcp, "
+                    f"dport: {1000 + i * 10}-{30000 + i * 10}}}\n" for i in range(40))
+    port_keyed = tmp_path / "port-keyed.yaml"
+    port_keyed.write_text(f"version: 1\nrules:\n{rules}")
+    sized = tmp_path / "sized.yaml"
+    sized.write_text("version: 1\nstateful: true\nconntrack: {size: 4096}\nrules:\n"
+                     "  - {name: web, action: accept, proto: tcp, dport: 80}\n")
+    with lab(tmp_path) as the_lab:
+        for policy in (port_keyed, sized):
+            first = run(NETCTL, "apply", str(policy), "--dev", the_lab.dut_if,
+                        ns=the_lab.dut, check=False)
+            assert first.returncode == 0, first.stdout + first.stderr
+            again = run(NETCTL, "apply", str(policy), "--dev", the_lab.dut_if,
+                        ns=the_lab.dut, check=False)
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert f"{policy}: already live" in again.stdout, again.stdout
+            # ... and by the shortcut: a full apply that finds nothing to write says the
+            # same, so the shortcut itself is asked.
+            asked = run(sys.executable, "-c",
+                        "import sys; from netctl.datapath.control import already_live; "
+                        "print(already_live(sys.argv[1], [sys.argv[2]], None) is not None)",
+                        str(policy), the_lab.dut_if, ns=the_lab.dut, check=False)
+            assert asked.stdout.strip() == "True", asked.stdout + asked.stderr
+        status = the_lab.status()
+        assert status["problems"] == []
+
+
 def test_apply_from_standard_input(tmp_path):
     """`netctl apply -` reads the policy from standard input: it goes live and status names
     it <stdin> with no file digest; a file named `-` in the working directory, live and
