@@ -141,9 +141,41 @@ def pack_u32s(values: Iterable[int]) -> bytes:
     return data.tobytes()
 
 
+def unpack_u32s(data: bytes) -> list[int]:
+    """Many u32 back to back, little-endian (as unpack_u32 each)."""
+    values = array("I", data)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
+
+
 def pack_classes_many(values: Iterable[tuple[int, ...]]) -> bytes:
     pack = _CLASSES.pack
     return b"".join([pack(*v) for v in values])
+
+
+def unpack_rule_keys(blob: bytes, gen: int) -> list[tuple[int, ...] | None]:
+    """Rule-trie keys back to back -> the plan's key tuple of each in generation ``gen``
+    (None for the other's), as ``unpack_rule_key`` unpacks one: a status at 100,000 rules
+    reads a million."""
+    head, addr_bytes, from_bytes = RULE_KEY_HEADER_BITS, ADDR_BYTES, int.from_bytes
+    return [(slot, direction, family, proto, other, sport, l4, plen - head,
+             from_bytes(addr[:addr_bytes.get(family, 16)], "big")) if g == gen else None
+            for plen, g, slot, direction, family, proto, other, sport, l4, addr
+            in _RULE_KEY.iter_unpack(blob)]
+
+
+def unpack_lpm_keys(family: int, blob: bytes, gen: int) -> list[tuple[int, int] | None]:
+    """LPM-trie keys back to back -> (prefixlen, network) of each in generation ``gen``
+    (None for the other's)."""
+    layout = struct.Struct(f"<II{ADDR_BYTES[family]}s")
+    from_bytes = int.from_bytes
+    return [(plen - 32, from_bytes(network, "big")) if g == gen else None
+            for plen, g, network in layout.iter_unpack(blob)]
+
+
+def unpack_rules(blob: bytes) -> list[tuple[int, int]]:
+    return [(action, flags) for action, flags, _ in _RULE.iter_unpack(blob)]
 
 
 # ---- codecs ---------------------------------------------------------------------------------
@@ -154,8 +186,9 @@ class Codec:
     netctl_maps.h, its size, and for the policy maps how plan entries become its bytes.
 
     Keys of LPM tries carry the generation: ``pack(gen, key)``, ``unpack(data) -> (gen,
-    key)``, ``pack_many(gen, keys)``.  Array indexes and values: ``pack(value)``,
-    ``unpack(data)``, ``pack_many(values)``; ``zero`` is the plan's value for all-zero bytes
+    key)``, ``pack_many(gen, keys)``, ``unpack_many(data, gen) -> [key or None, ...]``.  Array
+    indexes and values: ``pack(value)``, ``unpack(data)``, ``pack_many(values)``,
+    ``unpack_many(data) -> [value, ...]``; ``zero`` is the plan's value for all-zero bytes
     (what an array holds where nothing was written)."""
 
     ctype: str
@@ -164,6 +197,7 @@ class Codec:
     unpack: Callable[[bytes], Any] | None = None
     pack_many: Callable[..., bytes] | None = None
     zero: Any = None
+    unpack_many: Callable[..., list[Any]] | None = None
     zero_bytes: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -203,21 +237,26 @@ def _lpm_key(family: int) -> Codec:
     def pack_many(gen: int, keys: Iterable[tuple[int, int]]) -> bytes:
         return pack_lpm_keys(gen, family, keys)
 
+    def unpack_many(data: bytes, gen: int) -> list[tuple[int, int] | None]:
+        return unpack_lpm_keys(family, data, gen)
+
     name = f"netctl_lpm{family}_key"
     return Codec(f"struct {name}", ctypes.sizeof(structs.STRUCTS[name]), pack, unpack,
-                 pack_many)
+                 pack_many, unpack_many=unpack_many)
 
 
-U32 = Codec("u32", 4, pack_u32, unpack_u32, pack_u32s, zero=0)
+U32 = Codec("u32", 4, pack_u32, unpack_u32, pack_u32s, zero=0, unpack_many=unpack_u32s)
 U64 = Codec("u64", 8)
 LPM4_KEY = _lpm_key(4)
 LPM6_KEY = _lpm_key(6)
 RULE_KEY = Codec("struct netctl_rule_key", ctypes.sizeof(structs.RuleKey), pack_rule_key,
-                 unpack_rule_key, pack_rule_keys)
+                 unpack_rule_key, pack_rule_keys, unpack_many=unpack_rule_keys)
 CLASSES = Codec("struct netctl_classes", ctypes.sizeof(structs.Classes), pack_classes,
-                unpack_classes, pack_classes_many, zero=ZERO_CLASSES)
+                unpack_classes, pack_classes_many, zero=ZERO_CLASSES,
+                unpack_many=lambda data: list(_CLASSES.iter_unpack(data)))
 RULE = Codec("struct netctl_rule", ctypes.sizeof(structs.Rule), pack_rule, unpack_rule,
-             lambda values: b"".join([pack_rule(v) for v in values]), zero=(0, 0))
+             lambda values: b"".join([pack_rule(v) for v in values]), zero=(0, 0),
+             unpack_many=unpack_rules)
 CONFIG = Codec("struct netctl_config", ctypes.sizeof(structs.Config), pack_config,
                unpack_config, lambda values: b"".join([pack_config(v) for v in values]),
                zero=(0,) * CFG_SIZE)

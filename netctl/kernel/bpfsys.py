@@ -295,7 +295,7 @@ class Map:
             if value is not None:
                 yield key, value
 
-    # -- batches (hash and array maps; LPM tries have no batch operations)
+    # -- batches (hash and array maps; LPM tries where the kernel has them: maps.py probes)
     def update_batch(self, keys: bytes, values: bytes, count: int) -> None:
         """Write ``count`` elements whose keys and values are packed back to back."""
         if count == 0:
@@ -333,8 +333,10 @@ class Map:
             ctypes.memmove(token_in, token_out, 8)
         return values.raw[:done * vsz]
 
-    def lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[bytes, bytes]]:
-        """Every element, ``chunk`` at a time (hash and array maps)."""
+    def lookup_batches(self, chunk: int = 16384) -> Iterator[tuple[bytes, bytes]]:
+        """Every element, as (keys, values) packed back to back, ``chunk`` elements a
+        syscall (hash and array maps, and LPM tries where the kernel has batches for
+        them), for callers that unpack a whole batch at once (``struct.iter_unpack``)."""
         ksz, vsz = self.key_size, self.value_size
         kbuf = ctypes.create_string_buffer(ksz * chunk)
         vbuf = ctypes.create_string_buffer(vsz * chunk)
@@ -351,9 +353,8 @@ class Map:
             count = struct.unpack_from("I", attr, 32)[0]
             if ret < 0 and err != errno_mod.ENOENT:
                 raise BpfError(err, f"batch lookup in map {self.info.name}")
-            keys, values = kbuf.raw, vbuf.raw
-            for i in range(count):
-                yield keys[i * ksz:(i + 1) * ksz], values[i * vsz:(i + 1) * vsz]
+            if count:
+                yield kbuf.raw[:count * ksz], vbuf.raw[:count * vsz]
             if ret < 0:  # ENOENT: that was the last batch
                 return
             ctypes.memmove(token_in, token_out, len(token_out))

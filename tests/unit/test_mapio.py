@@ -630,3 +630,21 @@ def test_any_plan_over_any_plan(bystander, a, b, gen):
         contents_digests(plan_b.maps())
     assert_only_gen_written(before, maps, gen, [plan_a, plan_b], [bystander], constants)
     assert read_active(maps) == 1 - gen
+
+
+@pytest.mark.parametrize("name", ["web-server", "dual-stack", "blocklist"])
+def test_bulk_unpack_agrees_with_one_by_one(real_plans, name):
+    """read_generation unpacks a whole batch at once (struct.iter_unpack); each entry comes
+    out as the single-entry unpacker gives it, and the other generation's as None."""
+    plan = real_plans[name]
+    for map_name, d in abi.PLAN_MAPS.items():
+        if d.kind == "array":
+            continue
+        entries = list(plan.maps()[map_name].items())
+        for gen in (0, 1):
+            keys = b"".join(d.key.pack(gen, k) for k, _ in entries)
+            values = b"".join(d.value.pack(v) for _, v in entries)
+            assert d.key.unpack_many(keys, gen) == [d.key.unpack(d.key.pack(gen, k))[1]
+                                                    for k, _ in entries]
+            assert d.key.unpack_many(keys, 1 - gen) == [None] * len(entries)
+            assert d.value.unpack_many(values) == [v for _, v in entries], map_name
