@@ -42,8 +42,9 @@ def _error_text(exc: NetctlError) -> str:
 
 
 def _emit_json(data: object) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
+    # One string, one write: json.dump streams millions of small writes (status -o json at
+    # 100,000 rules spent 2.5 s in them).
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 # -- validate -----------------------------------------------------------------------------
