@@ -15,16 +15,23 @@ from collections.abc import Sequence
 from .cli_parser import EXAMPLES as EXAMPLES  # re-exported: the verbs' examples
 from .cli_parser import parser as _parser
 from .errors import NetctlError, PolicyError, Problem
+from .gcpause import gc_paused
 from .kernel import privilege
 from .present import format_set, format_sets, format_status
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+# Verbs that run until stopped keep the cyclic garbage collector; every other verb is one
+# short burst of allocation without cycles and runs with it paused (netctl/gcpause.py).
+LONG_RUNNING = frozenset({"monitor", "top", "exporter", "agent", "lab"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return int(HANDLERS[args.verb](args) or 0)
+        if args.verb in LONG_RUNNING:
+            return int(HANDLERS[args.verb](args) or 0)
+        with gc_paused():
+            return int(HANDLERS[args.verb](args) or 0)
     except NetctlError as exc:
         print(_error_text(exc), file=sys.stderr)
         return exc.exit_code

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from ..errors import AttachError, NetctlError
+from ..gcpause import without_gc
 from ..policy.compile import compile_fitting
 from ..policy.lockout import LockoutError, lockout, ssh_connection
 from ..policy.model import Policy
@@ -54,6 +55,7 @@ from .state import Generation, Request, State
 from .transaction import ApplyResult, Transaction, as_json
 
 
+@without_gc
 def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = None,
           dry_run: bool = False, limits: Limits = Limits(),  # noqa: B008
           extra_cflags: tuple[str, ...] = (), max_entries: int | None = None,
@@ -194,6 +196,7 @@ def _rule_changes(ns: Namespace, record: Generation | None, policy: Policy,
         return {"unknown": str(exc)}
 
 
+@without_gc
 def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
                  limits: Limits = Limits(),  # noqa: B008
                  attach: str | None = None) -> dict | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import abi
 from ..errors import NetctlError
+from ..gcpause import without_gc
 from . import attach as att
 from .hooks import attach_paths_live, attachment_problems, prog_ids_shown
 from .instance import Datapath
@@ -64,6 +65,7 @@ def policy_file_drift(record: Generation) -> dict[str, Any]:
     return {"path": path, "state": "same" if now == record.policy_sha256 else "changed"}
 
 
+@without_gc
 def status(verify: bool = True) -> dict[str, Any]:
     """What is live in this network namespace (the JSON of `netctl status -o json`).
 

@@ -65,6 +65,7 @@ from ..abi import (
     MAX_SHAPES,
 )
 from ..errors import CompileError, MapFullError
+from ..gcpause import without_gc
 from .compile_classes import (
     _ACTIONS,
     _DIRECTIONS,
@@ -117,6 +118,7 @@ def compile_fitting(policy: Policy, limits: Limits = Limits(),  # noqa: B008
             limits = grown
 
 
+@without_gc
 def compile_policy(policy: Policy, limits: Limits = Limits(),  # noqa: B008
                    direct: str = "auto") -> MapPlan:
     """The plan of ``policy`` within ``limits``.  ``direct`` chooses, for slots that could
