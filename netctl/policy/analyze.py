@@ -53,6 +53,7 @@ from .sets import static_families, used_sets
 
 MAX_BOXES = 2048          # fragments a single rule's check may create before giving up
 MAX_CANDIDATES = 4096     # earlier rules one rule is compared with
+_HIGHEST = 1 << 128       # above every address and rule index (a bisect bound)
 SMALL_SET = 256           # prefixes per family of a set checked as literal prefixes
 
 _ALL_PROTOS = frozenset(range(256))
@@ -235,7 +236,9 @@ class _SourceIndex:
                 else:
                     continue
                 for plen, net in prefixes:
-                    self.by_prefix[(plen, net)].append(rule.index)
+                    listed = self.by_prefix[(plen, net)]
+                    if not listed or listed[-1] != rule.index:   # ascending, each once
+                        listed.append(rule.index)
                     spans.append((net, net | ((1 << (bits - plen)) - 1), rule.index))
         self.lengths = sorted({plen for plen, _ in self.by_prefix})
         spans.sort()
@@ -259,16 +262,25 @@ class _SourceIndex:
                 if plen > prefixlen:
                     break
                 mask = ((1 << plen) - 1) << (bits - plen) if plen else 0
-                found.update(i for i in self.by_prefix.get((plen, value & mask), ()) if i < before)
+                listed = self.by_prefix.get((plen, value & mask))
+                if listed:   # rule indexes, ascending, each once: the earlier ones a head
+                    head = bisect.bisect_left(listed, before)
+                    if head > MAX_CANDIDATES:
+                        return None
+                    found.update(listed[:head])
+            if len(found) > MAX_CANDIDATES:
+                # What the walk below says at its first step (the rule's own prefix is in
+                # it), without walking: 25,000 rules on one /16 made this quadratic.
+                return None
+            # Prefixes inside: the spans that start within [value, hi]; more of them than
+            # MAX_CANDIDATES (earlier rules or not) is too many to compare.
             k = bisect.bisect_left(self.spans, (value, -1, -1))
-            scanned = 0
-            while k < len(self.spans) and self.spans[k][0] <= hi:  # prefixes inside
-                if self.spans[k][2] < before:
-                    found.add(self.spans[k][2])
-                k += 1
-                scanned += 1
-                if scanned > MAX_CANDIDATES or len(found) > MAX_CANDIDATES:
-                    return None
+            end = bisect.bisect_right(self.spans, (hi, _HIGHEST, _HIGHEST), k)
+            if end - k > MAX_CANDIDATES:
+                return None
+            found.update([i for _, _, i in self.spans[k:end] if i < before])
+            if len(found) > MAX_CANDIDATES:
+                return None
         return found
 
 

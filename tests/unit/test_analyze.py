@@ -161,3 +161,26 @@ def test_a_rule_reported_dead_never_decides_any_probe_packet(seed):
             packet = Packet(packet.src, packet.dst, proto, fragment=True)
         decision = evaluate(p, packet, Direction.INGRESS)
         assert decision.rule is None or decision.rule.name not in reported, (packet, reported)
+
+
+def test_candidates_too_many_and_a_few_on_one_crowded_prefix():
+    """Many rules on one prefix (the mixed bench mix puts 25,000 on one /16): a rule with
+    more earlier rules on its prefix, or more prefixes inside its own, than the analysis
+    compares is left unchecked, without building the list first (that made validate
+    quadratic: 25 s at 100,000 rules); one with few is still checked, and a rule a covering
+    one makes dead is still found."""
+    from netctl.policy import analyze as an
+
+    many = an.MAX_CANDIDATES + 10
+    rules = "".join(f"  - {{name: r{i}, action: drop, src: 192.168.0.0/16, proto: tcp, "
+                    f"dport: {1000 + i}}}\n" for i in range(many))
+    text = ("version: 1\nrules:\n  - {name: wide, action: drop, src: 192.168.0.0/16}\n"
+            "  - {name: dead, action: accept, src: 192.168.7.0/24}\n" + rules)
+    policy = load_policy_text(text)
+    index = an._SourceIndex([r for r in policy.rules if r.direction is Direction.INGRESS], 4)
+    assert index.candidates(policy.rules[1]) == {0}         # the /24 inside the /16
+    assert index.candidates(policy.rules[2]) is None         # thousands of prefixes inside
+    assert index.candidates(policy.rules[-1]) is None        # thousands of rules before it
+    findings = shadowed_rules(policy)
+    dead = [f for f in findings if f.rule == "dead"]
+    assert dead and dead[0].covered_by == ("wide",)
