@@ -10,8 +10,10 @@
    until each reports the digest applied at this push's generation, then the rest.
 4. A canary that fails (or does not report within the timeout) stops the rollout: the
    canaries go back to the assignment they had, the other nodes were never touched, and the
-   exit status is 1 with the node and its error.  A node of the second wave that fails is
-   put back on its previous assignment too (its agent kept the policy before live).
+   exit status is 1 with the node and its error.  A node of the second wave that reports an
+   error is put back on its previous assignment too (its agent kept the policy before
+   live); one that does not report (cut off, stopped) keeps the new assignment and applies
+   it when its agent is back.  Either way the exit status is 1 and names the node.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class PushResult:
     canaries: list[str] = field(default_factory=list)
     applied: dict[str, float] = field(default_factory=dict)   # node -> seconds to apply
     failed: dict[str, str] = field(default_factory=dict)      # node -> error
+    errors: set[str] = field(default_factory=set)   # the failed nodes that reported an error
     restored: list[str] = field(default_factory=list)
     untouched: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -107,7 +110,6 @@ class PushLock:
 
     def __enter__(self) -> PushLock:
         deadline = time.monotonic() + self.timeout
-        self.lease = self.store.grant(LOCK_TTL)
         while True:
             _rev, found = self.store.read(keys=(PUSH_SEQ, PUSH_LOCK))
             seq, lock = found.get(PUSH_SEQ), found.get(PUSH_LOCK)
@@ -115,14 +117,17 @@ class PushLock:
                 number = int(seq.value or b"0") + 1 if seq else 1
                 holder = json.dumps({"by": self.who, "push": number,
                                      "since": round(time.time(), 3)})
+                # A lease of its own for each attempt: one granted before a long wait for
+                # another push would have expired by now.
+                self.lease = self.store.grant(LOCK_TTL)
                 if self.store.txn([same_mod(PUSH_SEQ, seq.mod_revision if seq else 0),
                                    same_create(PUSH_LOCK, 0)],
                                   [put_op(PUSH_SEQ, str(number)),
                                    put_op(PUSH_LOCK, holder, self.lease)]):
                     break
+                self.store.revoke(self.lease)
                 continue   # another push won the race: read again
             if time.monotonic() > deadline:
-                self.store.revoke(self.lease)
                 raise FleetError(f"another push holds the lock ({lock.value.decode()}); "
                                  "waited --timeout")
             time.sleep(0.2)
@@ -191,7 +196,11 @@ def push(store: Store, path: str, selector: Selector, canary: int = 0,
             _wait(store, wave, pname, d, lock.generation, deadline, result, say)
             failed = [n for n in wave if n in result.failed]
             if failed:
-                back = canaries if is_canary else failed
+                # Canaries: all back, the rollout stops.  The second wave: a node that
+                # reported an error goes back (its agent kept the policy before live); a
+                # node that did not report (cut off, stopped) keeps the new assignment and
+                # converges when its agent is back.
+                back = canaries if is_canary else [n for n in failed if n in result.errors]
                 _restore(store, lock, back, before)
                 result.restored = back
                 if is_canary:
@@ -241,6 +250,7 @@ def _wait(store: Store, nodes: list[str], pname: str, d: str, generation: int,
                 continue
             elif status.get("error") and status.get("error_digest") == d:
                 result.failed[node] = str(status["error"])
+                result.errors.add(node)
             elif status.get("digest") == d:
                 result.applied[node] = time.monotonic() - started
                 say(f"{node}: applied {pname} {d[:12]} "

@@ -15,6 +15,7 @@ file, never on a command line where `ps` shows it).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -235,7 +236,18 @@ class Unreachable(FleetError):
 
 
 def _brief(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    from etcd3gw import exceptions as ex
+
+    if isinstance(exc, ex.ConnectionTimeoutError):
+        return "timed out"
+    detail = getattr(exc, "detail_text", None)
+    if detail:
+        try:
+            reply = json.loads(detail)
+            detail = reply.get("message") or reply.get("error") or detail
+        except (ValueError, AttributeError):
+            pass
+    text = " ".join(f"{detail or ''} {exc}".split())
     if "Max retries exceeded" in text or "Connection refused" in text:
         return "connection refused" if "refused" in text else "no connection"
     if "timed out" in text.lower():

@@ -5,6 +5,7 @@ fleet; each leaves every node converged."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -48,7 +49,7 @@ def test_canary_goes_first(the_fleet):
     out = fl.push(policy(B), "--canary", "1")
     assert out.returncode == 0, out.stderr + out.stdout
     lines = out.stdout.splitlines()
-    applied = [line.split(":")[0] for line in lines if ": applied " in line]
+    applied = [m.group(1) for m in map(re.compile(r"^(n\d): applied ").match, lines) if m]
     assert applied[0] == "n1" and sorted(applied[1:]) == ["n2", "n3"], out.stdout
     assert "canary n1 first" in lines[0]
     assert all_enforce(fl, B, A)
@@ -90,10 +91,13 @@ def test_etcd_killed_during_a_rollout(the_fleet):
         wait_for(lambda: "stored" in (pusher.stdout.readline() if pusher.stdout else ""),
                  timeout=10, interval=0)
         fl.etcd.kill()
-        code = pusher.wait(60)
+        _out, err = pusher.communicate(timeout=60)
     finally:
         stop(pusher, signal.SIGKILL)
-    assert code == 1
+        for pipe in (pusher.stdout, pusher.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert pusher.returncode == 1 and "unreachable" in err, err
     # Every node enforces a whole policy, old (B) or new (A), with etcd gone.
     for node in fl.nodes:
         assert fl.enforces(node, B, A) or fl.enforces(node, A, B), node.name
