@@ -81,6 +81,7 @@ class Agent:
             signal.signal(sig, self._on_signal)
         self.say(f"node {self.node}: agent {__version__} for {self.endpoint.url}"
                  f"{' (dry run: the kernel is never touched)' if self.dry_run else ''}")
+        self._warm_up()
         store: Store | None = None
         while not self.stop.is_set():
             try:
@@ -96,6 +97,15 @@ class Agent:
             store.close()
         self.say("stopped; the datapath stays as it is")
         return 0
+
+    def _warm_up(self) -> None:
+        """Import the loader and compiler (and, applying for real, the datapath) now: the
+        first assignment then costs its own work only (50 agents importing at once took a
+        push 2.5 s instead of 0.9)."""
+        from ..policy import compile, load  # noqa: F401
+
+        if not self.dry_run:
+            from ..datapath import applyfile, control  # noqa: F401
 
     def _on_signal(self, _signum: int, _frame: object) -> None:
         self.stop.set()

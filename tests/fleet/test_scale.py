@@ -12,8 +12,8 @@ from fleetlab import child_env, fleet, netctl_argv, wait_for
 pytestmark = pytest.mark.root
 
 AGENTS = 50
-POLICY = ("version: 1\ninterfaces:\n  - name: eth0\ndefaults: {ingress: accept, egress: accept}"
-          "\nrules:\n  - name: drop-{port}\n    proto: udp\n    dport: {port}\n"
+POLICY = ("version: 1\ninterfaces:\n  - name: eth0\ndefaults: {{ingress: accept, egress: "
+          "accept}}\nrules:\n  - name: drop-{port}\n    proto: udp\n    dport: {port}\n"
           "    action: drop\n")
 
 
