@@ -109,7 +109,7 @@ class Assignment:
             ifs = d.get("interfaces")
             return cls(str(d["policy"]), str(d["digest"]), int(d["generation"]),
                        tuple(str(i) for i in ifs) if ifs else None)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FleetError(f"unreadable assignment: {exc}") from None
 
 
