@@ -24,7 +24,6 @@ from netctl.fleet.status import (
 )
 from netctl.fleet.store import Endpoint
 
-
 # -- key space ------------------------------------------------------------------------------
 
 def test_keys_live_under_the_versioned_prefix():
