@@ -76,18 +76,25 @@ class Etcd:
     data_dir: Path
     port: int
     proc: subprocess.Popen | None = None
+    tls: dict[str, str] | None = None    # ca, cert, key (the server's); None: plain HTTP
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def local_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, extra: tuple[str, ...] = ()) -> None:
         peer = self.port + 1
+        tls = ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"],
+               "--trusted-ca-file", self.tls["ca"], "--client-cert-auth"] if self.tls else []
         log = open(self.data_dir.parent / "etcd.log", "ab")   # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, "etcd", "--name", "fleet-test",
-             "--data-dir", str(self.data_dir),
-             "--listen-client-urls", f"http://0.0.0.0:{self.port}",
+             "--data-dir", str(self.data_dir), *tls,
+             "--listen-client-urls", f"{self.scheme}://0.0.0.0:{self.port}",
              "--advertise-client-urls", self.local_url,
              "--listen-peer-urls", f"http://127.0.0.1:{peer}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
@@ -98,10 +105,17 @@ class Etcd:
             raise RuntimeError(f"etcd did not start: {self.log_tail()}")
 
     def healthy(self) -> bool:
-        with inside(self.ns), socket.socket() as s:
-            s.settimeout(0.5)
+        import ssl
+
+        with inside(self.ns), socket.socket() as raw:
+            raw.settimeout(0.5)
             try:
-                s.connect(("127.0.0.1", self.port))
+                raw.connect(("127.0.0.1", self.port))
+                s = raw
+                if self.tls:
+                    ctx = ssl.create_default_context(cafile=self.tls["ca"])
+                    ctx.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+                    s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
                 s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
                 return b'"health":"true"' in s.recv(4096)
             except OSError:
@@ -153,10 +167,33 @@ class Fleet:
         return node.log.read_text() if node.log and node.log.exists() else ""
 
     # -- the operator's side, run in etcd's namespace
+    operator_env: dict[str, str] = field(default_factory=dict)   # NETCTL_ETCD_* of pushes
+
     def netctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.etcd.ns, *netctl_argv(
             *args, "--etcd", self.etcd.local_url)], capture_output=True, text=True,
-            timeout=timeout, env=child_env())
+            timeout=timeout, env=child_env(**self.operator_env))
+
+    def compact(self) -> int:
+        """Compact etcd's history up to its current revision (what a watch from an older
+        revision can no longer be served from); the revision."""
+        def etcdctl(*args: str) -> str:
+            return run("etcdctl", "--endpoints", self.etcd.local_url, *args,
+                       ns=self.etcd.ns).stdout
+        revision = json.loads(etcdctl("endpoint", "status", "-w", "json"))[0]["Status"][
+            "header"]["revision"]
+        etcdctl("compact", str(revision))
+        return int(revision)
+
+    def dry_agent(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """A --dry-run agent in etcd's namespace (no node namespace of its own)."""
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.etcd.ns, *netctl_argv(
+                "agent", "--etcd", self.etcd.local_url, "--node", name, "--dry-run",
+                "--lease-ttl", "10", "--state-dir", str(self.tmp / "state"))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(**(env or {})))
+        self.dry.append(proc)
+        return proc
 
     def push(self, text: str, *args: str, name: str = "fleet",
              timeout: float = 120) -> subprocess.CompletedProcess:
@@ -219,8 +256,10 @@ def free_port(ns: str) -> int:
 
 
 @contextlib.contextmanager
-def fleet(tmp: Path, count: int = 3, agents: bool = True) -> Iterator[Fleet]:
-    """``count`` nodes and etcd, agents running (unless not ``agents``)."""
+def fleet(tmp: Path, count: int = 3, agents: bool = True,
+          tls: dict[str, str] | None = None) -> Iterator[Fleet]:
+    """``count`` nodes and etcd (over TLS with ``tls``), agents running (unless not
+    ``agents``)."""
     with contextlib.ExitStack() as stack:
         ens = stack.enter_context(netns(unique(NS_PREFIX, "e")))
         tns = stack.enter_context(netns(unique(NS_PREFIX, "t")))
@@ -236,9 +275,9 @@ def fleet(tmp: Path, count: int = 3, agents: bool = True) -> Iterator[Fleet]:
             run("ip", "addr", "add", f"{TRAFFIC_IP.format(k=k)}/24", "dev", f"tf{k}", ns=tns)
             nodes.append(Node(f"n{k}", k, ns, ""))
         (tmp / "etcd").mkdir()
-        etcd = Etcd(ens, tmp / "etcd" / "data", free_port(ens))
+        etcd = Etcd(ens, tmp / "etcd" / "data", free_port(ens), tls=tls)
         for node in nodes:
-            node.url = f"http://{ETCD_IP.format(k=node.k)}:{etcd.port}"
+            node.url = f"{etcd.scheme}://{ETCD_IP.format(k=node.k)}:{etcd.port}"
         etcd.start()
         stack.callback(etcd.kill)
         the_fleet = Fleet(etcd, tns, nodes, tmp)

@@ -127,6 +127,9 @@ def test_agent_cut_off_keeps_its_policy_and_converges_after_the_heal(the_fleet):
         assert fl.status()["converged"] is False
         assert fl.enforces(n3, A, B)          # the old policy, still enforced
         assert fl.enforces(fl.nodes[0], B, A)
+        # The history n3 would watch from is compacted meanwhile: it must read afresh.
+        compacted = fl.compact()
+        assert compacted > 0
     finally:
         run("ip", "link", "set", "mg0", "up", ns=n3.ns)
     assert fl.converged(timeout=40), fl.status()

@@ -4,10 +4,9 @@ takes until every one reports the new digest applied."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
-from fleetlab import child_env, fleet, netctl_argv, wait_for
+from fleetlab import fleet, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -20,11 +19,7 @@ POLICY = ("version: 1\ninterfaces:\n  - name: eth0\ndefaults: {{ingress: accept,
 def test_fifty_dry_run_agents_converge(scratch, capsys):
     with fleet(scratch, count=0) as fl:
         for i in range(AGENTS):
-            fl.dry.append(subprocess.Popen(
-                ["ip", "netns", "exec", fl.etcd.ns, *netctl_argv(
-                    "agent", "--etcd", fl.etcd.local_url, "--node", f"dry-{i:02d}",
-                    "--dry-run", "--lease-ttl", "10", "--state-dir", str(scratch / "state"))],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env()))
+            fl.dry_agent(f"dry-{i:02d}")
         assert wait_for(lambda: len(fl.status()["nodes"]) == AGENTS, timeout=90, interval=1)
         seconds = []
         for port in (9001, 9002):
