@@ -7,7 +7,7 @@ PYTEST  := $(PY) -m pytest
 NETCTL  := $(VENV)/bin/netctl
 EXAMPLE ?= policies/web-server.yaml
 
-.PHONY: help setup install uninstall test test-unit test-bpf test-netns test-fleet test-kernels demo lint fuzz fuzz-atheris bench bench-quick budget soak clean require-root
+.PHONY: help setup install uninstall test test-unit test-bpf test-netns test-fleet test-kernels demo lint fuzz fuzz-atheris bench bench-quick bench-fleet budget soak clean require-root
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench: require-root  ## throughput (two rule mixes, two floods), per-packet cost
 
 bench-quick: require-root  ## the same at N = 1, 1,000, 10,000 with short windows (~4 min)
 	$(PY) -m bench.run --quick
+
+bench-fleet: require-root  ## netctl push to every node applied: 3 real agents, 50 --dry-run agents, one real etcd (~1 min)
+	$(PY) -m bench.fleet
 
 budget: require-root  ## per-packet work (map operations, helper calls, program sizes) against bench/budget.json (~30 s)
 	$(PY) -m bench.budget
