@@ -197,11 +197,12 @@ class Agent:
     def act(self, store: Store, assignment: Assignment, revision: int) -> None:
         """Make ``assignment`` live (or report why not); the policy before stays live on any
         failure."""
-        self.seen_revision = revision
-        self.generation = assignment.generation
         if assignment.digest == self.applied and self.error_digest is None:
-            self.policy = assignment.policy
+            self.policy, self.generation = assignment.policy, assignment.generation
+            self.seen_revision = revision
             return
+        # etcd failing here raises: the assignment is not marked seen, the next session
+        # acts on it again.
         kv = store.get(policy_key(assignment.policy, assignment.digest))
         error = None
         if kv is None:
@@ -222,6 +223,7 @@ class Agent:
             self.error, self.error_digest = error, assignment.digest
             self.say(f"{assignment.policy} {assignment.digest[:12]} not applied, the policy "
                      f"before stays live: {error}")
+        self.generation, self.seen_revision = assignment.generation, revision
         self.counters_time = float("-inf")
 
     def apply(self, assignment: Assignment, text: str) -> str | None:
@@ -244,6 +246,11 @@ class Agent:
             return None
         except NetctlError as exc:
             return " ".join(str(exc).split())[:2000] or type(exc).__name__
+        except Exception as exc:   # a bug: reported, logged in full, the agent goes on
+            import traceback
+
+            traceback.print_exc(file=self.log)
+            return f"internal error: {type(exc).__name__}: {exc}"[:2000]
 
     def _policy_file(self, text: str) -> str:
         """The policy as a file, at the same path every time: `netctl apply`'s check for
