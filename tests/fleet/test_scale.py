@@ -33,3 +33,35 @@ def test_fifty_dry_run_agents_converge(scratch, capsys):
             print(f"\n  push to {AGENTS} dry-run agents converged in "
                   f"{', '.join(f'{s:.2f}' for s in seconds)} s")
         assert max(seconds) < 20
+
+
+def test_concurrent_pushes_are_serialised(scratch):
+    """Two pushes started together: the lock transaction lets one in, the other waits; both
+    converge, with consecutive generations, and the fleet ends on the later one's policy."""
+    import subprocess
+
+    from fleetlab import child_env, netctl_argv
+
+    with fleet(scratch, count=0) as fl:
+        for i in range(5):
+            fl.dry_agent(f"c-{i}")
+        assert wait_for(lambda: len(fl.status()["nodes"]) == 5, timeout=60, interval=0.5)
+        procs = []
+        for port in (9101, 9102):
+            path = scratch / f"p{port}.yaml"
+            path.write_text(POLICY.format(port=port))
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", fl.etcd.ns, *netctl_argv(
+                    "push", str(path), "-o", "json", "--name", f"p{port}", "--etcd",
+                    fl.etcd.local_url)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()))
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, out + err
+            results.append(json.loads(out))
+        assert all(r["converged"] for r in results)
+        first, last = sorted(results, key=lambda r: r["generation"])
+        assert last["generation"] == first["generation"] + 1
+        rows = fl.status()["nodes"]
+        assert {r["desired"] for r in rows} == {r["applied"] for r in rows} == {last["digest"]}

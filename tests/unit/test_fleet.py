@@ -213,3 +213,55 @@ def test_fleet_rows_and_text():
     text = format_rows(rows)
     assert "1 of 3 nodes converged" in text and "1,234" in text and "log" not in text
     assert all(len(line) <= 100 for line in text.splitlines())
+
+
+# -- the verbs' expected failures: one line, no traceback -------------------------------------
+
+POLICY = "version: 1\ninterfaces:\n  - name: eth0\nrules:\n  - name: r\n    action: drop\n"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from netctl.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_etcd_unreachable_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("NETCTL_ETCD", raising=False)
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY)
+    for argv in (["fleet", "status", "--etcd", "http://127.0.0.1:1"],
+                 ["push", str(path), "--etcd", "http://127.0.0.1:1", "--timeout", "1"]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 1 and err.startswith("netctl: etcd at http://127.0.0.1:1 unreachable")
+        assert "Traceback" not in err and err.count("\n") == 1, err
+    code, _, err = run_cli(capsys, "fleet", "status")
+    assert code == 1 and "--etcd URL or set NETCTL_ETCD" in err
+
+
+def test_push_refuses_an_invalid_policy_before_etcd(capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("version: 1\nrules:\n  - name: r\n    action: maybe\n")
+    code, _, err = run_cli(capsys, "push", str(path), "--etcd", "http://127.0.0.1:1")
+    assert code == 2 and "bad.yaml:4" in err, err
+
+
+@pytest.mark.parametrize("argv", [["push", "p.yaml", "--etcd", "http://x", "--nodes", "a,,b"],
+                                  ["agent", "--etcd", "http://x", "--node", "a/b",
+                                   "--dry-run"],
+                                  ["agent", "--etcd", "ftp://x", "--node", "a", "--dry-run"],
+                                  ["agent", "--etcd", "http://x", "--node", "a", "--dry-run",
+                                   "--label", "novalue"]])
+def test_bad_options_are_one_line(capsys, argv):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1 and err.startswith("netctl: ") and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("verb", [["agent"], ["push"], ["fleet"]])
+def test_help_has_examples(capsys, verb):
+    with pytest.raises(SystemExit):
+        run_cli(capsys, *verb, "--help")
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--etcd" in out
