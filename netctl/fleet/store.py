@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -112,6 +113,10 @@ class Store:
             host=host, port=port, protocol=protocol, ca_cert=endpoint.ca,
             cert_cert=endpoint.cert, cert_key=endpoint.key, timeout=endpoint.timeout,
             api_path="/v3/")
+        # Nothing from the environment: requests would let REQUESTS_CA_BUNDLE or
+        # CURL_CA_BUNDLE override the CA given here, and send etcd's traffic through an
+        # HTTP(S)_PROXY meant for the outside world.
+        self.client.session.trust_env = False
         self._auth_lock = threading.Lock()
         if endpoint.user:
             self._authenticate()
@@ -248,6 +253,9 @@ def _brief(exc: BaseException) -> str:
         except (ValueError, AttributeError):
             pass
     text = " ".join(f"{detail or ''} {exc}".split())
+    tls = re.search(r"SSLError\(.*?\[SSL[^\]]*\] ([^(']+)", text)
+    if tls:
+        return f"TLS: {tls.group(1).strip()}"
     if "Max retries exceeded" in text or "Connection refused" in text:
         return "connection refused" if "refused" in text else "no connection"
     if "timed out" in text.lower():

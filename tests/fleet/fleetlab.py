@@ -116,8 +116,9 @@ class Etcd:
                     ctx = ssl.create_default_context(cafile=self.tls["ca"])
                     ctx.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
                     s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-                s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
-                return b'"health":"true"' in s.recv(4096)
+                with s:
+                    s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+                    return b'"health":"true"' in s.recv(4096)
             except OSError:
                 return False
 
@@ -203,6 +204,8 @@ class Fleet:
 
     def status(self) -> dict:
         out = self.netctl("fleet", "status", "-o", "json")
+        if not out.stdout.strip():
+            raise AssertionError(f"fleet status: exit {out.returncode}: {out.stderr}")
         return json.loads(out.stdout)
 
     def rows(self) -> dict[str, dict]:

@@ -90,7 +90,9 @@ def make_pki(d: Path) -> dict[str, str]:
 
     ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
         "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+    # etcd's gateway calls etcd itself with the server's certificate: it is a client too.
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\n"
+                                 "extendedKeyUsage=serverAuth,clientAuth"),
                       ("client", "extendedKeyUsage=clientAuth")):
         (d / f"{name}.ext").write_text(ext + "\n")
         ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
