@@ -277,7 +277,7 @@ def fleet(tmp: Path, count: int = 3, agents: bool = True,
             run("ip", "addr", "add", f"{DATA_IP.format(k=k)}/24", "dev", "fl0", ns=ns)
             run("ip", "addr", "add", f"{TRAFFIC_IP.format(k=k)}/24", "dev", f"tf{k}", ns=tns)
             nodes.append(Node(f"n{k}", k, ns, ""))
-        (tmp / "etcd").mkdir()
+        (tmp / "etcd").mkdir(parents=True)
         etcd = Etcd(ens, tmp / "etcd" / "data", free_port(ens), tls=tls)
         for node in nodes:
             node.url = f"{etcd.scheme}://{ETCD_IP.format(k=node.k)}:{etcd.port}"
