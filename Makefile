@@ -7,7 +7,7 @@ PYTEST  := $(PY) -m pytest
 NETCTL  := $(VENV)/bin/netctl
 EXAMPLE ?= policies/web-server.yaml
 
-.PHONY: help setup install uninstall test test-unit test-bpf test-netns test-kernels demo lint fuzz fuzz-atheris bench bench-quick budget soak clean require-root
+.PHONY: help setup install uninstall test test-unit test-bpf test-netns test-fleet test-kernels demo lint fuzz fuzz-atheris bench bench-quick bench-fleet budget soak clean require-root
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ uninstall: require-root  ## undo make install (the unit, the venv, the link); /e
 
 # Each tier is its own pytest run: pytest exits 5 when it collects nothing, and make
 # stops on any non-zero status, so an empty tier can never pass as green.
-test: require-root lint test-unit test-bpf test-netns  ## lint (ruff, mypy), then every tier: unit, bpf, netns (root)
+test: require-root lint test-unit test-bpf test-netns test-fleet  ## lint (ruff, mypy), then every tier: unit, bpf, netns, fleet (root)
 
 test-unit:  ## pure logic: loader, compiler, reference model, property tests (no root)
 	$(PYTEST) tests/unit -q -p no:cacheprovider
@@ -33,6 +33,9 @@ test-bpf: require-root  ## real BPF loads and BPF_PROG_TEST_RUN (root)
 
 test-netns: require-root  ## veth pairs in network namespaces with real traffic (root)
 	$(PYTEST) tests/netns -q -p no:cacheprovider
+
+test-fleet: require-root  ## a real etcd and agents in namespaces: rollouts, canaries, failures, 50 dry-run agents (root, ~1 min)
+	$(PYTEST) tests/fleet -q -p no:cacheprovider
 
 # KERNELS: entries of the kernel list (kernels/fetch.py holds the default one), e.g.
 # make test-kernels KERNELS="linux-image-amd64 linux-image-6.12.95+deb12-amd64"
@@ -53,6 +56,9 @@ bench: require-root  ## throughput (two rule mixes, two floods), per-packet cost
 
 bench-quick: require-root  ## the same at N = 1, 1,000, 10,000 with short windows (~4 min)
 	$(PY) -m bench.run --quick
+
+bench-fleet: require-root  ## netctl push to every node applied: 3 real agents, 50 --dry-run agents, one real etcd (~1 min)
+	$(PY) -m bench.fleet
 
 budget: require-root  ## per-packet work (map operations, helper calls, program sizes) against bench/budget.json (~30 s)
 	$(PY) -m bench.budget

@@ -9,8 +9,9 @@ random: a new source address in every frame), prints a table of what every syste
 per second at each N with ratios to the bare limit of each hook and to the peers; then the
 per-packet program cost (BPF_PROG_TEST_RUN), the apply costs of both mixes, one rule on a
 named set of a million prefixes (100,000 quick, 1,000 smoke: bench/sets.py), forwarding
-through a router namespace (bench/forwarding.py), the tracers' cost, and the figures against
-the targets.  The quick run measures the random flood and the mixed mix at 10,000 rules only.
+through a router namespace (bench/forwarding.py), the tracers' cost, a fleet rollout's time
+(bench/fleet.py), and the figures against the targets.  The quick run measures the random
+flood and the mixed mix at 10,000 rules only.
 Writes bench/results/<time>-<mode>.json and latest-<mode>.json (every figure), a
 throughput-versus-N plot per mix and flood, and an apply-time plot.  Figures vary between
 machines and runs: read the ratios, which come from one run on one machine.
@@ -413,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     section("tracers")
     tracer_result = tracers.run(cfg["tracer_seconds"], cfg["tracer_rounds"], say,
                                 cfg["event_rates"])
+    section("fleet rollout")
+    from bench import fleet
+
+    fleet_result = fleet.run(5 if mode == "smoke" else 50, 2 if mode == "smoke" else 3, say)
     args.out.mkdir(parents=True, exist_ok=True)
     plots = {f"{mix}-{flood}": f"throughput-{mode}-{mix}-{flood}.png"
              for mix, flood, _ in cfg["matrix"]}
@@ -425,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                          "random": {"src": RANDOM_SRC_NET, "last_rule": RANDOM_SRC_NET}},
               "throughput": through, "per_packet": cost_rows, "apply": apply_rows,
               "sets": sets_result, "forwarding": forward_rows, "tracers": tracer_result,
-              "plots": plots}
+              "fleet": fleet_result, "plots": plots}
     result["targets"] = targets(result)
     result["elapsed_s"] = time.monotonic() - started
     for mix, flood, ns in cfg["matrix"]:
@@ -442,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     say(forwarding.table(forward_rows))
     say("")
     say(tracers.table(tracer_result))
+    say("")
+    say(fleet.table(fleet_result))
     say("")
     say(targets_table(result))
     if mode == "full" and args.out == RESULTS:

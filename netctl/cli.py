@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -210,35 +209,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # -- apply, status, detach --------------------------------------------------------------
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .datapath.control import already_live
-    from .datapath.setctl import apply_keeping_edits
-    from .policy.load import STDIN, load_policy
+    from .datapath.applyfile import apply_file
 
-    if not args.dry_run:   # refused before the file is even read
-        privilege.require("apply", *privilege.DATAPATH)
-    extra = tuple(os.environ.get("NETCTL_EXTRA_CFLAGS", "").split())
-    # NETCTL_ATTACH=legacy: cls_bpf filters and netlink XDP even where the kernel offers tcx
-    # and XDP links (docs/datapath.md, Hooks); recorded, so set edits apply the same way.
-    attach = os.environ.get("NETCTL_ATTACH") or None
-    if not args.dry_run and not extra and args.file != STDIN and args.confirm is None:
-        # The same file, applied the same way, live and intact: nothing to load or compile.
-        # (Standard input is no file to compare: it is always loaded, compiled and diffed.)
-        live = already_live(args.file, args.dev, args.xdp_mode, attach=attach)
-        if live is not None:
-            return _report_already_live(args, live)
-    policy = load_policy(args.file)
-    # NETCTL_EXTRA_CFLAGS: extra -D flags for the programs (tests use it to force a compile
-    # or verifier failure); never needed in normal use.  The live edits of the policy's
-    # sets (netctl set add/del) stay in force.
-    if args.max_entries is not None and args.max_entries < 1:
-        raise NetctlError("--max-entries must be a positive number of entries")
-    # An apply from an SSH session refuses a policy that would cut that session, unless
-    # --force (docs: "Never locked out").
-    ssh = None if args.force else os.environ.get("SSH_CONNECTION")
-    result = apply_keeping_edits(policy, devs=args.dev, xdp_mode=args.xdp_mode,
-                                 dry_run=args.dry_run, extra_cflags=extra,
-                                 max_entries=args.max_entries, ssh=ssh, confirm=args.confirm,
-                                 attach=attach)
+    done = apply_file(args.file, devs=args.dev, xdp_mode=args.xdp_mode, dry_run=args.dry_run,
+                      confirm=args.confirm, force=args.force, max_entries=args.max_entries)
+    if done.live is not None:
+        return _report_already_live(args, done.live)
+    policy, result = done.policy, done.result
     if args.output == "json":
         _emit_json(result.as_dict())
         return EXIT_OK
@@ -515,7 +492,79 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return serve(args.listen, once=args.once, rules=args.rules)
 
 
+# -- fleet: agent, push, fleet status ---------------------------------------------------
+
+def _endpoint(args: argparse.Namespace):
+    from .fleet.store import Endpoint
+
+    return Endpoint.from_options(args.etcd, args.etcd_ca, args.etcd_cert, args.etcd_key,
+                                 args.etcd_user, args.etcd_password_file, args.etcd_timeout)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .fleet.agent import Agent
+    from .fleet.keys import check_name, parse_labels
+
+    if not args.dry_run:   # refused at once, not at the first assignment
+        privilege.require("agent", *privilege.DATAPATH)
+    if args.lease_ttl < 2:
+        raise NetctlError("--lease-ttl must be at least 2 seconds")
+    agent = Agent(_endpoint(args), check_name(args.node), parse_labels(args.label),
+                  dry_run=args.dry_run, lease_ttl=args.lease_ttl,
+                  check=max(1.0, args.lease_ttl / 2), state_dir=args.state_dir)
+    return agent.run()
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .fleet.keys import Selector, short
+    from .fleet.push import push
+    from .fleet.store import Store
+
+    selector = Selector.parse(args.nodes)
+    if args.canary < 0:
+        raise NetctlError("--canary must be 0 or more")
+    text = args.output == "text"
+    store = Store(_endpoint(args))
+    result = push(store, args.file, selector, canary=args.canary, timeout=args.timeout,
+                  name=args.name, say=(lambda line: print(line, flush=True)) if text
+                  else (lambda _line: None))
+    if not text:
+        _emit_json(result.as_dict())
+        return EXIT_OK if result.ok else EXIT_FAIL
+    if result.ok:
+        print(f"{result.policy} {short(result.digest)}: applied on {len(result.nodes)} "
+              f"node{'s' if len(result.nodes) != 1 else ''} in {result.seconds:.2f} s "
+              f"(push {result.generation})")
+        return EXIT_OK
+    for node, error in sorted(result.failed.items()):
+        print(f"netctl: push failed on {node}: {error}", file=sys.stderr)
+    if result.restored:
+        print(f"netctl: put back on their policy before: {', '.join(result.restored)}",
+              file=sys.stderr)
+    if result.untouched:
+        print(f"netctl: not assigned (the rollout stopped): {', '.join(result.untouched)}",
+              file=sys.stderr)
+    return EXIT_FAIL
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from .fleet.push import fleet_status
+    from .fleet.status import format_rows
+    from .fleet.store import Store
+
+    rows = fleet_status(Store(_endpoint(args)))
+    converged = all(r["converged"] for r in rows)
+    if args.output == "json":
+        _emit_json({"converged": converged, "nodes": rows})
+    else:
+        print(format_rows(rows))
+    return EXIT_OK if converged else EXIT_FAIL
+
+
 HANDLERS = {
+    "agent": cmd_agent,
+    "push": cmd_push,
+    "fleet": cmd_fleet,
     "top": cmd_top,
     "exporter": cmd_exporter,
     "monitor": cmd_monitor,

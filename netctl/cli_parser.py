@@ -77,6 +77,19 @@ EXAMPLES = {
         netctl exporter --once | grep netctl_drops   # one scrape on stdout
         netctl exporter --rules top:100              # only the 100 busiest rules' counters
         ip netns exec lab netctl exporter --listen 127.0.0.1:9500""",
+    "agent": """
+        netctl agent --etcd http://10.0.0.5:2379 --node web-1 --label role=web
+        NETCTL_ETCD=https://etcd:2379 NETCTL_ETCD_CA=/etc/netctl/etcd-ca.pem \\
+            netctl agent --node "$(hostname)" --etcd-cert node.pem --etcd-key node-key.pem
+        netctl agent --etcd http://127.0.0.1:2379 --node test-7 --dry-run   # scale tests""",
+    "push": """
+        netctl push policies/web-server.yaml --etcd http://10.0.0.5:2379
+        netctl push web.yaml --etcd http://10.0.0.5:2379 --nodes role=web --canary 1
+        netctl push web.yaml --etcd http://10.0.0.5:2379 --nodes web-1,web-2 --timeout 60
+        netctl push web.yaml --name web --canary 2 -o json | jq .failed""",
+    "fleet": """
+        netctl fleet status --etcd http://10.0.0.5:2379
+        netctl fleet status -o json | jq '.nodes[] | select(.converged | not)'""",
     "lab": """
         netctl lab run                               # the packaged web-server.yaml
         netctl lab run policies/dual-stack.yaml --count 50""",
@@ -236,6 +249,61 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", nargs="?", help="the set (as in \"@NAME\")")
     p.add_argument("prefixes", metavar="PREFIX", nargs="*",
                    help="addresses or prefixes to add or delete")
+
+    def etcd_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("etcd (each also from the environment: NETCTL_ETCD, "
+                                 "NETCTL_ETCD_CA, _CERT, _KEY, _USER, _PASSWORD, "
+                                 "_PASSWORD_FILE)")
+        g.add_argument("--etcd", metavar="URL", help="etcd client URL, http[s]://HOST:PORT")
+        g.add_argument("--etcd-ca", metavar="FILE", help="CA certificate that signed etcd's")
+        g.add_argument("--etcd-cert", metavar="FILE", help="client certificate (TLS)")
+        g.add_argument("--etcd-key", metavar="FILE", help="the client certificate's key")
+        g.add_argument("--etcd-user", metavar="NAME", help="etcd user (authentication on)")
+        g.add_argument("--etcd-password-file", metavar="FILE",
+                       help="file holding the user's password (never on the command line)")
+        g.add_argument("--etcd-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="seconds for one request to etcd (default 5)")
+
+    p = verb("agent", "run on a node: register in etcd, apply the policy assigned to this "
+             "node as 'netctl apply' does, report status; runs until SIGTERM, which leaves "
+             "the datapath as it is")
+    etcd_options(p)
+    p.add_argument("--node", required=True, metavar="NAME",
+                   help="this node's name in the fleet (Kubernetes: the node name)")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE",
+                   help="a label push selectors can match (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="load and compile assigned policies, never touch the kernel (scale "
+                        "tests; needs no privilege)")
+    p.add_argument("--lease-ttl", type=int, default=10, metavar="SECONDS",
+                   help="the node counts as dead this long after its last heartbeat "
+                        "(default 10)")
+    p.add_argument("--state-dir", default="/var/lib/netctl/agent", metavar="DIR",
+                   help="where the agent keeps the policy it applies, one file per node "
+                        "(default /var/lib/netctl/agent)")
+
+    p = verb("push", "roll a policy out to the fleet through etcd: validate it here, store "
+             "it, apply it on canary nodes first, then on the rest; a canary failure stops "
+             "the rollout and puts the canaries back on their policy before (exit 1)")
+    etcd_options(p)
+    p.add_argument("file", metavar="FILE", help="the policy file")
+    p.add_argument("--nodes", metavar="SELECTOR",
+                   help="comma-separated node names, or LABEL=VALUE (default: every "
+                        "registered node)")
+    p.add_argument("--canary", type=int, default=0, metavar="N",
+                   help="apply on the first N selected nodes (by name) and wait for them "
+                        "before the rest (default 0: all at once)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up (exit 1) when nodes have not reported within this many "
+                        "seconds of the start (default 120)")
+    p.add_argument("--name", help="the policy's name in etcd (default: the file name "
+                   "without .yaml)")
+
+    p = verb("fleet", "the fleet as etcd sees it: per node the desired and applied policy, "
+             "generation, heartbeat, last error, packets dropped (exit 1 when any node has "
+             "not converged)")
+    p.add_argument("action", choices=("status",), help="status: one row per node")
+    etcd_options(p)
 
     p = verb("lab", "try a policy on a throwaway namespace lab: apply it, send its tests: "
              "packets as real frames, show the counters, clean up")

@@ -21,9 +21,14 @@ packages=(
     iproute2 iputils-ping tcpdump ethtool iperf3 systemd
     nftables iptables ipset xdp-tools netsniff-ng
     qemu-system-x86 kmod busybox-static
+    etcd-server etcd-client
 )
 # qemu-system-x86, kmod (depmod), busybox-static: `make test-kernels` boots Debian's stock
 # kernels in virtual machines (virtme-ng, installed into the venv below).
+# etcd-server, etcd-client (etcdctl): `make test-fleet` runs a real etcd (3.4) of its own on
+# free ports and a temporary data directory; the package's own etcd service is not wanted
+# here (it would hold 2379 and keep a database in /var/lib/etcd): it is stopped and
+# disabled below.
 
 say() { printf 'setup: %s\n' "$*"; }
 warn() { printf 'setup: WARNING: %s\n' "$*" >&2; }
@@ -56,6 +61,18 @@ if [ ${#missing[@]} -gt 0 ] || [ "$added_backports" = 1 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
     say "Debian packages: all present"
+fi
+
+# The etcd-server package starts and enables its etcd.service; netctl's tests start their
+# own etcd, and a fleet's etcd is the operator's, configured on its own machines.
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    if systemctl is-enabled --quiet etcd 2>/dev/null || systemctl is-active --quiet etcd; then
+        systemctl disable --now etcd >/dev/null 2>&1 || true
+        say "etcd.service (from etcd-server): stopped and disabled"
+    fi
+elif [ -x /etc/init.d/etcd ]; then   # no systemd (a container): the init script's daemon
+    /etc/init.d/etcd stop >/dev/null 2>&1 || true
+    update-rc.d etcd disable >/dev/null 2>&1 || true
 fi
 
 # --- 2. kernel headers for bcc ------------------------------------------------------------
@@ -109,7 +126,7 @@ mount_if_missing tracefs /sys/kernel/tracing
 python=/usr/bin/python3
 want="$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1) $($python -V 2>&1)"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-    && "$venv/bin/python" -c 'import bcc, pyroute2, scapy, yaml, pytest, hypothesis, netctl' 2>/dev/null \
+    && "$venv/bin/python" -c 'import bcc, pyroute2, scapy, yaml, pytest, hypothesis, etcd3gw, netctl' 2>/dev/null \
     && [ -x "$venv/bin/vng" ]; then
     say "virtual environment: up to date ($venv)"
 else

@@ -58,6 +58,10 @@ def test_bench_smoke_run_measures_every_system(tmp_path):
         assert all(t["ratio"] > 0 for key, t in target.items() if " / " in key), target
     assert "Against the targets" in result.stdout
     assert [c["rules"] for c in report["per_packet"]] == [1, 100]
+    fleet = report["fleet"]   # bench/fleet.py: 3 real agents, 5 dry-run agents in smoke
+    assert fleet["real"]["agents"] == 3 and fleet["dry"]["agents"] == 5
+    assert all(s > 0 for row in fleet.values() for s in row["seconds"])
+    assert "Fleet rollout" in result.stdout
     assert {a["mix"] for a in report["apply"]} == {"bench", "mixed"}
     for applied in report["apply"]:
         assert applied["warm_unchanged"] is True
