@@ -187,7 +187,7 @@ def _kernel_available() -> bool:
     """As root with bcc installed, `netctl test` also runs the real programs."""
     import importlib.util
 
-    return not privilege.missing(privilege.DATAPATH) and importlib.util.find_spec("bcc") \
+    return not privilege.missing(privilege.LOAD) and importlib.util.find_spec("bcc") \
         is not None
 
 
@@ -506,7 +506,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from .fleet.keys import check_name, parse_labels
 
     if not args.dry_run:   # refused at once, not at the first assignment
-        privilege.require("agent", *privilege.DATAPATH)
+        privilege.require("agent", *privilege.LOAD)
     if args.lease_ttl < 2:
         raise NetctlError("--lease-ttl must be at least 2 seconds")
     agent = Agent(_endpoint(args), check_name(args.node), parse_labels(args.label),

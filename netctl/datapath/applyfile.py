@@ -34,7 +34,7 @@ def apply_file(path: str, devs: list[str] | None = None, xdp_mode: str | None = 
     from .setctl import apply_keeping_edits
 
     if not dry_run:   # refused before the file is even read
-        privilege.require("apply", *privilege.DATAPATH)
+        privilege.require("apply", *privilege.LOAD)
     extra = tuple(os.environ.get("NETCTL_EXTRA_CFLAGS", "").split())
     # NETCTL_ATTACH=legacy: cls_bpf filters and netlink XDP even where the kernel offers tcx
     # and XDP links (docs/datapath.md, Hooks); recorded, so set edits apply the same way.

@@ -465,7 +465,7 @@ class Links:
         except bpfsys.BpfError as exc:
             raise _bpf_err(link.name, exc, f"opening the {hook} link {link_id}") from None
         try:
-            old = bpfsys.prog_fd_by_id(old_prog_id) if old_prog_id else None
+            old = _prog_fd_or_none(old_prog_id)
             try:
                 bpfsys.link_update(link_fd, fd, old)
             finally:
@@ -562,9 +562,15 @@ class Links:
     def tc_ours(self, link: LinkInfo, direction: str) -> list[TcAttachment]:
         """netctl's programs on the tc hook of ``direction``: its tcx link and its cls_bpf
         filter (both only for the moment of a move from one way to the other)."""
+        attached = self.tcx_programs(link, direction)
+        # netctl's link is the one its pin holds; a program's name, read by id, tells the
+        # rest (a pin lost by hand). Opening a program by id needs CAP_SYS_ADMIN, a pin
+        # does not: with CAP_BPF alone the pin is what recognises netctl's link.
+        pinned = self._pinned_info(link_pin_name(direction, link.index)) if attached else None
         out = [TcAttachment(TC_TCX, a.prog_id, a.link_id)
-               for a in self.tcx_programs(link, direction)
-               if a.link_id and prog_name(a.prog_id) in TCX_PROG_NAMES[direction]]
+               for a in attached
+               if a.link_id and ((pinned is not None and pinned.id == a.link_id)
+                                 or prog_name(a.prog_id) in TCX_PROG_NAMES[direction])]
         out += [TcAttachment(TC_CLS_BPF, f.prog_id)
                 for f in self.filters(link, direction) if f.ours]
         return out
@@ -633,6 +639,20 @@ def prog_name(prog_id: int) -> str | None:
         return bpfsys.prog_info(fd).name
     finally:
         os.close(fd)
+
+
+def _prog_fd_or_none(prog_id: int | None) -> int | None:
+    """An fd of program ``prog_id`` for BPF_LINK_UPDATE's "only if it still runs this"
+    check, or None (no check) where opening a program by id is refused (EPERM: CAP_SYS_ADMIN
+    is missing); the apply lock keeps other netctl processes out either way."""
+    if not prog_id:
+        return None
+    try:
+        return bpfsys.prog_fd_by_id(prog_id)
+    except bpfsys.BpfError as exc:
+        if exc.errno == errno_mod.EPERM:
+            return None
+        raise
 
 
 def _safe_link_ids() -> list[int]:

@@ -17,9 +17,12 @@ from .instance import Datapath, PinsMissing
 from .netns import Namespace
 from .state import Build, Generation, State
 
+LOADING_VERBS = frozenset({"apply", "confirm"})   # may load and attach programs
+
 
 def require_privilege(what: str) -> None:
-    privilege.require(what, *privilege.DATAPATH)
+    privilege.require(what, *(privilege.LOAD if what in LOADING_VERBS else
+                              privilege.DATAPATH))
 
 
 def open_live(ns: Namespace, state: State | None) -> tuple[Datapath | None, str | None]:

@@ -203,7 +203,7 @@ def apply_keeping_edits(policy: Policy, devs: list[str] | None = None,
     set the policy no longer defines are dropped (a warning says so)."""
     from .control import apply
 
-    privilege.require("apply", *privilege.DATAPATH)
+    privilege.require("apply", *privilege.LOAD)
     ns = Namespace.current()
     if not policy.sets and not _any_edits(_peek_state(ns)):
         return apply(policy, devs=devs, xdp_mode=xdp_mode, dry_run=dry_run,
@@ -271,7 +271,7 @@ def set_edit(name: str, add: list[Prefix3] = (), delete: list[Prefix3] = (),  # 
     ApplyResult (None when there was nothing to change)."""
     from .control import apply
 
-    privilege.require("set", *privilege.DATAPATH)
+    privilege.require("set", *privilege.LOAD)
     ns = Namespace.current()
     with edits_lock(ns):
         state, _record, policy = _live_policy(ns)

@@ -19,7 +19,10 @@ NAMES = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
 # What CAP_SYS_ADMIN stands in for (the kernel's bpf_capable() and perfmon_capable()).
 _ADMIN_COVERS = {CAP_BPF, CAP_PERFMON}
 
-DATAPATH = (CAP_BPF, CAP_NET_ADMIN)     # load programs, attach them, pin maps
+DATAPATH = (CAP_BPF, CAP_NET_ADMIN)     # read and write the pinned maps, detach
+# Loading the datapath's programs also needs CAP_PERFMON: without it the verifier refuses
+# their packet-pointer arithmetic ("pointer -= pointer prohibited").
+LOAD = (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)   # load programs, attach them, pin maps
 TRACING = (CAP_BPF, CAP_PERFMON)        # tracepoint programs, ring buffers
 
 

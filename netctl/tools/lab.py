@@ -138,7 +138,7 @@ def run(policy: Policy, path: str, count: int = 10, out=print) -> int:
     from ..present import format_status
 
     # namespaces and mounts (CAP_SYS_ADMIN), veths (CAP_NET_ADMIN), programs (CAP_BPF)
-    privilege.require("lab", privilege.CAP_SYS_ADMIN, *privilege.DATAPATH)
+    privilege.require("lab", privilege.CAP_SYS_ADMIN, *privilege.LOAD)
     if not policy.tests:
         raise NetctlError(f"{path}: the lab sends the policy's tests: packets, and it has none")
     started = time.monotonic()

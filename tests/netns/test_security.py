@@ -5,6 +5,7 @@ changed by hand behind netctl's back is reported by status and undone by the nex
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -153,3 +154,28 @@ def test_a_map_changed_by_hand_is_reported_and_the_next_apply_repairs_it(the_lab
     assert result["generation"] == tampered
     assert _verdicts(the_lab) == (2, 0, 2)
     assert the_lab.status()["problems"] == []
+
+
+def test_capabilities_that_load_and_those_that_only_read(the_lab, readable_policy):
+    """The programs load with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (without CAP_PERFMON
+    the verifier refuses their packet-pointer arithmetic): with the first two only, an
+    apply is refused up front, naming CAP_PERFMON (exit 77, one line, nothing changed),
+    while status, which only reads the maps, works; with all three, the apply goes live."""
+    the_lab.apply(POLICY_A)
+    two = "-all,+bpf,+net_admin"
+    three = two + ",+perfmon"
+
+    def as_root_with(caps: str, *args: str):
+        return run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
+                   f"--ambient-caps={caps}", NETCTL, *args, ns=the_lab.dut, check=False)
+
+    refused = as_root_with(two, "apply", readable_policy, "--dev", the_lab.dut_if)
+    assert refused.returncode == 77, refused.stdout + refused.stderr
+    assert "CAP_PERFMON" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert _verdicts(the_lab) == (0, 2, 2)
+    status = as_root_with(two, "status", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    assert [r["name"] for r in json.loads(status.stdout)["rules"]] == ["a-drop-1111"]
+    applied = as_root_with(three, "apply", readable_policy, "--dev", the_lab.dut_if)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert _verdicts(the_lab) == (2, 0, 2)
