@@ -7,7 +7,8 @@
     ├── LoadError                    exit 3, bcc/the verifier refused a program (carries the log)
     ├── AttachError                  exit 4, an interface refused a program (interface, errno)
     ├── MapFullError                 exit 5, a map has no room for the plan
-    └── PrivilegeError               exit 77, a capability (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON) is missing
+    └── PrivilegeError               exit 77, a capability is missing (CAP_BPF, CAP_NET_ADMIN,
+                                     CAP_PERFMON to load programs)
 
 Expected errors print as one line (or one line per problem) with no traceback; anything
 else escaping the CLI is a bug and keeps its traceback.
