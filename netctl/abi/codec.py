@@ -72,6 +72,20 @@ def unpack_rule_key(data: bytes) -> tuple[int, tuple[int, ...]]:
                  prefixlen - RULE_KEY_HEADER_BITS, network)
 
 
+# A generation's mark in the rule trie: a key of family 0 (no packet's key has it), every
+# other bit zero, at full length.  The kernel lists an LPM trie's keys in post-order (longer
+# prefixes before the shorter ones holding them, a 0 bit before a 1), and the generation is
+# the key's first byte, so the mark is the first key of its generation and every key of it
+# follows before any of the other: one generation is read by starting after its mark and
+# stopping at the first key of the other (netctl/datapath/maps.py).  No plan holds it.
+RULE_MARK = (0, 0, 0, 0, 0, 0, 0, 128, 0)
+
+
+def rule_mark_key(gen: int) -> bytes:
+    """The packed mark of generation ``gen`` in the rule trie."""
+    return _RULE_KEY.pack(RULE_KEY_HEADER_BITS + 128, gen, 0, 0, 0, 0, 0, 0, 0, bytes(16))
+
+
 def pack_u32(value: int) -> bytes:
     return _U32.pack(value)
 
@@ -198,6 +212,8 @@ class Codec:
     pack_many: Callable[..., bytes] | None = None
     zero: Any = None
     unpack_many: Callable[..., list[Any]] | None = None
+    mark: Callable[[int], bytes] | None = None   # an LPM key's generation mark, if it has one
+    mark_plan: Any = None                        # the mark's plan form, never a plan's key
     zero_bytes: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -250,7 +266,8 @@ U64 = Codec("u64", 8)
 LPM4_KEY = _lpm_key(4)
 LPM6_KEY = _lpm_key(6)
 RULE_KEY = Codec("struct netctl_rule_key", ctypes.sizeof(structs.RuleKey), pack_rule_key,
-                 unpack_rule_key, pack_rule_keys, unpack_many=unpack_rule_keys)
+                 unpack_rule_key, pack_rule_keys, unpack_many=unpack_rule_keys,
+                 mark=rule_mark_key, mark_plan=RULE_MARK)
 CLASSES = Codec("struct netctl_classes", ctypes.sizeof(structs.Classes), pack_classes,
                 unpack_classes, pack_classes_many, zero=ZERO_CLASSES,
                 unpack_many=lambda data: list(_CLASSES.iter_unpack(data)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .. import abi
@@ -123,8 +124,9 @@ class Datapath:
         0 when none is pending)."""
         return mapio.read_active_word(self.maps)
 
-    def read_generation(self, gen: int) -> dict[str, dict]:
-        return mapio.read_generation(self.maps, gen, self.constants)
+    def read_generation(self, gen: int, names: Iterable[str] | None = None,
+                        whole: bool = False) -> dict[str, dict]:
+        return mapio.read_generation(self.maps, gen, self.constants, names, whole)
 
     def read_config(self, gen: int) -> tuple[int, ...]:
         value = self.maps["config"].lookup(abi.pack_u32(gen))
@@ -146,6 +148,7 @@ class Datapath:
         for name, map_change in change.maps.items():
             if map_change:
                 mapio.write_diff(self.maps, name, gen, map_change, self.constants)
+        mapio.write_marks(self.maps, gen)
         return change
 
     def flip(self, gen: int, deadline: int = 0) -> None:

@@ -128,5 +128,11 @@ def changed_maps(dp: Datapath, gen: int, record: Generation) -> list[str]:
     want = record.contents
     if not want:
         return []
-    have = mapio.contents_digests(dp.read_generation(gen), like=want)
-    return [name for name, digest in want.items() if have.get(name) != digest]
+    have = mapio.contents_digests(dp.read_generation(gen), like=want, read_back=True)
+    changed = [name for name, digest in want.items() if have.get(name) != digest]
+    if changed:   # a trie read from its generation's mark on is read whole before blamed
+        again = mapio.contents_digests(dp.read_generation(gen, changed, whole=True),
+                                        like=want, read_back=True)
+        have.update((name, again[name]) for name in changed)
+        changed = [name for name, digest in want.items() if have.get(name) != digest]
+    return changed

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from .. import abi
@@ -41,7 +41,8 @@ class RawMap(Protocol):
     def update_many(self, pairs, flags: int = 0) -> int: ...
     def delete_many(self, keys) -> int: ...
     def read_array(self, start: int = 0, count: int | None = None) -> bytes: ...
-    def lookup_batches(self, chunk: int = 16384) -> Iterator[tuple[bytes, bytes]]: ...
+    def lookup_batches(self, chunk: int = 16384,
+                       after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]: ...
 
 
 class MemoryMap:
@@ -119,11 +120,27 @@ class MemoryMap:
         return b"".join(self.data.get(i.to_bytes(4, "little"), zero)
                         for i in range(start, stop))
 
-    def lookup_batches(self, chunk: int = 16384) -> Iterator[tuple[bytes, bytes]]:
+    def lookup_batches(self, chunk: int = 16384,
+                       after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """As the kernel lists them: an LPM trie's keys in post-order (see _post_order)."""
         items = list(self.items())
+        if self.kind == "lpm_trie":
+            items.sort(key=lambda item: _post_order(item[0]))
+            if after is not None and after in self.data:
+                items = items[[k for k, _ in items].index(after) + 1:]
         for at in range(0, len(items), chunk):
             part = items[at:at + chunk]
             yield b"".join(k for k, _ in part), b"".join(v for _, v in part)
+
+
+def _post_order(key: bytes) -> str:
+    """Where the kernel lists an LPM trie's key (a u32 prefix length, then the data): in
+    post-order, that is a key after every longer one it holds, and of two that differ, the
+    one with 0 at the first differing bit first.  The prefix's bits, then "2" (past "0" and
+    "1"), sort that way."""
+    plen = int.from_bytes(key[:4], "little")
+    bits = bin(int.from_bytes(b"\x01" + key[4:], "big"))[3:3 + plen]
+    return bits + "2"
 
 
 # ---- the generation-tagged layout of every map ---------------------------------------------
@@ -144,33 +161,41 @@ def encode(name: str, gen: int, key: Any, value: Any,
     return d.key.pack(gen, key), d.value.pack(value)
 
 
-def read_generation(maps: Mapping[str, RawMap], gen: int,
-                    constants: dict[str, int]) -> dict[str, dict]:
-    """What generation ``gen`` holds, in the plan's canonical form (arrays: non-zero only)."""
+def read_generation(maps: Mapping[str, RawMap], gen: int, constants: dict[str, int],
+                    names: Iterable[str] | None = None, whole: bool = False
+                    ) -> dict[str, dict]:
+    """What generation ``gen`` holds, in the plan's canonical form (arrays: non-zero only):
+    of every plan map, or of ``names``; ``whole`` walks each trie whole (see _read_trie)."""
     out: dict[str, dict] = {}
-    for name, d in PLAN_MAPS.items():
-        m = maps[name]
+    for name in PLAN_MAPS if names is None else names:
+        d, m = PLAN_MAPS[name], maps[name]
         if d.kind == "array":
             stride = d.per_generation(constants)
             out[name] = d.value.nonzero(m.read_array(gen * stride, stride))
         else:
-            out[name] = _read_trie(m, gen, d.key, d.value)
+            out[name] = _read_trie(m, gen, d.key, d.value, whole)
     return out
 
 
-def _read_trie(m: RawMap, gen: int, key: Codec, value: Codec) -> dict:
+def _read_trie(m: RawMap, gen: int, key: Codec, value: Codec, whole: bool = False) -> dict:
     """One generation of an LPM trie: in batches where the kernel has them for tries, each
     batch unpacked at once (a million entries in about a second, most of it the kernel's
-    walk), else entry by entry."""
+    walk), else entry by entry.  A trie whose keys have a generation mark is read from the
+    mark on, not walked whole (unless ``whole``)."""
     assert key.unpack is not None and value.unpack is not None
-    contents = {}
+    contents: dict = {}
     if _TRIE_BATCHES.get("lookup") is not False:
         assert key.unpack_many is not None and value.unpack_many is not None
         try:
+            if key.mark is not None and not whole:
+                marked = _read_marked(m, gen, key, value)
+                if marked is not None:
+                    return marked
             for keys, values in m.lookup_batches():
                 pairs = zip(key.unpack_many(keys, gen), value.unpack_many(values), strict=True)
                 contents.update([(k, v) for k, v in pairs if k is not None])
             _TRIE_BATCHES["lookup"] = True
+            contents.pop(key.mark_plan, None)
             return contents
         except BpfError as exc:
             if exc.errno not in _NO_BATCH or _TRIE_BATCHES.get("lookup"):
@@ -184,11 +209,45 @@ def _read_trie(m: RawMap, gen: int, key: Codec, value: Codec) -> dict:
         data = m.lookup(raw)
         if data is not None:
             contents[canonical] = value.unpack(data)
+    contents.pop(key.mark_plan, None)
     return contents
 
 
+def _read_marked(m: RawMap, gen: int, key: Codec, value: Codec) -> dict | None:
+    """One generation of a trie read from its mark up to the first key of another
+    generation (half the kernel's walk of a trie holding two), or None when the kernel did
+    not start in that generation (the mark is missing: the caller walks the whole trie).
+    If the kernel ever listed keys in another order, what is read would miss entries: a
+    caller that compares contents reads the whole trie before calling them changed."""
+    assert key.mark is not None and key.unpack_many is not None
+    assert value.unpack_many is not None
+    contents: dict = {}
+    first = True
+    for keys, values in m.lookup_batches(after=key.mark(gen)):
+        unpacked = key.unpack_many(keys, gen)
+        if first and unpacked[0] is None:
+            return None
+        first = False
+        pairs = zip(unpacked, value.unpack_many(values), strict=True)
+        contents.update([(k, v) for k, v in pairs if k is not None])
+        if None in unpacked:   # past the generation: its keys come in one run
+            break
+    _TRIE_BATCHES["lookup"] = True
+    return contents
+
+
+def write_marks(maps: Mapping[str, RawMap], gen: int) -> None:
+    """(Re)write generation ``gen``'s mark in every trie whose keys have one: the compiler
+    leaves a generation room for it (it is never a packet's key, so it judges nothing)."""
+    for name, d in PLAN_MAPS.items():
+        if d.key.mark is not None:
+            assert d.value is not None
+            maps[name].update(d.key.mark(gen), d.value.zero_bytes)
+
+
 def contents_digests(contents: Mapping[str, Mapping[Any, Any]],
-                     like: Mapping[str, str] | None = None) -> dict[str, str]:
+                     like: Mapping[str, str] | None = None,
+                     read_back: bool = False) -> dict[str, str]:
     """Per map, a fingerprint of one generation's contents in canonical form, whatever the
     order they were written or read in: what status compares to tell a map changed by hand
     from the one netctl applied (a plan's ``maps()`` and ``read_generation`` agree on it).
@@ -196,11 +255,12 @@ def contents_digests(contents: Mapping[str, Mapping[Any, Any]],
     The fingerprint is the number of entries and the sum of the entries' hashes (ints and
     tuples of ints hash the same in every process), so it needs no sort: 0.1 s at a million
     entries, where sorting their text took seconds.  ``like`` are fingerprints recorded
-    earlier: one of the older, sorted kind is computed that way again to compare with it."""
+    earlier: one of the older, sorted kind is computed that way again to compare with it.
+    Contents ``read_back`` by read_generation hold no zero array entries to leave out."""
     out = {}
     for name in MAP_NAMES:
         items = contents.get(name, {}).items()
-        if name in ARRAY_MAPS:   # their zero entries are never read back
+        if name in ARRAY_MAPS and not read_back:   # zero entries are never read back
             items = [(k, v) for k, v in items if not _all_zero(v)]
         if like is not None and not like.get(name, _DIGEST_TAG).startswith(_DIGEST_TAG):
             lines = sorted(repr(item) for item in items)

@@ -333,16 +333,21 @@ class Map:
             ctypes.memmove(token_in, token_out, 8)
         return values.raw[:done * vsz]
 
-    def lookup_batches(self, chunk: int = 16384) -> Iterator[tuple[bytes, bytes]]:
+    def lookup_batches(self, chunk: int = 16384,
+                       after: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Every element, as (keys, values) packed back to back, ``chunk`` elements a
         syscall (hash and array maps, and LPM tries where the kernel has batches for
-        them), for callers that unpack a whole batch at once (``struct.iter_unpack``)."""
+        them), for callers that unpack a whole batch at once (``struct.iter_unpack``).
+        With ``after``, the elements the kernel lists after that key (from the first one if
+        the key is not in the map); a caller may stop reading at any batch."""
         ksz, vsz = self.key_size, self.value_size
         kbuf = ctypes.create_string_buffer(ksz * chunk)
         vbuf = ctypes.create_string_buffer(vsz * chunk)
         token_in = ctypes.create_string_buffer(max(ksz, 8))
         token_out = ctypes.create_string_buffer(max(ksz, 8))
-        first = True
+        first = after is None
+        if after is not None:
+            ctypes.memmove(token_in, after, len(after))
         while True:
             attr = _attr()
             struct.pack_into("QQQQII", attr, 0, 0 if first else ctypes.addressof(token_in),

@@ -117,6 +117,31 @@ def netns_cookie(ns: str) -> int:
         return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8), "little")
 
 
+def udp_arrivals(sender: str, receiver: str, dst: str, dport: int, count: int,
+                 wait: float = 0.3, tag: str = "netctl") -> int:
+    """Send ``count`` datagrams from namespace ``sender`` to ``dst``:``dport``, bound in
+    namespace ``receiver``, through real sockets; how many arrived (the wait for the next
+    one ends after ``wait`` seconds)."""
+    import socket
+
+    af = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with inside(receiver):
+        rx = socket.socket(af, socket.SOCK_DGRAM)
+    with inside(sender):
+        tx = socket.socket(af, socket.SOCK_DGRAM)
+    with rx, tx:
+        rx.bind((dst, dport))
+        rx.settimeout(wait)
+        for i in range(count):
+            tx.sendto(f"{tag}-{i}".encode(), (dst, dport))
+        got = 0
+        with contextlib.suppress(TimeoutError):
+            while got < count:
+                rx.recv(2048)
+                got += 1
+    return got
+
+
 def link_mac(ns: str, ifname: str) -> str:
     """The MAC address of ``ifname`` in ``ns``."""
     out = run("ip", "-j", "link", "show", ifname, ns=ns).stdout

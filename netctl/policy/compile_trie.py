@@ -197,12 +197,12 @@ def _rule_trie(shapes: list[int], direct: list[int], slot_rules: list[list[_Info
                         total += len(new)
                         mixed.add(key)
             added[index] = total - before
-    if total > capacity:
+    if total + 1 > capacity:   # one entry of each generation is its mark (abi.codec)
         worst = max(added, key=lambda i: (added[i], -i))
         name = next(x.name for rules in slot_rules for x in rules if x.index == worst)
         raise MapFullError(
-            f"rule_table: needs {total} entries, capacity {capacity}; rule {name!r} "
-            f"contributes the most ({added[worst]})", "rule_table", total)
+            f"rule_table: needs {total + 1} entries, capacity {capacity}; rule {name!r} "
+            f"contributes the most ({added[worst]})", "rule_table", total + 1)
     table: dict[tuple[int, ...], int] = {}
     for header, bucket in buckets.items():
         if header in mixed:   # one writer: every entry already holds its only rule

@@ -130,3 +130,46 @@ def test_kernel_rule_trie_lookups_equal_the_interpreter(tries):
             assert kernel == _lpm_keyed(rules, header, bits, address), (header, hex(address))
             checked += 1
     assert checked > 2000 and len(headers) > 3
+
+
+def test_kernel_lists_a_generation_from_its_mark(tries):
+    """Status and applies read one generation of the rule trie from its mark on and stop at
+    the first key of the other (netctl/datapath/maps.py): that holds only if the kernel lists
+    an LPM trie's keys in the post-order MemoryMap models.  Two policies in the two
+    generations of a real trie: the kernel's listing equals the model's, each mark comes
+    first of its generation, and a marked read equals a whole walk and the plan."""
+    from netctl.abi.maps import PLAN_MAPS
+    from netctl.datapath.maps import MemoryMap, _read_trie, write_diff, write_marks
+    from netctl.kernel import bpfsys
+    from netctl.policy.plan import diff
+
+    plans = [compile_policy(load_policy_text(_policy_text(random.Random(seed)), "rules.yaml"))
+             for seed in (7, 8)]
+    d = PLAN_MAPS["rule_table"]
+    size = 4 * max(len(p.maps()["rule_table"]) for p in plans)
+    kernel = bpfsys.Map.create(bpfsys.MAP_LPM_TRIE, d.key.size, d.value.size, size,
+                               bpfsys.F_NO_PREALLOC, "test_marks")
+    model = MemoryMap("lpm_trie", d.key.size, d.value.size, size)
+    with kernel:
+        for m in (kernel, model):
+            for gen, plan in enumerate(plans):
+                write_diff({"rule_table": m}, "rule_table", gen,
+                           diff(None, plan).maps["rule_table"], plan.constants())
+                write_marks({"rule_table": m}, gen)
+        listed = [[keys[i:i + d.key.size] for i in range(0, len(keys), d.key.size)]
+                  for m in (kernel, model) for keys, _ in [_joined(m.lookup_batches(chunk=97))]]
+        assert listed[0] == listed[1]
+        gens = [key[4] for key in listed[0]]
+        assert gens == sorted(gens)                       # one run per generation
+        for gen in (0, 1):
+            assert listed[0][gens.index(gen)] == d.key.mark(gen)
+            want = plans[gen].maps()["rule_table"]
+            assert _read_trie(kernel, gen, d.key, d.value) == want
+            assert _read_trie(kernel, gen, d.key, d.value, whole=True) == want
+        kernel.delete(d.key.mark(1))                      # no mark: the whole walk
+        assert _read_trie(kernel, 1, d.key, d.value) == plans[1].maps()["rule_table"]
+
+
+def _joined(batches) -> tuple[bytes, bytes]:
+    keys, values = zip(*batches, strict=True)
+    return b"".join(keys), b"".join(values)

@@ -26,7 +26,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netctl.kernel.netlab import inside, netns, netns_cookie, run, unique, veth
+from netctl.kernel.netlab import (
+    inside,
+    netns,
+    netns_cookie,
+    run,
+    udp_arrivals,
+    unique,
+    veth,
+)
 from netctl.paths import PIN_ROOT, STATE_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,22 +228,8 @@ class Fleet:
 
     # -- traffic: UDP datagrams from the traffic namespace to a node
     def arrive(self, node: Node, dport: int, count: int = 5, wait: float = 0.3) -> int:
-        dst = DATA_IP.format(k=node.k)
-        with inside(node.ns):
-            rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with inside(self.traffic):
-            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with rx, tx:
-            rx.bind((dst, dport))
-            rx.settimeout(wait)
-            for i in range(count):
-                tx.sendto(f"fleet-{i}".encode(), (dst, dport))
-            got = 0
-            with contextlib.suppress(TimeoutError):
-                while got < count:
-                    rx.recv(2048)
-                    got += 1
-        return got
+        return udp_arrivals(self.traffic, node.ns, DATA_IP.format(k=node.k), dport, count,
+                            wait, tag="fleet")
 
     def enforces(self, node: Node, dropped: int, passed: int) -> bool:
         """``node`` drops UDP to port ``dropped`` and lets ``passed`` through."""

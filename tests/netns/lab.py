@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from nsutil import inside, netns, netns_cookie, run
 
-from netctl.kernel.netlab import veth
+from netctl.kernel.netlab import udp_arrivals, veth
 from netctl.paths import PIN_ROOT, STATE_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,24 +64,9 @@ class Lab:
             wait: float = 0.3) -> int:
         """Send ``count`` datagrams (generator -> DUT, or back) through real sockets and
         return how many arrived."""
-        af = socket.AF_INET if family == 4 else socket.AF_INET6
         dst = (DUT4 if family == 4 else DUT6) if to_dut else (GEN4 if family == 4 else GEN6)
         sender_ns, receiver_ns = (self.gen, self.dut) if to_dut else (self.dut, self.gen)
-        with inside(receiver_ns):
-            rx = socket.socket(af, socket.SOCK_DGRAM)
-        with inside(sender_ns):
-            tx = socket.socket(af, socket.SOCK_DGRAM)
-        with rx, tx:
-            rx.bind((dst, dport))
-            rx.settimeout(wait)
-            for i in range(count):
-                tx.sendto(f"netctl-{i}".encode(), (dst, dport))
-            got = 0
-            with contextlib.suppress(TimeoutError):
-                while True:
-                    rx.recv(2048)
-                    got += 1
-        return got
+        return udp_arrivals(sender_ns, receiver_ns, dst, dport, count, wait)
 
     def ping(self, family: int = 4, count: int = 1) -> bool:
         target = DUT4 if family == 4 else DUT6

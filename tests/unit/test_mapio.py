@@ -34,6 +34,7 @@ from netctl.datapath.maps import (
     read_generation,
     set_active,
     write_diff,
+    write_marks,
 )
 from netctl.errors import MapFullError
 from netctl.kernel.bpfsys import BpfError
@@ -530,7 +531,7 @@ def _at_capacity(variant: str) -> tuple[MapPlan, MapPlan]:
     a, b = compile_policy(policy("10.2.0.0/24")), compile_policy(policy(variant))
     limits = Limits(rules=12, port_intervals=4,
                     lpm_entries=max(len(p.maps()["src_v4"]) for p in (a, b)),
-                    rule_table=max(len(p.maps()["rule_table"]) for p in (a, b)))
+                    rule_table=max(len(p.maps()["rule_table"]) for p in (a, b)) + 1)
     return compiled(policy("10.2.0.0/24"), limits), compiled(policy(variant), limits)
 
 
@@ -541,12 +542,16 @@ def test_rewrite_at_capacity_removes_first():
     a, b = _at_capacity("10.3.0.0/24")
     constants = a.constants()
     maps = memory_maps(constants)
-    write_plan(maps, 0, a)          # active
-    write_plan(maps, 1, a)          # inactive, holding what it held before
+    for gen in (0, 1):              # active, and inactive holding what it held before
+        write_plan(maps, gen, a)
+        write_marks(maps, gen)
     set_active(maps, 0)
     change = diff(a, b)
+    # the compiler accepts them: a generation of the rule trie has one entry for its mark
+    for name, limit in (("src_v4", a.limits.lpm_entries),
+                        ("rule_table", a.limits.rule_table - 1)):
+        assert len(a.maps()[name]) == len(b.maps()[name]) == limit
     for name, limit in (("src_v4", a.limits.lpm_entries), ("rule_table", a.limits.rule_table)):
-        assert len(a.maps()[name]) == len(b.maps()[name]) == limit      # the compiler accepts
         assert len(maps[name].data) == maps[name].max_entries == 2 * limit   # full
         d = change.maps[name]
         assert d.added and len(d.added) == len(d.removed), name
@@ -648,3 +653,51 @@ def test_bulk_unpack_agrees_with_one_by_one(real_plans, name):
                                                     for k, _ in entries]
             assert d.key.unpack_many(keys, 1 - gen) == [None] * len(entries)
             assert d.value.unpack_many(values) == [v for _, v in entries], map_name
+
+
+# ---- 7. a generation read from its mark ----------------------------------------------------
+
+def test_memory_trie_lists_keys_in_post_order():
+    """MemoryMap lists an LPM trie's keys as the kernel does (tests/bpf checks the kernel
+    against it): a key after the longer ones it holds, 0 before 1 at the first difference."""
+    m = MemoryMap("lpm_trie", 5, 1, 16)
+    order = [(8, 0x00), (1, 0x00), (8, 0x80), (2, 0x80), (8, 0xC0), (1, 0x80), (0, 0x00)]
+    for plen, byte in reversed(order):
+        m.update(plen.to_bytes(4, "little") + bytes([byte]), b"\x01")
+    keys = b"".join(k for k, _ in m.lookup_batches(chunk=3))
+    assert [(keys[i], keys[i + 4]) for i in range(0, len(keys), 5)] == order
+    after = b"".join(k for k, _ in m.lookup_batches(after=(8).to_bytes(4, "little") + b"\x80"))
+    assert [(after[i], after[i + 4]) for i in range(0, len(after), 5)] == order[3:]
+    missing = (8).to_bytes(4, "little") + b"\x81"   # not in the map: from the first key
+    assert b"".join(k for k, _ in m.lookup_batches(after=missing)) == keys
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(policies(), policies())
+def test_a_generation_is_read_from_its_mark(pa: Policy, pb: Policy):
+    """Two plans in the two generations with their marks: each generation reads back as its
+    plan while the kernel's walk covers only that generation (and the mark of the other),
+    and without its mark (a map changed by hand) by the whole walk, still right."""
+    a, b = compiled(pa), compiled(pb, replace(LIMITS))
+    constants = a.constants()
+    maps = memory_maps(constants)
+    for gen, plan in enumerate((a, b)):
+        write_plan(maps, gen, plan)
+        write_marks(maps, gen)
+    trie = maps["rule_table"]
+    starts: list[bytes | None] = []
+    listing = trie.lookup_batches
+
+    def recording(chunk: int = 16384, after: bytes | None = None):
+        starts.append(after)
+        return listing(chunk, after)
+    trie.lookup_batches = recording  # type: ignore[method-assign]
+    for gen, plan in enumerate((a, b)):
+        starts.clear()
+        assert read_generation(maps, gen, constants) == canonical(plan)
+        if plan.maps()["rule_table"]:   # one listing, from the mark (an empty one: two)
+            assert starts == [abi.codec.rule_mark_key(gen)]
+    mark = abi.codec.rule_mark_key(1)
+    trie.delete(mark)
+    assert read_generation(maps, 1, constants) == canonical(b)
+    assert read_generation(maps, 1, constants, whole=True) == canonical(b)
