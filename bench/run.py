@@ -229,6 +229,13 @@ def targets(result: dict) -> list[dict]:
     return out
 
 
+def _ratio(ratio: float, target: float) -> str:
+    """Two decimals, or three where two would put the ratio on the other side of its
+    target (1.098 against 1.1 is no "1.10")."""
+    text = f"{ratio:.2f}"
+    return text if (float(text) >= target) == (ratio >= target) else f"{ratio:.3f}"
+
+
 def targets_table(result: dict) -> str:
     heads = ("default/tc >= 0.85", "default/set >= 1.1", "xdp/xdp >= 0.85")
     out = ["Against the targets (netctl's figure / the other's; yes = at least the target)",
@@ -236,9 +243,9 @@ def targets_table(result: dict) -> str:
             + "  ".join(f"{h:<19}" for h in heads)).rstrip()]
     for row in result["targets"]:
         cells = []
-        for mine, other, _ in TARGETS:
+        for mine, other, target in TARGETS:
             t = row[f"{mine} / {other}"]
-            cells.append(f"{t['ratio']:.2f} {'yes' if t['met'] else 'no'}"
+            cells.append(f"{_ratio(t['ratio'], target)} {'yes' if t['met'] else 'no'}"
                          if t["ratio"] is not None else "-")
         out.append((f"{row['mix']:<8} {row['flood']:<7} {row['rules']:>9,}  "
                     + "  ".join(f"{c:<19}" for c in cells)).rstrip())
