@@ -254,7 +254,9 @@ def parser() -> argparse.ArgumentParser:
         g = p.add_argument_group("etcd (each also from the environment: NETCTL_ETCD, "
                                  "NETCTL_ETCD_CA, _CERT, _KEY, _USER, _PASSWORD, "
                                  "_PASSWORD_FILE)")
-        g.add_argument("--etcd", metavar="URL", help="etcd client URL, http[s]://HOST:PORT")
+        g.add_argument("--etcd", metavar="URL",
+                       help="etcd client URL, http[s]://HOST:PORT; a cluster's members "
+                            "comma-separated, tried in turn")
         g.add_argument("--etcd-ca", metavar="FILE", help="CA certificate that signed etcd's")
         g.add_argument("--etcd-cert", metavar="FILE", help="client certificate (TLS)")
         g.add_argument("--etcd-key", metavar="FILE", help="the client certificate's key")

@@ -173,10 +173,9 @@ class Selector:
 
 
 def parse_url(url: str) -> tuple[str, str, int]:
-    """(protocol, host, port) of an etcd client URL (http[s]://HOST[:PORT], default port
-    2379); the first of a comma-separated list."""
-    first = url.split(",")[0].strip()
-    m = re.match(r"^(https?)://(\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(\d+))?/?$", first)
+    """(protocol, host, port) of one etcd client URL (http[s]://HOST[:PORT], default port
+    2379)."""
+    m = re.match(r"^(https?)://(\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(\d+))?/?$", url.strip())
     if not m:
         raise FleetError(f"--etcd {url!r}: expected http://HOST:PORT or https://HOST:PORT")
     host = m.group(2).strip("[]")

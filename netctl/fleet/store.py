@@ -69,8 +69,15 @@ class Endpoint:
         if bool(cert) != bool(key):
             raise FleetError("a client certificate needs its key (--etcd-cert with "
                              "--etcd-key)")
-        parse_url(url)   # checked now, not at the first request
-        return cls(url, ca or env(ENV["ca"]), cert, key, user, password, timeout)
+        endpoint = cls(url, ca or env(ENV["ca"]), cert, key, user, password, timeout)
+        for one in endpoint.urls:   # checked now, not at the first request
+            parse_url(one)
+        return endpoint
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The cluster's members, in the order they are tried (``url``: comma-separated)."""
+        return tuple(u.strip() for u in self.url.split(",") if u.strip()) or (self.url,)
 
 
 def _b64(data: str | bytes) -> str:
@@ -97,28 +104,52 @@ class KV:
 
 
 class Store:
-    """One etcd client.  Thread-safe enough for the agent: one thread talks, watches call
-    back on the client's own threads."""
+    """One etcd client, on one member of the cluster at a time: a request the member does
+    not answer is tried on the next one (``Endpoint.urls``, in turn), and only when none
+    answers is etcd unreachable.  Thread-safe enough for the agent: one thread talks,
+    watches call back on the client's own threads."""
 
     def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self._auth_lock = threading.Lock()
+        self._urls = endpoint.urls
+        for url in self._urls:
+            protocol, _, _ = parse_url(url)
+            if protocol == "http" and (endpoint.ca or endpoint.cert):
+                raise FleetError(f"--etcd {url}: TLS options need an https:// URL")
+        self._at = 0
+        self.client = self._client(self._urls[0])
+        if endpoint.user:
+            self._call("log in", self._authenticate)   # on the first member that answers
+
+    @property
+    def url(self) -> str:
+        """The member this client talks to now."""
+        return self._urls[self._at]
+
+    def _client(self, url: str) -> Any:
         import etcd3gw
 
-        self.endpoint = endpoint
-        protocol, host, port = parse_url(endpoint.url)
-        if protocol == "http" and (endpoint.ca or endpoint.cert):
-            raise FleetError(f"--etcd {endpoint.url}: TLS options need an https:// URL")
+        protocol, host, port = parse_url(url)
+        e = self.endpoint
         # api_path: etcd 3.4 serves the gateway at /v3/; naming it saves a /version request
         # per client (etcd3gw would otherwise discover it).
-        self.client = etcd3gw.Etcd3Client(
-            host=host, port=port, protocol=protocol, ca_cert=endpoint.ca,
-            cert_cert=endpoint.cert, cert_key=endpoint.key, timeout=endpoint.timeout,
-            api_path="/v3/")
+        client = etcd3gw.Etcd3Client(
+            host=host, port=port, protocol=protocol, ca_cert=e.ca, cert_cert=e.cert,
+            cert_key=e.key, timeout=e.timeout, api_path="/v3/")
         # Nothing from the environment: requests would let REQUESTS_CA_BUNDLE or
         # CURL_CA_BUNDLE override the CA given here, and send etcd's traffic through an
         # HTTP(S)_PROXY meant for the outside world.
-        self.client.session.trust_env = False
-        self._auth_lock = threading.Lock()
-        if endpoint.user:
+        client.session.trust_env = False
+        return client
+
+    def _switch(self, at: int) -> None:
+        """Talk to member ``at`` from now on (logged in there: tokens are per member)."""
+        if at != self._at:
+            self.client.session.close()
+            self._at = at
+            self.client = self._client(self._urls[at])
+        if self.endpoint.user:
             self._authenticate()
 
     # -- errors and authentication ------------------------------------------------------
@@ -139,13 +170,29 @@ class Store:
             yield
         except (ex.ConnectionFailedError, ex.ConnectionTimeoutError,
                 requests.RequestException) as exc:
-            raise Unreachable(f"etcd at {self.endpoint.url} unreachable ({what}): "
+            raise Unreachable(f"etcd at {self.url} unreachable ({what}): "
                               f"{_brief(exc)}") from None
         except ex.Etcd3Exception as exc:
-            raise FleetError(f"etcd at {self.endpoint.url} refused to {what}: "
+            raise FleetError(f"etcd at {self.url} refused to {what}: "
                              f"{_brief(exc)}") from None
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (which reads ``self.client`` when called) on this member, or, when it does
+        not answer, on each other member in turn; unreachable when none answers."""
+        tried: list[str] = []
+        for step in range(len(self._urls)):
+            at = (self._at + step) % len(self._urls)
+            try:
+                if step:
+                    self._switch(at)
+                return self._call_here(what, fn)
+            except Unreachable as exc:
+                tried.append(str(exc).removeprefix("etcd at "))
+        if len(tried) == 1:
+            raise Unreachable(f"etcd at {tried[0]}")
+        raise Unreachable("etcd unreachable at every member: " + "; ".join(tried))
+
+    def _call_here(self, what: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` with etcd's errors as FleetErrors; an expired token is renewed once."""
         from etcd3gw import exceptions as ex
 

@@ -178,9 +178,10 @@ class Fleet:
     # -- the operator's side, run in etcd's namespace
     operator_env: dict[str, str] = field(default_factory=dict)   # NETCTL_ETCD_* of pushes
 
-    def netctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def netctl(self, *args: str, timeout: float = 120, etcd: str | None = None
+               ) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.etcd.ns, *netctl_argv(
-            *args, "--etcd", self.etcd.local_url)], capture_output=True, text=True,
+            *args, "--etcd", etcd or self.etcd.local_url)], capture_output=True, text=True,
             timeout=timeout, env=child_env(**self.operator_env))
 
     def compact(self) -> int:
@@ -194,11 +195,12 @@ class Fleet:
         etcdctl("compact", str(revision))
         return int(revision)
 
-    def dry_agent(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def dry_agent(self, name: str, env: dict[str, str] | None = None,
+                  etcd: str | None = None) -> subprocess.Popen:
         """A --dry-run agent in etcd's namespace (no node namespace of its own)."""
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.etcd.ns, *netctl_argv(
-                "agent", "--etcd", self.etcd.local_url, "--node", name, "--dry-run",
+                "agent", "--etcd", etcd or self.etcd.local_url, "--node", name, "--dry-run",
                 "--lease-ttl", "10", "--state-dir", str(self.tmp / "state"))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(**(env or {})))
         self.dry.append(proc)

@@ -65,3 +65,28 @@ def test_concurrent_pushes_are_serialised(scratch):
         assert last["generation"] == first["generation"] + 1
         rows = fl.status()["nodes"]
         assert {r["desired"] for r in rows} == {r["applied"] for r in rows} == {last["digest"]}
+
+
+def test_a_member_that_does_not_answer_is_passed_over(scratch):
+    """--etcd names a cluster's members, tried in turn.  The first one here answers nothing
+    (no etcd on its port): an agent still registers and applies, a push converges and
+    fleet status reads through the next member; with no member answering, status names
+    each one and fails."""
+    dead, dead2 = "http://127.0.0.1:9", "http://127.0.0.1:10"
+    with fleet(scratch, count=0) as fl:
+        members = f"{dead},{fl.etcd.local_url}"
+        fl.dry_agent("fo-1", etcd=members)
+        assert wait_for(lambda: len(fl.status()["nodes"]) == 1, timeout=60, interval=0.5)
+        path = scratch / "fo.yaml"
+        path.write_text(POLICY.format(port=9201))
+        out = fl.netctl("push", str(path), "-o", "json", "--name", "fo", etcd=members)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["converged"]
+        out = fl.netctl("fleet", "status", "-o", "json", etcd=members)
+        assert out.returncode == 0, out.stderr
+        assert [r["node"] for r in json.loads(out.stdout)["nodes"]] == ["fo-1"]
+        out = fl.netctl("fleet", "status", etcd=f"{dead},{dead2}")
+        assert out.returncode != 0
+        assert "every member" in out.stderr and "127.0.0.1:9 " in out.stderr \
+            and "127.0.0.1:10 " in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr

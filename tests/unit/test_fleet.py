@@ -99,10 +99,16 @@ def test_urls():
     assert parse_url("http://127.0.0.1:2379") == ("http", "127.0.0.1", 2379)
     assert parse_url("https://etcd.example:2379/") == ("https", "etcd.example", 2379)
     assert parse_url("http://etcd") == ("http", "etcd", 2379)
-    assert parse_url("http://[fd00::1]:23790,http://other:1") == ("http", "fd00::1", 23790)
-    for bad in ("etcd:2379", "ftp://x:1", "http://x:0", "http://x:99999", "http://"):
+    assert parse_url("http://[fd00::1]:23790") == ("http", "fd00::1", 23790)
+    for bad in ("etcd:2379", "ftp://x:1", "http://x:0", "http://x:99999", "http://",
+                "http://a:1,http://b:2"):
         with pytest.raises(FleetError):
             parse_url(bad)
+    # a cluster: its members comma-separated, each checked, tried in this order
+    members = Endpoint.from_options("http://[fd00::1]:23790, http://other:1,").urls
+    assert members == ("http://[fd00::1]:23790", "http://other:1")
+    with pytest.raises(FleetError, match="'ftp://b:1'"):
+        Endpoint.from_options("http://a:1,ftp://b:1")
 
 
 def test_endpoint_from_options_and_environment(monkeypatch, tmp_path):
