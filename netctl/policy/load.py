@@ -317,8 +317,11 @@ class _Loader(_RuleReader):
             self.error(pos, f"'{key}' must be a list")
             return ()
         built: list[_T] = []
-        for item, ipos in zip(value, value.itemmarks, strict=True):
+        for index, (item, ipos) in enumerate(zip(value, value.itemmarks, strict=True)):
             result = build(item, ipos, len(built))
+            # Each node is read once: let it go as soon as its entry is built, or a big
+            # file's whole tree stays alive next to the policy built from it (peak memory).
+            value[index] = None
             if result is not None:
                 built.append(result)
         return tuple(built)
