@@ -98,9 +98,6 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
     controller has no use for afterwards.  The child pins what it loaded; this process opens
     the pins.  Programs compiled before with the same text and constants come from the
     program cache instead (netctl/datapath/progcache.py): no LLVM at all."""
-    import json
-    import tempfile
-
     ct = ct_pin or pin_dir + "/conntrack"
     key = progcache.cache_key([translation_unit(XDP_SOURCE), translation_unit(TC_SOURCE)],
                               cflags(constants, pin_dir, extra, ct_pin))
@@ -115,15 +112,67 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(pin_dir, name))
 
+    # bcc opens a map pinned already (the live conntrack table; the second source's view of
+    # the maps the first one pinned) by its id, which the kernel allows only with
+    # CAP_SYS_ADMIN.  Without it, each source compiles against maps of its own in a scratch
+    # directory, and the programs are loaded from the program cache's entry that build
+    # made, over this build's maps (opened by their pins).
+    scratch = None if _admin() else _scratch_dir(pin_dir)
+    try:
+        return _build(constants, pin_dir, extra, ct_pin, key, scratch)
+    finally:
+        if scratch is not None:
+            _remove_pins(scratch)
+
+
+def _admin() -> bool:
+    from ..kernel import privilege
+
+    return privilege.CAP_SYS_ADMIN in privilege.effective()
+
+
+def _scratch_dir(pin_dir: str) -> str:
+    path = f"{pin_dir}-scratch{os.getpid()}"   # bpffs refuses dots in names
+    _remove_pins(path)   # a leftover of a build killed before it cleaned up
+    os.mkdir(path, 0o700)
+    return path
+
+
+def _remove_pins(path: str) -> None:
+    """Unpin everything under ``path`` (a bpffs directory) and remove it."""
+    if not os.path.isdir(path):
+        return
+    for name in os.listdir(path):
+        inner = os.path.join(path, name)
+        if os.path.isdir(inner):
+            _remove_pins(inner)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(inner)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def _build(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...],
+           ct_pin: str | None, key: str, scratch: str | None) -> Programs:
+    """compile_programs' build in a child process (in ``scratch`` when given)."""
+    import json
+    import tempfile
+
+    ct = ct_pin or pin_dir + "/conntrack"
     with tempfile.TemporaryFile() as result, tempfile.TemporaryFile() as errors:
         pid = os.fork()
         if pid == 0:  # the child: never returns
             code = 1
             try:
                 os.dup2(errors.fileno(), 2)
-                programs = _compile_here(constants, pin_dir, extra, ct_pin, key)
-                for role, fd in programs.fds.items():
-                    bpfsys.obj_pin(fd, f"{pin_dir}/prog_{role}")
+                if scratch is None:
+                    programs = _compile_here(constants, pin_dir, extra, ct_pin, key)
+                    for role, fd in programs.fds.items():
+                        bpfsys.obj_pin(fd, f"{pin_dir}/prog_{role}")
+                else:
+                    programs = _compile_here(constants, scratch, extra, None, key, apart=True)
+                    programs.close()
                 report = {"ok": True, "verifier": programs.verifier}
                 code = 0
             except LoadError as exc:
@@ -149,6 +198,13 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
             message = report["message"]
         raise LoadError(message, report.get("log") if report and report.get("log")
                         else _compiler_errors(stderr))
+    if scratch is not None:
+        cached = progcache.lookup(key)
+        if cached is None:
+            raise LoadError("the programs were built, but loading them over the live maps "
+                            "without CAP_SYS_ADMIN goes through the program cache, which "
+                            "kept nothing (NETCTL_PROGRAM_CACHE=off, or not writable)", "")
+        return _load_cached(*cached, pin_dir, ct)
     fds: dict[str, int] = {}
     try:
         for role in ROLES:
@@ -161,18 +217,30 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
 
 def _compile_here(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...],
                   ct_pin: str | None, key: str | None = None,
-                  refused: dict[str, LoadError] | None = None) -> Programs:
+                  refused: dict[str, LoadError] | None = None,
+                  apart: bool = False) -> Programs:
     """Compile and load every role.  With ``refused`` (the kernel matrix's census of the
-    verifier), a role the verifier refuses is recorded there and the others still load."""
+    verifier), a role the verifier refuses is recorded there and the others still load.
+    ``apart``: each source against maps of its own, in a directory of its own under
+    ``pin_dir`` (bcc creates them: it opens a map pinned already only by id, which needs
+    CAP_SYS_ADMIN), for the program cache's entry to be loaded over other maps."""
     from bcc import BPF  # the distribution's bcc; imported only where programs are built
 
-    flags = cflags(constants, pin_dir, extra, ct_pin)
-    ct = ct_pin or pin_dir + "/conntrack"
     programs = Programs({}, {})
     cache: dict[str, dict] | None = {}
     specs: dict[str, dict] = {}
+    dirs: list[tuple[str, str]] = []
     try:
         for source in (XDP_SOURCE, TC_SOURCE):
+            if apart:
+                src_dir = f"{pin_dir}/{len(dirs)}"
+                os.mkdir(src_dir, 0o700)
+                src_ct_pin: str | None = src_dir + "/conntrack"
+            else:
+                src_dir, src_ct_pin = pin_dir, ct_pin
+            ct = src_ct_pin or src_dir + "/conntrack"
+            dirs.append((src_dir, ct))
+            flags = cflags(constants, src_dir, extra, src_ct_pin)
             try:
                 module = BPF(text=translation_unit(source), cflags=flags)
             except Exception as exc:
@@ -194,14 +262,14 @@ def _compile_here(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...
                             try:   # while bcc's map fds are open
                                 cache[role] = {"name": KERNEL_NAMES[role], "insns": insns,
                                                "relocations": progcache.describe(
-                                                   insns, pin_dir, ct, specs)}
+                                                   insns, src_dir, ct, specs)}
                             except (LookupError, OSError):
                                 cache = None
             finally:
                 module.cleanup()
         if cache is not None and key is not None:
             with contextlib.suppress(OSError):
-                progcache.store(key, cache, specs, pin_dir, ct)
+                progcache.store(key, cache, specs, *dirs[0])
     except BaseException:
         programs.close()
         raise

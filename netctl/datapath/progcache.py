@@ -105,6 +105,22 @@ def _pins(pin_dir: str, ct_pin: str) -> dict[int, str]:
     return out
 
 
+def _pinned_specs(pin_dir: str, ct_pin: str) -> dict[str, dict]:
+    """The layout of every map pinned for a build, by where it is pinned (opened by its pin:
+    opening a map by id would need CAP_SYS_ADMIN)."""
+    out: dict[str, dict] = {}
+    by_id = _pins(pin_dir, ct_pin)
+    paths = {where: (ct_pin + where[3:] if where.startswith("@ct")
+                     else os.path.join(pin_dir, where)) for where in by_id.values()}
+    for where, path in paths.items():
+        fd = bpfsys.obj_get(path)
+        try:
+            out[where] = _spec(bpfsys.map_info(fd))
+        finally:
+            os.close(fd)
+    return out
+
+
 def describe(insns: bytes, pin_dir: str, ct_pin: str, specs: dict[str, dict],
              by_id: dict[int, str] | None = None) -> list[list]:
     """The map references of a program's instructions as [index, where] pairs (``where``:
@@ -138,13 +154,8 @@ def store(key: str, roles: dict[str, dict], specs: dict[str, dict], pin_dir: str
     if root is None:
         return
     specs = dict(specs)
-    for map_id, where in _pins(pin_dir, ct_pin).items():
-        if where not in specs:
-            fd = bpfsys.map_fd_by_id(map_id)
-            try:
-                specs[where] = _spec(bpfsys.map_info(fd))
-            finally:
-                os.close(fd)
+    for where, spec in _pinned_specs(pin_dir, ct_pin).items():
+        specs.setdefault(where, spec)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".new-"))
     try:

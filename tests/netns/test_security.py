@@ -179,3 +179,30 @@ def test_capabilities_that_load_and_those_that_only_read(the_lab, readable_polic
     applied = as_root_with(three, "apply", readable_policy, "--dev", the_lab.dut_if)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert _verdicts(the_lab) == (2, 0, 2)
+
+
+def test_a_rebuild_with_the_three_capabilities(the_lab):
+    """A change that builds new programs (another conntrack size) with CAP_BPF,
+    CAP_NET_ADMIN and CAP_PERFMON only, from an empty program cache: bcc opens a map pinned
+    already by its id, which needs CAP_SYS_ADMIN, so the build compiles against scratch maps
+    of its own and loads its programs over the live maps from the cache entry it made.  It
+    goes live and judges; no scratch pin is left behind."""
+    the_lab.apply(POLICY_A)
+    rebuilt = POLICY_B.replace("rules:", "stateful: true\nconntrack: {size: 8192}\nrules:")
+    caps = "-all,+bpf,+net_admin,+perfmon"
+    with tempfile.TemporaryDirectory(prefix="netctl-sec-") as d:
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "rebuilt.yaml")
+        with open(path, "w") as f:
+            f.write(rebuilt)
+        os.chmod(path, 0o644)
+        applied = run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
+                      f"--ambient-caps={caps}", "env", f"NETCTL_PROGRAM_CACHE={d}/cache",
+                      NETCTL, "apply", path, "--dev", the_lab.dut_if, "-o", "json",
+                      ns=the_lab.dut, check=False)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        assert json.loads(applied.stdout)["reload"] is True
+        assert os.listdir(f"{d}/cache")   # the entry the build went through
+    assert _verdicts(the_lab) == (2, 0, 2)
+    pins = os.path.join(PIN_ROOT, f"ns{netns_cookie(the_lab.dut)}")
+    assert not [n for n in os.listdir(pins) if "scratch" in n]
