@@ -701,3 +701,18 @@ def test_a_generation_is_read_from_its_mark(pa: Policy, pb: Policy):
     trie.delete(mark)
     assert read_generation(maps, 1, constants) == canonical(b)
     assert read_generation(maps, 1, constants, whole=True) == canonical(b)
+
+
+def test_a_full_trie_has_no_room_for_a_mark_and_is_read_whole():
+    """A datapath built before marks can have a generation filled to capacity: the mark is
+    then left out (no error), and the generation still reads back right, walked whole."""
+    plan = compiled(make_policy(*({"src": f"10.{i}.0.0/16"} for i in range(5))))
+    constants = plan.constants()
+    maps = memory_maps(constants)
+    entries = len(plan.maps()["rule_table"])
+    trie = maps["rule_table"]
+    maps["rule_table"] = MemoryMap("lpm_trie", trie.key_size, trie.value_size, entries)
+    write_plan(maps, 1, plan)
+    write_marks(maps, 1)
+    assert abi.codec.rule_mark_key(1) not in maps["rule_table"].data
+    assert read_generation(maps, 1, constants) == canonical(plan)
