@@ -117,12 +117,14 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
     # CAP_SYS_ADMIN.  Without it, each source compiles against maps of its own in a scratch
     # directory, and the programs are loaded from the program cache's entry that build
     # made, over this build's maps (opened by their pins).
+    from .netns import remove_pins
+
     scratch = None if _admin() else _scratch_dir(pin_dir)
     try:
         return _build(constants, pin_dir, extra, ct_pin, key, scratch)
     finally:
         if scratch is not None:
-            _remove_pins(scratch)
+            remove_pins(scratch)
 
 
 def _admin() -> bool:
@@ -132,25 +134,12 @@ def _admin() -> bool:
 
 
 def _scratch_dir(pin_dir: str) -> str:
+    from .netns import remove_pins
+
     path = f"{pin_dir}-scratch{os.getpid()}"   # bpffs refuses dots in names
-    _remove_pins(path)   # a leftover of a build killed before it cleaned up
+    remove_pins(path)   # a leftover of a build killed before it cleaned up
     os.mkdir(path, 0o700)
     return path
-
-
-def _remove_pins(path: str) -> None:
-    """Unpin everything under ``path`` (a bpffs directory) and remove it."""
-    if not os.path.isdir(path):
-        return
-    for name in os.listdir(path):
-        inner = os.path.join(path, name)
-        if os.path.isdir(inner):
-            _remove_pins(inner)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(inner)
-    with contextlib.suppress(OSError):
-        os.rmdir(path)
 
 
 def _build(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...],

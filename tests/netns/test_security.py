@@ -43,12 +43,17 @@ def readable_policy():
     """A policy file that nobody can read (pytest's tmp_path is root's alone), so the
     refusal tested is the privilege check, not a file permission."""
     with tempfile.TemporaryDirectory(prefix="netctl-sec-") as d:
-        os.chmod(d, 0o755)
-        path = os.path.join(d, "b.yaml")
-        with open(path, "w") as f:
-            f.write(POLICY_B)
-        os.chmod(path, 0o644)
-        yield path
+        yield _readable_file(d, "b.yaml", POLICY_B)
+
+
+def _readable_file(directory: str, name: str, text: str) -> str:
+    """``text`` in ``directory``/``name``, both readable by anyone."""
+    os.chmod(directory, 0o755)
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o644)
+    return path
 
 
 def _verdicts(the_lab) -> tuple[int, int, int]:
@@ -191,11 +196,7 @@ def test_a_rebuild_with_the_three_capabilities(the_lab):
     rebuilt = POLICY_B.replace("rules:", "stateful: true\nconntrack: {size: 8192}\nrules:")
     caps = "-all,+bpf,+net_admin,+perfmon"
     with tempfile.TemporaryDirectory(prefix="netctl-sec-") as d:
-        os.chmod(d, 0o755)
-        path = os.path.join(d, "rebuilt.yaml")
-        with open(path, "w") as f:
-            f.write(rebuilt)
-        os.chmod(path, 0o644)
+        path = _readable_file(d, "rebuilt.yaml", rebuilt)
         applied = run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
                       f"--ambient-caps={caps}", "env", f"NETCTL_PROGRAM_CACHE={d}/cache",
                       NETCTL, "apply", path, "--dev", the_lab.dut_if, "-o", "json",
