@@ -387,6 +387,36 @@ def machine() -> dict:
             "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def running_generators(proc: Path = Path("/proc")) -> list[tuple[int, str]]:
+    """(pid, command line) of every trafgen on this machine.  A flood left behind (its
+    workers outlive a parent killed hard) takes a CPU, and a bench beside it measures
+    both."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:   # gone meanwhile
+            continue
+        if argv and Path(argv[0].decode(errors="replace")).name == "trafgen":
+            found.append((int(entry.name), " ".join(a.decode(errors="replace")
+                                                    for a in argv if a)))
+    return sorted(found)
+
+
+def _exit_on_signal() -> None:
+    """SIGTERM and SIGHUP end the bench as Ctrl-C does: through every ``finally``, so each
+    flood's process group is stopped and each namespace removed."""
+    import signal
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
@@ -399,6 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         return 77
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = MODES[mode]
+    left = running_generators()
+    if left:
+        print("bench: a traffic generator is running already, and would share the CPUs with "
+              "the bench; stop it first:\n" + "\n".join(f"  {pid} {cmd}" for pid, cmd in left),
+              file=sys.stderr)
+        return 1
+    _exit_on_signal()
 
     def say(text: str) -> None:
         print(text, flush=True)
