@@ -1,7 +1,7 @@
 """`make bench` / `make bench-quick`: netctl against the firewalls people use, in one run.
 
-    python -m bench.run            # the full run: N = 1 ... 100,000 (about 45 minutes)
-    python -m bench.run --quick    # N = 1, 1,000, 10,000, shorter windows (3 to 4 minutes)
+    python -m bench.run            # the full run: N = 1 ... 100,000 (about 20 minutes)
+    python -m bench.run --quick    # N = 1, 1,000, 10,000, shorter windows (4 to 5 minutes)
     python -m bench.run --smoke    # the harness works end to end (no figures to read)
 
 For each rule mix (bench, mixed: bench/rulesets.py) and each flood (fixed: one flow;
@@ -420,7 +420,7 @@ def _exit_on_signal() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="3 to 4 minutes")
+    group.add_argument("--quick", action="store_true", help="4 to 5 minutes")
     group.add_argument("--smoke", action="store_true", help="the harness works (no figures)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
