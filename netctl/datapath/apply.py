@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import AttachError, NetctlError
 from ..gcpause import without_gc
+from ..kernel import privilege
 from ..policy.compile import compile_fitting
 from ..policy.lockout import LockoutError, lockout, ssh_connection
 from ..policy.model import Policy
@@ -45,7 +46,6 @@ from .live import (
     larger,
     live_state,
     open_live,
-    require_privilege,
     reusable,
     stale_builds,
 )
@@ -75,7 +75,7 @@ def apply(policy: Policy, devs: list[str] | None = None, xdp_mode: str | None = 
         check_seconds(confirm)
     wanted = targets(policy, devs, xdp_mode)
     attach = normal_attach(attach)
-    require_privilege("apply")
+    privilege.require("apply", *privilege.LOAD)
     tc_path, xdp_path = att.attach_paths(attach)
     ns = Namespace.current()
     # Capacities only grow: into the live build's when the policy fits there (no rebuild),
@@ -204,7 +204,7 @@ def already_live(path: str, devs: list[str] | None, xdp_mode: str | None,
     the very same file (by content), applied the same way, is live and intact: then there
     is nothing to load, compile or write.  None when anything differs; the caller then does
     a full apply (which may still find nothing to write)."""
-    require_privilege("apply")
+    privilege.require("apply", *privilege.LOAD)
     ns = Namespace.current()
     state = ns.read_state()
     if state is None or state.build is None:

@@ -31,11 +31,12 @@ import time
 from typing import Any
 
 from ..errors import NetctlError
+from ..kernel import privilege
 from ..policy.model import Policy
 from ..policy.plan import MapPlan
 from . import maps as mapio
 from .instance import Datapath
-from .live import open_live, require_privilege
+from .live import open_live
 from .netns import Namespace
 from .state import Confirm, Generation, State
 
@@ -162,7 +163,7 @@ def settle(ns: Namespace) -> None:
 
 def confirm() -> dict[str, Any]:
     """`netctl confirm`: keep the policy that awaits confirmation."""
-    require_privilege("confirm")
+    privilege.require("confirm", *privilege.LOAD)
     ns = Namespace.current()
     with ns.lock():
         state = ns.read_state()

@@ -33,7 +33,7 @@ from .hooks import (
     role,
     targets,
 )
-from .live import build_limits, live_state, open_live, require_privilege
+from .live import build_limits, live_state, open_live
 from .routes import resolve_routes
 from .status import conntrack, show, status
 from .transaction import CRASH_POINTS, ApplyResult, crash_point, generation_record
@@ -47,5 +47,5 @@ __all__ = [
     "CRASH_POINTS", "HOOK_TC", "HOOK_XDP_GENERIC", "HOOK_XDP_NATIVE", "ApplyResult", "Hooks",
     "Target", "already_live", "apply", "build_limits", "check_link_layer", "conntrack",
     "crash_point", "decide_hooks", "detach", "generation_record", "live_state", "open_live",
-    "require_privilege", "resolve_routes", "role", "show", "status", "targets",
+    "resolve_routes", "role", "show", "status", "targets",
 ]

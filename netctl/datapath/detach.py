@@ -7,9 +7,9 @@ import errno
 from typing import Any
 
 from ..errors import AttachError, NetctlError
+from ..kernel import privilege
 from . import attach as att
 from .hooks import detach_interface, has_ours
-from .live import require_privilege
 from .netns import Namespace
 from .state import Interface, State
 
@@ -17,7 +17,7 @@ from .state import Interface, State
 def detach(devs: list[str] | None = None, everything: bool = False) -> dict[str, Any]:
     """Remove netctl's programs (and the clsact qdiscs it created) from the given interfaces,
     or from all; with all, remove the pins and the state too."""
-    require_privilege("detach")
+    privilege.require("detach", *privilege.DATAPATH)
     ns = Namespace.current()
     with ns.lock():
         unreadable = None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ..kernel import privilege
 from ..policy.plan import Limits, MapPlan
 from . import attach as att
 from . import maps as mapio
@@ -16,13 +15,6 @@ from .hooks import runs_any
 from .instance import Datapath, PinsMissing
 from .netns import Namespace
 from .state import Build, Generation, State
-
-LOADING_VERBS = frozenset({"apply", "confirm"})   # may load and attach programs
-
-
-def require_privilege(what: str) -> None:
-    privilege.require(what, *(privilege.LOAD if what in LOADING_VERBS else
-                              privilege.DATAPATH))
 
 
 def open_live(ns: Namespace, state: State | None) -> tuple[Datapath | None, str | None]:

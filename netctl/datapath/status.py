@@ -9,10 +9,11 @@ from typing import Any
 from .. import abi
 from ..errors import NetctlError
 from ..gcpause import without_gc
+from ..kernel import privilege
 from . import attach as att
 from .hooks import attach_paths_live, attachment_problems, prog_ids_shown
 from .instance import Datapath
-from .live import changed_maps, live_state, open_live, require_privilege
+from .live import changed_maps, live_state, open_live
 from .netns import Namespace, netns_name
 from .state import Carried, Generation, State
 
@@ -33,7 +34,7 @@ def live_record(ns: Namespace, state: State) -> Generation:
 
 def show() -> dict[str, Any]:
     """`netctl show`: the live policy's text as applied, and where it came from."""
-    require_privilege("show")
+    privilege.require("show", *privilege.DATAPATH)
     ns = Namespace.current()
     state, _notes = live_state(ns)
     if state is None or state.build is None:
@@ -71,7 +72,7 @@ def status(verify: bool = True) -> dict[str, Any]:
 
     ``verify`` reads the live generation back from the kernel and reports maps that differ
     from what netctl applied (about 3 s at 100,000 rules; top and the exporter skip it)."""
-    require_privilege("status")
+    privilege.require("status", *privilege.DATAPATH)
     ns = Namespace.current()
     state, notes = live_state(ns)
     out: dict[str, Any] = {"netns": netns_name(), "cookie": ns.cookie, "applied": False,
@@ -248,7 +249,7 @@ def conntrack_summary(live: Datapath, cfg: tuple[int, ...], stats) -> dict[str, 
 
 def conntrack() -> dict[str, Any]:
     """The tracked flows of this namespace's datapath (`netctl conntrack -o json`)."""
-    require_privilege("conntrack")
+    privilege.require("conntrack", *privilege.DATAPATH)
     ns = Namespace.current()
     state, _notes = live_state(ns)
     live, why = open_live(ns, state)

@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from ..errors import NetctlError
+from ..kernel import privilege
 from .trace.kinds import EXPORTED, KIND_TYPES
 
 DEFAULT_LISTEN = "127.0.0.1:9433"
@@ -207,10 +208,9 @@ def _http_server(host: str, port: int, collector: Collector):
 def serve(listen: str = DEFAULT_LISTEN, kinds=EXPORTED, once: bool = False,
           out=print, err=None, rules: str = "all") -> int:
     """Serve until SIGINT/SIGTERM (``once``: return the text of one scrape, for tests)."""
-    from ..datapath.control import require_privilege
     from . import trace
 
-    require_privilege("exporter")
+    privilege.require("exporter", *privilege.DATAPATH)
     host, port = parse_listen(listen)
     selection = parse_rules(rules)
     tracers = []
