@@ -509,8 +509,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
         privilege.require("agent", *privilege.LOAD)
     if args.lease_ttl < 2:
         raise NetctlError("--lease-ttl must be at least 2 seconds")
+    from .policy.load import interface_name_problem
+
+    for dev in args.dev or ():
+        problem = interface_name_problem(dev)
+        if problem:
+            raise NetctlError(f"--dev: {problem}")
     agent = Agent(_endpoint(args), check_name(args.node), parse_labels(args.label),
-                  dry_run=args.dry_run, lease_ttl=args.lease_ttl,
+                  devs=tuple(dict.fromkeys(args.dev or ())), dry_run=args.dry_run,
+                  lease_ttl=args.lease_ttl,
                   check=max(1.0, args.lease_ttl / 2), state_dir=args.state_dir)
     return agent.run()
 

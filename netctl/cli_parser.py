@@ -81,7 +81,8 @@ EXAMPLES = {
         netctl agent --etcd http://10.0.0.5:2379 --node web-1 --label role=web
         NETCTL_ETCD=https://etcd:2379 NETCTL_ETCD_CA=/etc/netctl/etcd-ca.pem \\
             netctl agent --node "$(hostname)" --etcd-cert node.pem --etcd-key node-key.pem
-        netctl agent --etcd http://127.0.0.1:2379 --node test-7 --dry-run   # scale tests""",
+        netctl agent --etcd http://127.0.0.1:2379 --node test-7 --dry-run   # scale tests
+        netctl agent --etcd http://10.0.0.5:2379 --node db-2 --dev ens5   # its uplink's name""",
     "push": """
         netctl push policies/web-server.yaml --etcd http://10.0.0.5:2379
         netctl push web.yaml --etcd http://10.0.0.5:2379 --nodes role=web --canary 1
@@ -274,6 +275,10 @@ def parser() -> argparse.ArgumentParser:
                    help="this node's name in the fleet (Kubernetes: the node name)")
     p.add_argument("--label", action="append", metavar="KEY=VALUE",
                    help="a label push selectors can match (repeatable)")
+    p.add_argument("--dev", action="append", metavar="IF",
+                   help="apply every assigned policy to this interface (repeatable) instead "
+                        "of the interfaces the policy names, as 'netctl apply --dev' does: "
+                        "for nodes whose interfaces are named differently")
     p.add_argument("--dry-run", action="store_true",
                    help="load and compile assigned policies, never touch the kernel (scale "
                         "tests; needs no privilege)")

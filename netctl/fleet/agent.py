@@ -53,6 +53,7 @@ class Agent:
     endpoint: Endpoint
     node: str
     labels: dict[str, str] = field(default_factory=dict)
+    devs: tuple[str, ...] = ()         # --dev: this node's interfaces, whatever the policy names
     dry_run: bool = False
     lease_ttl: int = 10
     check: float = 5.0                 # seconds between fresh reads of the assignment
@@ -80,7 +81,8 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self.say(f"node {self.node}: agent {__version__} for {self.endpoint.url}"
-                 f"{' (dry run: the kernel is never touched)' if self.dry_run else ''}")
+                 f"{' (dry run: the kernel is never touched)' if self.dry_run else ''}"
+                 f"{'; policies go on ' + ', '.join(self.devs) if self.devs else ''}")
         self._warm_up()
         store: Store | None = None
         while not self.stop.is_set():
@@ -121,6 +123,7 @@ class Agent:
         registration = json.dumps({"labels": self.labels, "version": __version__,
                                    "host": socket.gethostname(), "pid": os.getpid(),
                                    "dry_run": self.dry_run, "lease": lease,
+                                   "devs": list(self.devs) or None,
                                    "started": round(time.time(), 3)}, sort_keys=True)
         store.put(node_key(self.node), registration, lease=lease)
         keeper = threading.Thread(target=self._keep_alive, args=(lease, lost), daemon=True,
@@ -237,9 +240,10 @@ class Agent:
                 return None
             from ..datapath.applyfile import apply_file
 
-            done = apply_file(self._policy_file(text),
-                              devs=list(assignment.interfaces) if assignment.interfaces
-                              else None)
+            # This node's own --dev first, then the assignment's interfaces, else the
+            # policy's.
+            devs = self.devs or assignment.interfaces
+            done = apply_file(self._policy_file(text), devs=list(devs) if devs else None)
             if done.live is not None:
                 self.say("the live datapath already runs this policy: adopted, nothing "
                          "applied")

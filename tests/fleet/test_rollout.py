@@ -164,3 +164,33 @@ def test_restarted_agent_adopts_the_live_datapath(the_fleet):
         fl.agent_log(n1)
     assert fl.converged(timeout=20)
     assert fl.enforces(n1, C, B)
+
+
+def test_agent_dev_applies_to_its_own_interface(the_fleet):
+    """n3's agent restarted with --dev fl0: a policy naming an interface no node has goes
+    live on n3's fl0 and is enforced there; without --dev the same policy fails on n1, which
+    keeps the policy before.  Restarted without --dev, n3 takes the next push."""
+    fl = the_fleet
+    n1, n3 = fl.nodes[0], fl.nodes[2]
+    stop(n3.agent, signal.SIGTERM)
+    fl.start_agent(n3, "--dev", "fl0")
+    assert fl.registered(["n3"])
+    assert wait_for(lambda: "policies go on fl0" in fl.agent_log(n3), timeout=30), \
+        fl.agent_log(n3)
+    elsewhere = policy(A).replace("  - name: fl0\n", "  - name: uplink9\n")
+    assert "uplink9" in elsewhere and "fl0" not in elsewhere
+    out = fl.push(elsewhere, "--nodes", "n3", name="elsewhere")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert fl.enforces(n3, A, C)
+    out = fl.push(elsewhere, "--nodes", "n1", "--canary", "1", "--timeout", "60",
+                  name="elsewhere")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "push failed on n1" in out.stderr and "uplink9" in out.stderr, out.stderr
+    assert fl.enforces(n1, C, A)         # still the policy before
+    stop(n3.agent, signal.SIGTERM)
+    fl.start_agent(n3)
+    assert fl.registered(["n3"])
+    out = fl.push(policy(C))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert fl.converged(timeout=30), fl.status()
+    assert all_enforce(fl, C, B)

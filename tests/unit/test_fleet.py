@@ -259,10 +259,14 @@ def test_push_refuses_an_invalid_policy_before_etcd(capsys, tmp_path):
                                    "--dry-run"],
                                   ["agent", "--etcd", "ftp://x", "--node", "a", "--dry-run"],
                                   ["agent", "--etcd", "http://x", "--node", "a", "--dry-run",
-                                   "--label", "novalue"]])
+                                   "--label", "novalue"],
+                                  ["agent", "--etcd", "http://x", "--node", "a", "--dry-run",
+                                   "--dev", "eth0", "--dev", "a-name-of-16-byte"]])
 def test_bad_options_are_one_line(capsys, argv):
     code, _, err = run_cli(capsys, *argv)
     assert code == 1 and err.startswith("netctl: ") and "Traceback" not in err, err
+    if "--dev" in argv:
+        assert "a-name-of-16-byte" in err and "15 bytes" in err, err
 
 
 @pytest.mark.parametrize("verb", [["agent"], ["push"], ["fleet"]])
