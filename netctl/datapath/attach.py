@@ -68,10 +68,12 @@ XDP_FLAGS_REPLACE = 16
 XDP_MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 _ATTACHED_MODE = {"xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload"}
 
-XDP_PROG_NAMES = frozenset({KERNEL_NAMES["xdp"], KERNEL_NAMES["xdp_l3"]})
+XDP_ROLES = ("xdp", "xdp_l3")
+XDP_PROG_NAMES = frozenset(KERNEL_NAMES[role] for role in XDP_ROLES)
 TC_PROG_NAMES = {"ingress": KERNEL_NAMES["tc_ingress"], "egress": KERNEL_NAMES["tc_egress"]}
 # tcx lists programs, not filters: netctl's are known by their kernel names (both variants)
-TCX_PROG_NAMES = {d: frozenset({KERNEL_NAMES[f"tc_{d}"], KERNEL_NAMES[f"tc_{d}_l3"]})
+TC_ROLES = {d: (f"tc_{d}", f"tc_{d}_l3") for d in ("ingress", "egress")}
+TCX_PROG_NAMES = {d: frozenset(KERNEL_NAMES[role] for role in TC_ROLES[d])
                   for d in ("ingress", "egress")}
 TCX_ATTACH_TYPES = {"ingress": bpfsys.TCX_INGRESS, "egress": bpfsys.TCX_EGRESS}
 
@@ -330,7 +332,15 @@ class Links:
 
     # -- XDP
     def xdp_is_ours(self, link: LinkInfo) -> bool:
-        return link.xdp_prog_id is not None and prog_name(link.xdp_prog_id) in XDP_PROG_NAMES
+        """Whether the interface's XDP program is netctl's: by its kernel name, or, where
+        opening a program by id is refused (it needs CAP_SYS_ADMIN), by being one netctl
+        has pinned in this namespace (reading a pin needs no more than CAP_BPF)."""
+        if link.xdp_prog_id is None:
+            return False
+        name = prog_name(link.xdp_prog_id)
+        if name is not None:
+            return name in XDP_PROG_NAMES
+        return link.xdp_prog_id in self._pinned_prog_ids(XDP_ROLES)
 
     def xdp_link_id(self, link: LinkInfo) -> int | None:
         """The bpf_link holding the interface's XDP program, if a link holds it (netlink
@@ -389,7 +399,7 @@ class Links:
         attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", fd)]
         expected = -1
         if replacing is not None:
-            expected = bpfsys.prog_fd_by_id(replacing)
+            expected = self.open_prog(replacing, XDP_ROLES)
             flags |= XDP_FLAGS_REPLACE
             attrs.append(("IFLA_XDP_EXPECTED_FD", expected))
         else:
@@ -425,6 +435,48 @@ class Links:
 
     def _pinned_info(self, name: str) -> bpfsys.LinkInfo | None:
         return _link_info(bpfsys.obj_get, f"{self.link_dir}/{name}")
+
+    def _pinned_progs(self, roles: tuple[str, ...]) -> list[str]:
+        """The pins of the programs of ``roles`` in this namespace's builds (the link
+        directory's siblings; netctl.datapath.build pins each as prog_ROLE)."""
+        root = os.path.dirname(self.link_dir)
+        try:
+            builds = os.listdir(root)
+        except OSError:
+            return []
+        return [path for build in builds for role in roles
+                if os.path.exists(path := f"{root}/{build}/prog_{role}")]
+
+    def _pinned_prog_ids(self, roles: tuple[str, ...]) -> set[int]:
+        ids = set()
+        for path in self._pinned_progs(roles):
+            with contextlib.suppress(OSError):
+                fd = bpfsys.obj_get(path)
+                try:
+                    ids.add(bpfsys.prog_info(fd).id)
+                finally:
+                    os.close(fd)
+        return ids
+
+    def open_prog(self, prog_id: int, roles: tuple[str, ...]) -> int:
+        """An fd of program ``prog_id``: by id, or, where that is refused (EPERM: it needs
+        CAP_SYS_ADMIN), through netctl's pin of it."""
+        try:
+            return bpfsys.prog_fd_by_id(prog_id)
+        except bpfsys.BpfError as exc:
+            if exc.errno != errno_mod.EPERM:
+                raise
+            refused = exc
+        for path in self._pinned_progs(roles):
+            with contextlib.suppress(OSError):
+                fd = bpfsys.obj_get(path)
+                try:
+                    if bpfsys.prog_info(fd).id == prog_id:
+                        return fd
+                except OSError:
+                    pass
+                os.close(fd)
+        raise refused
 
     def _open_link(self, hook: str, index: int, link_id: int) -> int:
         """An fd of link ``link_id``: through netctl's pin when it holds that link (opening

@@ -257,9 +257,7 @@ def _xdp_restorer(links: att.Links, link: att.LinkInfo):
         if now is None:
             return
         if before is not None and before.xdp_prog_id is not None and links.xdp_is_ours(before):
-            from ..kernel import bpfsys
-
-            fd = bpfsys.prog_fd_by_id(before.xdp_prog_id)
+            fd = links.open_prog(before.xdp_prog_id, att.XDP_ROLES)
             try:
                 links.attach_xdp(now, fd, before.xdp_mode or "native",
                                  path or att.XDP_NETLINK)
@@ -277,9 +275,7 @@ def _tc_restorer(links: att.Links, link: att.LinkInfo, direction: str):
 
     def restore():
         if before and before[0].prog_id:
-            from ..kernel import bpfsys
-
-            fd = bpfsys.prog_fd_by_id(before[0].prog_id)
+            fd = links.open_prog(before[0].prog_id, att.TC_ROLES[direction])
             try:
                 _tc_on(links, link, direction, fd, before[0].path, [])
             finally:

@@ -207,3 +207,90 @@ def test_a_rebuild_with_the_three_capabilities(the_lab):
     assert _verdicts(the_lab) == (2, 0, 2)
     pins = os.path.join(PIN_ROOT, f"ns{netns_cookie(the_lab.dut)}")
     assert not [n for n in os.listdir(pins) if "scratch" in n]
+
+
+@pytest.mark.parametrize("attach, tc_way, xdp_way", [(None, "tcx", "link"),
+                                                     ("legacy", "cls_bpf", "netlink")])
+def test_from_nothing_to_detach_with_the_three_capabilities(the_lab, attach, tc_way, xdp_way):
+    """What a pod with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON does over its life, on links
+    (the kernel's best hooks here) and on tc filters and netlink XDP (NETCTL_ATTACH=legacy):
+    the first apply attaches, later applies find netctl's programs again and replace them,
+    on the tc hook and on XDP, and detach removes them; each judges as it says.  Opening a
+    program or link by id needs CAP_SYS_ADMIN: netctl knows its own by their pins."""
+    run(NETCTL, "detach", "--all", ns=the_lab.dut)
+    assert _verdicts(the_lab) == (2, 2, 2)
+    caps = "-all,+bpf,+net_admin,+perfmon"
+    env = ["env", f"NETCTL_ATTACH={attach}"] if attach else []
+
+    def with_three(*args: str):
+        return run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
+                   f"--ambient-caps={caps}", *env, NETCTL, *args, ns=the_lab.dut,
+                   check=False)
+
+    def attached() -> dict:
+        shown = json.loads(run(NETCTL, "status", "-o", "json", ns=the_lab.dut).stdout)
+        return shown["interfaces"][0]["attach"]
+
+    with tempfile.TemporaryDirectory(prefix="netctl-sec-") as d:
+        steps = [(POLICY_A, (), (0, 2, 2), {"tc": tc_way, "xdp": None}),
+                 (POLICY_B, (), (2, 0, 2), {"tc": tc_way, "xdp": None}),
+                 (POLICY_A, ("--xdp-mode", "native"), (0, 2, 2), {"tc": tc_way, "xdp": xdp_way}),
+                 (POLICY_B, ("--xdp-mode", "native"), (2, 0, 2), {"tc": tc_way, "xdp": xdp_way})]
+        for i, (policy, extra, verdicts, ways) in enumerate(steps):
+            applied = with_three("apply", _readable_file(d, f"{i}.yaml", policy), "--dev",
+                                 the_lab.dut_if, *extra)
+            assert applied.returncode == 0, (i, applied.stdout + applied.stderr)
+            assert attached() == ways, i
+            assert _verdicts(the_lab) == verdicts, i
+    detached = with_three("detach", "--all")
+    assert detached.returncode == 0, detached.stdout + detached.stderr
+    assert _verdicts(the_lab) == (2, 2, 2)
+    status = run(NETCTL, "status", "-o", "json", ns=the_lab.dut, check=False)
+    after = json.loads(status.stdout)
+    assert after["applied"] is False and after["interfaces"] == [], status.stdout
+
+
+@pytest.mark.parametrize("attach", [None, "legacy"])
+def test_a_failed_apply_rolls_back_with_the_three_capabilities(the_lab, attach):
+    """An apply of new programs over two interfaces fails on the second (a veth whose peer's
+    MTU is too large for native XDP: the kernel refuses the attach, ERANGE); the first,
+    already given the new programs, gets its previous ones back.  That undo opens netctl's
+    programs through their pins: opening them by id needs CAP_SYS_ADMIN."""
+    caps = "-all,+bpf,+net_admin,+perfmon"
+    env = ["env", f"NETCTL_ATTACH={attach}"] if attach else []
+
+    def with_three(*args: str):
+        return run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
+                   f"--ambient-caps={caps}", *env, NETCTL, *args, ns=the_lab.dut,
+                   check=False)
+
+    def prog_ids() -> dict:
+        shown = json.loads(run(NETCTL, "status", "-o", "json", ns=the_lab.dut).stdout)
+        [mine] = [i for i in shown["interfaces"] if i["name"] == the_lab.dut_if]
+        return mine["prog_ids"]
+
+    run(NETCTL, "detach", "--all", ns=the_lab.dut)
+    run("ip", "link", "add", "zsx0", "mtu", "9000", "type", "veth", "peer", "name", "zsx1",
+        "mtu", "9000", ns=the_lab.dut)
+    try:
+        for dev in ("zsx0", "zsx1"):
+            run("ip", "link", "set", dev, "up", ns=the_lab.dut)
+        with tempfile.TemporaryDirectory(prefix="netctl-sec-") as d:
+            first = with_three("apply", _readable_file(d, "a.yaml", POLICY_A), "--dev",
+                               the_lab.dut_if, "--xdp-mode", "native")
+            assert first.returncode == 0, first.stdout + first.stderr
+            before = prog_ids()
+            rebuilt = POLICY_B.replace(   # new programs: another conntrack size
+                "rules:", "stateful: true\nconntrack: {size: 8192}\nrules:")
+            failed = with_three("apply", _readable_file(d, "b.yaml", rebuilt), "--dev",
+                                the_lab.dut_if, "--dev", "zsx0", "--xdp-mode", "native")
+        assert failed.returncode == 4, failed.stdout + failed.stderr
+        assert "zsx0" in failed.stderr and "errno 34" in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert prog_ids() == before          # the previous programs, back on their hooks
+        assert _verdicts(the_lab) == (0, 2, 2)
+        status = json.loads(run(NETCTL, "status", "-o", "json", ns=the_lab.dut).stdout)
+        assert status["problems"] == [] and [r["name"] for r in status["rules"]] == \
+            ["a-drop-1111"]
+    finally:
+        run("ip", "link", "del", "zsx0", ns=the_lab.dut, check=False)
