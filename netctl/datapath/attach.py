@@ -450,12 +450,10 @@ class Links:
     def _pinned_prog_ids(self, roles: tuple[str, ...]) -> set[int]:
         ids = set()
         for path in self._pinned_progs(roles):
-            with contextlib.suppress(OSError):
-                fd = bpfsys.obj_get(path)
-                try:
-                    ids.add(bpfsys.prog_info(fd).id)
-                finally:
-                    os.close(fd)
+            opened = _open_pinned_prog(path)
+            if opened is not None:
+                ids.add(opened[1])
+                os.close(opened[0])
         return ids
 
     def open_prog(self, prog_id: int, roles: tuple[str, ...]) -> int:
@@ -468,14 +466,11 @@ class Links:
                 raise
             refused = exc
         for path in self._pinned_progs(roles):
-            with contextlib.suppress(OSError):
-                fd = bpfsys.obj_get(path)
-                try:
-                    if bpfsys.prog_info(fd).id == prog_id:
-                        return fd
-                except OSError:
-                    pass
-                os.close(fd)
+            opened = _open_pinned_prog(path)
+            if opened is not None:
+                if opened[1] == prog_id:
+                    return opened[0]
+                os.close(opened[0])
         raise refused
 
     def _open_link(self, hook: str, index: int, link_id: int) -> int:
@@ -680,6 +675,19 @@ class Links:
             self.ipr.tc("del", "clsact", link.index)
             return True
         return False
+
+
+def _open_pinned_prog(path: str) -> tuple[int, int] | None:
+    """(an fd, the id) of the program pinned at ``path``, or None."""
+    try:
+        fd = bpfsys.obj_get(path)
+    except OSError:
+        return None
+    try:
+        return fd, bpfsys.prog_info(fd).id
+    except OSError:
+        os.close(fd)
+        return None
 
 
 def prog_name(prog_id: int) -> str | None:

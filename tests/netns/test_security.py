@@ -61,6 +61,19 @@ def _verdicts(the_lab) -> tuple[int, int, int]:
     return tuple(the_lab.udp(2, dport=port, wait=0.2) for port in (1111, 2222, 3333))
 
 
+TWO = "-all,+bpf,+net_admin"
+THREE = TWO + ",+perfmon"   # what the datapath needs, and all a pod is given
+
+
+def _as_root_with(the_lab, caps: str, *args: str, env: dict[str, str] | None = None
+                  ) -> subprocess.CompletedProcess:
+    """netctl ``args`` in the lab's DUT namespace as root with only the capabilities
+    ``caps`` (setpriv's syntax), and ``env`` set."""
+    prefix = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+    return run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
+               f"--ambient-caps={caps}", *prefix, NETCTL, *args, ns=the_lab.dut, check=False)
+
+
 def _tree(root: str) -> dict[str, tuple[int, int, float]]:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -167,21 +180,14 @@ def test_capabilities_that_load_and_those_that_only_read(the_lab, readable_polic
     apply is refused up front, naming CAP_PERFMON (exit 77, one line, nothing changed),
     while status, which only reads the maps, works; with all three, the apply goes live."""
     the_lab.apply(POLICY_A)
-    two = "-all,+bpf,+net_admin"
-    three = two + ",+perfmon"
-
-    def as_root_with(caps: str, *args: str):
-        return run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
-                   f"--ambient-caps={caps}", NETCTL, *args, ns=the_lab.dut, check=False)
-
-    refused = as_root_with(two, "apply", readable_policy, "--dev", the_lab.dut_if)
+    refused = _as_root_with(the_lab, TWO, "apply", readable_policy, "--dev", the_lab.dut_if)
     assert refused.returncode == 77, refused.stdout + refused.stderr
     assert "CAP_PERFMON" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert _verdicts(the_lab) == (0, 2, 2)
-    status = as_root_with(two, "status", "-o", "json")
+    status = _as_root_with(the_lab, TWO, "status", "-o", "json")
     assert status.returncode == 0, status.stderr
     assert [r["name"] for r in json.loads(status.stdout)["rules"]] == ["a-drop-1111"]
-    applied = as_root_with(three, "apply", readable_policy, "--dev", the_lab.dut_if)
+    applied = _as_root_with(the_lab, THREE, "apply", readable_policy, "--dev", the_lab.dut_if)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert _verdicts(the_lab) == (2, 0, 2)
 
@@ -194,13 +200,10 @@ def test_a_rebuild_with_the_three_capabilities(the_lab):
     goes live and judges; no scratch pin is left behind."""
     the_lab.apply(POLICY_A)
     rebuilt = POLICY_B.replace("rules:", "stateful: true\nconntrack: {size: 8192}\nrules:")
-    caps = "-all,+bpf,+net_admin,+perfmon"
     with tempfile.TemporaryDirectory(prefix="netctl-sec-") as d:
         path = _readable_file(d, "rebuilt.yaml", rebuilt)
-        applied = run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
-                      f"--ambient-caps={caps}", "env", f"NETCTL_PROGRAM_CACHE={d}/cache",
-                      NETCTL, "apply", path, "--dev", the_lab.dut_if, "-o", "json",
-                      ns=the_lab.dut, check=False)
+        applied = _as_root_with(the_lab, THREE, "apply", path, "--dev", the_lab.dut_if,
+                                "-o", "json", env={"NETCTL_PROGRAM_CACHE": f"{d}/cache"})
         assert applied.returncode == 0, applied.stdout + applied.stderr
         assert json.loads(applied.stdout)["reload"] is True
         assert os.listdir(f"{d}/cache")   # the entry the build went through
@@ -219,13 +222,9 @@ def test_from_nothing_to_detach_with_the_three_capabilities(the_lab, attach, tc_
     program or link by id needs CAP_SYS_ADMIN: netctl knows its own by their pins."""
     run(NETCTL, "detach", "--all", ns=the_lab.dut)
     assert _verdicts(the_lab) == (2, 2, 2)
-    caps = "-all,+bpf,+net_admin,+perfmon"
-    env = ["env", f"NETCTL_ATTACH={attach}"] if attach else []
-
-    def with_three(*args: str):
-        return run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
-                   f"--ambient-caps={caps}", *env, NETCTL, *args, ns=the_lab.dut,
-                   check=False)
+    def with_three(*args: str) -> subprocess.CompletedProcess:
+        return _as_root_with(the_lab, THREE, *args,
+                             env={"NETCTL_ATTACH": attach} if attach else None)
 
     def attached() -> dict:
         shown = json.loads(run(NETCTL, "status", "-o", "json", ns=the_lab.dut).stdout)
@@ -256,13 +255,9 @@ def test_a_failed_apply_rolls_back_with_the_three_capabilities(the_lab, attach):
     MTU is too large for native XDP: the kernel refuses the attach, ERANGE); the first,
     already given the new programs, gets its previous ones back.  That undo opens netctl's
     programs through their pins: opening them by id needs CAP_SYS_ADMIN."""
-    caps = "-all,+bpf,+net_admin,+perfmon"
-    env = ["env", f"NETCTL_ATTACH={attach}"] if attach else []
-
-    def with_three(*args: str):
-        return run("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
-                   f"--ambient-caps={caps}", *env, NETCTL, *args, ns=the_lab.dut,
-                   check=False)
+    def with_three(*args: str) -> subprocess.CompletedProcess:
+        return _as_root_with(the_lab, THREE, *args,
+                             env={"NETCTL_ATTACH": attach} if attach else None)
 
     def prog_ids() -> dict:
         shown = json.loads(run(NETCTL, "status", "-o", "json", ns=the_lab.dut).stdout)
