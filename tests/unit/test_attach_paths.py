@@ -146,6 +146,12 @@ class _Hooked:
         self.calls: list[tuple] = []
         self.clsact = any(v and v[0] == att.TC_CLS_BPF for v in have.values())
         self.program_of = lambda fd: fd      # what a program fd stands for (the undo test)
+        self.opened: dict[int, int] = {}     # fds open_prog gave out -> program ids
+
+    def open_prog(self, prog_id, roles):
+        fd = os.open(os.devnull, os.O_RDONLY)
+        self.opened[fd] = prog_id
+        return fd
 
     def tc_ours(self, link, direction):
         got = self.have.get(direction)
@@ -215,8 +221,7 @@ def test_a_move_to_tcx_attaches_the_link_before_the_filter_goes():
     assert rec.tc_attach == "tcx"
 
 
-def test_a_move_to_cls_bpf_adds_the_filter_before_the_link_goes_and_undo_restores(
-        monkeypatch):
+def test_a_move_to_cls_bpf_adds_the_filter_before_the_link_goes_and_undo_restores():
     fake = _Hooked({"ingress": (att.TC_TCX, 5), "egress": (att.TC_TCX, 6)})
     rec, undo = _attach(fake, att.TC_CLS_BPF, created_before=False)
     for direction in ("ingress", "egress"):
@@ -225,17 +230,7 @@ def test_a_move_to_cls_bpf_adds_the_filter_before_the_link_goes_and_undo_restore
     assert rec.created_clsact and rec.tc_attach == "cls_bpf"
     assert fake.have == {"ingress": (att.TC_CLS_BPF, 11), "egress": (att.TC_CLS_BPF, 12)}
     # The undo puts netctl's programs before back the way they were: tcx links.
-    from netctl.kernel import bpfsys
-
-    opened: dict[int, int] = {}
-
-    def prog_fd_by_id(prog_id: int) -> int:
-        fd = os.open(os.devnull, os.O_RDONLY)
-        opened[fd] = prog_id
-        return fd
-
-    monkeypatch.setattr(bpfsys, "prog_fd_by_id", prog_fd_by_id)
-    fake.program_of = opened.__getitem__
+    fake.program_of = fake.opened.__getitem__
     hooks.undo_all(undo)
     assert fake.have == {"ingress": (att.TC_TCX, 5), "egress": (att.TC_TCX, 6)}
     assert not fake.clsact
