@@ -473,6 +473,20 @@ class Links:
                 os.close(opened[0])
         raise refused
 
+    def _expected_prog(self, hook: str, prog_id: int | None) -> int | None:
+        """An fd of program ``prog_id`` for BPF_LINK_UPDATE's "only if it still runs this"
+        check (by id, else through netctl's pin), or None (no check) where neither opens
+        it: a program netctl has not pinned, without CAP_SYS_ADMIN.  The apply lock keeps
+        other netctl processes out either way."""
+        if not prog_id:
+            return None
+        try:
+            return self.open_prog(prog_id, XDP_ROLES if hook == "xdp" else TC_ROLES[hook])
+        except bpfsys.BpfError as exc:
+            if exc.errno == errno_mod.EPERM:
+                return None
+            raise
+
     def _open_link(self, hook: str, index: int, link_id: int) -> int:
         """An fd of link ``link_id``: through netctl's pin when it holds that link (opening
         a pin needs no more than reading it), else by id."""
@@ -512,7 +526,7 @@ class Links:
         except bpfsys.BpfError as exc:
             raise _bpf_err(link.name, exc, f"opening the {hook} link {link_id}") from None
         try:
-            old = _prog_fd_or_none(old_prog_id)
+            old = self._expected_prog(hook, old_prog_id)
             try:
                 bpfsys.link_update(link_fd, fd, old)
             finally:
@@ -699,20 +713,6 @@ def prog_name(prog_id: int) -> str | None:
         return bpfsys.prog_info(fd).name
     finally:
         os.close(fd)
-
-
-def _prog_fd_or_none(prog_id: int | None) -> int | None:
-    """An fd of program ``prog_id`` for BPF_LINK_UPDATE's "only if it still runs this"
-    check, or None (no check) where opening a program by id is refused (EPERM: CAP_SYS_ADMIN
-    is missing); the apply lock keeps other netctl processes out either way."""
-    if not prog_id:
-        return None
-    try:
-        return bpfsys.prog_fd_by_id(prog_id)
-    except bpfsys.BpfError as exc:
-        if exc.errno == errno_mod.EPERM:
-            return None
-        raise
 
 
 def _safe_link_ids() -> list[int]:
