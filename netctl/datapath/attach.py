@@ -45,9 +45,9 @@ from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
 from ..errors import AttachError, NetctlError
 from ..kernel import bpfsys
-from .build import KERNEL_NAMES
+from .build import KERNEL_NAMES, prog_pin
 from .netns import LINK_DIR_NAME as LINK_DIR_NAME
-from .netns import Namespace
+from .netns import Namespace, pinned_builds
 
 # pyroute2 does not decode the program id and tag of a bpf filter; add them to its
 # attribute table (kernel numbering: TCA_BPF_FLAGS_GEN 9, TCA_BPF_TAG 10, TCA_BPF_ID 11)
@@ -438,14 +438,10 @@ class Links:
 
     def _pinned_progs(self, roles: tuple[str, ...]) -> list[str]:
         """The pins of the programs of ``roles`` in this namespace's builds (the link
-        directory's siblings; netctl.datapath.build pins each as prog_ROLE)."""
+        directory's siblings, each pinned as build.prog_pin says)."""
         root = os.path.dirname(self.link_dir)
-        try:
-            builds = os.listdir(root)
-        except OSError:
-            return []
-        return [path for build in builds for role in roles
-                if os.path.exists(path := f"{root}/{build}/prog_{role}")]
+        return [path for build in pinned_builds(root) for role in roles
+                if os.path.exists(path := prog_pin(f"{root}/{build}", role))]
 
     def _pinned_prog_ids(self, roles: tuple[str, ...]) -> set[int]:
         ids = set()

@@ -17,6 +17,7 @@ from ..errors import LoadError
 from ..kernel import bpfsys
 from ..kernel.bpfsrc import BPF_DIR, INCLUDE_DIR, translation_unit
 from . import progcache
+from .netns import remove_pins
 
 XDP_SOURCE = BPF_DIR / "xdp" / "netctl_xdp.c"
 TC_SOURCE = BPF_DIR / "tc" / "netctl_tc.c"
@@ -117,14 +118,17 @@ def compile_programs(constants: dict[str, int], pin_dir: str,
     # CAP_SYS_ADMIN.  Without it, each source compiles against maps of its own in a scratch
     # directory, and the programs are loaded from the program cache's entry that build
     # made, over this build's maps (opened by their pins).
-    from .netns import remove_pins
-
     scratch = None if _admin() else _scratch_dir(pin_dir)
     try:
         return _build(constants, pin_dir, extra, ct_pin, key, scratch)
     finally:
         if scratch is not None:
             remove_pins(scratch)
+
+
+def prog_pin(build_dir: str, role: str) -> str:
+    """Where a build pins its program of ``role``."""
+    return f"{build_dir}/prog_{role}"
 
 
 def _admin() -> bool:
@@ -134,8 +138,6 @@ def _admin() -> bool:
 
 
 def _scratch_dir(pin_dir: str) -> str:
-    from .netns import remove_pins
-
     path = f"{pin_dir}-scratch{os.getpid()}"   # bpffs refuses dots in names
     remove_pins(path)   # a leftover of a build killed before it cleaned up
     os.mkdir(path, 0o700)
@@ -158,7 +160,7 @@ def _build(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...],
                 if scratch is None:
                     programs = _compile_here(constants, pin_dir, extra, ct_pin, key)
                     for role, fd in programs.fds.items():
-                        bpfsys.obj_pin(fd, f"{pin_dir}/prog_{role}")
+                        bpfsys.obj_pin(fd, prog_pin(pin_dir, role))
                 else:
                     programs = _compile_here(constants, scratch, extra, None, key, apart=True)
                     programs.close()
@@ -197,7 +199,7 @@ def _build(constants: dict[str, int], pin_dir: str, extra: tuple[str, ...],
     fds: dict[str, int] = {}
     try:
         for role in ROLES:
-            fds[role] = bpfsys.obj_get(f"{pin_dir}/prog_{role}")
+            fds[role] = bpfsys.obj_get(prog_pin(pin_dir, role))
     except OSError:
         Programs(fds, {}).close()
         raise
@@ -275,7 +277,7 @@ def _load_cached(meta: dict, insns: dict[str, bytes], pin_dir: str, ct: str) -> 
             fd, stats = _load(patched[role], role, fn)
             programs.fds[role] = fd
             programs.verifier[role] = stats
-            bpfsys.obj_pin(fd, f"{pin_dir}/prog_{role}")
+            bpfsys.obj_pin(fd, prog_pin(pin_dir, role))
     except BaseException:
         programs.close()
         raise

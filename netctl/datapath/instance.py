@@ -19,7 +19,7 @@ from ..errors import NetctlError
 from ..kernel import bpfsys
 from ..policy.plan import MapPlan, PlanDiff, diff
 from . import maps as mapio
-from .build import ROLES, compile_programs, unconfirmed_pin
+from .build import ROLES, compile_programs, prog_pin, unconfirmed_pin
 
 # The clock bpf_ktime_get_coarse_ns() reads (Linux's clock id; Python's time module does
 # not name it).
@@ -85,7 +85,7 @@ class Datapath:
             opened["conntrack_unconfirmed"] = bpfsys.Map.open_pinned(unconfirmed_pin(ct_pin))
             opened["events"] = bpfsys.Map.open_pinned(f"{pin_dir}/events")
             for role in ROLES:
-                progs[role] = bpfsys.obj_get(f"{pin_dir}/prog_{role}")
+                progs[role] = bpfsys.obj_get(prog_pin(pin_dir, role))
         except OSError as exc:
             for m in opened.values():
                 m.close()

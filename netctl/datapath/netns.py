@@ -289,10 +289,7 @@ class Namespace:
 
     def builds(self) -> list[str]:
         """The builds (and conntrack tables) pinned here; the link directory is none."""
-        try:
-            return sorted(n for n in os.listdir(self.pin_dir) if n != LINK_DIR_NAME)
-        except FileNotFoundError:
-            return []
+        return pinned_builds(self.pin_dir)
 
     def remove_build(self, build: str) -> None:
         path = self.build_dir(build)
@@ -304,6 +301,15 @@ class Namespace:
 
     def remove_all_pins(self) -> None:
         remove_pins(self.pin_dir)
+
+
+def pinned_builds(pin_dir: str) -> list[str]:
+    """The builds (and conntrack tables) pinned in a namespace's ``pin_dir``; the link
+    directory is none."""
+    try:
+        return sorted(n for n in os.listdir(pin_dir) if n != LINK_DIR_NAME)
+    except FileNotFoundError:
+        return []
 
 
 def remove_pins(path: str) -> None:

@@ -123,7 +123,6 @@ class Agent:
         registration = json.dumps({"labels": self.labels, "version": __version__,
                                    "host": socket.gethostname(), "pid": os.getpid(),
                                    "dry_run": self.dry_run, "lease": lease,
-                                   "devs": list(self.devs) or None,
                                    "started": round(time.time(), 3)}, sort_keys=True)
         store.put(node_key(self.node), registration, lease=lease)
         keeper = threading.Thread(target=self._keep_alive, args=(lease, lost), daemon=True,
